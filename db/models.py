@@ -1,0 +1,381 @@
+"""SQLAlchemy models: the system of record. Every tenant table carries tenant_id under RLS."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+def _pk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+
+
+def _tenant() -> Mapped[uuid.UUID]:
+    return mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Tenant(Base):
+    """A podcast network using sponsorflow."""
+
+    __tablename__ = "tenants"
+    id: Mapped[uuid.UUID] = _pk()
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    settings: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = _created()
+
+
+class ApiKey(Base):
+    """A tenant's API key, stored as a SHA-256 hash of a high-entropy secret."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False, server_default="default")
+    created_at: Mapped[datetime] = _created()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Show(Base):
+    """A podcast the network sells ads on."""
+
+    __tablename__ = "shows"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    categories: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default="{}"
+    )
+    avg_downloads: Mapped[int] = mapped_column(Integer, nullable=False)
+    episodes_per_month: Mapped[int | None] = mapped_column(Integer)
+    cpm_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    geo: Mapped[dict[str, float]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    age: Mapped[dict[str, float]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    female_share: Mapped[float | None] = mapped_column(Numeric(5, 4))
+    brand_safety: Mapped[dict[str, str]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    rss_url: Mapped[str | None] = mapped_column(String(2000))
+    # Ad slots per episode by placement; issue "IO bookings" books against these.
+    slots: Mapped[dict[str, int]] = mapped_column(
+        JSONB,
+        nullable=False,
+        server_default=text("""'{"pre_roll": 1, "mid_roll": 2, "post_roll": 1}'::jsonb"""),
+    )
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class Advertiser(Base):
+    """A brand that buys podcast ads."""
+
+    __tablename__ = "advertisers"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    domain: Mapped[str | None] = mapped_column(String(253))
+    target_categories: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default="{}"
+    )
+    target_geo: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
+    target_age: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
+    brand_safety_tolerance: Mapped[str] = mapped_column(
+        String(10), nullable=False, server_default="medium"
+    )
+    budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    flight_start: Mapped[date | None] = mapped_column(Date)
+    flight_end: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class Campaign(Base):
+    """A deal: an advertiser's sponsorship moving through the pipeline."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "external_id"),
+        Index("ix_campaigns_tenant_stage", "tenant_id", "stage"),
+    )
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    advertiser_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("advertisers.id"), nullable=False, index=True
+    )
+    show_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("shows.id"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(300), nullable=False)
+    value_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
+    stage: Mapped[str] = mapped_column(String(20), nullable=False)
+    stage_changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    probability: Mapped[int] = mapped_column(Integer, nullable=False)
+    lost_reason: Mapped[str | None] = mapped_column(Text)
+    expected_close: Mapped[date | None] = mapped_column(Date)
+    owner_email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class DealStageHistory(Base):
+    """One accepted stage move of a deal (from is null for the deal's creation)."""
+
+    __tablename__ = "deal_stage_history"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    from_stage: Mapped[str | None] = mapped_column(String(20))
+    to_stage: Mapped[str] = mapped_column(String(20), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
+
+
+class IoBooking(Base):
+    """An insertion order booked for a won deal."""
+
+    __tablename__ = "io_bookings"
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("campaigns.id"), nullable=False, index=True
+    )
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="scheduled")
+    promo_code: Mapped[str | None] = mapped_column(String(40))
+    vanity_url: Mapped[str | None] = mapped_column(String(2000))
+    payment_terms_days: Mapped[int] = mapped_column(Integer, nullable=False, server_default="30")
+    underdelivery_policy: Mapped[str] = mapped_column(
+        String(20), nullable=False, server_default="makegood"
+    )
+    measurement_window_days: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default="30"
+    )
+    total_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False, server_default="0")
+    invoice: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class AdUnit(Base):
+    """One placement of an IO on one show's episode on one air date."""
+
+    __tablename__ = "ad_units"
+    __table_args__ = (Index("ix_ad_units_slot", "tenant_id", "show_id", "air_date", "placement"),)
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    io_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("io_bookings.id", ondelete="CASCADE"), nullable=False
+    )
+    show_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("shows.id"), nullable=False
+    )
+    placement: Mapped[str] = mapped_column(String(20), nullable=False)
+    format: Mapped[str] = mapped_column(String(20), nullable=False)
+    insertion: Mapped[str] = mapped_column(String(20), nullable=False)
+    air_date: Mapped[date] = mapped_column(Date, nullable=False)
+    duration_s: Mapped[int] = mapped_column(Integer, nullable=False)
+    pricing_model: Mapped[str] = mapped_column(String(10), nullable=False)
+    cpm_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    impressions_goal: Mapped[int | None] = mapped_column(BigInteger)
+    flat_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    delivered_impressions: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default="0"
+    )
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="scheduled")
+    makegood_of: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("ad_units.id")
+    )
+    created_at: Mapped[datetime] = _created()
+
+
+class PromoCode(Base):
+    """An attribution code, unique per tenant regardless of case."""
+
+    __tablename__ = "promo_codes"
+    __table_args__ = (
+        Index("uq_promo_codes_tenant_code", "tenant_id", text("lower(code)"), unique=True),
+    )
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    code: Mapped[str] = mapped_column(String(40), nullable=False)
+    io_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("io_bookings.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="active")
+    created_at: Mapped[datetime] = _created()
+
+
+class EtlImport(Base):
+    """One spreadsheet import and its counts."""
+
+    __tablename__ = "etl_imports"
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    kind: Mapped[str] = mapped_column(String(30), nullable=False)
+    filename: Mapped[str] = mapped_column(String(500), nullable=False)
+    status: Mapped[str] = mapped_column(String(30), nullable=False, server_default="pending")
+    rows_total: Mapped[int | None] = mapped_column(BigInteger)
+    rows_processed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rows_inserted: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rows_updated: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rows_failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    warnings: Mapped[list[str]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    workflow_id: Mapped[str | None] = mapped_column(String(300))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+
+
+class EtlUploadChunk(Base):
+    """A piece of a stored upload, so files never travel through workflow payloads."""
+
+    __tablename__ = "etl_upload_chunks"
+    import_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("etl_imports.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class EtlRowError(Base):
+    """A row of an import that could not be loaded, and why."""
+
+    __tablename__ = "etl_row_errors"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    import_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("etl_imports.id", ondelete="CASCADE"), index=True
+    )
+    row_number: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    column: Mapped[str | None] = mapped_column(String(200))
+    value: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ShowDownload(Base):
+    """Daily downloads of a show, optionally per country ('' = all countries)."""
+
+    __tablename__ = "show_downloads"
+    __table_args__ = (UniqueConstraint("tenant_id", "show_id", "date", "country"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    show_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("shows.id", ondelete="CASCADE"), nullable=False
+    )
+    date: Mapped[date] = mapped_column(Date, nullable=False)
+    country: Mapped[str] = mapped_column(String(2), nullable=False, server_default="")
+    downloads: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Match(Base):
+    """A scored advertiser-show pair of the current ranking."""
+
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("tenant_id", "generation", "advertiser_id", "show_id"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    advertiser_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("advertisers.id", ondelete="CASCADE"), nullable=False
+    )
+    show_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("shows.id", ondelete="CASCADE"), nullable=False
+    )
+    score: Mapped[float] = mapped_column(Numeric(6, 2), nullable=False)
+    signals: Mapped[dict[str, float]] = mapped_column(JSONB, nullable=False)
+    rationale: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Event(Base):
+    """The outbox: one row per business event, written with the change it reports."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_tenant_type", "tenant_id", "type", "id"),
+        Index("ix_events_tenant_entity", "tenant_id", "entity_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    type: Mapped[str] = mapped_column(String(60), nullable=False)
+    entity_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    entity_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    idempotency_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
+
+
+# Every table under row-level security, and the column its policy compares.
+TENANT_TABLES: dict[str, str] = {
+    "tenants": "id",
+    "api_keys": "tenant_id",
+    "shows": "tenant_id",
+    "advertisers": "tenant_id",
+    "campaigns": "tenant_id",
+    "deal_stage_history": "tenant_id",
+    "io_bookings": "tenant_id",
+    "ad_units": "tenant_id",
+    "promo_codes": "tenant_id",
+    "etl_imports": "tenant_id",
+    "etl_upload_chunks": "tenant_id",
+    "etl_row_errors": "tenant_id",
+    "show_downloads": "tenant_id",
+    "matches": "tenant_id",
+    "events": "tenant_id",
+}

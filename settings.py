@@ -1,0 +1,112 @@
+"""One Settings class: every knob is an environment variable prefixed SPONSORFLOW_ (plus ENABLE_*)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ADMIN_TOKEN = "changethis"
+
+
+def _flag(name: str) -> AliasChoices:
+    return AliasChoices(name, f"SPONSORFLOW_{name}")
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the API, the worker and the `sponsorflow` CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPONSORFLOW_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    environment: str = "development"
+    data_dir: Path = Path(".data")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    # Unset: the embedded PostgreSQL under data_dir. Set: connect as the application role.
+    database_url: str | None = None
+    # Owner connection used only by migrations (RLS does not bind the owner).
+    migration_database_url: str | None = None
+    db_app_role: str = "sponsorflow_app"
+    db_pool_size: int = 10
+
+    temporal_address: str | None = None
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "sponsorflow"
+    temporal_tls: bool = False
+    temporal_tls_cert_path: Path | None = None
+    temporal_tls_key_path: Path | None = None
+    temporal_api_key: str | None = None
+    temporal_ui_url: str | None = None
+
+    admin_token: str | None = None
+    demo: bool = True
+
+    # Per-stage stall limits in days, e.g. SPONSORFLOW_STALL_DAYS='{"lead": 7}'.
+    stall_days: dict[str, int] = Field(default_factory=dict)
+    # Continue-as-new after this many stage moves in one run, to keep histories small.
+    deal_moves_per_run: int = 200
+
+    enable_etl_csv_upload: bool = Field(True, validation_alias=_flag("ENABLE_ETL_CSV_UPLOAD"))
+    enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))
+    enable_io_bookings: bool = Field(True, validation_alias=_flag("ENABLE_IO_BOOKINGS"))
+    enable_matchmaking: bool = Field(True, validation_alias=_flag("ENABLE_MATCHMAKING"))
+
+    @field_validator("database_url", "migration_database_url")
+    @classmethod
+    def _asyncpg_url(cls, v: str | None) -> str | None:
+        """Normalises any PostgreSQL URL to the asyncpg driver SQLAlchemy needs."""
+        if v is None:
+            return None
+        for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+            if v.startswith(prefix):
+                return "postgresql+asyncpg://" + v[len(prefix) :]
+        if v.startswith("postgresql://"):
+            return "postgresql+asyncpg://" + v[len("postgresql://") :]
+        return v
+
+    @field_validator("stall_days")
+    @classmethod
+    def _known_stages(cls, v: dict[str, int]) -> dict[str, int]:
+        """Rejects stall limits for stages that cannot stall."""
+        bad = set(v) - {"lead", "qualified", "proposal", "negotiation"}
+        if bad:
+            raise ValueError(f"stall_days names stages that cannot stall: {sorted(bad)}")
+        if any(d <= 0 for d in v.values()):
+            raise ValueError("stall_days must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> Settings:
+        """Refuses the placeholder admin token anywhere but development."""
+        if self.environment != "development" and self.admin_token in (None, DEFAULT_ADMIN_TOKEN):
+            raise ValueError("SPONSORFLOW_ADMIN_TOKEN must be set to a real secret outside development")
+        return self
+
+    @property
+    def temporal_target(self) -> str:
+        """The host:port the Temporal client connects to."""
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def ui_base_url(self) -> str:
+        """Base URL of the Temporal Web UI, for links from the API."""
+        return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
+
+    def admin_token_or_generate(self) -> str:
+        """Returns the configured admin token, or a fresh random one for this stack."""
+        return self.admin_token or secrets.token_urlsafe(24)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Returns the process-wide settings, read once from the environment."""
+    return Settings()
