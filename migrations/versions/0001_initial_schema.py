@@ -46,14 +46,10 @@ def upgrade() -> None:
         sa.Column("external_id", sa.String(length=200), nullable=True),
         sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("domain", sa.String(length=253), nullable=True),
-        sa.Column(
-            "target_categories", postgresql.ARRAY(sa.Text()), server_default="{}", nullable=False
-        ),
+        sa.Column("target_categories", postgresql.ARRAY(sa.Text()), server_default="{}", nullable=False),
         sa.Column("target_geo", postgresql.ARRAY(sa.Text()), server_default="{}", nullable=False),
         sa.Column("target_age", postgresql.ARRAY(sa.Text()), server_default="{}", nullable=False),
-        sa.Column(
-            "brand_safety_tolerance", sa.String(length=10), server_default="medium", nullable=False
-        ),
+        sa.Column("brand_safety_tolerance", sa.String(length=10), server_default="medium", nullable=False),
         sa.Column("budget_usd", sa.Numeric(precision=14, scale=2), nullable=True),
         sa.Column("flight_start", sa.Date(), nullable=True),
         sa.Column("flight_end", sa.Date(), nullable=True),
@@ -150,9 +146,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("idempotency_key"),
     )
-    op.create_index(
-        "ix_events_tenant_entity", "events", ["tenant_id", "entity_id", "id"], unique=False
-    )
+    op.create_index("ix_events_tenant_entity", "events", ["tenant_id", "entity_id", "id"], unique=False)
     op.create_index(op.f("ix_events_tenant_id"), "events", ["tenant_id"], unique=False)
     op.create_index("ix_events_tenant_type", "events", ["tenant_id", "type", "id"], unique=False)
     op.create_table(
@@ -253,9 +247,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("tenant_id", "external_id"),
     )
-    op.create_index(
-        op.f("ix_campaigns_advertiser_id"), "campaigns", ["advertiser_id"], unique=False
-    )
+    op.create_index(op.f("ix_campaigns_advertiser_id"), "campaigns", ["advertiser_id"], unique=False)
     op.create_index(op.f("ix_campaigns_show_id"), "campaigns", ["show_id"], unique=False)
     op.create_index(op.f("ix_campaigns_tenant_id"), "campaigns", ["tenant_id"], unique=False)
     op.create_index("ix_campaigns_tenant_stage", "campaigns", ["tenant_id", "stage"], unique=False)
@@ -272,12 +264,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(
-        op.f("ix_etl_row_errors_import_id"), "etl_row_errors", ["import_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_etl_row_errors_tenant_id"), "etl_row_errors", ["tenant_id"], unique=False
-    )
+    op.create_index(op.f("ix_etl_row_errors_import_id"), "etl_row_errors", ["import_id"], unique=False)
+    op.create_index(op.f("ix_etl_row_errors_tenant_id"), "etl_row_errors", ["tenant_id"], unique=False)
     op.create_table(
         "etl_upload_chunks",
         sa.Column("import_id", sa.UUID(), nullable=False),
@@ -288,9 +276,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("import_id", "seq"),
     )
-    op.create_index(
-        op.f("ix_etl_upload_chunks_tenant_id"), "etl_upload_chunks", ["tenant_id"], unique=False
-    )
+    op.create_index(op.f("ix_etl_upload_chunks_tenant_id"), "etl_upload_chunks", ["tenant_id"], unique=False)
     op.create_table(
         "matches",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -327,9 +313,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("tenant_id", "show_id", "date", "country"),
     )
-    op.create_index(
-        op.f("ix_show_downloads_tenant_id"), "show_downloads", ["tenant_id"], unique=False
-    )
+    op.create_index(op.f("ix_show_downloads_tenant_id"), "show_downloads", ["tenant_id"], unique=False)
     op.create_table(
         "deal_stage_history",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -363,13 +347,9 @@ def upgrade() -> None:
         sa.Column("promo_code", sa.String(length=40), nullable=True),
         sa.Column("vanity_url", sa.String(length=2000), nullable=True),
         sa.Column("payment_terms_days", sa.Integer(), server_default="30", nullable=False),
-        sa.Column(
-            "underdelivery_policy", sa.String(length=20), server_default="makegood", nullable=False
-        ),
+        sa.Column("underdelivery_policy", sa.String(length=20), server_default="makegood", nullable=False),
         sa.Column("measurement_window_days", sa.Integer(), server_default="30", nullable=False),
-        sa.Column(
-            "total_usd", sa.Numeric(precision=14, scale=2), server_default="0", nullable=False
-        ),
+        sa.Column("total_usd", sa.Numeric(precision=14, scale=2), server_default="0", nullable=False),
         sa.Column("invoice", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column(
             "created_at",
@@ -390,9 +370,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(
-        op.f("ix_io_bookings_campaign_id"), "io_bookings", ["campaign_id"], unique=False
-    )
+    op.create_index(op.f("ix_io_bookings_campaign_id"), "io_bookings", ["campaign_id"], unique=False)
     op.create_index(op.f("ix_io_bookings_tenant_id"), "io_bookings", ["tenant_id"], unique=False)
     op.create_table(
         "ad_units",

@@ -1,0 +1,421 @@
+"""Deals: create, read, list, and move through the pipeline via DealWorkflow's update."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from db.deals import DealRow, get_deal, get_history, insert_deal, list_deals
+from db.models import Advertiser, Campaign, DealStageHistory, Show
+from domain.deals import ChangeStageInput, DealWorkflowInput
+from domain.stages import Stage, TransitionError, check_transition, is_open, weighted_value
+from settings import Settings
+from workflows.deals import (
+    FORBIDDEN_TRANSITION,
+    INVALID_REQUEST,
+    DealWorkflow,
+    deal_search_attributes,
+    deal_summary,
+    deal_workflow_id,
+)
+
+log = logging.getLogger("sponsorflow.api.deals")
+
+router = APIRouter(
+    prefix="/api/v1/deals",
+    tags=["deals"],
+    dependencies=[Depends(feature_flag("enable_deal_pipeline", "ENABLE_DEAL_PIPELINE"))],
+)
+
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class DealCreate(BaseModel):
+    """A new deal for an advertiser, optionally on one show."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    advertiser_id: uuid.UUID
+    show_id: uuid.UUID | None = None
+    name: str = Field(min_length=1, max_length=300)
+    value_usd: Decimal = Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)
+    stage: Stage = Stage.LEAD
+    expected_close: date | None = None
+    lost_reason: Reason | None = None
+    owner_email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    external_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _lost_needs_reason(self) -> DealCreate:
+        if self.stage is Stage.LOST and not self.lost_reason:
+            raise ValueError("lost_reason is required when a deal is created as lost")
+        return self
+
+
+class StageChange(BaseModel):
+    """A requested stage move; `reason` is required for `lost` and becomes the lost_reason."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    stage: Stage
+    reason: Reason | None = None
+
+    @model_validator(mode="after")
+    def _lost_needs_reason(self) -> StageChange:
+        if self.stage is Stage.LOST and not self.reason:
+            raise ValueError("reason is required to move a deal to lost")
+        return self
+
+
+class HistoryEntry(BaseModel):
+    """One move of the deal's history (from is null for its creation)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: Stage | None = Field(default=None, alias="from")
+    to: Stage
+    at: datetime
+    reason: str | None = None
+
+
+class DealPublic(BaseModel):
+    """A deal as clients see it."""
+
+    id: str
+    name: str
+    external_id: str | None
+    advertiser_id: str
+    advertiser_name: str
+    show_id: str | None
+    show_name: str | None
+    stage: Stage
+    probability: int
+    value_usd: float
+    weighted_value_usd: float
+    currency: str
+    stage_changed_at: datetime
+    days_in_stage: int
+    lost_reason: str | None
+    expected_close: date | None
+    owner_email: str | None
+    created_at: datetime
+    workflow_id: str
+    temporal_ui_url: str
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+class DealSummary(BaseModel):
+    """A deal in a list (no history)."""
+
+    id: str
+    name: str
+    advertiser_id: str
+    show_id: str | None
+    stage: Stage
+    probability: int
+    value_usd: float
+    weighted_value_usd: float
+    stage_changed_at: datetime
+    days_in_stage: int
+    lost_reason: str | None
+
+
+def _ui_url(settings: Settings, workflow_id: str) -> str:
+    return (
+        f"{settings.ui_base_url}/namespaces/{quote(settings.temporal_namespace, safe='')}"
+        f"/workflows/{quote(workflow_id, safe='')}"
+    )
+
+
+def _days_in_stage(c: Campaign) -> int:
+    return max(0, (datetime.now(UTC) - c.stage_changed_at).days)
+
+
+def _public(row: DealRow, history: list[DealStageHistory], settings: Settings) -> DealPublic:
+    c = row.campaign
+    wid = deal_workflow_id(str(c.tenant_id), str(c.id))
+    return DealPublic(
+        id=str(c.id),
+        name=c.name,
+        external_id=c.external_id,
+        advertiser_id=str(c.advertiser_id),
+        advertiser_name=row.advertiser_name,
+        show_id=str(c.show_id) if c.show_id else None,
+        show_name=row.show_name,
+        stage=Stage(c.stage),
+        probability=c.probability,
+        value_usd=float(c.value_usd),
+        weighted_value_usd=weighted_value(float(c.value_usd), c.probability),
+        currency=c.currency,
+        stage_changed_at=c.stage_changed_at,
+        days_in_stage=_days_in_stage(c),
+        lost_reason=c.lost_reason,
+        expected_close=c.expected_close,
+        owner_email=c.owner_email,
+        created_at=c.created_at,
+        workflow_id=wid,
+        temporal_ui_url=_ui_url(settings, wid),
+        history=[
+            HistoryEntry(
+                from_=Stage(h.from_stage) if h.from_stage else None,
+                to=Stage(h.to_stage),
+                at=h.changed_at,
+                reason=h.reason,
+            )
+            for h in history
+        ],
+    )
+
+
+def _summary(c: Campaign) -> DealSummary:
+    return DealSummary(
+        id=str(c.id),
+        name=c.name,
+        advertiser_id=str(c.advertiser_id),
+        show_id=str(c.show_id) if c.show_id else None,
+        stage=Stage(c.stage),
+        probability=c.probability,
+        value_usd=float(c.value_usd),
+        weighted_value_usd=weighted_value(float(c.value_usd), c.probability),
+        stage_changed_at=c.stage_changed_at,
+        days_in_stage=_days_in_stage(c),
+        lost_reason=c.lost_reason,
+    )
+
+
+def workflow_input(row: DealRow, settings: Settings) -> DealWorkflowInput:
+    """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
+    c = row.campaign
+    return DealWorkflowInput(
+        tenant_id=str(c.tenant_id),
+        campaign_id=str(c.id),
+        name=c.name,
+        advertiser_id=str(c.advertiser_id),
+        advertiser_name=row.advertiser_name,
+        show_id=str(c.show_id) if c.show_id else None,
+        show_name=row.show_name,
+        value_usd=float(c.value_usd),
+        stage=Stage(c.stage),
+        stage_entered_at=c.stage_changed_at,
+        lost_reason=c.lost_reason,
+        stall_days=settings.stall_days,
+        moves_per_run=settings.deal_moves_per_run,
+    )
+
+
+def start_options(row: DealRow, settings: Settings) -> dict[str, Any]:
+    """Workflow start options shared by create and update-with-start."""
+    inp = workflow_input(row, settings)
+    return {
+        "id": deal_workflow_id(inp.tenant_id, inp.campaign_id),
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "search_attributes": deal_search_attributes(inp),
+        "static_summary": deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd),
+    }
+
+
+async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) -> None:
+    """Starts the deal's workflow, or finds it already running."""
+    await client.start_workflow(
+        DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
+    )
+
+
+def _not_found(campaign_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"deal {campaign_id!r} not found")
+
+
+def _conflict(exc: TransitionError) -> HTTPException:
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        detail={
+            "message": str(exc),
+            "current_stage": exc.current.value,
+            "requested_stage": exc.target.value,
+            "allowed_stages": [s.value for s in exc.allowed],
+        },
+    )
+
+
+async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPublic:
+    cid = parse_id(campaign_id, "deal")
+    async with db.tx() as session:
+        row = await get_deal(session=session, campaign_id=cid)
+        if row is None:
+            raise _not_found(campaign_id)
+        history = await get_history(session=session, campaign_id=cid)
+    return _public(row, history, settings)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DealPublic)
+async def create_deal(
+    body: DealCreate, db: TenantDbDep, client: TemporalDep, settings: SettingsDep
+) -> DealPublic:
+    """Creates a deal and starts its DealWorkflow."""
+    async with db.tx() as session:
+        if await session.get(Advertiser, body.advertiser_id) is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                detail=[
+                    {
+                        "loc": ["body", "advertiser_id"],
+                        "msg": f"advertiser {body.advertiser_id} not found in this tenant",
+                        "type": "not_found",
+                    }
+                ],
+            )
+        if body.show_id is not None and await session.get(Show, body.show_id) is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                detail=[
+                    {
+                        "loc": ["body", "show_id"],
+                        "msg": f"show {body.show_id} not found in this tenant",
+                        "type": "not_found",
+                    }
+                ],
+            )
+        campaign = await insert_deal(
+            session=session,
+            tenant_id=db.tenant_id,
+            advertiser_id=body.advertiser_id,
+            show_id=body.show_id,
+            name=body.name,
+            value_usd=body.value_usd,
+            stage=body.stage,
+            at=datetime.now(UTC),
+            expected_close=body.expected_close,
+            lost_reason=body.lost_reason,
+            owner_email=body.owner_email,
+            external_id=body.external_id,
+        )
+        row = await get_deal(session=session, campaign_id=campaign.id)
+        assert row is not None
+    if is_open(body.stage):
+        try:
+            await start_deal_workflow(client, row, settings)
+        except RPCError as exc:
+            # The row is the record; the first stage PATCH starts the workflow lazily
+            # (update-with-start), so the deal is not lost if Temporal blips here.
+            log.warning("deal %s saved but its workflow did not start: %s", campaign.id, exc)
+    return await _load(db, str(campaign.id), settings)
+
+
+@router.get("", response_model=Page[DealSummary])
+async def get_deals(
+    db: TenantDbDep,
+    stage: Stage | None = None,
+    advertiser_id: Annotated[uuid.UUID | None, Query()] = None,
+    show_id: Annotated[uuid.UUID | None, Query()] = None,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+) -> Page[DealSummary]:
+    """Lists deals newest first, filtered by stage, advertiser or show."""
+    after = decode_cursor(cursor, ("t", "id"))
+    position = None
+    if after:
+        try:
+            position = (datetime.fromisoformat(after["t"]), uuid.UUID(after["id"]))
+        except ValueError:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="cursor: malformed") from None
+    async with db.tx() as session:
+        rows = await list_deals(
+            session=session,
+            limit=limit,
+            after=position,
+            stage=stage,
+            advertiser_id=advertiser_id,
+            show_id=show_id,
+        )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor({"t": last.created_at.isoformat(), "id": str(last.id)})
+    return Page(items=[_summary(c) for c in rows[:limit]], next_cursor=next_cursor)
+
+
+@router.get("/{campaign_id}", response_model=DealPublic)
+async def read_deal(campaign_id: str, db: TenantDbDep, settings: SettingsDep) -> DealPublic:
+    """Returns a deal with its stage, probability, weighted value and full history."""
+    return await _load(db, campaign_id, settings)
+
+
+@router.patch(
+    "/{campaign_id}/stage",
+    response_model=DealPublic,
+    responses={
+        404: {"description": "unknown deal"},
+        409: {"description": "forbidden move; detail names the allowed stages"},
+        422: {"description": "unknown stage, or lost without a reason"},
+        503: {"description": "Temporal unreachable; nothing was changed"},
+    },
+)
+async def change_stage(
+    campaign_id: str,
+    body: StageChange,
+    db: TenantDbDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> DealPublic:
+    """Moves a deal: an update with a validator, sent with update-with-start."""
+    cid = parse_id(campaign_id, "deal")
+    async with db.tx() as session:
+        row = await get_deal(session=session, campaign_id=cid)
+    if row is None:
+        raise _not_found(campaign_id)
+    current = Stage(row.campaign.stage)
+    if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
+        # A closed deal has no running workflow; its rules need no Temporal round trip
+        # (a no-op answers 200, anything but reopening a lost deal is a 409).
+        try:
+            check_transition(current, body.stage, body.reason)
+        except TransitionError as exc:
+            raise _conflict(exc) from None
+        return await _load(db, campaign_id, settings)
+    try:
+        await client.execute_update_with_start_workflow(
+            DealWorkflow.change_stage,
+            ChangeStageInput(stage=body.stage, reason=body.reason),
+            start_workflow_operation=WithStartWorkflowOperation(
+                DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
+            ),
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == FORBIDDEN_TRANSITION:
+            details = cause.details[0] if cause.details else {}
+            allowed = [Stage(s) for s in details.get("allowed", [])]
+            now_stage = Stage(details.get("current", current.value))
+            raise _conflict(TransitionError(now_stage, body.stage, allowed, cause.message)) from None
+        if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=cause.message) from None
+        log.error("stage update of deal %s failed: %s", campaign_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the stage change could not be recorded; retry",
+        ) from None
+    except RPCError as exc:
+        log.error("Temporal unreachable for deal %s: %s", campaign_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="Temporal is unreachable; nothing was changed",
+        ) from None
+    return await _load(db, campaign_id, settings)

@@ -1,0 +1,123 @@
+"""FastAPI dependencies: settings, the tenant from the API key, tenant-scoped DB, Temporal."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+
+from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
+from settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="A tenant API key")
+
+
+def hash_key(key: str) -> str:
+    """Returns the stored form of an API key (keys are random, so a plain SHA-256 suffices)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """Returns the settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_temporal(request: Request) -> Client:
+    """Returns the process's one Temporal client, made in the lifespan."""
+    client: Client = request.app.state.temporal
+    return client
+
+
+def get_sessionmaker(request: Request) -> SessionMaker:
+    """Returns the process's session factory, made in the lifespan."""
+    sm: SessionMaker = request.app.state.sessionmaker
+    return sm
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+SessionMakerDep = Annotated[SessionMaker, Depends(get_sessionmaker)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+_UNAUTHORIZED = HTTPException(
+    status.HTTP_401_UNAUTHORIZED,
+    detail="missing or invalid API key (send Authorization: Bearer <key>)",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+async def get_tenant_id(creds: Credentials, sm: SessionMakerDep) -> uuid.UUID:
+    """Authenticates the bearer API key and returns its tenant; 401 otherwise."""
+    if creds is None or not creds.credentials:
+        raise _UNAUTHORIZED
+    async with sm() as session:
+        tenant = await tenant_for_key_hash(session, hash_key(creds.credentials))
+    if tenant is None:
+        raise _UNAUTHORIZED
+    return tenant
+
+
+TenantIdDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
+
+
+@dataclass(frozen=True)
+class TenantDb:
+    """Opens transactions scoped to the authenticated tenant (RLS reads app.tenant_id)."""
+
+    sm: SessionMaker
+    tenant_id: uuid.UUID
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        """One transaction with SET LOCAL app.tenant_id; commits on success."""
+        async with tenant_tx(self.sm, self.tenant_id) as session:
+            yield session
+
+
+def get_tenant_db(tenant_id: TenantIdDep, sm: SessionMakerDep) -> TenantDb:
+    """Returns the tenant-scoped database handle of this request."""
+    return TenantDb(sm=sm, tenant_id=tenant_id)
+
+
+TenantDbDep = Annotated[TenantDb, Depends(get_tenant_db)]
+
+
+async def require_admin(creds: Credentials, settings: SettingsDep) -> None:
+    """Lets only the holder of SPONSORFLOW_ADMIN_TOKEN through."""
+    token = settings.admin_token
+    if creds is None or not token or not hmac.compare_digest(creds.credentials, token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin token required (Authorization: Bearer <SPONSORFLOW_ADMIN_TOKEN>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def feature_flag(attr: str, env_name: str) -> Callable[..., Any]:
+    """Returns a dependency that answers 404 naming the flag while the feature is off."""
+
+    def check(settings: SettingsDep) -> None:
+        if not getattr(settings, attr):
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"this feature is disabled ({env_name}=false)"
+            )
+
+    return check
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """Parses an opaque id from a path; anything malformed is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {value!r} not found") from None

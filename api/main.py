@@ -1,0 +1,71 @@
+"""The FastAPI app: lifespan (engine + Temporal client), routers, error shapes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+
+from api import catalog, deals, events, health, tenants
+from db.engine import make_engine, make_sessionmaker
+from settings import Settings, connect_temporal, get_settings
+
+log = logging.getLogger("sponsorflow.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the app for `settings` (tests build one per test with their own task queue)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.temporal = await connect_temporal(settings)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="sponsorflow",
+        version="0.1.0",
+        description="Durable deal and insertion-order orchestration for podcast sponsorships.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Pydantic's input echo can carry a whole request body; keep loc/msg/type only.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database rejected or dropped the request; retry"},
+        )
+
+    for module in (health, tenants, catalog, deals, events):
+        app.include_router(module.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory api.main:app_factory`."""
+    return create_app()

@@ -1,0 +1,38 @@
+"""Admin: create tenants (each gets its first API key once)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import SessionMakerDep, require_admin
+from db.tenants import create_tenant
+
+router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
+
+
+class TenantCreate(BaseModel):
+    """A new tenant: a podcast network."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TenantCreated(BaseModel):
+    """The tenant and its API key; the key is shown this once and stored only hashed."""
+
+    id: str
+    name: str
+    api_key: str
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TenantCreated,
+    dependencies=[Depends(require_admin)],
+)
+async def post_tenant(body: TenantCreate, sm: SessionMakerDep) -> TenantCreated:
+    """Creates a tenant and returns its first API key."""
+    tenant = await create_tenant(sm=sm, name=body.name)
+    return TenantCreated(id=str(tenant.id), name=tenant.name, api_key=tenant.api_key)

@@ -1,0 +1,142 @@
+"""Deal rows: create, read with names and history, list with filters."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.events import emit_event
+from db.models import Advertiser, Campaign, DealStageHistory, Show
+from domain import events
+from domain.stages import Stage, probability
+
+
+@dataclass(frozen=True)
+class DealRow:
+    """A campaign row with the names its workflow summary needs."""
+
+    campaign: Campaign
+    advertiser_name: str
+    show_name: str | None
+
+
+async def insert_deal(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    advertiser_id: uuid.UUID,
+    show_id: uuid.UUID | None,
+    name: str,
+    value_usd: Decimal,
+    stage: Stage,
+    at: datetime,
+    expected_close: date | None = None,
+    lost_reason: str | None = None,
+    owner_email: str | None = None,
+    external_id: str | None = None,
+) -> Campaign:
+    """Writes a new deal, its first history entry and deal.created in the caller's transaction."""
+    campaign = Campaign(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        external_id=external_id,
+        advertiser_id=advertiser_id,
+        show_id=show_id,
+        name=name,
+        value_usd=value_usd,
+        stage=stage.value,
+        stage_changed_at=at,
+        probability=probability(stage),
+        lost_reason=lost_reason,
+        expected_close=expected_close,
+        owner_email=owner_email,
+        created_at=at,
+        updated_at=at,
+    )
+    session.add(campaign)
+    await session.flush()
+    key = f"deal.created/{campaign.id}"
+    session.add(
+        DealStageHistory(
+            tenant_id=tenant_id,
+            campaign_id=campaign.id,
+            from_stage=None,
+            to_stage=stage.value,
+            reason="created",
+            changed_at=at,
+            idempotency_key=key,
+        )
+    )
+    await emit_event(
+        session=session,
+        tenant_id=tenant_id,
+        type=events.DEAL_CREATED,
+        entity_type="deal",
+        entity_id=str(campaign.id),
+        payload={
+            "name": name,
+            "stage": stage.value,
+            "value_usd": float(value_usd),
+            "advertiser_id": str(advertiser_id),
+            "show_id": str(show_id) if show_id else None,
+        },
+        occurred_at=at,
+        idempotency_key=key,
+    )
+    return campaign
+
+
+async def get_deal(*, session: AsyncSession, campaign_id: uuid.UUID) -> DealRow | None:
+    """Returns the deal with its advertiser and show names, or None (RLS hides other tenants)."""
+    row = (
+        await session.execute(
+            select(Campaign, Advertiser.name, Show.name)
+            .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+            .outerjoin(Show, Show.id == Campaign.show_id)
+            .where(Campaign.id == campaign_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return DealRow(campaign=row[0], advertiser_name=row[1], show_name=row[2])
+
+
+async def get_history(*, session: AsyncSession, campaign_id: uuid.UUID) -> list[DealStageHistory]:
+    """Returns a deal's stage history, oldest first."""
+    return list(
+        (
+            await session.scalars(
+                select(DealStageHistory)
+                .where(DealStageHistory.campaign_id == campaign_id)
+                .order_by(DealStageHistory.changed_at, DealStageHistory.id)
+            )
+        ).all()
+    )
+
+
+async def list_deals(
+    *,
+    session: AsyncSession,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    stage: Stage | None = None,
+    advertiser_id: uuid.UUID | None = None,
+    show_id: uuid.UUID | None = None,
+) -> list[Campaign]:
+    """Returns up to limit+1 deals, newest first, after the keyset position `after`."""
+    stmt = select(Campaign).order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit + 1)
+    if stage is not None:
+        stmt = stmt.where(Campaign.stage == stage.value)
+    if advertiser_id is not None:
+        stmt = stmt.where(Campaign.advertiser_id == advertiser_id)
+    if show_id is not None:
+        stmt = stmt.where(Campaign.show_id == show_id)
+    if after is not None:
+        t, last_id = after
+        stmt = stmt.where(or_(Campaign.created_at < t, and_(Campaign.created_at == t, Campaign.id < last_id)))
+    return list((await session.scalars(stmt)).all())

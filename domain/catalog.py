@@ -1,0 +1,159 @@
+"""Shows and advertisers: the fields of the import formats, validated the same way everywhere."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GARM_CATEGORIES: tuple[str, ...] = (
+    "adult_explicit",
+    "arms_ammunition",
+    "crime_harmful_acts",
+    "death_injury_conflict",
+    "online_piracy",
+    "hate_speech",
+    "obscenity_profanity",
+    "drugs_tobacco_alcohol",
+    "spam_harmful",
+    "terrorism",
+    "debated_social_issues",
+    "misinformation",
+)
+AGE_BANDS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
+PLACEMENTS: tuple[str, ...] = ("pre_roll", "mid_roll", "post_roll")
+
+
+class RiskLevel(StrEnum):
+    """GARM risk level of a content category, from least to most risky."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    FLOOR = "floor"
+
+
+class Tolerance(StrEnum):
+    """The highest GARM risk an advertiser accepts in any category."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+Name = Annotated[str, Field(min_length=1, max_length=300)]
+ExternalId = Annotated[str, Field(min_length=1, max_length=200)]
+Label = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+def _shares(v: dict[str, float], what: str) -> dict[str, float]:
+    for key, share in v.items():
+        if not 0 <= share <= 1:
+            raise ValueError(f"{what} share for {key!r} must be between 0 and 1, got {share}")
+    total = sum(v.values())
+    if total > 1.0001:
+        raise ValueError(f"{what} shares add up to {total:.4f}, more than 1")
+    return v
+
+
+def _country(code: str) -> str:
+    code = code.strip().upper()
+    if not _COUNTRY.match(code):
+        raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+class ShowFields(BaseModel):
+    """A show as the API and the `shows` import describe it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    external_id: ExternalId | None = None
+    name: Name
+    categories: list[Label] = Field(default_factory=list, max_length=20)
+    avg_downloads: int = Field(ge=0, le=1_000_000_000)
+    episodes_per_month: int | None = Field(default=None, ge=0, le=200)
+    cpm_usd: float | None = Field(default=None, ge=0, le=10_000)
+    geo: dict[str, float] = Field(default_factory=dict)
+    age: dict[str, float] = Field(default_factory=dict)
+    female_share: float | None = Field(default=None, ge=0, le=1)
+    brand_safety: dict[str, RiskLevel] = Field(default_factory=dict)
+    rss_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://\S+$")
+    slots: dict[str, int] | None = None
+
+    @field_validator("geo")
+    @classmethod
+    def _geo(cls, v: dict[str, float]) -> dict[str, float]:
+        return _shares({_country(k): s for k, s in v.items()}, "geo")
+
+    @field_validator("age")
+    @classmethod
+    def _age(cls, v: dict[str, float]) -> dict[str, float]:
+        for band in v:
+            if band not in AGE_BANDS:
+                raise ValueError(f"unknown age band {band!r}; expected one of {', '.join(AGE_BANDS)}")
+        return _shares(v, "age")
+
+    @field_validator("brand_safety")
+    @classmethod
+    def _garm(cls, v: dict[str, RiskLevel]) -> dict[str, RiskLevel]:
+        for category in v:
+            if category not in GARM_CATEGORIES:
+                raise ValueError(f"unknown GARM category {category!r}")
+        return v
+
+    @field_validator("slots")
+    @classmethod
+    def _slots(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is None:
+            return v
+        for placement, count in v.items():
+            if placement not in PLACEMENTS:
+                raise ValueError(f"unknown placement {placement!r}; expected {', '.join(PLACEMENTS)}")
+            if not 0 <= count <= 10:
+                raise ValueError(f"slots for {placement} must be between 0 and 10")
+        return v
+
+
+class AdvertiserFields(BaseModel):
+    """An advertiser as the API and the `advertisers` import describe it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    external_id: ExternalId | None = None
+    name: Name
+    domain: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$",
+    )
+    target_categories: list[Label] = Field(default_factory=list, max_length=20)
+    target_geo: list[str] = Field(default_factory=list, max_length=250)
+    target_age: list[str] = Field(default_factory=list, max_length=6)
+    brand_safety_tolerance: Tolerance = Tolerance.MEDIUM
+    budget_usd: float | None = Field(default=None, ge=0, le=1_000_000_000)
+    flight_start: date | None = None
+    flight_end: date | None = None
+
+    @field_validator("target_geo")
+    @classmethod
+    def _geo(cls, v: list[str]) -> list[str]:
+        return [_country(c) for c in v]
+
+    @field_validator("target_age")
+    @classmethod
+    def _age(cls, v: list[str]) -> list[str]:
+        for band in v:
+            if band not in AGE_BANDS:
+                raise ValueError(f"unknown age band {band!r}; expected one of {', '.join(AGE_BANDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _flight(self) -> AdvertiserFields:
+        if self.flight_start and self.flight_end and self.flight_end < self.flight_start:
+            raise ValueError("flight_end is before flight_start")
+        return self

@@ -1,0 +1,104 @@
+"""Inputs and results of the deal workflow and its activities (shared by API, worker, workflow)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from domain.stages import Stage
+
+
+class DealWorkflowInput(BaseModel):
+    """Everything a DealWorkflow run needs; continue-as-new carries the state forward in it."""
+
+    tenant_id: str
+    campaign_id: str
+    name: str
+    advertiser_id: str
+    advertiser_name: str
+    show_id: str | None = None
+    show_name: str | None = None
+    value_usd: float
+    stage: Stage
+    stage_entered_at: datetime
+    lost_reason: str | None = None
+    # True once deal.stalled was emitted for the current stage entry.
+    stall_notified: bool = False
+    stall_days: dict[str, int] = Field(default_factory=dict)
+    moves_per_run: int = 200
+    # Moves accepted across every run of this deal, for the record.
+    total_moves: int = 0
+
+
+class DealWorkflowResult(BaseModel):
+    """How a deal's workflow ended: won or lost, and when."""
+
+    campaign_id: str
+    stage: Stage
+    closed_at: datetime
+    lost_reason: str | None = None
+
+
+class DealState(BaseModel):
+    """The deal as its workflow sees it: the answer of the query and of every stage update."""
+
+    campaign_id: str
+    stage: Stage
+    probability: int
+    stage_entered_at: datetime
+    lost_reason: str | None = None
+    stalled: bool = False
+    moves_this_run: int = 0
+    total_moves: int = 0
+
+
+class ChangeStageInput(BaseModel):
+    """A request to move a deal to another stage."""
+
+    stage: Stage
+    reason: str | None = None
+
+
+class ChangeStageResult(BaseModel):
+    """The deal after an accepted stage update; `changed` is false for a no-op."""
+
+    changed: bool
+    state: DealState
+
+
+class RecordStageChangeInput(BaseModel):
+    """What the workflow decided about one move, for the activity to persist."""
+
+    tenant_id: str
+    campaign_id: str
+    from_stage: Stage
+    to_stage: Stage
+    reason: str | None = None
+    lost_reason: str | None = None
+    probability: int
+    at: datetime
+    idempotency_key: str
+
+
+class RecordStageChangeResult(BaseModel):
+    """Whether this attempt wrote the move (false: an earlier attempt already had)."""
+
+    applied: bool
+
+
+class RecordStallInput(BaseModel):
+    """A deal that sat in one stage past its limit."""
+
+    tenant_id: str
+    campaign_id: str
+    stage: Stage
+    stage_entered_at: datetime
+    limit_days: float
+    at: datetime
+
+
+class RecordStallResult(BaseModel):
+    """Whether this attempt emitted the deal.stalled event."""
+
+    emitted: bool

@@ -1,0 +1,76 @@
+"""Runs the Temporal worker: every enabled workflow and activity on one task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deals import DealActivities
+from db.engine import SessionMaker, make_engine, make_sessionmaker
+from settings import Settings, connect_temporal, get_settings
+from workflows.deals import DealWorkflow
+
+log = logging.getLogger("sponsorflow.worker")
+
+
+def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], list[Any]]:
+    """Returns the workflows and activities this worker runs, honouring the feature flags."""
+    workflows: list[type] = []
+    activities: list[Any] = []
+    if settings.enable_deal_pipeline:
+        deals = DealActivities(sm)
+        workflows.append(DealWorkflow)
+        activities += [deals.record_stage_change, deals.record_stall]
+    return workflows, activities
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    sm: SessionMaker,
+    *,
+    task_queue: str | None = None,
+    extra_workflows: Sequence[type] = (),
+) -> Worker:
+    """Builds the worker for `settings` (tests pass their own task queue)."""
+    workflows, activities = registrations(settings, sm)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=[*workflows, *extra_workflows],
+        activities=activities,
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    """Connects, runs until SIGINT/SIGTERM, then drains and disposes the engine."""
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    client = await connect_temporal(settings)
+    worker = build_worker(client, settings, make_sessionmaker(engine))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling task queue %s", settings.temporal_task_queue)
+    async with worker:
+        await stop.wait()
+    await engine.dispose()
+
+
+def main() -> None:
+    """Entry point of `python worker.py` and `sponsorflow worker`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_worker())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""DealWorkflow: one deal from creation until it is won or lost.
+
+It decides every stage move (validator first, then again under the lock), has an activity
+persist it, keeps the search attributes current, and emits deal.stalled once per stage entry
+from a durable timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.deals import DealActivities
+    from domain.deals import (
+        ChangeStageInput,
+        ChangeStageResult,
+        DealState,
+        DealWorkflowInput,
+        DealWorkflowResult,
+        RecordStageChangeInput,
+        RecordStallInput,
+    )
+    from domain.stages import (
+        Stage,
+        TransitionError,
+        check_transition,
+        is_noop,
+        is_open,
+        probability,
+        stall_limit,
+    )
+    from workflows import search_attributes as sa
+
+FORBIDDEN_TRANSITION = "ForbiddenTransition"
+INVALID_REQUEST = "InvalidStageRequest"
+
+_PERSIST_TIMEOUT = timedelta(seconds=10)
+_PERSIST_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_attempts=8
+)
+
+
+def deal_workflow_id(tenant_id: str, campaign_id: str) -> str:
+    """Returns the workflow id of a deal; the tenant is part of it so tenants never collide."""
+    return f"deal/{tenant_id}/{campaign_id}"
+
+
+def deal_summary(name: str, advertiser: str, show: str | None, value_usd: float) -> str:
+    """Returns the one-line summary ops read in the Temporal UI's workflow list."""
+    target = show or name
+    return f"Deal: {advertiser} x {target}, ${value_usd:,.0f}"
+
+
+def deal_search_attributes(inp: DealWorkflowInput) -> TypedSearchAttributes:
+    """Returns the search attributes a deal's workflow starts with."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.TENANT_ID, inp.tenant_id),
+        SearchAttributePair(sa.DEAL_STAGE, inp.stage.value),
+        SearchAttributePair(sa.ADVERTISER_ID, inp.advertiser_id),
+        SearchAttributePair(sa.DEAL_VALUE, float(inp.value_usd)),
+        SearchAttributePair(sa.STAGE_ENTERED_AT, inp.stage_entered_at),
+    ]
+    if inp.show_id:
+        pairs.append(SearchAttributePair(sa.SHOW_ID, inp.show_id))
+    return TypedSearchAttributes(pairs)
+
+
+def _rejection(exc: Exception, current: Stage) -> ApplicationError:
+    if isinstance(exc, TransitionError):
+        return ApplicationError(
+            str(exc),
+            {"current": current.value, "allowed": [s.value for s in exc.allowed]},
+            type=FORBIDDEN_TRANSITION,
+            non_retryable=True,
+        )
+    return ApplicationError(str(exc), type=INVALID_REQUEST, non_retryable=True)
+
+
+@workflow.defn
+class DealWorkflow:
+    """A deal moving through the pipeline, alive while the deal is open."""
+
+    @workflow.init
+    def __init__(self, inp: DealWorkflowInput) -> None:
+        self._inp = inp
+        self._stage = inp.stage
+        self._entered_at = inp.stage_entered_at
+        self._lost_reason = inp.lost_reason
+        self._stall_notified = inp.stall_notified
+        self._moves = 0
+        self._total_moves = inp.total_moves
+        # Stage updates run one at a time: each is decided against the stage the previous
+        # one left, so the persisted history is a single chain.
+        self._lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, inp: DealWorkflowInput) -> DealWorkflowResult:
+        """Follows the deal until it closes, continuing as new before the history grows large."""
+        self._describe()
+        while True:
+            if is_open(self._stage):
+                await self.wait_for_move_or_stall()
+            else:
+                # A closed deal ends the run, but only once every accepted update has returned.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not is_open(self._stage):
+                    return DealWorkflowResult(
+                        campaign_id=inp.campaign_id,
+                        stage=self._stage,
+                        closed_at=self._entered_at,
+                        lost_reason=self._lost_reason,
+                    )
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._carry_over())
+
+    async def wait_for_move_or_stall(self) -> None:
+        """Waits for the next move; if none comes before the stage's limit, reports a stall."""
+        entered = self._entered_at
+
+        def moved_or_rolling() -> bool:
+            return self._entered_at != entered or self._should_continue_as_new()
+
+        limit = stall_limit(self._stage, self._inp.stall_days)
+        if self._stall_notified or limit is None:
+            await workflow.wait_condition(moved_or_rolling)
+            return
+        remaining = (entered + limit) - workflow.now()
+        if remaining > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    moved_or_rolling, timeout=remaining, timeout_summary="stall timer"
+                )
+                return
+            except TimeoutError:
+                pass
+        await self.on_stall(limit)
+
+    async def on_stall(self, limit: timedelta) -> None:
+        """Emits deal.stalled for the current stage entry, unless a move got there first."""
+        async with self._lock:
+            if self._stall_notified or not is_open(self._stage):
+                return
+            await workflow.execute_local_activity_method(
+                DealActivities.record_stall,
+                RecordStallInput(
+                    tenant_id=self._inp.tenant_id,
+                    campaign_id=self._inp.campaign_id,
+                    stage=self._stage,
+                    stage_entered_at=self._entered_at,
+                    limit_days=limit.total_seconds() / 86400,
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=_PERSIST_TIMEOUT,
+                retry_policy=_PERSIST_RETRY,
+            )
+            self._stall_notified = True
+            self._describe()
+
+    @workflow.update
+    async def change_stage(self, req: ChangeStageInput) -> ChangeStageResult:
+        """Moves the deal: decided here, persisted by an activity in one transaction."""
+        async with self._lock:
+            current = self._stage
+            if is_noop(current, req.stage):
+                return ChangeStageResult(changed=False, state=self.state())
+            try:
+                check_transition(current, req.stage, req.reason)
+            except ValueError as exc:
+                # The validator accepted this against an earlier stage; a move that ran
+                # first made it invalid.
+                raise _rejection(exc, current) from None
+            now = workflow.now()
+            lost_reason = req.reason if req.stage is Stage.LOST else None
+            await workflow.execute_local_activity_method(
+                DealActivities.record_stage_change,
+                RecordStageChangeInput(
+                    tenant_id=self._inp.tenant_id,
+                    campaign_id=self._inp.campaign_id,
+                    from_stage=current,
+                    to_stage=req.stage,
+                    reason=req.reason,
+                    lost_reason=lost_reason,
+                    probability=probability(req.stage),
+                    at=now,
+                    idempotency_key=f"{workflow.info().workflow_id}/{workflow.uuid4()}",
+                ),
+                start_to_close_timeout=_PERSIST_TIMEOUT,
+                retry_policy=_PERSIST_RETRY,
+            )
+            self._stage = req.stage
+            self._entered_at = now
+            self._lost_reason = lost_reason
+            self._stall_notified = False
+            self._moves += 1
+            self._total_moves += 1
+            workflow.upsert_search_attributes(
+                [sa.DEAL_STAGE.value_set(req.stage.value), sa.STAGE_ENTERED_AT.value_set(now)]
+            )
+            self._describe()
+            return ChangeStageResult(changed=True, state=self.state())
+
+    @change_stage.validator
+    def validate_change_stage(self, req: ChangeStageInput) -> None:
+        """Rejects a forbidden move before anything is written to history."""
+        try:
+            check_transition(self._stage, req.stage, req.reason)
+        except ValueError as exc:
+            raise _rejection(exc, self._stage) from None
+
+    @workflow.query
+    def state(self) -> DealState:
+        """Returns the deal as this workflow sees it."""
+        return DealState(
+            campaign_id=self._inp.campaign_id,
+            stage=self._stage,
+            probability=probability(self._stage),
+            stage_entered_at=self._entered_at,
+            lost_reason=self._lost_reason,
+            stalled=self._stall_notified,
+            moves_this_run=self._moves,
+            total_moves=self._total_moves,
+        )
+
+    def _should_continue_as_new(self) -> bool:
+        return self._moves >= self._inp.moves_per_run or workflow.info().is_continue_as_new_suggested()
+
+    def _carry_over(self) -> DealWorkflowInput:
+        return self._inp.model_copy(
+            update={
+                "stage": self._stage,
+                "stage_entered_at": self._entered_at,
+                "lost_reason": self._lost_reason,
+                "stall_notified": self._stall_notified,
+                "total_moves": self._total_moves,
+            }
+        )
+
+    def _describe(self) -> None:
+        since: datetime = self._entered_at
+        stalled = " (stalled)" if self._stall_notified else ""
+        workflow.set_current_details(
+            f"Stage **{self._stage.value}**{stalled} since {since:%Y-%m-%d %H:%M} UTC, "
+            f"{probability(self._stage)}% likely"
+        )
