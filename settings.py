@@ -113,7 +113,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def connect_temporal(settings: Settings) -> Any:
+async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Any:
     """Connects the one Temporal client of a process (pydantic converter, TLS/API key if set)."""
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
@@ -131,4 +131,5 @@ async def connect_temporal(settings: Settings) -> Any:
         data_converter=pydantic_data_converter,
         tls=tls if settings.temporal_api_key is None else (tls or True),
         api_key=settings.temporal_api_key,
+        lazy=lazy,
     )

@@ -26,7 +26,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
     if settings.enable_deal_pipeline:
         deals = DealActivities(sm)
         workflows.append(DealWorkflow)
-        activities += [deals.record_stage_change, deals.record_stall]
+        activities += [deals.record_stage_change, deals.record_stall, deals.load_deal]
     return workflows, activities
 
 

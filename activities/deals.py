@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from db.models import Campaign, DealStageHistory
+from db.models import Campaign, DealStageHistory, Event
 from domain import events
 from domain.deals import (
+    LoadDealInput,
+    LoadDealResult,
     RecordStageChangeInput,
     RecordStageChangeResult,
     RecordStallInput,
     RecordStallResult,
 )
+from domain.stages import Stage
+
+
+def stall_key(campaign_id: str, stage: Stage, entered_at: datetime) -> str:
+    """The idempotency key of a stage entry's deal.stalled event: at most one per entry."""
+    return f"deal.stalled/{campaign_id}/{stage.value}/{entered_at.isoformat()}"
 
 
 class DealActivities:
@@ -31,35 +41,52 @@ class DealActivities:
         """Writes the stage, its history row and the deal.stage_changed event in one transaction."""
         campaign_id = uuid.UUID(inp.campaign_id)
         async with tenant_tx(self._sm, inp.tenant_id) as session:
-            # The history row's unique key is the retry guard: a second attempt after a
-            # commit inserts nothing and so writes nothing else either.
-            inserted = (
+            if await self._already_written(session, inp.idempotency_key):
+                return RecordStageChangeResult(outcome="already_applied")
+            # Compare-and-set on the stage entry the workflow decided against: a run seeded
+            # from a row that has since moved must not write over it.
+            moved = (
                 await session.execute(
-                    insert(DealStageHistory)
-                    .values(
-                        tenant_id=uuid.UUID(inp.tenant_id),
-                        campaign_id=campaign_id,
-                        from_stage=inp.from_stage.value,
-                        to_stage=inp.to_stage.value,
-                        reason=inp.reason,
-                        changed_at=inp.at,
-                        idempotency_key=inp.idempotency_key,
+                    update(Campaign)
+                    .where(
+                        Campaign.id == campaign_id,
+                        Campaign.stage == inp.from_stage.value,
+                        Campaign.stage_changed_at == inp.from_entered_at,
                     )
-                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                    .returning(DealStageHistory.id)
+                    .values(
+                        stage=inp.to_stage.value,
+                        stage_changed_at=inp.at,
+                        probability=inp.probability,
+                        lost_reason=inp.lost_reason,
+                        updated_at=inp.at,
+                    )
+                    .returning(Campaign.id)
                 )
             ).scalar()
-            if inserted is None:
-                return RecordStageChangeResult(applied=False)
-            await session.execute(
-                update(Campaign)
-                .where(Campaign.id == campaign_id)
-                .values(
-                    stage=inp.to_stage.value,
-                    stage_changed_at=inp.at,
-                    probability=inp.probability,
-                    lost_reason=inp.lost_reason,
-                    updated_at=inp.at,
+            if moved is None:
+                row = (
+                    await session.execute(
+                        select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
+                            Campaign.id == campaign_id
+                        )
+                    )
+                ).first()
+                if row is None:
+                    raise ApplicationError(
+                        f"deal {inp.campaign_id} does not exist", type="DealMissing", non_retryable=True
+                    )
+                return RecordStageChangeResult(
+                    outcome="stale", stage=Stage(row[0]), stage_entered_at=row[1], lost_reason=row[2]
+                )
+            session.add(
+                DealStageHistory(
+                    tenant_id=uuid.UUID(inp.tenant_id),
+                    campaign_id=campaign_id,
+                    from_stage=inp.from_stage.value,
+                    to_stage=inp.to_stage.value,
+                    reason=inp.reason,
+                    changed_at=inp.at,
+                    idempotency_key=inp.idempotency_key,
                 )
             )
             await emit_event(
@@ -77,13 +104,55 @@ class DealActivities:
                 occurred_at=inp.at,
                 idempotency_key=inp.idempotency_key,
             )
-        return RecordStageChangeResult(applied=True)
+        return RecordStageChangeResult(outcome="applied")
+
+    @staticmethod
+    async def _already_written(session: AsyncSession, key: str) -> bool:
+        found = await session.scalar(
+            select(DealStageHistory.id).where(DealStageHistory.idempotency_key == key)
+        )
+        return found is not None
+
+    @activity.defn(name="load_deal")
+    async def load_deal(self, inp: LoadDealInput) -> LoadDealResult:
+        """Reads the deal's current stage entry, and whether its stall was already reported."""
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            row = (
+                await session.execute(
+                    select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
+                        Campaign.id == uuid.UUID(inp.campaign_id)
+                    )
+                )
+            ).first()
+            if row is None:
+                return LoadDealResult(exists=False)
+            stage, entered_at, lost_reason = Stage(row[0]), row[1], row[2]
+            stalled = await session.scalar(
+                select(Event.id).where(Event.idempotency_key == stall_key(inp.campaign_id, stage, entered_at))
+            )
+        return LoadDealResult(
+            exists=True,
+            stage=stage,
+            stage_entered_at=entered_at,
+            lost_reason=lost_reason,
+            stall_notified=stalled is not None,
+        )
 
     @activity.defn(name="record_stall")
     async def record_stall(self, inp: RecordStallInput) -> RecordStallResult:
         """Emits deal.stalled once per stage entry (keyed by the entry's timestamp)."""
-        key = f"deal.stalled/{inp.campaign_id}/{inp.stage.value}/{inp.stage_entered_at.isoformat()}"
+        key = stall_key(inp.campaign_id, inp.stage, inp.stage_entered_at)
         async with tenant_tx(self._sm, inp.tenant_id) as session:
+            current = (
+                await session.execute(
+                    select(Campaign.stage, Campaign.stage_changed_at)
+                    .where(Campaign.id == uuid.UUID(inp.campaign_id))
+                    .with_for_update()
+                )
+            ).first()
+            if current is None or (current[0], current[1]) != (inp.stage.value, inp.stage_entered_at):
+                # The deal moved on (the workflow's view was stale): that entry never stalled.
+                return RecordStallResult(emitted=False)
             emitted = await emit_event(
                 session=session,
                 tenant_id=inp.tenant_id,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -18,7 +21,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
@@ -239,6 +242,28 @@ async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) 
     )
 
 
+_UPDATE_DEADLINE_S = 20.0
+_ATTEMPT_TIMEOUT_S = 5.0
+_RETRYABLE = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
+
+
+def _update_failed(
+    exc: WorkflowUpdateFailedError, current: Stage, target: Stage, campaign_id: str
+) -> HTTPException:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type == FORBIDDEN_TRANSITION:
+        details = cause.details[0] if cause.details else {}
+        allowed = [Stage(s) for s in details.get("allowed", [])]
+        now_stage = Stage(details.get("current", current.value))
+        return _conflict(TransitionError(now_stage, target, allowed, cause.message))
+    if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=cause.message)
+    log.error("stage update of deal %s failed: %s", campaign_id, exc)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, detail="the stage change could not be recorded; retry"
+    )
+
+
 def _not_found(campaign_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"deal {campaign_id!r} not found")
 
@@ -273,7 +298,7 @@ async def create_deal(
     async with db.tx() as session:
         if await session.get(Advertiser, body.advertiser_id) is None:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 detail=[
                     {
                         "loc": ["body", "advertiser_id"],
@@ -284,7 +309,7 @@ async def create_deal(
             )
         if body.show_id is not None and await session.get(Show, body.show_id) is None:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 detail=[
                     {
                         "loc": ["body", "show_id"],
@@ -335,7 +360,7 @@ async def get_deals(
         try:
             position = (datetime.fromisoformat(after["t"]), uuid.UUID(after["id"]))
         except ValueError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="cursor: malformed") from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
     async with db.tx() as session:
         rows = await list_deals(
             session=session,
@@ -377,19 +402,60 @@ async def change_stage(
 ) -> DealPublic:
     """Moves a deal: an update with a validator, sent with update-with-start."""
     cid = parse_id(campaign_id, "deal")
-    async with db.tx() as session:
-        row = await get_deal(session=session, campaign_id=cid)
-    if row is None:
-        raise _not_found(campaign_id)
-    current = Stage(row.campaign.stage)
-    if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
-        # A closed deal has no running workflow; its rules need no Temporal round trip
-        # (a no-op answers 200, anything but reopening a lost deal is a 409).
+    deadline = time.monotonic() + _UPDATE_DEADLINE_S
+    attempt = 0
+    while True:
+        attempt += 1
+        async with db.tx() as session:
+            row = await get_deal(session=session, campaign_id=cid)
+        if row is None:
+            raise _not_found(campaign_id)
+        current = Stage(row.campaign.stage)
+        if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
+            # A closed deal has no running workflow; its rules need no Temporal round trip
+            # (a no-op answers 200, anything but reopening a lost deal is a 409).
+            try:
+                check_transition(current, body.stage, body.reason)
+            except TransitionError as exc:
+                raise _conflict(exc) from None
+            break
         try:
-            check_transition(current, body.stage, body.reason)
-        except TransitionError as exc:
-            raise _conflict(exc) from None
-        return await _load(db, campaign_id, settings)
+            # Each attempt is bounded: an update lost in a run that was closing would otherwise
+            # hold the request open. A move is declarative ("be at X"), so a resend is safe.
+            await asyncio.wait_for(
+                client.execute_update_with_start_workflow(
+                    DealWorkflow.change_stage,
+                    ChangeStageInput(stage=body.stage, reason=body.reason),
+                    start_workflow_operation=WithStartWorkflowOperation(
+                        DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
+                    ),
+                ),
+                timeout=_ATTEMPT_TIMEOUT_S,
+            )
+            break
+        except TimeoutError:
+            log.warning("stage update of deal %s timed out (attempt %d); retrying", campaign_id, attempt)
+            if time.monotonic() > deadline:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="the stage change was not confirmed in time; retry",
+                    headers={"Retry-After": "1"},
+                ) from None
+        except WorkflowUpdateFailedError as exc:
+            raise _update_failed(exc, current, body.stage, campaign_id) from None
+        except RPCError as exc:
+            # The server caps in-flight updates per workflow (10 by default) and aborts the
+            # updates in flight when a deal closes; both are worth another try, re-reading
+            # the row so a deal that closed meanwhile gets its closed-deal answer.
+            if exc.status not in _RETRYABLE or time.monotonic() > deadline:
+                log.error("Temporal refused the update of deal %s: %s", campaign_id, exc)
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="Temporal is unreachable or overloaded; nothing was changed, retry",
+                    headers={"Retry-After": "1"},
+                ) from None
+            await asyncio.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
+    return await _load(db, campaign_id, settings)
     try:
         await client.execute_update_with_start_workflow(
             DealWorkflow.change_stage,
@@ -406,7 +472,7 @@ async def change_stage(
             now_stage = Stage(details.get("current", current.value))
             raise _conflict(TransitionError(now_stage, body.stage, allowed, cause.message)) from None
         if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=cause.message) from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=cause.message) from None
         log.error("stage update of deal %s failed: %s", campaign_id, exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -39,7 +39,7 @@ async def list_events(
     """Pages the tenant's events oldest first, filtered by type and entity."""
     if type is not None and type not in EVENT_TYPES:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"type: unknown event type {type!r}; known: {', '.join(sorted(EVENT_TYPES))}",
         )
     after = decode_cursor(cursor, ("id",))
@@ -48,7 +48,7 @@ async def list_events(
         try:
             stmt = stmt.where(Event.id > int(after["id"]))
         except (TypeError, ValueError):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="cursor: malformed") from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
     if type:
         stmt = stmt.where(Event.type == type)
     if entity_id:

@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.temporal = await connect_temporal(settings)
+        # Lazy: the API starts (and /readyz can say so) while Temporal is still coming up.
+        app.state.temporal = await connect_temporal(settings, lazy=True)
         try:
             yield
         finally:

@@ -39,5 +39,5 @@ def decode_cursor(cursor: str | None, keys: tuple[str, ...]) -> dict[str, Any] |
         return values
     except ValueError:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, detail="cursor: not a cursor this list returned"
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: not a cursor this list returned"
         ) from None

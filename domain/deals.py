@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -29,6 +30,9 @@ class DealWorkflowInput(BaseModel):
     moves_per_run: int = 200
     # Moves accepted across every run of this deal, for the record.
     total_moves: int = 0
+    # False when seeded from a row read by a caller (which may be stale): the run first
+    # re-reads the row. Continue-as-new carries authoritative state and sets it True.
+    synced: bool = False
 
 
 class DealWorkflowResult(BaseModel):
@@ -73,6 +77,9 @@ class RecordStageChangeInput(BaseModel):
     tenant_id: str
     campaign_id: str
     from_stage: Stage
+    # The stage entry the decision was made against; the write only lands if the row
+    # still shows it (optimistic concurrency against a run seeded from a stale row).
+    from_entered_at: datetime
     to_stage: Stage
     reason: str | None = None
     lost_reason: str | None = None
@@ -82,13 +89,19 @@ class RecordStageChangeInput(BaseModel):
 
 
 class RecordStageChangeResult(BaseModel):
-    """Whether this attempt wrote the move (false: an earlier attempt already had)."""
+    """What happened to the move: written now, written by an earlier attempt, or refused as stale.
 
-    applied: bool
+    When stale, the row's actual stage entry is returned so the workflow can adopt it.
+    """
+
+    outcome: Literal["applied", "already_applied", "stale"]
+    stage: Stage | None = None
+    stage_entered_at: datetime | None = None
+    lost_reason: str | None = None
 
 
 class RecordStallInput(BaseModel):
-    """A deal that sat in one stage past its limit."""
+    """A deal that sat in one stage past its limit (emitted only if the row still shows that entry)."""
 
     tenant_id: str
     campaign_id: str
@@ -102,3 +115,20 @@ class RecordStallResult(BaseModel):
     """Whether this attempt emitted the deal.stalled event."""
 
     emitted: bool
+
+
+class LoadDealInput(BaseModel):
+    """Which deal's row a fresh run should re-read."""
+
+    tenant_id: str
+    campaign_id: str
+
+
+class LoadDealResult(BaseModel):
+    """The deal's stage entry as the row records it (exists=False: the row is gone)."""
+
+    exists: bool
+    stage: Stage | None = None
+    stage_entered_at: datetime | None = None
+    lost_reason: str | None = None
+    stall_notified: bool = False

