@@ -1,0 +1,116 @@
+"""Replay guards: recorded DealWorkflow histories must replay against today's code.
+
+Set SPONSORFLOW_RECORD_HISTORIES=1 to (re)record tests/histories/ from a real run; commit the
+files only when a change is meant to be compatible with running workflows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from activities.deals import DealActivities
+from db.deals import insert_deal
+from db.engine import SessionMaker, tenant_tx
+from db.models import Advertiser
+from db.tenants import create_tenant
+from domain.deals import ChangeStageInput, DealWorkflowInput
+from domain.stages import Stage
+from tests.conftest import new_worker
+from workflows.deals import DealWorkflow
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+
+async def _deal_input(sm: SessionMaker, entered: datetime) -> DealWorkflowInput:
+    tenant = await create_tenant(sm=sm, name=f"replay {uuid.uuid4().hex[:6]}")
+    async with tenant_tx(sm, tenant.id) as s:
+        adv = Advertiser(tenant_id=tenant.id, name="Acme")
+        s.add(adv)
+        await s.flush()
+        c = await insert_deal(
+            session=s,
+            tenant_id=tenant.id,
+            advertiser_id=adv.id,
+            show_id=None,
+            name="Replay deal",
+            value_usd=Decimal("9000"),
+            stage=Stage.LEAD,
+            at=entered,
+        )
+    return DealWorkflowInput(
+        tenant_id=str(tenant.id),
+        campaign_id=str(c.id),
+        name=c.name,
+        advertiser_id=str(adv.id),
+        advertiser_name="Acme",
+        value_usd=9000,
+        stage=Stage.LEAD,
+        stage_entered_at=entered,
+    )
+
+
+async def _life_of_a_deal(client: Client, sm: SessionMaker, entered: datetime) -> WorkflowHistory:
+    """Sync, moves, a rejected move, a no-op, a stall (on time-skipping), then lost."""
+    acts = DealActivities(sm)
+    async with new_worker(
+        client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
+    ) as w:
+        handle = await client.start_workflow(
+            DealWorkflow.run,
+            await _deal_input(sm, entered),
+            id=f"deal/replay/{uuid.uuid4()}",
+            task_queue=w.task_queue,
+        )
+        await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.QUALIFIED))
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.WON))
+        await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.QUALIFIED))
+        await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.PROPOSAL))
+        await handle.query(DealWorkflow.state)
+        await handle.execute_update(
+            DealWorkflow.change_stage, ChangeStageInput(stage=Stage.LOST, reason="budget")
+        )
+        await handle.result()
+        return await handle.fetch_history()
+
+
+async def _replay(history: WorkflowHistory) -> None:
+    await Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+
+
+async def test_replay_a_fresh_history(client: Client, sm: SessionMaker) -> None:
+    await _replay(await _life_of_a_deal(client, sm, datetime.now(UTC)))
+
+
+async def test_replay_a_history_with_a_stall(
+    time_skipping_env: WorkflowEnvironment, sm: SessionMaker
+) -> None:
+    history = await _life_of_a_deal(
+        time_skipping_env.client, sm, datetime.now(UTC) - timedelta(days=30)
+    )
+    await _replay(history)
+    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / "deal_workflow_v1.json").write_text(history.to_json())
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("deal_workflow_*.json")), ids=lambda p: p.name)
+async def test_recorded_histories_still_replay(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    await _replay(history)
+
+
+def test_there_is_a_recorded_history() -> None:
+    assert list(HISTORIES.glob("deal_workflow_*.json")), "record one with SPONSORFLOW_RECORD_HISTORIES=1"
