@@ -85,9 +85,7 @@ async def _life_of_a_deal(client: Client, sm: SessionMaker, entered: datetime) -
 
 
 async def _replay(history: WorkflowHistory) -> None:
-    await Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter).replay_workflow(
-        history
-    )
+    await Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter).replay_workflow(history)
 
 
 async def test_replay_a_fresh_history(client: Client, sm: SessionMaker) -> None:
@@ -97,9 +95,7 @@ async def test_replay_a_fresh_history(client: Client, sm: SessionMaker) -> None:
 async def test_replay_a_history_with_a_stall(
     time_skipping_env: WorkflowEnvironment, sm: SessionMaker
 ) -> None:
-    history = await _life_of_a_deal(
-        time_skipping_env.client, sm, datetime.now(UTC) - timedelta(days=30)
-    )
+    history = await _life_of_a_deal(time_skipping_env.client, sm, datetime.now(UTC) - timedelta(days=30))
     await _replay(history)
     if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
