@@ -40,6 +40,8 @@ def build_worker(
 ) -> Worker:
     """Builds the worker for `settings` (tests pass their own task queue)."""
     workflows, activities = registrations(settings, sm)
+    if not workflows and not extra_workflows:
+        raise SystemExit("every feature flag is off: this worker has nothing to run")
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,

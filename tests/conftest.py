@@ -173,13 +173,17 @@ async def start_stack(
     database: EmbeddedDatabase, client: Client, sm: SessionMaker, **overrides: Any
 ) -> AsyncIterator[Stack]:
     """Runs the API app and the worker for one test."""
+    from contextlib import AsyncExitStack
+
     from api.main import create_app
-    from worker import build_worker
+    from worker import build_worker, registrations
 
     settings = make_settings(database, client, **overrides)
     app = create_app(settings)
-    worker = build_worker(client, settings, sm)
-    async with worker, app.router.lifespan_context(app):
+    async with AsyncExitStack() as running:
+        if registrations(settings, sm)[0]:
+            await running.enter_async_context(build_worker(client, settings, sm))
+        await running.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
             yield Stack(settings=settings, http=http, client=client, sm=sm)
