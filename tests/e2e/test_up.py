@@ -1,0 +1,125 @@
+"""`sponsorflow up` as a real process: start, drive over HTTP, stop, start again, find the data."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Up:
+    """One `sponsorflow up` process and what it printed."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.offset = log.stat().st_size if log.exists() else 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "up"],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_until_up(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_bytes()[self.offset :].decode(errors="replace")
+            if "Press Ctrl-C" in text:
+                return text
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sponsorflow up exited early:\n{text}")
+            time.sleep(0.5)
+        raise AssertionError(f"sponsorflow up not ready:\n{self.log.read_text(errors='replace')}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+
+def _printed(text: str, label: str) -> str:
+    found = re.findall(rf"{label}\s+(\S+)", text)
+    assert found, f"{label!r} not printed"
+    return found[-1]
+
+
+def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
+    ports = {k: str(_free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
+    env = dict(os.environ)
+    env.update(
+        SPONSORFLOW_DATA_DIR=str(tmp_path / "data"),
+        SPONSORFLOW_API_PORT=ports["API"],
+        SPONSORFLOW_TEMPORAL_PORT=ports["TEMPORAL"],
+        SPONSORFLOW_TEMPORAL_UI_PORT=ports["TEMPORAL_UI"],
+        SPONSORFLOW_DEMO="true",
+    )
+    env.pop("SPONSORFLOW_ADMIN_TOKEN", None)
+    env.pop("SPONSORFLOW_DATABASE_URL", None)
+    log = tmp_path / "up.log"
+    api = f"http://127.0.0.1:{ports['API']}"
+
+    first = Up(env, log)
+    try:
+        text = first.wait_until_up()
+        assert f"{api}/docs" in text and f"http://127.0.0.1:{ports['TEMPORAL_UI']}" in text
+        key = _printed(text, "demo API key")
+        admin = _printed(text, "admin token")
+        h = {"Authorization": f"Bearer {key}"}
+        deals = httpx.get(f"{api}/api/v1/deals?limit=200", headers=h).json()["items"]
+        assert len(deals) >= 30
+        assert {d["stage"] for d in deals} == {"lead", "qualified", "proposal", "negotiation", "won", "lost"}
+        assert len(httpx.get(f"{api}/api/v1/shows?limit=200", headers=h).json()["items"]) >= 12
+        lead = next(d for d in deals if d["stage"] == "lead")
+        r = httpx.patch(f"{api}/api/v1/deals/{lead['id']}/stage", json={"stage": "qualified"}, headers=h)
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{api}/api/v1/tenants", json={"name": "Second"}, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert r.status_code == 201
+    finally:
+        assert first.stop() == 0
+
+    second = Up(env, log)
+    try:
+        text = second.wait_until_up()
+        assert _printed(text, "demo API key") == key, "the demo tenant was seeded twice"
+        r = httpx.get(f"{api}/api/v1/deals/{lead['id']}", headers=h)
+        assert r.status_code == 200 and r.json()["stage"] == "qualified"
+        # The workflow survived the restart: it answers the next move from its own state.
+        r = httpx.patch(f"{api}/api/v1/deals/{lead['id']}/stage", json={"stage": "won"}, headers=h)
+        assert r.status_code == 409 and r.json()["detail"]["current_stage"] == "qualified"
+        r = httpx.patch(f"{api}/api/v1/deals/{lead['id']}/stage", json={"stage": "proposal"}, headers=h)
+        assert r.status_code == 200 and [x["to"] for x in r.json()["history"]] == [
+            "lead",
+            "qualified",
+            "proposal",
+        ]
+        listed = httpx.get(f"{api}/api/v1/deals?limit=200", headers=h).json()["items"]
+        assert len(listed) == len(deals)
+    finally:
+        assert second.stop() == 0
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert leftovers == [], "processes of the stack survived Ctrl-C"
