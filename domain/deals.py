@@ -33,6 +33,9 @@ class DealWorkflowInput(BaseModel):
     # False when seeded from a row read by a caller (which may be stale): the run first
     # re-reads the row. Continue-as-new carries authoritative state and sets it True.
     synced: bool = False
+    # The stage write runs as a local activity (one short transaction on the update's critical
+    # path); False uses a regular activity, kept to measure the difference (bench/).
+    persist_locally: bool = True
 
 
 class DealWorkflowResult(BaseModel):

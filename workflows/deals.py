@@ -8,6 +8,7 @@ from a durable timer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         DealWorkflowResult,
         LoadDealInput,
         RecordStageChangeInput,
+        RecordStageChangeResult,
         RecordStallInput,
     )
     from domain.stages import (
@@ -213,7 +215,7 @@ class DealWorkflow:
                     raise _rejection(exc, current) from None
                 now = workflow.now()
                 lost_reason = req.reason if req.stage is Stage.LOST else None
-                result = await workflow.execute_local_activity_method(
+                result = await self._persist(
                     DealActivities.record_stage_change,
                     RecordStageChangeInput(
                         tenant_id=self._inp.tenant_id,
@@ -227,8 +229,6 @@ class DealWorkflow:
                         at=now,
                         idempotency_key=f"{workflow.info().workflow_id}/{workflow.uuid4()}",
                     ),
-                    start_to_close_timeout=_PERSIST_TIMEOUT,
-                    retry_policy=_PERSIST_RETRY,
                 )
                 if result.outcome == "stale":
                     assert result.stage is not None and result.stage_entered_at is not None
@@ -241,6 +241,20 @@ class DealWorkflow:
             raise ApplicationError(
                 "the deal kept changing underneath this update; retry", type=INVALID_REQUEST
             )
+
+    async def _persist(
+        self,
+        fn: Callable[[DealActivities, RecordStageChangeInput], Awaitable[RecordStageChangeResult]],
+        arg: RecordStageChangeInput,
+    ) -> RecordStageChangeResult:
+        """Runs the stage write as a local activity (default) or a regular one (for measuring)."""
+        if self._inp.persist_locally:
+            return await workflow.execute_local_activity_method(
+                fn, arg, start_to_close_timeout=_PERSIST_TIMEOUT, retry_policy=_PERSIST_RETRY
+            )
+        return await workflow.execute_activity_method(
+            fn, arg, start_to_close_timeout=_PERSIST_TIMEOUT, retry_policy=_PERSIST_RETRY
+        )
 
     def _enter(self, stage: Stage, at: datetime, lost_reason: str | None) -> None:
         """Adopts a new stage entry and tells the Temporal UI about it."""

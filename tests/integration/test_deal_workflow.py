@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -82,14 +83,20 @@ class FlakyAfterCommit(DealActivities):
         return result
 
 
-async def test_retry_after_commit_writes_once(client: Client, sm: SessionMaker) -> None:
+@pytest.mark.parametrize("persist_locally", [True, False], ids=["local-activity", "activity"])
+async def test_retry_after_commit_writes_once(
+    client: Client, sm: SessionMaker, persist_locally: bool
+) -> None:
     tenant_id, c = await _seed_deal(sm)
     acts = FlakyAfterCommit(sm)
     async with new_worker(
         client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         handle = await client.start_workflow(
-            DealWorkflow.run, _input(tenant_id, c), id=f"deal/{uuid.uuid4()}", task_queue=w.task_queue
+            DealWorkflow.run,
+            _input(tenant_id, c, persist_locally=persist_locally),
+            id=f"deal/{uuid.uuid4()}",
+            task_queue=w.task_queue,
         )
         result = await handle.execute_update(
             DealWorkflow.change_stage, ChangeStageInput(stage=Stage.QUALIFIED)
