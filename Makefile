@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.persist_activity
 	$(BIN)/python -m bench.stage_changes
 
 clean:
