@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -58,6 +59,20 @@ class Up:
             raise
 
 
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
 def _printed(text: str, label: str) -> str:
     found = re.findall(rf"{label}\s+(\S+)", text)
     assert found, f"{label!r} not printed"
@@ -97,6 +112,12 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
             f"{api}/api/v1/tenants", json={"name": "Second"}, headers={"Authorization": f"Bearer {admin}"}
         )
         assert r.status_code == 201
+        # The CLI reaches the same embedded database while the stack runs.
+        out = _cli(env, "tenant", "create", "Gamma Audio")
+        created = json.loads(out.stdout.strip().splitlines()[-1])
+        assert created["name"] == "Gamma Audio"
+        gamma = {"Authorization": f"Bearer {created['api_key']}"}
+        assert httpx.get(f"{api}/api/v1/shows", headers=gamma).json()["items"] == []
     finally:
         assert first.stop() == 0
 
@@ -119,6 +140,8 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
         assert len(listed) == len(deals)
     finally:
         assert second.stop() == 0
+    out = _cli(env, "migrate")
+    assert "latest migration" in out.stdout
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True, check=False
     ).stdout.split()

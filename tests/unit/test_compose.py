@@ -26,8 +26,10 @@ PREFIX = "SPONSORFLOW_"
 def services() -> dict[str, Any]:
     """The `services` mapping of docker-compose.yml, YAML merge keys resolved."""
     compose = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(compose, dict) and isinstance(compose.get("services"), dict)
-    return compose["services"]
+    assert isinstance(compose, dict)
+    services = compose.get("services")
+    assert isinstance(services, dict)
+    return services
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
