@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -27,7 +28,7 @@ from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.deals import DealRow, get_deal, get_history, insert_deal, list_deals
 from db.models import Advertiser, Campaign, DealStageHistory, Show
-from domain.deals import ChangeStageInput, DealWorkflowInput
+from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import Stage, TransitionError, check_transition, is_open, weighted_value
 from settings import Settings
 from workflows.deals import (
@@ -295,6 +296,24 @@ async def create_deal(
     body: DealCreate, db: TenantDbDep, client: TemporalDep, settings: SettingsDep
 ) -> DealPublic:
     """Creates a deal and starts its DealWorkflow."""
+    try:
+        row = await _insert(body, db)
+    except IntegrityError:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"external_id {body.external_id!r} already exists in this tenant",
+        ) from None
+    if is_open(body.stage):
+        try:
+            await start_deal_workflow(client, row, settings)
+        except RPCError as exc:
+            # The row is the record; the first stage PATCH starts the workflow lazily
+            # (update-with-start), so the deal is not lost if Temporal blips here.
+            log.warning("deal %s saved but its workflow did not start: %s", row.campaign.id, exc)
+    return await _load(db, str(row.campaign.id), settings)
+
+
+async def _insert(body: DealCreate, db: TenantDbDep) -> DealRow:
     async with db.tx() as session:
         if await session.get(Advertiser, body.advertiser_id) is None:
             raise HTTPException(
@@ -334,14 +353,7 @@ async def create_deal(
         )
         row = await get_deal(session=session, campaign_id=campaign.id)
         assert row is not None
-    if is_open(body.stage):
-        try:
-            await start_deal_workflow(client, row, settings)
-        except RPCError as exc:
-            # The row is the record; the first stage PATCH starts the workflow lazily
-            # (update-with-start), so the deal is not lost if Temporal blips here.
-            log.warning("deal %s saved but its workflow did not start: %s", campaign.id, exc)
-    return await _load(db, str(campaign.id), settings)
+    return row
 
 
 @router.get("", response_model=Page[DealSummary])
@@ -404,6 +416,7 @@ async def change_stage(
     cid = parse_id(campaign_id, "deal")
     deadline = time.monotonic() + _UPDATE_DEADLINE_S
     attempt = 0
+    result: ChangeStageResult | None = None
     while True:
         attempt += 1
         async with db.tx() as session:
@@ -422,7 +435,7 @@ async def change_stage(
         try:
             # Each attempt is bounded: an update lost in a run that was closing would otherwise
             # hold the request open. A move is declarative ("be at X"), so a resend is safe.
-            await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 client.execute_update_with_start_workflow(
                     DealWorkflow.change_stage,
                     ChangeStageInput(stage=body.stage, reason=body.reason),
@@ -455,33 +468,14 @@ async def change_stage(
                     headers={"Retry-After": "1"},
                 ) from None
             await asyncio.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
-    return await _load(db, campaign_id, settings)
-    try:
-        await client.execute_update_with_start_workflow(
-            DealWorkflow.change_stage,
-            ChangeStageInput(stage=body.stage, reason=body.reason),
-            start_workflow_operation=WithStartWorkflowOperation(
-                DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
-            ),
-        )
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.type == FORBIDDEN_TRANSITION:
-            details = cause.details[0] if cause.details else {}
-            allowed = [Stage(s) for s in details.get("allowed", [])]
-            now_stage = Stage(details.get("current", current.value))
-            raise _conflict(TransitionError(now_stage, body.stage, allowed, cause.message)) from None
-        if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=cause.message) from None
-        log.error("stage update of deal %s failed: %s", campaign_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="the stage change could not be recorded; retry",
-        ) from None
-    except RPCError as exc:
-        log.error("Temporal unreachable for deal %s: %s", campaign_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="Temporal is unreachable; nothing was changed",
-        ) from None
-    return await _load(db, campaign_id, settings)
+    if result is None:
+        return await _load(db, campaign_id, settings)
+    # The update answered with the state it committed; only the history needs reading back.
+    c = row.campaign
+    c.stage = result.state.stage.value
+    c.stage_changed_at = result.state.stage_entered_at
+    c.probability = result.state.probability
+    c.lost_reason = result.state.lost_reason
+    async with db.tx() as session:
+        history = await get_history(session=session, campaign_id=cid)
+    return _public(row, history, settings)

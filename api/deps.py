@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -56,14 +57,53 @@ _UNAUTHORIZED = HTTPException(
 )
 
 
-async def get_tenant_id(creds: Credentials, sm: SessionMakerDep) -> uuid.UUID:
+class KeyCache:
+    """Remembers recently verified key hashes for a few seconds, sparing a query per request.
+
+    Only successes are cached, so a new key works at once; a revoked key keeps working for at
+    most `ttl` seconds in each API process.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[str, tuple[uuid.UUID, float]] = {}
+
+    def get(self, key_hash: str) -> uuid.UUID | None:
+        """Returns the cached tenant of a key hash, if still fresh."""
+        hit = self._entries.get(key_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key_hash: str, tenant: uuid.UUID) -> None:
+        """Caches a verified key hash."""
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[key_hash] = (tenant, time.monotonic() + self._ttl)
+
+
+def get_key_cache(request: Request) -> KeyCache:
+    """Returns the process's key cache."""
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
+
+async def get_tenant_id(
+    creds: Credentials, sm: SessionMakerDep, cache: Annotated[KeyCache, Depends(get_key_cache)]
+) -> uuid.UUID:
     """Authenticates the bearer API key and returns its tenant; 401 otherwise."""
     if creds is None or not creds.credentials:
         raise _UNAUTHORIZED
+    key_hash = hash_key(creds.credentials)
+    tenant = cache.get(key_hash)
+    if tenant is not None:
+        return tenant
     async with sm() as session:
-        tenant = await tenant_for_key_hash(session, hash_key(creds.credentials))
+        tenant = await tenant_for_key_hash(session, key_hash)
     if tenant is None:
         raise _UNAUTHORIZED
+    cache.put(key_hash, tenant)
     return tenant
 
 

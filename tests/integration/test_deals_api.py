@@ -318,3 +318,18 @@ async def test_postgres_row_matches_workflow_after_moves(stack: Stack) -> None:
         DealWorkflow.state
     )
     assert state.stage_entered_at == row.campaign.stage_changed_at
+
+
+async def test_duplicate_external_id_is_409_and_keeps_one_deal(stack: Stack) -> None:
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    adv = await make_advertiser(stack.http, h)
+    first = await make_deal(stack.http, h, advertiser=adv, external_id="crm-42")
+    r = await stack.http.post(
+        "/api/v1/deals",
+        json={"advertiser_id": adv["id"], "name": "again", "value_usd": 1, "external_id": "crm-42"},
+        headers=h,
+    )
+    assert r.status_code == 409 and "crm-42" in r.json()["detail"]
+    items = (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]
+    assert [d["id"] for d in items] == [first["id"]]
