@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -41,8 +40,17 @@ class DealActivities:
         """Writes the stage, its history row and the deal.stage_changed event in one transaction."""
         campaign_id = uuid.UUID(inp.campaign_id)
         async with tenant_tx(self._sm, inp.tenant_id) as session:
-            if await self._already_written(session, inp.idempotency_key):
-                return RecordStageChangeResult(outcome="already_applied")
+            written = await session.scalar(
+                select(DealStageHistory.changed_at).where(
+                    DealStageHistory.idempotency_key == inp.idempotency_key
+                )
+            )
+            if written is not None:
+                # This very decision was written before (a retry, or an execution whose workflow
+                # task was dropped): report the entry as it was stored.
+                return RecordStageChangeResult(
+                    outcome="already_applied", stage=inp.to_stage, stage_entered_at=written
+                )
             # Compare-and-set on the stage entry the workflow decided against: a run seeded
             # from a row that has since moved must not write over it.
             moved = (
@@ -105,13 +113,6 @@ class DealActivities:
                 idempotency_key=inp.idempotency_key,
             )
         return RecordStageChangeResult(outcome="applied")
-
-    @staticmethod
-    async def _already_written(session: AsyncSession, key: str) -> bool:
-        found = await session.scalar(
-            select(DealStageHistory.id).where(DealStageHistory.idempotency_key == key)
-        )
-        return found is not None
 
     @activity.defn(name="load_deal")
     async def load_deal(self, inp: LoadDealInput) -> LoadDealResult:

@@ -12,11 +12,12 @@ from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
     Client,
+    RPCTimeoutOrCancelledError,
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
 )
@@ -26,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.timing import ServerTiming
 from db.deals import DealRow, get_deal, get_history, insert_deal, list_deals
 from db.models import Advertiser, Campaign, DealStageHistory, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
@@ -152,7 +154,19 @@ def _days_in_stage(c: Campaign) -> int:
     return max(0, (datetime.now(UTC) - c.stage_changed_at).days)
 
 
-def _public(row: DealRow, history: list[DealStageHistory], settings: Settings) -> DealPublic:
+def _entries(history: list[DealStageHistory]) -> list[HistoryEntry]:
+    return [
+        HistoryEntry(
+            from_=Stage(h.from_stage) if h.from_stage else None,
+            to=Stage(h.to_stage),
+            at=h.changed_at,
+            reason=h.reason,
+        )
+        for h in history
+    ]
+
+
+def _public(row: DealRow, history: list[HistoryEntry], settings: Settings) -> DealPublic:
     c = row.campaign
     wid = deal_workflow_id(str(c.tenant_id), str(c.id))
     return DealPublic(
@@ -176,15 +190,7 @@ def _public(row: DealRow, history: list[DealStageHistory], settings: Settings) -
         created_at=c.created_at,
         workflow_id=wid,
         temporal_ui_url=_ui_url(settings, wid),
-        history=[
-            HistoryEntry(
-                from_=Stage(h.from_stage) if h.from_stage else None,
-                to=Stage(h.to_stage),
-                at=h.changed_at,
-                reason=h.reason,
-            )
-            for h in history
-        ],
+        history=history,
     )
 
 
@@ -288,7 +294,7 @@ async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPu
         if row is None:
             raise _not_found(campaign_id)
         history = await get_history(session=session, campaign_id=cid)
-    return _public(row, history, settings)
+    return _public(row, _entries(history), settings)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DealPublic)
@@ -411,16 +417,20 @@ async def change_stage(
     db: TenantDbDep,
     client: TemporalDep,
     settings: SettingsDep,
+    response: Response,
 ) -> DealPublic:
     """Moves a deal: an update with a validator, sent with update-with-start."""
+    timing = ServerTiming(response)
     cid = parse_id(campaign_id, "deal")
     deadline = time.monotonic() + _UPDATE_DEADLINE_S
     attempt = 0
     result: ChangeStageResult | None = None
     while True:
         attempt += 1
-        async with db.tx() as session:
-            row = await get_deal(session=session, campaign_id=cid)
+        with timing.measure("read"):
+            async with db.tx() as session:
+                row = await get_deal(session=session, campaign_id=cid)
+                history = await get_history(session=session, campaign_id=cid) if row else []
         if row is None:
             raise _not_found(campaign_id)
         current = Stage(row.campaign.stage)
@@ -435,18 +445,19 @@ async def change_stage(
         try:
             # Each attempt is bounded: an update lost in a run that was closing would otherwise
             # hold the request open. A move is declarative ("be at X"), so a resend is safe.
-            result = await asyncio.wait_for(
-                client.execute_update_with_start_workflow(
-                    DealWorkflow.change_stage,
-                    ChangeStageInput(stage=body.stage, reason=body.reason),
-                    start_workflow_operation=WithStartWorkflowOperation(
-                        DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
+            with timing.measure("temporal"):
+                result = await asyncio.wait_for(
+                    client.execute_update_with_start_workflow(
+                        DealWorkflow.change_stage,
+                        ChangeStageInput(stage=body.stage, reason=body.reason),
+                        start_workflow_operation=WithStartWorkflowOperation(
+                            DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
+                        ),
                     ),
-                ),
-                timeout=_ATTEMPT_TIMEOUT_S,
-            )
+                    timeout=_ATTEMPT_TIMEOUT_S,
+                )
             break
-        except TimeoutError:
+        except (TimeoutError, RPCTimeoutOrCancelledError):
             log.warning("stage update of deal %s timed out (attempt %d); retrying", campaign_id, attempt)
             if time.monotonic() > deadline:
                 raise HTTPException(
@@ -469,13 +480,28 @@ async def change_stage(
                 ) from None
             await asyncio.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
     if result is None:
-        return await _load(db, campaign_id, settings)
-    # The update answered with the state it committed; only the history needs reading back.
+        return _public(row, _entries(history), settings)
+    # The update answers with what it committed. When its move starts from the stage entry read
+    # above, no other move came in between and the history read above plus this move is the
+    # whole history; otherwise read it again.
     c = row.campaign
+    move = result.move
+    contiguous = (
+        (move.from_stage.value, move.from_entered_at) == (c.stage, c.stage_changed_at)
+        if move is not None
+        else (result.state.stage.value, result.state.stage_entered_at) == (c.stage, c.stage_changed_at)
+    )
     c.stage = result.state.stage.value
     c.stage_changed_at = result.state.stage_entered_at
     c.probability = result.state.probability
     c.lost_reason = result.state.lost_reason
-    async with db.tx() as session:
-        history = await get_history(session=session, campaign_id=cid)
-    return _public(row, history, settings)
+    if contiguous:
+        entries = _entries(history)
+        if move is not None:
+            entries.append(
+                HistoryEntry(from_=move.from_stage, to=move.to_stage, at=move.at, reason=move.reason)
+            )
+        return _public(row, entries, settings)
+    # Other moves interleaved: answer with one consistent snapshot of the row and its history.
+    with timing.measure("reread"):
+        return await _load(db, campaign_id, settings)

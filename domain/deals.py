@@ -67,11 +67,22 @@ class ChangeStageInput(BaseModel):
     reason: str | None = None
 
 
+class StageMove(BaseModel):
+    """One move as it was written: the stage entry it left and the one it made."""
+
+    from_stage: Stage
+    from_entered_at: datetime
+    to_stage: Stage
+    at: datetime
+    reason: str | None = None
+
+
 class ChangeStageResult(BaseModel):
     """The deal after an accepted stage update; `changed` is false for a no-op."""
 
     changed: bool
     state: DealState
+    move: StageMove | None = None
 
 
 class RecordStageChangeInput(BaseModel):

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         RecordStageChangeInput,
         RecordStageChangeResult,
         RecordStallInput,
+        StageMove,
     )
     from domain.stages import (
         Stage,
@@ -73,6 +74,17 @@ def deal_search_attributes(inp: DealWorkflowInput) -> TypedSearchAttributes:
     if inp.show_id:
         pairs.append(SearchAttributePair(sa.SHOW_ID, inp.show_id))
     return TypedSearchAttributes(pairs)
+
+
+def _move_key(campaign_id: str, current: Stage, entered_at: datetime, target: Stage) -> str:
+    """Names a move by its content: leaving this stage entry for that stage.
+
+    Not workflow.uuid4(): a local activity can commit inside a workflow task the server then
+    drops (updates ride on speculative tasks); replay hands the same uuid to a different
+    decision. A content key makes that replay either find its own write or fail the
+    compare-and-set and adopt the row.
+    """
+    return f"deal/{campaign_id}/{current.value}@{entered_at.isoformat()}->{target.value}"
 
 
 def _rejection(exc: Exception, current: Stage) -> ApplicationError:
@@ -213,7 +225,9 @@ class DealWorkflow:
                     # The validator accepted this against an earlier stage; a move that ran
                     # first (or the row's true stage) made it invalid.
                     raise _rejection(exc, current) from None
-                now = workflow.now()
+                # Moves handled in one workflow task share workflow.now(); a strictly later
+                # timestamp keeps (stage, entered_at) unique, which the compare-and-set relies on.
+                now = max(workflow.now(), self._entered_at + timedelta(microseconds=1))
                 lost_reason = req.reason if req.stage is Stage.LOST else None
                 result = await self._persist(
                     DealActivities.record_stage_change,
@@ -227,17 +241,25 @@ class DealWorkflow:
                         lost_reason=lost_reason,
                         probability=probability(req.stage),
                         at=now,
-                        idempotency_key=f"{workflow.info().workflow_id}/{workflow.uuid4()}",
+                        idempotency_key=_move_key(
+                            self._inp.campaign_id, current, self._entered_at, req.stage
+                        ),
                     ),
                 )
                 if result.outcome == "stale":
                     assert result.stage is not None and result.stage_entered_at is not None
                     self._enter(result.stage, result.stage_entered_at, result.lost_reason)
                     continue
+                if result.outcome == "already_applied" and result.stage_entered_at is not None:
+                    now = result.stage_entered_at
+                left = self._entered_at
                 self._enter(req.stage, now, lost_reason)
                 self._moves += 1
                 self._total_moves += 1
-                return ChangeStageResult(changed=True, state=self.state())
+                move = StageMove(
+                    from_stage=current, from_entered_at=left, to_stage=req.stage, at=now, reason=req.reason
+                )
+                return ChangeStageResult(changed=True, state=self.state(), move=move)
             raise ApplicationError(
                 "the deal kept changing underneath this update; retry", type=INVALID_REQUEST
             )

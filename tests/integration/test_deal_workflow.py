@@ -122,7 +122,9 @@ async def test_activity_run_twice_writes_once(sm: SessionMaker) -> None:
         idempotency_key=f"test/{uuid.uuid4()}",
     )
     assert (await acts.record_stage_change(inp)).outcome == "applied"
-    assert (await acts.record_stage_change(inp)).outcome == "already_applied"
+    again = await acts.record_stage_change(inp.model_copy(update={"at": datetime.now(UTC)}))
+    # The retry reports the entry as first stored, not its own clock.
+    assert again.outcome == "already_applied" and again.stage_entered_at == inp.at
     assert await _count(sm, tenant_id, DealStageHistory, campaign_id=c.id) == 2  # created + move
     assert await _count(sm, tenant_id, Event, entity_id=str(c.id), type="deal.stage_changed") == 1
     # A decision taken against a stage entry the row no longer shows is refused, not written.
