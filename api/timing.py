@@ -16,6 +16,11 @@ class ServerTiming:
         self._response = response
         self._parts: dict[str, float] = {}
 
+    def headers(self) -> dict[str, str]:
+        """The Server-Timing header, for handlers that build their own Response."""
+        value = self._response.headers.get("Server-Timing")
+        return {"Server-Timing": value} if value else {}
+
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
         """Times the block and (re)writes the header, so it is set even if a later phase raises."""
