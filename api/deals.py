@@ -28,8 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from api.timing import ServerTiming
-from db.deals import DealRow, get_deal, get_history, insert_deal, list_deals
-from db.models import Advertiser, Campaign, DealStageHistory, Show
+from db.deals import DealRow, HistoryRow, get_deal, get_history, insert_deal, list_deals
+from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import Stage, TransitionError, check_transition, is_open, weighted_value
 from settings import Settings
@@ -162,7 +162,7 @@ def _json(deal: DealPublic, timing: ServerTiming) -> Response:
     )
 
 
-def _entries(history: list[DealStageHistory]) -> list[HistoryEntry]:
+def _entries(history: list[HistoryRow]) -> list[HistoryEntry]:
     return [
         HistoryEntry(
             from_=Stage(h.from_stage) if h.from_stage else None,

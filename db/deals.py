@@ -106,17 +106,29 @@ async def get_deal(*, session: AsyncSession, campaign_id: uuid.UUID) -> DealRow 
     return DealRow(campaign=row[0], advertiser_name=row[1], show_name=row[2])
 
 
-async def get_history(*, session: AsyncSession, campaign_id: uuid.UUID) -> list[DealStageHistory]:
-    """Returns a deal's stage history, oldest first."""
-    return list(
-        (
-            await session.scalars(
-                select(DealStageHistory)
-                .where(DealStageHistory.campaign_id == campaign_id)
-                .order_by(DealStageHistory.changed_at, DealStageHistory.id)
-            )
-        ).all()
+@dataclass(frozen=True)
+class HistoryRow:
+    """One move of a deal's history, as stored."""
+
+    from_stage: str | None
+    to_stage: str
+    reason: str | None
+    changed_at: datetime
+
+
+async def get_history(*, session: AsyncSession, campaign_id: uuid.UUID) -> list[HistoryRow]:
+    """Returns a deal's stage history, oldest first (plain rows: this is on the PATCH hot path)."""
+    result = await session.execute(
+        select(
+            DealStageHistory.from_stage,
+            DealStageHistory.to_stage,
+            DealStageHistory.reason,
+            DealStageHistory.changed_at,
+        )
+        .where(DealStageHistory.campaign_id == campaign_id)
+        .order_by(DealStageHistory.changed_at, DealStageHistory.id)
     )
+    return [HistoryRow(*r) for r in result.all()]
 
 
 async def list_deals(
