@@ -31,7 +31,14 @@ from api.timing import ServerTiming
 from db.deals import DealRow, HistoryRow, get_deal, get_history, insert_deal, list_deals
 from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
-from domain.stages import Stage, TransitionError, check_transition, is_open, weighted_value
+from domain.stages import (
+    Stage,
+    TransitionError,
+    check_transition,
+    is_open,
+    probability,
+    weighted_value,
+)
 from settings import Settings
 from workflows.deals import (
     FORBIDDEN_TRANSITION,
@@ -295,13 +302,36 @@ def _conflict(exc: TransitionError) -> HTTPException:
     )
 
 
-async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPublic:
-    cid = parse_id(campaign_id, "deal")
+def _align(row: DealRow, history: list[HistoryRow]) -> None:
+    """Makes the row's stage agree with its history's last entry.
+
+    Row and history are two statements under READ COMMITTED; a move committed between them
+    shows in the history only. The history is then the later truth, and a move changes nothing
+    of the row but its stage fields.
+    """
+    if not history:
+        return
+    last, c = history[-1], row.campaign
+    if (last.to_stage, last.changed_at) != (c.stage, c.stage_changed_at):
+        c.stage, c.stage_changed_at = last.to_stage, last.changed_at
+        c.probability = probability(Stage(last.to_stage))
+        c.lost_reason = last.reason if last.to_stage == Stage.LOST.value else None
+
+
+async def _read(db: TenantDbDep, cid: uuid.UUID) -> tuple[DealRow | None, list[HistoryRow]]:
     async with db.tx() as session:
         row = await get_deal(session=session, campaign_id=cid)
         if row is None:
-            raise _not_found(campaign_id)
+            return None, []
         history = await get_history(session=session, campaign_id=cid)
+    _align(row, history)
+    return row, history
+
+
+async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPublic:
+    row, history = await _read(db, parse_id(campaign_id, "deal"))
+    if row is None:
+        raise _not_found(campaign_id)
     return _public(row, _entries(history), settings)
 
 
@@ -436,9 +466,7 @@ async def change_stage(
     while True:
         attempt += 1
         with timing.measure("read"):
-            async with db.tx() as session:
-                row = await get_deal(session=session, campaign_id=cid)
-                history = await get_history(session=session, campaign_id=cid) if row else []
+            row, history = await _read(db, cid)
         if row is None:
             raise _not_found(campaign_id)
         current = Stage(row.campaign.stage)
