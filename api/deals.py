@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
@@ -134,6 +134,28 @@ class DealPublic(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
+class SeedCache:
+    """Recently seen deals' workflow seeds, so a stage move need not read before it sends.
+
+    A seed holds what a run starts from; everything that changes with moves is re-read by the
+    run itself, so a stale entry costs at most a run that learns the deal is closed.
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._max = max_entries
+        self._seeds: dict[tuple[uuid.UUID, uuid.UUID], DealWorkflowInput] = {}
+
+    def get(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> DealWorkflowInput | None:
+        """The cached seed of a deal of this tenant, if any."""
+        return self._seeds.get((tenant_id, campaign_id))
+
+    def put(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID, seed: DealWorkflowInput) -> None:
+        """Remembers a deal's seed (the cache empties itself when full)."""
+        if len(self._seeds) >= self._max:
+            self._seeds.clear()
+        self._seeds[(tenant_id, campaign_id)] = seed
+
+
 class DealSummary(BaseModel):
     """A deal in a list (no history)."""
 
@@ -245,9 +267,8 @@ def workflow_input(row: DealRow, settings: Settings) -> DealWorkflowInput:
     )
 
 
-def start_options(row: DealRow, settings: Settings) -> dict[str, Any]:
+def start_options(inp: DealWorkflowInput, settings: Settings) -> dict[str, Any]:
     """Workflow start options shared by create and update-with-start."""
-    inp = workflow_input(row, settings)
     return {
         "id": deal_workflow_id(inp.tenant_id, inp.campaign_id),
         "task_queue": settings.temporal_task_queue,
@@ -259,9 +280,8 @@ def start_options(row: DealRow, settings: Settings) -> dict[str, Any]:
 
 async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) -> None:
     """Starts the deal's workflow, or finds it already running."""
-    await client.start_workflow(
-        DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
-    )
+    inp = workflow_input(row, settings)
+    await client.start_workflow(DealWorkflow.run, inp, **start_options(inp, settings))
 
 
 _UPDATE_DEADLINE_S = 20.0
@@ -337,7 +357,7 @@ async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPu
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DealPublic)
 async def create_deal(
-    body: DealCreate, db: TenantDbDep, client: TemporalDep, settings: SettingsDep
+    body: DealCreate, db: TenantDbDep, client: TemporalDep, settings: SettingsDep, request: Request
 ) -> DealPublic:
     """Creates a deal and starts its DealWorkflow."""
     try:
@@ -347,6 +367,8 @@ async def create_deal(
             status.HTTP_409_CONFLICT,
             detail=f"external_id {body.external_id!r} already exists in this tenant",
         ) from None
+    seeds: SeedCache = request.app.state.deal_seeds
+    seeds.put(db.tenant_id, row.campaign.id, workflow_input(row, settings))
     if is_open(body.stage):
         try:
             await start_deal_workflow(client, row, settings)
@@ -455,20 +477,31 @@ async def change_stage(
     db: TenantDbDep,
     client: TemporalDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
 ) -> Response:
     """Moves a deal: an update with a validator, sent with update-with-start."""
     timing = ServerTiming(response)
     cid = parse_id(campaign_id, "deal")
+    seeds: SeedCache = request.app.state.deal_seeds
+    seed = seeds.get(db.tenant_id, cid)
+    if seed is not None and is_open(seed.stage):
+        # A deal seen recently: its workflow seed is known, so the update goes out at once and
+        # the read the answer needs runs alongside it instead of before it.
+        answered = await _move_with_known_seed(db, client, settings, body, seed, cid, timing)
+        if answered is not None:
+            seeds.put(db.tenant_id, cid, _reseed(seed, answered))
+            return _json(answered, timing)
     deadline = time.monotonic() + _UPDATE_DEADLINE_S
     attempt = 0
-    result: ChangeStageResult | None = None
     while True:
         attempt += 1
         with timing.measure("read"):
             row, history = await _read(db, cid)
         if row is None:
             raise _not_found(campaign_id)
+        seed = workflow_input(row, settings)
+        seeds.put(db.tenant_id, cid, seed)
         current = Stage(row.campaign.stage)
         if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
             # A closed deal has no running workflow; its rules need no Temporal round trip
@@ -477,21 +510,10 @@ async def change_stage(
                 check_transition(current, body.stage, body.reason)
             except TransitionError as exc:
                 raise _conflict(exc) from None
-            break
+            return _json(_public(row, _entries(history), settings), timing)
         try:
-            # Each attempt is bounded: an update lost in a run that was closing would otherwise
-            # hold the request open. A move is declarative ("be at X"), so a resend is safe.
             with timing.measure("temporal"):
-                result = await asyncio.wait_for(
-                    client.execute_update_with_start_workflow(
-                        DealWorkflow.change_stage,
-                        ChangeStageInput(stage=body.stage, reason=body.reason),
-                        start_workflow_operation=WithStartWorkflowOperation(
-                            DealWorkflow.run, workflow_input(row, settings), **start_options(row, settings)
-                        ),
-                    ),
-                    timeout=_ATTEMPT_TIMEOUT_S,
-                )
+                result = await _send(client, body, seed, settings)
             break
         except (TimeoutError, RPCTimeoutOrCancelledError):
             log.warning("stage update of deal %s timed out (attempt %d); retrying", campaign_id, attempt)
@@ -515,29 +537,93 @@ async def change_stage(
                     headers={"Retry-After": "1"},
                 ) from None
             await asyncio.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
-    if result is None:
-        return _json(_public(row, _entries(history), settings), timing)
-    # The update answers with what it committed. When its move starts from the stage entry read
-    # above, no other move came in between and the history read above plus this move is the
-    # whole history; otherwise read it again.
-    c = row.campaign
-    move = result.move
-    contiguous = (
-        (move.from_stage.value, move.from_entered_at) == (c.stage, c.stage_changed_at)
-        if move is not None
-        else (result.state.stage.value, result.state.stage_entered_at) == (c.stage, c.stage_changed_at)
+    answered = _answer(row, history, result, settings)
+    if answered is None:
+        # Other moves interleaved: answer with one consistent snapshot of the row and its history.
+        with timing.measure("reread"):
+            answered = await _load(db, campaign_id, settings)
+    seeds.put(db.tenant_id, cid, _reseed(seed, answered))
+    return _json(answered, timing)
+
+
+def _reseed(seed: DealWorkflowInput, deal: DealPublic) -> DealWorkflowInput:
+    """The seed with the stage the deal was last seen at (a closed deal then skips Temporal)."""
+    return seed.model_copy(
+        update={
+            "stage": deal.stage,
+            "stage_entered_at": deal.stage_changed_at,
+            "lost_reason": deal.lost_reason,
+        }
     )
-    c.stage = result.state.stage.value
-    c.stage_changed_at = result.state.stage_entered_at
-    c.probability = result.state.probability
-    c.lost_reason = result.state.lost_reason
-    if contiguous:
-        entries = _entries(history)
-        if move is not None:
-            entries.append(
-                HistoryEntry(from_=move.from_stage, to=move.to_stage, at=move.at, reason=move.reason)
-            )
-        return _json(_public(row, entries, settings), timing)
-    # Other moves interleaved: answer with one consistent snapshot of the row and its history.
-    with timing.measure("reread"):
-        return _json(await _load(db, campaign_id, settings), timing)
+
+
+async def _send(
+    client: Client, body: StageChange, seed: DealWorkflowInput, settings: Settings
+) -> ChangeStageResult:
+    """One bounded update-with-start attempt.
+
+    Bounded because an update lost in a run that was closing would otherwise hold the request
+    open; a move is declarative ("be at X"), so a resend is safe.
+    """
+    return await asyncio.wait_for(
+        client.execute_update_with_start_workflow(
+            DealWorkflow.change_stage,
+            ChangeStageInput(stage=body.stage, reason=body.reason),
+            start_workflow_operation=WithStartWorkflowOperation(
+                DealWorkflow.run, seed, **start_options(seed, settings)
+            ),
+        ),
+        timeout=_ATTEMPT_TIMEOUT_S,
+    )
+
+
+async def _move_with_known_seed(
+    db: TenantDbDep,
+    client: Client,
+    settings: Settings,
+    body: StageChange,
+    seed: DealWorkflowInput,
+    cid: uuid.UUID,
+    timing: ServerTiming,
+) -> DealPublic | None:
+    """Sends the update with a cached seed while reading; None hands over to the careful path.
+
+    The seed's stage may be stale: a run it starts re-reads the row before deciding anything.
+    """
+    read = asyncio.create_task(_read(db, cid))
+    try:
+        with timing.measure("temporal"):
+            result = await _send(client, body, seed, settings)
+    except WorkflowUpdateFailedError as exc:
+        row, _ = await read
+        if row is None:
+            raise _not_found(str(cid)) from None
+        raise _update_failed(exc, Stage(row.campaign.stage), body.stage, str(cid)) from None
+    except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
+        await asyncio.gather(read, return_exceptions=True)
+        return None
+    row, history = await read
+    if row is None:
+        raise _not_found(str(cid))
+    return _answer(row, history, result, settings)
+
+
+def _answer(
+    row: DealRow, history: list[HistoryRow], result: ChangeStageResult, settings: Settings
+) -> DealPublic | None:
+    """The deal after the update, from a read taken just before or just after it committed.
+
+    Returns None when other moves came in between, so the caller reads a fresh snapshot.
+    """
+    c, move, state = row.campaign, result.move, result.state
+    seen = (c.stage, c.stage_changed_at)
+    after = (state.stage.value, state.stage_entered_at)
+    entries = _entries(history)
+    if move is not None and seen == (move.from_stage.value, move.from_entered_at):
+        entries.append(HistoryEntry(from_=move.from_stage, to=move.to_stage, at=move.at, reason=move.reason))
+    elif seen != after:
+        return None
+    c.stage, c.stage_changed_at = after
+    c.probability = state.probability
+    c.lost_reason = state.lost_reason
+    return _public(row, entries, settings)

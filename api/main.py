@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.key_cache = KeyCache(ttl=settings.api_key_cache_seconds)
+    app.state.deal_seeds = deals.SeedCache()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

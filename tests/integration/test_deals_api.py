@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from db.deals import get_deal, insert_deal
 from db.engine import tenant_tx
 from db.models import DealStageHistory, Event
-from domain.deals import DealState
+from domain.deals import ChangeStageInput, DealState
 from domain.stages import ALL_STAGES, Stage, allowed_targets
 from tests.conftest import Stack
 from tests.factories import make_advertiser, make_deal, make_show, move
@@ -342,3 +342,24 @@ async def test_duplicate_external_id_is_409_and_keeps_one_deal(stack: Stack) -> 
     assert r.status_code == 409 and "crm-42" in r.json()["detail"]
     items = (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]
     assert [d["id"] for d in items] == [first["id"]]
+
+
+async def test_a_deal_closed_elsewhere_is_answered_from_its_row(stack: Stack) -> None:
+    """The API's cached workflow seed still says "open"; the deal was won meanwhile."""
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    deal = await make_deal(stack.http, h)
+    assert (await move(stack.http, h, deal["id"], "proposal")).status_code == 200
+    wid = deal_workflow_id(str(tenant.id), deal["id"])
+    # Won through the SDK, behind the API's back.
+    await stack.client.get_workflow_handle(wid).execute_update(
+        DealWorkflow.change_stage, ChangeStageInput(stage=Stage.WON)
+    )
+    r = await move(stack.http, h, deal["id"], "lead")
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"]["current_stage"] == "won"
+    assert r.json()["detail"]["allowed_stages"] == []
+    handle = stack.client.get_workflow_handle_for(DealWorkflow.run, wid)
+    assert (await asyncio.wait_for(handle.result(), 30)).stage is Stage.WON  # no run lingers
+    stored = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
+    assert stored["stage"] == "won" and [x["to"] for x in stored["history"]] == ["lead", "proposal", "won"]
