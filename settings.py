@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     migration_database_url: str | None = None
     db_app_role: str = "sponsorflow_app"
     db_pool_size: int = 10
+    # Largest accepted upload; beyond it the API answers 413.
+    max_upload_mb: int = 200
     # How long an API process trusts a verified API key before asking the database again.
     api_key_cache_seconds: float = 30.0
 

@@ -12,9 +12,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deals import DealActivities
+from activities.imports import ImportActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
 from workflows.deals import DealWorkflow
+from workflows.imports import CsvImportWorkflow
 
 log = logging.getLogger("sponsorflow.worker")
 
@@ -27,6 +29,16 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
         deals = DealActivities(sm)
         workflows.append(DealWorkflow)
         activities += [deals.record_stage_change, deals.record_stall, deals.load_deal]
+    if settings.enable_etl_csv_upload:
+        imports = ImportActivities(
+            sm, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run
+        )
+        workflows.append(CsvImportWorkflow)
+        activities += [
+            imports.mark_import,
+            imports.load_rows,
+            imports.start_deal_workflows,
+        ]
     return workflows, activities
 
 

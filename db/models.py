@@ -95,6 +95,8 @@ class Show(Base):
         nullable=False,
         server_default=text("""'{"pre_roll": 1, "mid_roll": 2, "post_roll": 1}'::jsonb"""),
     )
+    # The import that last wrote this row: re-imports count updates, in-file duplicates show.
+    last_import_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 
@@ -116,6 +118,8 @@ class Advertiser(Base):
     budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     flight_start: Mapped[date | None] = mapped_column(Date)
     flight_end: Mapped[date | None] = mapped_column(Date)
+    # The import that last wrote this row: re-imports count updates, in-file duplicates show.
+    last_import_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 
@@ -146,6 +150,8 @@ class Campaign(Base):
     lost_reason: Mapped[str | None] = mapped_column(Text)
     expected_close: Mapped[date | None] = mapped_column(Date)
     owner_email: Mapped[str | None] = mapped_column(String(320))
+    # The import that last wrote this row: re-imports count updates, in-file duplicates show.
+    last_import_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 
@@ -245,6 +251,8 @@ class EtlImport(Base):
     rows_inserted: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     rows_updated: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     rows_failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    workflows_started: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     warnings: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint: Mapped[dict[str, Any]] = mapped_column(
@@ -296,6 +304,7 @@ class ShowDownload(Base):
     date: Mapped[date] = mapped_column(Date, nullable=False)
     country: Mapped[str] = mapped_column(String(2), nullable=False, server_default="")
     downloads: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_import_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
 class Match(Base):

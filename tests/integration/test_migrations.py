@@ -6,11 +6,12 @@ import asyncio
 import uuid
 from typing import Any
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from db.embedded import ensure_database
-from db.migrate import downgrade, upgrade
+from db.migrate import alembic_config, downgrade, upgrade
 from db.models import TENANT_TABLES
 
 SNAPSHOT_SQL = {
@@ -48,7 +49,9 @@ async def test_upgrade_is_idempotent_and_downgrade_round_trips(pg_server: Any) -
     db = ensure_database(pg_server, f"mig_{uuid.uuid4().hex[:8]}", "sponsorflow_app")
     await asyncio.to_thread(upgrade, db.owner_url)
     head = await _snapshot(db.owner_url)
-    assert head["version"] == [("0001",)]
+    assert head["version"] == [
+        (ScriptDirectory.from_config(alembic_config(db.owner_url)).get_current_head(),)
+    ]
     assert {r[0] for r in head["rls"] if r[1]} >= set(TENANT_TABLES)
     assert {r[0] for r in head["policies"]} == set(TENANT_TABLES)
 

@@ -1,0 +1,439 @@
+"""Import side effects: stream the stored upload, upsert chunk by chunk with a checkpoint, report."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from domain.imports import (
+    FileError,
+    Header,
+    RowError,
+    iter_csv_rows,
+    iter_xlsx_rows,
+    natural_key,
+    parse_row,
+    read_header,
+    sniff_format,
+)
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+
+from db.engine import SessionMaker, tenant_tx
+from db.events import emit_event
+from db.imports import UpsertOutcome, ids_by_external_id, upsert_campaigns, upsert_catalog, upsert_downloads
+from db.models import Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, Show
+from domain import events
+from domain.deals import DealWorkflowInput
+from domain.etl import (
+    FILE_ERROR,
+    MAX_STORED_ROW_ERRORS,
+    MarkImportInput,
+    MarkImportResult,
+    RunImportInput,
+    RunImportResult,
+    StartDealWorkflowsInput,
+    StartDealWorkflowsResult,
+)
+from domain.stages import OPEN_STAGES, Stage
+
+FINAL = ("completed", "completed_with_errors", "failed")
+MAX_WARNINGS = 50
+_READ_BLOCK = 1 << 20
+
+
+def _file_error(message: str) -> ApplicationError:
+    return ApplicationError(message, type=FILE_ERROR, non_retryable=True)
+
+
+class ImportActivities:
+    """Activities of spreadsheet imports, bound to the worker's session factory."""
+
+    def __init__(
+        self,
+        sessionmaker: SessionMaker,
+        *,
+        stall_days: dict[str, int] | None = None,
+        moves_per_run: int = 200,
+    ) -> None:
+        self._sm = sessionmaker
+        self._stall_days = stall_days or {}
+        self._moves_per_run = moves_per_run
+
+    @activity.defn(name="mark_import")
+    async def mark_import(self, inp: MarkImportInput) -> MarkImportResult:
+        """Moves the import to running or to its final status; the final one emits its event."""
+        now = datetime.now(UTC)
+        iid = uuid.UUID(inp.import_id)
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            row = await session.get(EtlImport, iid, with_for_update=True)
+            if row is None:
+                raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
+            if row.status in FINAL or row.status == inp.status:
+                return MarkImportResult(changed=False)
+            row.status = inp.status
+            if inp.status == "running":
+                row.started_at = row.started_at or now
+                return MarkImportResult(changed=True)
+            row.finished_at = now
+            row.error = inp.error
+            if inp.status == "failed":
+                row.rows_total = row.rows_total if row.rows_total is not None else 0
+                await emit_event(
+                    session=session,
+                    tenant_id=inp.tenant_id,
+                    type=events.ETL_ERROR,
+                    entity_type="import",
+                    entity_id=inp.import_id,
+                    payload={"kind": row.kind, "filename": row.filename, "reason": inp.error},
+                    occurred_at=now,
+                    idempotency_key=f"etl/{inp.import_id}/failed",
+                )
+            else:
+                await emit_event(
+                    session=session,
+                    tenant_id=inp.tenant_id,
+                    type=events.ETL_IMPORT_COMPLETED,
+                    entity_type="import",
+                    entity_id=inp.import_id,
+                    payload={
+                        "kind": row.kind,
+                        "filename": row.filename,
+                        "status": inp.status,
+                        "rows_total": row.rows_total,
+                        "rows_inserted": row.rows_inserted,
+                        "rows_updated": row.rows_updated,
+                        "rows_failed": row.rows_failed,
+                        "workflows_started": row.workflows_started,
+                    },
+                    occurred_at=now,
+                    idempotency_key=f"etl/{inp.import_id}/completed",
+                )
+        return MarkImportResult(changed=True)
+
+    @activity.defn(name="load_rows")
+    async def load_rows(self, inp: RunImportInput) -> RunImportResult:
+        """Parses and upserts the stored file in chunks; each chunk commits with its checkpoint."""
+        iid = uuid.UUID(inp.import_id)
+        tid = uuid.UUID(inp.tenant_id)
+        async with tenant_tx(self._sm, tid) as session:
+            imp = await session.get(EtlImport, iid)
+            if imp is None:
+                raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
+            checkpoint = dict(imp.checkpoint)
+            filename = imp.filename
+        fd, tmp = tempfile.mkstemp(prefix="sf-import-")
+        os.close(fd)
+        path = Path(tmp)
+        try:
+            estimate = await self._download(tid, iid, path)
+            try:
+                header, rows, warnings = await asyncio.to_thread(_open_rows, path, filename)
+                parsed_header = read_header(inp.kind, header)
+            except FileError as exc:
+                raise _file_error(str(exc)) from None
+            done = int(checkpoint.get("row", 1))
+            if "row" not in checkpoint:
+                await self._save_warnings(tid, iid, [*warnings, *parsed_header.warnings])
+            reported = len(warnings)
+            seen_any = bool(checkpoint.get("seen_data"))
+            while True:
+                try:
+                    batch = await asyncio.to_thread(
+                        _next_batch, rows, inp.kind, parsed_header, inp.chunk_rows, done
+                    )
+                except FileError as exc:
+                    raise _file_error(str(exc)) from None
+                if batch.last_row is None:
+                    break
+                seen_any = seen_any or batch.rows > 0
+                await self._commit_chunk(tid, iid, inp.kind, batch, seen_any, estimate)
+                done = batch.last_row
+                activity.heartbeat(done)
+            if not seen_any:
+                raise _file_error("the file has a header but no data rows")
+            # The reader may learn mid-file that it must fall back to Windows-1252.
+            await self._save_warnings(tid, iid, warnings[reported:])
+        finally:
+            path.unlink(missing_ok=True)
+        async with tenant_tx(self._sm, tid) as session:
+            imp = await session.get(EtlImport, iid, with_for_update=True)
+            assert imp is not None
+            imp.rows_total = imp.rows_processed
+            return RunImportResult(
+                rows_processed=imp.rows_processed,
+                rows_inserted=imp.rows_inserted,
+                rows_updated=imp.rows_updated,
+                rows_failed=imp.rows_failed,
+            )
+
+    async def _download(self, tid: uuid.UUID, iid: uuid.UUID, path: Path) -> int:
+        """Copies the upload to a temporary file piece by piece; returns a row estimate (line count)."""
+        seq = 0
+        lines = 0
+        with path.open("wb") as out:
+            while True:
+                async with tenant_tx(self._sm, tid) as session:
+                    data = await session.scalar(
+                        select(EtlUploadChunk.data).where(
+                            EtlUploadChunk.import_id == iid, EtlUploadChunk.seq == seq
+                        )
+                    )
+                if data is None:
+                    return max(0, lines - 1)
+                out.write(data)
+                lines += data.count(b"\n")
+                seq += 1
+
+    async def _save_warnings(self, tid: uuid.UUID, iid: uuid.UUID, warnings: list[str]) -> None:
+        if not warnings:
+            return
+        async with tenant_tx(self._sm, tid) as session:
+            imp = await session.get(EtlImport, iid, with_for_update=True)
+            assert imp is not None
+            imp.warnings = [*imp.warnings, *warnings][:MAX_WARNINGS]
+
+    async def _commit_chunk(
+        self, tid: uuid.UUID, iid: uuid.UUID, kind: str, batch: _Batch, seen_any: bool, estimate: int
+    ) -> None:
+        now = datetime.now(UTC)
+        async with tenant_tx(self._sm, tid) as session:
+            imp = await session.get(EtlImport, iid, with_for_update=True)
+            assert imp is not None
+            if int(imp.checkpoint.get("row", 1)) >= (batch.last_row or 0):
+                return  # an earlier attempt committed this chunk
+            errors = list(batch.errors)
+            records = await _resolve(session, kind, batch.records, errors)
+            outcome = await _upsert(session, kind, tid, iid, records, now)
+            failed_rows = {e.row_number for e in errors}
+            stored = int(imp.checkpoint.get("errors_stored", 0))
+            room = max(0, MAX_STORED_ROW_ERRORS - stored)
+            if room and errors:
+                session.add_all(
+                    EtlRowError(
+                        tenant_id=tid,
+                        import_id=iid,
+                        row_number=e.row_number,
+                        column=e.column,
+                        value=e.value,
+                        message=e.message,
+                    )
+                    for e in sorted(errors, key=lambda e: e.row_number)[:room]
+                )
+            warnings = list(imp.warnings)
+            for key in [*batch.in_chunk_repeats, *outcome.repeated_keys]:
+                if len(warnings) < MAX_WARNINGS:
+                    warnings.append(f"{key!s} appears more than once in the file: the last row wins")
+            if outcome.stage_kept and len(warnings) < MAX_WARNINGS:
+                warnings.append(
+                    f"{outcome.stage_kept} existing deal(s) kept their stage: stages change through "
+                    "the pipeline (PATCH /api/v1/deals/{id}/stage), not by import"
+                )
+            imp.warnings = warnings
+            imp.rows_processed += batch.rows
+            imp.rows_inserted += outcome.inserted
+            imp.rows_updated += outcome.updated
+            imp.rows_failed += len(failed_rows)
+            imp.checkpoint = {
+                "row": batch.last_row,
+                "errors_stored": stored + min(room, len(errors)),
+                "seen_data": seen_any,
+                "rows_estimate": estimate,
+            }
+
+    @activity.defn(name="start_deal_workflows")
+    async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:
+        """Starts (or finds running) the DealWorkflow of every open deal this import wrote."""
+        from workflows.deals import DealWorkflow, deal_search_attributes, deal_summary, deal_workflow_id
+
+        client = activity.client()
+        iid = uuid.UUID(inp.import_id)
+        after = activity.info().heartbeat_details[0] if activity.info().heartbeat_details else None
+        started = int(after["started"]) if after else 0
+        last_id = uuid.UUID(after["last_id"]) if after else uuid.UUID(int=0)
+        sem = asyncio.Semaphore(inp.concurrency)
+
+        async def start(seed: DealWorkflowInput) -> None:
+            async with sem:
+                await client.start_workflow(
+                    DealWorkflow.run,
+                    seed,
+                    id=deal_workflow_id(seed.tenant_id, seed.campaign_id),
+                    task_queue=inp.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    search_attributes=deal_search_attributes(seed),
+                    static_summary=deal_summary(
+                        seed.name, seed.advertiser_name, seed.show_name, seed.value_usd
+                    ),
+                )
+
+        while True:
+            async with tenant_tx(self._sm, inp.tenant_id) as session:
+                page = (
+                    await session.execute(
+                        select(Campaign, Advertiser.name, Show.name)
+                        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+                        .outerjoin(Show, Show.id == Campaign.show_id)
+                        .where(
+                            Campaign.last_import_id == iid,
+                            Campaign.stage.in_([s.value for s in OPEN_STAGES]),
+                            Campaign.id > last_id,
+                        )
+                        .order_by(Campaign.id)
+                        .limit(500)
+                    )
+                ).all()
+            if not page:
+                break
+            seeds = [
+                DealWorkflowInput(
+                    tenant_id=inp.tenant_id,
+                    campaign_id=str(c.id),
+                    name=c.name,
+                    advertiser_id=str(c.advertiser_id),
+                    advertiser_name=adv,
+                    show_id=str(c.show_id) if c.show_id else None,
+                    show_name=show,
+                    value_usd=float(c.value_usd),
+                    stage=Stage(c.stage),
+                    stage_entered_at=c.stage_changed_at,
+                    lost_reason=c.lost_reason,
+                    stall_days=self._stall_days,
+                    moves_per_run=self._moves_per_run,
+                )
+                for c, adv, show in page
+            ]
+            await asyncio.gather(*(start(s) for s in seeds))
+            started += len(seeds)
+            last_id = page[-1][0].id
+            async with tenant_tx(self._sm, inp.tenant_id) as session:
+                await session.execute(
+                    update(EtlImport).where(EtlImport.id == iid).values(workflows_started=started)
+                )
+            activity.heartbeat({"started": started, "last_id": str(last_id)})
+        return StartDealWorkflowsResult(started=started)
+
+
+class _Batch:
+    """Up to chunk_rows parsed rows: good records with their row numbers, and row errors."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, Any]]] = []
+        self.errors: list[RowError] = []
+        self.rows = 0
+        self.last_row: int | None = None
+        self.in_chunk_repeats: list[str] = []
+
+
+def _open_rows(path: Path, filename: str) -> tuple[list[Any], Iterator[tuple[int, list[Any]]], list[str]]:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not head:
+        raise FileError("the file is empty")
+    if sniff_format(head, filename) == "xlsx":
+        return iter_xlsx_rows(str(path))
+    return iter_csv_rows(_blocks(path))
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(_READ_BLOCK):
+            yield block
+
+
+def _next_batch(
+    rows: Iterator[tuple[int, list[Any]]], kind: str, header: Header, size: int, done: int
+) -> _Batch:
+    batch = _Batch()
+    by_key: dict[tuple[Any, ...], int] = {}
+    for row_number, cells in itertools.islice(((n, c) for n, c in rows if n > done), size):
+        batch.last_row = row_number
+        record, errors = parse_row(kind, header, cells, row_number)
+        if record is None and not errors:
+            continue  # a blank line
+        batch.rows += 1
+        if errors:
+            batch.errors.extend(errors)
+            continue
+        assert record is not None
+        key = natural_key(kind, record)
+        if key in by_key:
+            # The last row wins: drop the earlier one from this chunk.
+            batch.in_chunk_repeats.append(" ".join(str(k) for k in key))
+            batch.records = [(n, r) for n, r in batch.records if n != by_key[key]]
+        by_key[key] = row_number
+        batch.records.append((row_number, record))
+    return batch
+
+
+async def _resolve(
+    session: AsyncSession, kind: str, records: list[tuple[int, dict[str, Any]]], errors: list[RowError]
+) -> list[dict[str, Any]]:
+    """Turns external ids of referenced rows into ids; unknown references become row errors."""
+    if kind not in ("campaigns", "show_downloads"):
+        return [r for _, r in records]
+    shows = await ids_by_external_id(
+        session, Show, {str(r["show_external_id"]) for _, r in records if r.get("show_external_id")}
+    )
+    advertisers = (
+        await ids_by_external_id(session, Advertiser, {str(r["advertiser_external_id"]) for _, r in records})
+        if kind == "campaigns"
+        else {}
+    )
+    out = []
+    for n, r in records:
+        problems = []
+        if kind == "campaigns" and r["advertiser_external_id"] not in advertisers:
+            problems.append(
+                ("advertiser_external_id", r["advertiser_external_id"], "no advertiser with this external_id")
+            )
+        if r.get("show_external_id") and r["show_external_id"] not in shows:
+            problems.append(("show_external_id", r["show_external_id"], "no show with this external_id"))
+        if problems:
+            errors.extend(RowError(row_number=n, column=c, value=str(v), message=m) for c, v, m in problems)
+            continue
+        resolved = dict(r)
+        if kind == "campaigns":
+            resolved["advertiser_id"] = advertisers[r["advertiser_external_id"]]
+        if r.get("show_external_id"):
+            resolved["show_id"] = shows[r["show_external_id"]]
+        resolved.pop("advertiser_external_id", None)
+        resolved.pop("show_external_id", None)
+        out.append(resolved)
+    return out
+
+
+async def _upsert(
+    session: AsyncSession,
+    kind: str,
+    tid: uuid.UUID,
+    iid: uuid.UUID,
+    records: list[dict[str, Any]],
+    now: datetime,
+) -> UpsertOutcome:
+    if kind == "shows":
+        return await upsert_catalog(
+            session=session, model=Show, tenant_id=tid, import_id=iid, records=records, at=now
+        )
+    if kind == "advertisers":
+        return await upsert_catalog(
+            session=session, model=Advertiser, tenant_id=tid, import_id=iid, records=records, at=now
+        )
+    if kind == "campaigns":
+        return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, records=records, at=now)
+    return await upsert_downloads(
+        session=session,
+        tenant_id=tid,
+        import_id=iid,
+        records=[{**r, "country": r.get("country") or ""} for r in records],
+    )

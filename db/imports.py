@@ -1,0 +1,244 @@
+"""Bulk upserts of imported rows by natural key, each reporting inserts, updates and in-file repeats."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.events import emit_event
+from db.models import Advertiser, Campaign, DealStageHistory, Show, ShowDownload
+from domain import events
+from domain.stages import Stage, probability
+
+
+@dataclass
+class UpsertOutcome:
+    """What one chunk's upsert did."""
+
+    inserted: int = 0
+    updated: int = 0
+    repeated_keys: list[str] = field(default_factory=list)  # written earlier by this same import
+    stage_kept: int = 0  # existing deals whose file stage differed (stages move through the pipeline)
+
+
+_INSERTED: Any = literal_column("(xmax = 0)").label("inserted")
+
+
+async def _repeats(session: AsyncSession, model: Any, import_id: uuid.UUID, keys: Sequence[str]) -> list[str]:
+    rows = await session.execute(
+        select(model.external_id).where(model.external_id.in_(keys), model.last_import_id == import_id)
+    )
+    return [r[0] for r in rows]
+
+
+async def upsert_catalog(
+    *,
+    session: AsyncSession,
+    model: type[Show] | type[Advertiser],
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    records: list[dict[str, Any]],
+    at: datetime,
+) -> UpsertOutcome:
+    """Inserts or updates shows or advertisers by external_id."""
+    out = UpsertOutcome()
+    if not records:
+        return out
+    out.repeated_keys = await _repeats(session, model, import_id, [r["external_id"] for r in records])
+    values = [{**r, "tenant_id": tenant_id, "last_import_id": import_id, "updated_at": at} for r in records]
+    columns = sorted({k for v in values for k in v} - {"tenant_id", "external_id"})
+    # Every row carries every column so the statement is uniform; missing optional cells reset
+    # the column to its default, as a re-import of the same file should.
+    defaults = _defaults(model)
+    rows = [{c: v.get(c, defaults.get(c)) for c in [*columns, "tenant_id", "external_id"]} for v in values]
+    stmt = insert(model).values(rows)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[model.tenant_id, model.external_id],
+        set_={c: stmt.excluded[c] for c in columns},
+    ).returning(_INSERTED)
+    for (inserted,) in await session.execute(upsert):
+        if inserted:
+            out.inserted += 1
+        else:
+            out.updated += 1
+    return out
+
+
+def _defaults(model: Any) -> dict[str, Any]:
+    if model is Show:
+        return {
+            "categories": [],
+            "geo": {},
+            "age": {},
+            "brand_safety": {},
+            "slots": {"pre_roll": 1, "mid_roll": 2, "post_roll": 1},
+        }
+    return {"target_categories": [], "target_geo": [], "target_age": [], "brand_safety_tolerance": "medium"}
+
+
+async def ids_by_external_id(
+    session: AsyncSession, model: type[Show] | type[Advertiser], keys: set[str]
+) -> dict[str, uuid.UUID]:
+    """Maps external ids of this tenant to row ids (RLS scopes the lookup)."""
+    if not keys:
+        return {}
+    rows = await session.execute(select(model.external_id, model.id).where(model.external_id.in_(keys)))
+    return {str(r[0]): r[1] for r in rows}
+
+
+async def upsert_campaigns(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    records: list[dict[str, Any]],
+    at: datetime,
+) -> UpsertOutcome:
+    """Inserts new deals (with their first history entry and deal.created) or updates existing ones.
+
+    An existing deal keeps its stage: stages move through DealWorkflow, never behind its back.
+    """
+    out = UpsertOutcome()
+    if not records:
+        return out
+    out.repeated_keys = await _repeats(session, Campaign, import_id, [r["external_id"] for r in records])
+    existing = {
+        r[0]: r[1]
+        for r in await session.execute(
+            select(Campaign.external_id, Campaign.stage).where(
+                Campaign.external_id.in_([r["external_id"] for r in records])
+            )
+        )
+    }
+    rows = []
+    for r in records:
+        stage = Stage(r.get("stage") or Stage.LEAD.value)
+        if r["external_id"] in existing and existing[r["external_id"]] != stage.value:
+            out.stage_kept += 1
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "tenant_id": tenant_id,
+                "external_id": r["external_id"],
+                "advertiser_id": r["advertiser_id"],
+                "show_id": r.get("show_id"),
+                "name": r["name"],
+                "value_usd": r["value_usd"],
+                "stage": stage.value,
+                "stage_changed_at": at,
+                "probability": probability(stage),
+                "lost_reason": r.get("lost_reason") if stage is Stage.LOST else None,
+                "expected_close": r.get("expected_close"),
+                "owner_email": r.get("owner_email"),
+                "last_import_id": import_id,
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
+    stmt = insert(Campaign).values(rows)
+    mutable = ["advertiser_id", "show_id", "name", "value_usd", "expected_close", "owner_email"]
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[Campaign.tenant_id, Campaign.external_id],
+        set_={**{c: stmt.excluded[c] for c in mutable}, "last_import_id": import_id, "updated_at": at},
+    ).returning(Campaign.id, Campaign.stage, Campaign.name, Campaign.value_usd, _INSERTED)
+    created = []
+    for cid, stage, name, value, inserted in await session.execute(upsert):
+        if inserted:
+            out.inserted += 1
+            created.append((cid, stage, name, value))
+        else:
+            out.updated += 1
+    if created:
+        await session.execute(
+            insert(DealStageHistory)
+            .values(
+                [
+                    {
+                        "tenant_id": tenant_id,
+                        "campaign_id": cid,
+                        "from_stage": None,
+                        "to_stage": stage,
+                        "reason": "imported",
+                        "changed_at": at,
+                        "idempotency_key": f"deal.created/{cid}",
+                    }
+                    for cid, stage, _, _ in created
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        )
+        for cid, stage, name, value in created:
+            await emit_event(
+                session=session,
+                tenant_id=tenant_id,
+                type=events.DEAL_CREATED,
+                entity_type="deal",
+                entity_id=str(cid),
+                payload={
+                    "name": name,
+                    "stage": stage,
+                    "value_usd": float(value),
+                    "import_id": str(import_id),
+                },
+                occurred_at=at,
+                idempotency_key=f"deal.created/{cid}",
+            )
+    return out
+
+
+async def upsert_downloads(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    records: list[dict[str, Any]],
+) -> UpsertOutcome:
+    """Inserts or updates daily downloads by (show, date, country)."""
+    out = UpsertOutcome()
+    if not records:
+        return out
+    keys = [(r["show_id"], r["date"], r["country"]) for r in records]
+    repeated = await session.execute(
+        select(ShowDownload.show_id, ShowDownload.date, ShowDownload.country).where(
+            and_(
+                tuple_(ShowDownload.show_id, ShowDownload.date, ShowDownload.country).in_(keys),
+                ShowDownload.last_import_id == import_id,
+            )
+        )
+    )
+    out.repeated_keys = [f"{d.isoformat()} {c or 'all'}" for _, d, c in repeated]
+    stmt = insert(ShowDownload).values(
+        [
+            {
+                "tenant_id": tenant_id,
+                "show_id": r["show_id"],
+                "date": r["date"],
+                "country": r["country"],
+                "downloads": r["downloads"],
+                "last_import_id": import_id,
+            }
+            for r in records
+        ]
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[
+            ShowDownload.tenant_id,
+            ShowDownload.show_id,
+            ShowDownload.date,
+            ShowDownload.country,
+        ],
+        set_={"downloads": stmt.excluded.downloads, "last_import_id": import_id},
+    ).returning(_INSERTED)
+    for (inserted,) in await session.execute(upsert):
+        if inserted:
+            out.inserted += 1
+        else:
+            out.updated += 1
+    return out
