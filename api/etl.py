@@ -152,7 +152,7 @@ async def upload(
             CsvImportWorkflow.run,
             CsvImportInput(
                 tenant_id=str(db.tenant_id), import_id=str(import_id), kind=kind, filename=filename
-            ),  # type: ignore[arg-type]
+            ),
             id=wid,
             task_queue=settings.temporal_task_queue,
             static_summary=f"Import: {filename} ({kind}, {size:,} bytes)",
