@@ -12,17 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from domain.imports import (
-    FileError,
-    Header,
-    RowError,
-    iter_csv_rows,
-    iter_xlsx_rows,
-    natural_key,
-    parse_row,
-    read_header,
-    sniff_format,
-)
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
@@ -44,6 +33,17 @@ from domain.etl import (
     RunImportResult,
     StartDealWorkflowsInput,
     StartDealWorkflowsResult,
+)
+from domain.imports import (
+    FileError,
+    Header,
+    RowError,
+    iter_csv_rows,
+    iter_xlsx_rows,
+    natural_key,
+    parse_row,
+    read_header,
+    sniff_format,
 )
 from domain.stages import OPEN_STAGES, Stage
 

@@ -7,7 +7,6 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from domain.imports import KINDS
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
@@ -17,6 +16,7 @@ from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.models import EtlImport, EtlRowError, EtlUploadChunk
 from domain.etl import MAX_STORED_ROW_ERRORS, CsvImportInput
+from domain.imports import KINDS
 from workflows.imports import CsvImportWorkflow, import_workflow_id
 
 log = logging.getLogger("sponsorflow.api.etl")
