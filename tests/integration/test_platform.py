@@ -61,7 +61,8 @@ async def test_flag_off_hides_the_deal_pipeline(flagged_stack: Stack) -> None:
         assert r.status_code == 404, (method, path)
         assert "ENABLE_DEAL_PIPELINE" in r.json()["detail"]
     workflows, activities = registrations(flagged_stack.settings, flagged_stack.sm)
-    assert DealWorkflow not in workflows and activities == []
+    assert DealWorkflow not in workflows
+    assert not {"record_stage_change", "record_stall", "load_deal"} & {a.__name__ for a in activities}
 
 
 async def test_events_filter_and_page(stack: Stack) -> None:
@@ -106,3 +107,21 @@ async def test_openapi_documents_every_route(stack: Stack) -> None:
     ):
         assert path in paths, path
     assert "409" in paths["/api/v1/deals/{campaign_id}/stage"]["patch"]["responses"]
+
+
+@pytest.fixture
+async def no_imports_stack(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> AsyncIterator[Stack]:
+    async for s in start_stack(database, client, sm, enable_etl_csv_upload=False):
+        yield s
+
+
+async def test_flag_off_hides_imports(no_imports_stack: Stack) -> None:
+    t = await no_imports_stack.new_tenant()
+    h = no_imports_stack.auth(t)
+    for method, path in (("POST", "/api/v1/etl/upload"), ("GET", "/api/v1/etl/history")):
+        r = await no_imports_stack.http.request(method, path, headers=h)
+        assert r.status_code == 404 and "ENABLE_ETL_CSV_UPLOAD" in r.json()["detail"]
+    workflows, _ = registrations(no_imports_stack.settings, no_imports_stack.sm)
+    assert [w.__name__ for w in workflows] == ["DealWorkflow"]
