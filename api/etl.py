@@ -151,7 +151,12 @@ async def upload(
         await client.start_workflow(
             CsvImportWorkflow.run,
             CsvImportInput(
-                tenant_id=str(db.tenant_id), import_id=str(import_id), kind=kind, filename=filename
+                tenant_id=str(db.tenant_id),
+                import_id=str(import_id),
+                kind=kind,  # checked against KINDS above
+                filename=filename,
+                chunk_rows=settings.import_chunk_rows,
+                heartbeat_seconds=settings.import_heartbeat_seconds,
             ),
             id=wid,
             task_queue=settings.temporal_task_queue,

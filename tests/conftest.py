@@ -170,7 +170,7 @@ class Stack:
 
 
 async def start_stack(
-    database: EmbeddedDatabase, client: Client, sm: SessionMaker, **overrides: Any
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker, *, worker: bool = True, **overrides: Any
 ) -> AsyncIterator[Stack]:
     """Runs the API app and the worker for one test."""
     from contextlib import AsyncExitStack
@@ -181,7 +181,7 @@ async def start_stack(
     settings = make_settings(database, client, **overrides)
     app = create_app(settings)
     async with AsyncExitStack() as running:
-        if registrations(settings, sm)[0]:
+        if worker and registrations(settings, sm)[0]:
             await running.enter_async_context(build_worker(client, settings, sm))
         await running.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)

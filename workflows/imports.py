@@ -62,7 +62,7 @@ class CsvImportWorkflow:
                 start_to_close_timeout=timedelta(hours=6),
                 # A killed worker is noticed within the heartbeat timeout; the retry resumes
                 # from the last committed chunk.
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=inp.heartbeat_seconds),
                 retry_policy=_RETRY,
             )
         except ActivityError as exc:
