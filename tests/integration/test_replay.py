@@ -25,8 +25,9 @@ from db.models import Advertiser
 from db.tenants import create_tenant
 from domain.deals import ChangeStageInput, DealWorkflowInput
 from domain.stages import Stage
-from tests.conftest import new_worker
+from tests.conftest import Stack, new_worker
 from workflows.deals import DealWorkflow
+from workflows.imports import CsvImportWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
@@ -102,11 +103,41 @@ async def test_replay_a_history_with_a_stall(
         (HISTORIES / "deal_workflow_v1.json").write_text(history.to_json())
 
 
-@pytest.mark.parametrize("path", sorted(HISTORIES.glob("deal_workflow_*.json")), ids=lambda p: p.name)
+async def test_replay_an_import_history(stack: Stack) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    for kind, content in (
+        ("advertisers", b"external_id,name\nadv-1,Acme\n"),
+        (
+            "campaigns",
+            b"external_id,advertiser_external_id,name,value_usd,stage\nc-1,adv-1,Q1,1000,proposal\n"
+            b"c-2,adv-9,Ghost,1,lead\n",
+        ),
+    ):
+        r = await stack.http.post(
+            "/api/v1/etl/upload", files={"file": (f"{kind}.csv", content)}, data={"kind": kind}, headers=h
+        )
+        assert r.status_code == 202
+        handle = stack.client.get_workflow_handle(r.json()["workflow_id"])
+        await handle.result()
+    history = await handle.fetch_history()
+    await Replayer(workflows=[CsvImportWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
+        (HISTORIES / "csv_import_workflow_v1.json").write_text(history.to_json())
+
+
+WORKFLOWS = {"deal_workflow": DealWorkflow, "csv_import_workflow": CsvImportWorkflow}
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.name)
 async def test_recorded_histories_still_replay(path: Path) -> None:
+    workflow = WORKFLOWS[path.stem.rsplit("_v", 1)[0]]
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await _replay(history)
+    await Replayer(workflows=[workflow], data_converter=pydantic_data_converter).replay_workflow(history)
 
 
-def test_there_is_a_recorded_history() -> None:
-    assert list(HISTORIES.glob("deal_workflow_*.json")), "record one with SPONSORFLOW_RECORD_HISTORIES=1"
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_every_workflow_has_a_recorded_history(name: str) -> None:
+    assert list(HISTORIES.glob(f"{name}_v*.json")), "record one with SPONSORFLOW_RECORD_HISTORIES=1"
