@@ -160,6 +160,7 @@ class DealSummary(BaseModel):
     """A deal in a list (no history)."""
 
     id: str
+    external_id: str | None
     name: str
     advertiser_id: str
     show_id: str | None
@@ -234,6 +235,7 @@ def _public(row: DealRow, history: list[HistoryEntry], settings: Settings) -> De
 def _summary(c: Campaign) -> DealSummary:
     return DealSummary(
         id=str(c.id),
+        external_id=c.external_id,
         name=c.name,
         advertiser_id=str(c.advertiser_id),
         show_id=str(c.show_id) if c.show_id else None,
