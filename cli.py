@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -251,6 +251,180 @@ def tenant_create(settings: Settings, name: str) -> int:
     return 0
 
 
+_IMPORT_DONE = ("completed", "completed_with_errors", "failed")
+_IMPORT_SHOWN_ERRORS = 20
+
+
+def _http_detail(r: httpx.Response) -> str:
+    """The `detail` of an error answer as one line (FastAPI 422 lists become `field: message`)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text.strip() or r.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        parts = []
+        for d in detail:
+            if isinstance(d, dict):
+                where = ".".join(str(x) for x in d.get("loc", [])[1:])
+                parts.append(f"{where}: {d.get('msg')}" if where else str(d.get("msg")))
+            else:
+                parts.append(str(d))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _progress_line(st: dict[str, Any], elapsed: float) -> str:
+    """`[#####-----]  42.0%  4,200/10,000 rows  1,234 rows/s  ETA 0:05` for one status answer."""
+    p = min(max(float(st.get("progress") or 0.0), 0.0), 1.0)
+    done = int(st.get("rows_processed") or 0)
+    total = st.get("rows_total")
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if p >= 1:
+        eta = "0:00"
+    elif total and rate > 0:
+        eta = _duration(max(int(total) - done, 0) / rate)
+    elif p > 0:
+        eta = _duration(elapsed * (1 - p) / p)
+    else:
+        eta = "--:--"
+    filled = int(p * 30)
+    rows = f"{done:,}/{int(total):,}" if total else f"{done:,}"
+    return (
+        f"[{'#' * filled}{'-' * (30 - filled)}] {p:6.1%}  {rows} rows  {rate:,.0f} rows/s  "
+        f"ETA {eta}  ({st.get('status')})"
+    )
+
+
+def _print_import_result(st: dict[str, Any], out: TextIO) -> None:
+    """The final status, counts, warnings and the first row errors as a small table."""
+    print(f"import {st['import_id']} ({st.get('filename')}, {st.get('kind')}): {st['status']}", file=out)
+    print(
+        f"{st['rows_processed']:,} rows processed: {st['rows_inserted']:,} inserted, "
+        f"{st['rows_updated']:,} updated, {st['rows_failed']:,} failed; "
+        f"{st['workflows_started']:,} workflows started",
+        file=out,
+    )
+    if st.get("warnings"):
+        print("warnings:", file=out)
+        for w in st["warnings"]:
+            print(f"  - {w}", file=out)
+    errors = st.get("errors") or []
+    if errors:
+        shown = errors[:_IMPORT_SHOWN_ERRORS]
+        failed = max(int(st.get("rows_failed") or 0), len(errors))
+        print(f"row errors (first {len(shown)} of {failed:,}):", file=out)
+
+        def cell(v: Any, width: int | None = None) -> str:
+            text = "" if v is None else str(v).replace("\r", "\\r").replace("\n", "\\n")
+            return text if width is None or len(text) <= width else text[: width - 3] + "..."
+
+        rows = [("row", "column", "value", "message")] + [
+            (cell(e.get("row")), cell(e.get("column"), 30), cell(e.get("value"), 30), cell(e.get("message")))
+            for e in shown
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            padded = "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True))
+            print(f"  {padded}  {r[3]}", file=out)
+    if st["status"] == "failed":
+        print(f"error: {st.get('error') or 'the import failed'}", file=out)
+
+
+def import_file(api: str, key: str | None, path: Path, kind: str, out: TextIO, err: TextIO) -> int:
+    """Uploads a CSV/XLSX file through the API, follows the import with a progress bar and reports it."""
+    from domain.imports import KINDS
+
+    if kind not in KINDS:
+        print(f"error: unknown kind {kind!r}; expected one of {', '.join(KINDS)}", file=err)
+        return 2
+    if not path.is_file():
+        print(f"error: {path}: {'not a file' if path.exists() else 'no such file'}", file=err)
+        return 2
+    if not key:
+        print("error: no API key; pass --key KEY or set SPONSORFLOW_API_KEY", file=err)
+        return 2
+    api = api.rstrip("/")
+    tty = err.isatty()
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=api, headers=headers, timeout=httpx.Timeout(300.0, connect=10.0)) as client:
+        print(f"uploading {path.name} ({path.stat().st_size:,} bytes) to {api} as {kind} ...", file=err)
+        try:
+            with path.open("rb") as fh:  # httpx streams an open file instead of reading it into memory
+                r = client.post("/api/v1/etl/upload", files={"file": (path.name, fh)}, data={"kind": kind})
+        except OSError as exc:
+            print(f"error: cannot read {path}: {exc}", file=err)
+            return 2
+        except httpx.HTTPError as exc:
+            print(f"error: the upload to {api} failed: {exc}", file=err)
+            return 1
+        if 400 <= r.status_code < 500:
+            print(f"error: the API refused the upload (HTTP {r.status_code}): {_http_detail(r)}", file=err)
+            return 2
+        if r.status_code != 202:
+            print(f"error: the upload failed (HTTP {r.status_code}): {_http_detail(r)}", file=err)
+            return 1
+        import_id = r.json()["import_id"]
+        status_path = f"/api/v1/etl/status/{import_id}"
+        print(f"import {import_id} accepted; following it ...", file=err)
+        started = last_line = time.monotonic()
+        drawn = False
+        misses = 0
+        try:
+            while True:
+                try:
+                    resp = client.get(status_path, timeout=10.0)
+                    if resp.status_code >= 500:
+                        raise httpx.HTTPError(f"HTTP {resp.status_code}: {_http_detail(resp)}")
+                except httpx.HTTPError as exc:
+                    misses += 1
+                    if misses >= 20:  # about ten seconds without an answer
+                        if drawn:
+                            err.write("\n")
+                        print(f"error: lost the API while following import {import_id}: {exc}", file=err)
+                        return 1
+                    time.sleep(0.5)
+                    continue
+                if resp.status_code != 200:
+                    if drawn:
+                        err.write("\n")
+                    print(f"error: status of import {import_id}: {_http_detail(resp)}", file=err)
+                    return 1
+                misses = 0
+                st = resp.json()
+                now = time.monotonic()
+                done = st["status"] in _IMPORT_DONE
+                line = _progress_line(st, now - started)
+                if tty:
+                    err.write(f"\r{line}\x1b[K")
+                    err.flush()
+                    drawn = True
+                elif done or now - last_line >= 5:
+                    print(line, file=err, flush=True)
+                    last_line = now
+                if done:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print(
+                f"\nstopped following import {import_id}; it goes on in the server (GET {api}{status_path})",
+                file=err,
+            )
+            return 130
+        if drawn:
+            err.write("\n")
+            err.flush()
+    _print_import_result(st, out)
+    return 0 if st["status"] == "completed" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parses the command line and runs one command."""
     parser = argparse.ArgumentParser(prog="sponsorflow", description=__doc__)
@@ -263,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_sub.add_parser("create", help="create a tenant and print its API key")
     create.add_argument("name")
+    imp = sub.add_parser("import", help="upload a CSV/XLSX file through the API and follow the import")
+    imp.add_argument("file", type=Path, help="the .csv or .xlsx file")
+    imp.add_argument("--kind", required=True, help="shows | advertisers | campaigns | show_downloads")
+    imp.add_argument("--api", help="API base URL (default: SPONSORFLOW_API_URL or the configured host:port)")
+    imp.add_argument("--key", help="tenant API key (default: SPONSORFLOW_API_KEY)")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "up":
@@ -283,6 +462,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "tenant":
         return tenant_create(settings, args.name)
+    if args.command == "import":
+        api = (
+            args.api
+            or os.environ.get("SPONSORFLOW_API_URL")
+            or f"http://{settings.api_host}:{settings.api_port}"
+        )
+        key = args.key or os.environ.get("SPONSORFLOW_API_KEY")
+        return import_file(api, key, args.file, args.kind, sys.stdout, sys.stderr)
     return 2
 
 

@@ -213,3 +213,56 @@ async def test_history_and_isolation(stack: Stack) -> None:
     assert [i["import_id"] for i in hist] == [second["import_id"], first["import_id"]]
     assert (await stack.http.get(f"/api/v1/etl/status/{first['import_id']}", headers=hb)).status_code == 404
     assert (await stack.http.get("/api/v1/etl/history", headers=hb)).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "rows", "check"),
+    [
+        (
+            "shows",
+            [
+                ["External ID", "Name", "Avg Downloads", "CPM USD", "Female Share"],
+                ["s-1", "Grind", 85000, 28.5, 0.44],
+            ],
+            ("/api/v1/shows", "s-1", "avg_downloads", 85000),
+        ),
+        (
+            "campaigns",
+            [
+                ["external_id", "advertiser_external_id", "name", "value_usd", "expected_close"],
+                ["c-1", "adv-1", "Q1", "$18,400", date(2027, 1, 15)],
+            ],
+            ("/api/v1/deals", "c-1", "value_usd", 18400.0),
+        ),
+        (
+            "show_downloads",
+            [["show_external_id", "date", "downloads", "country"], ["s-1", date(2026, 11, 1), 1200, "us"]],
+            None,
+        ),
+    ],
+)
+async def test_each_kind_from_xlsx(
+    stack: Stack, kind: str, rows: list[list[Any]], check: tuple[str, str, str, Any] | None
+) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    await upload(stack, h, "advertisers", "a.csv", b"external_id,name\nadv-1,Acme\n")
+    await upload(stack, h, "shows", "s.csv", b"external_id,name,avg_downloads\ns-1,Grind,1\n")
+    status = await upload(stack, h, kind, f"{kind}.xlsx", _xlsx(rows))
+    assert status["status"] == "completed", status
+    assert status["rows_processed"] == 1
+    if check:
+        path, key, field, expected = check
+        items = (await stack.http.get(path, headers=h)).json()["items"]
+        assert [i[field] for i in items if i.get("external_id") == key] == [expected]
+
+
+async def test_windows_1252_and_formula_text(stack: Stack) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    content = 'external_id,name,avg_downloads\ns-1,Café Society,100\ns-2,=HYPERLINK("x"),5\n'.encode("cp1252")
+    status = await upload(stack, h, "shows", "shows.csv", content)
+    assert status["status"] == "completed", status
+    assert any("Windows-1252" in w for w in status["warnings"])
+    names = sorted(s["name"] for s in (await stack.http.get("/api/v1/shows", headers=h)).json()["items"])
+    assert names == ['=HYPERLINK("x")', "Café Society"]
