@@ -1,4 +1,4 @@
-"""The `sponsorflow` command: up, worker, api, migrate, tenant create."""
+"""The `sponsorflow` command: up, worker, api, migrate, tenant create, import."""
 
 from __future__ import annotations
 

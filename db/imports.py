@@ -29,6 +29,15 @@ class UpsertOutcome:
 
 
 _INSERTED: Any = literal_column("(xmax = 0)").label("inserted")
+# PostgreSQL's wire protocol caps a statement at 32767 bind parameters; multi-row inserts are
+# split so rows x columns stays under it whatever the chunk size.
+_MAX_PARAMS = 30_000
+
+
+def _slices(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    width = max(1, len(rows[0])) if rows else 1
+    step = max(1, _MAX_PARAMS // width)
+    return [rows[i : i + step] for i in range(0, len(rows), step)]
 
 
 async def _repeats(session: AsyncSession, model: Any, import_id: uuid.UUID, keys: Sequence[str]) -> list[str]:
@@ -58,16 +67,17 @@ async def upsert_catalog(
     # the column to its default, as a re-import of the same file should.
     defaults = _defaults(model)
     rows = [{c: v.get(c, defaults.get(c)) for c in [*columns, "tenant_id", "external_id"]} for v in values]
-    stmt = insert(model).values(rows)
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[model.tenant_id, model.external_id],
-        set_={c: stmt.excluded[c] for c in columns},
-    ).returning(_INSERTED)
-    for (inserted,) in await session.execute(upsert):
-        if inserted:
-            out.inserted += 1
-        else:
-            out.updated += 1
+    for part in _slices(rows):
+        stmt = insert(model).values(part)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[model.tenant_id, model.external_id],
+            set_={c: stmt.excluded[c] for c in columns},
+        ).returning(_INSERTED)
+        for (inserted,) in await session.execute(upsert):
+            if inserted:
+                out.inserted += 1
+            else:
+                out.updated += 1
     return out
 
 
@@ -142,37 +152,35 @@ async def upsert_campaigns(
                 "updated_at": at,
             }
         )
-    stmt = insert(Campaign).values(rows)
     mutable = ["advertiser_id", "show_id", "name", "value_usd", "expected_close", "owner_email"]
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[Campaign.tenant_id, Campaign.external_id],
-        set_={**{c: stmt.excluded[c] for c in mutable}, "last_import_id": import_id, "updated_at": at},
-    ).returning(Campaign.id, Campaign.stage, Campaign.name, Campaign.value_usd, _INSERTED)
     created = []
-    for cid, stage, name, value, inserted in await session.execute(upsert):
-        if inserted:
-            out.inserted += 1
-            created.append((cid, stage, name, value))
-        else:
-            out.updated += 1
-    if created:
+    for part in _slices(rows):
+        stmt = insert(Campaign).values(part)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[Campaign.tenant_id, Campaign.external_id],
+            set_={**{c: stmt.excluded[c] for c in mutable}, "last_import_id": import_id, "updated_at": at},
+        ).returning(Campaign.id, Campaign.stage, Campaign.name, Campaign.value_usd, _INSERTED)
+        for cid, stage, name, value, inserted in await session.execute(upsert):
+            if inserted:
+                out.inserted += 1
+                created.append((cid, stage, name, value))
+            else:
+                out.updated += 1
+    history = [
+        {
+            "tenant_id": tenant_id,
+            "campaign_id": cid,
+            "from_stage": None,
+            "to_stage": stage,
+            "reason": "imported",
+            "changed_at": at,
+            "idempotency_key": f"deal.created/{cid}",
+        }
+        for cid, stage, _, _ in created
+    ]
+    for part in _slices(history):
         await session.execute(
-            insert(DealStageHistory)
-            .values(
-                [
-                    {
-                        "tenant_id": tenant_id,
-                        "campaign_id": cid,
-                        "from_stage": None,
-                        "to_stage": stage,
-                        "reason": "imported",
-                        "changed_at": at,
-                        "idempotency_key": f"deal.created/{cid}",
-                    }
-                    for cid, stage, _, _ in created
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            insert(DealStageHistory).values(part).on_conflict_do_nothing(index_elements=["idempotency_key"])
         )
         for cid, stage, name, value in created:
             await emit_event(
@@ -214,19 +222,26 @@ async def upsert_downloads(
         )
     )
     out.repeated_keys = [f"{d.isoformat()} {c or 'all'}" for _, d, c in repeated]
-    stmt = insert(ShowDownload).values(
-        [
-            {
-                "tenant_id": tenant_id,
-                "show_id": r["show_id"],
-                "date": r["date"],
-                "country": r["country"],
-                "downloads": r["downloads"],
-                "last_import_id": import_id,
-            }
-            for r in records
-        ]
-    )
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "show_id": r["show_id"],
+            "date": r["date"],
+            "country": r["country"],
+            "downloads": r["downloads"],
+            "last_import_id": import_id,
+        }
+        for r in records
+    ]
+    for part in _slices(rows):
+        await _upsert_downloads(session, import_id, part, out)
+    return out
+
+
+async def _upsert_downloads(
+    session: AsyncSession, import_id: uuid.UUID, rows: list[dict[str, Any]], out: UpsertOutcome
+) -> None:
+    stmt = insert(ShowDownload).values(rows)
     upsert = stmt.on_conflict_do_update(
         index_elements=[
             ShowDownload.tenant_id,
@@ -241,4 +256,3 @@ async def upsert_downloads(
             out.inserted += 1
         else:
             out.updated += 1
-    return out

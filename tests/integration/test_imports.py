@@ -266,3 +266,19 @@ async def test_windows_1252_and_formula_text(stack: Stack) -> None:
     assert any("Windows-1252" in w for w in status["warnings"])
     names = sorted(s["name"] for s in (await stack.http.get("/api/v1/shows", headers=h)).json()["items"])
     assert names == ['=HYPERLINK("x")', "Café Society"]
+
+
+async def test_a_full_chunk_of_wide_rows(stack: Stack) -> None:
+    """5000 shows x 14 columns is more bind parameters than one PostgreSQL statement takes."""
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    head = (
+        "external_id,name,categories,avg_downloads,episodes_per_month,cpm_usd,geo,age,female_share,rss_url\n"
+    )
+    body = "".join(
+        f"s-{i},Show {i},Comedy,{1000 + i},4,$25,US:0.5,25-34:50%,40%,https://x.fm/{i}.xml\n"
+        for i in range(6000)
+    )
+    status = await upload(stack, h, "shows", "many.csv", (head + body).encode())
+    assert status["status"] == "completed", status
+    assert (status["rows_inserted"], status["rows_failed"]) == (6000, 0)
