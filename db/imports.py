@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, literal_column, select, tuple_
+from sqlalchemy import literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.events import emit_event
-from db.models import Advertiser, Campaign, DealStageHistory, Show, ShowDownload
+from db.models import Advertiser, Campaign, DealStageHistory, Show
 from domain import events
 from domain.stages import Stage, probability
 
@@ -208,51 +208,43 @@ async def upsert_downloads(
     import_id: uuid.UUID,
     records: list[dict[str, Any]],
 ) -> UpsertOutcome:
-    """Inserts or updates daily downloads by (show, date, country)."""
+    """Inserts or updates daily downloads by (show, date, country), through COPY.
+
+    Downloads are the million-row kind: the chunk is COPYed into a per-connection staging table
+    and merged with one INSERT ... ON CONFLICT, in the caller's transaction.
+    """
     out = UpsertOutcome()
     if not records:
         return out
-    keys = [(r["show_id"], r["date"], r["country"]) for r in records]
-    repeated = await session.execute(
-        select(ShowDownload.show_id, ShowDownload.date, ShowDownload.country).where(
-            and_(
-                tuple_(ShowDownload.show_id, ShowDownload.date, ShowDownload.country).in_(keys),
-                ShowDownload.last_import_id == import_id,
-            )
-        )
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    # Temporary tables are per connection and outside row-level security; rows vanish at commit.
+    await raw.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sf_download_stage "
+        "(show_id uuid, date date, country text, downloads bigint) ON COMMIT DELETE ROWS"
     )
-    out.repeated_keys = [f"{d.isoformat()} {c or 'all'}" for _, d, c in repeated]
-    rows = [
-        {
-            "tenant_id": tenant_id,
-            "show_id": r["show_id"],
-            "date": r["date"],
-            "country": r["country"],
-            "downloads": r["downloads"],
-            "last_import_id": import_id,
-        }
-        for r in records
-    ]
-    for part in _slices(rows):
-        await _upsert_downloads(session, import_id, part, out)
+    await raw.copy_records_to_table(
+        "sf_download_stage",
+        records=[(r["show_id"], r["date"], r["country"], r["downloads"]) for r in records],
+        columns=["show_id", "date", "country", "downloads"],
+    )
+    counts = (
+        await session.execute(
+            text(
+                """
+                WITH merged AS (
+                  INSERT INTO show_downloads (tenant_id, show_id, date, country, downloads, last_import_id)
+                  SELECT :tenant_id, show_id, date, country, downloads, :import_id FROM sf_download_stage
+                  ON CONFLICT (tenant_id, show_id, date, country)
+                  DO UPDATE SET downloads = EXCLUDED.downloads, last_import_id = EXCLUDED.last_import_id
+                  RETURNING (xmax = 0) AS inserted
+                )
+                SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+                """
+            ),
+            {"tenant_id": tenant_id, "import_id": import_id},
+        )
+    ).one()
+    out.inserted, out.updated = int(counts[0]), int(counts[1])
     return out
-
-
-async def _upsert_downloads(
-    session: AsyncSession, import_id: uuid.UUID, rows: list[dict[str, Any]], out: UpsertOutcome
-) -> None:
-    stmt = insert(ShowDownload).values(rows)
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[
-            ShowDownload.tenant_id,
-            ShowDownload.show_id,
-            ShowDownload.date,
-            ShowDownload.country,
-        ],
-        set_={"downloads": stmt.excluded.downloads, "last_import_id": import_id},
-    ).returning(_INSERTED)
-    for (inserted,) in await session.execute(upsert):
-        if inserted:
-            out.inserted += 1
-        else:
-            out.updated += 1
