@@ -147,19 +147,30 @@ class ImportActivities:
                 await self._save_warnings(tid, iid, [*warnings, *parsed_header.warnings])
             reported = len(warnings)
             seen_any = bool(checkpoint.get("seen_data"))
-            while True:
-                try:
-                    batch = await asyncio.to_thread(
-                        _next_batch, rows, inp.kind, parsed_header, inp.chunk_rows, done
-                    )
-                except FileError as exc:
-                    raise _file_error(str(exc)) from None
-                if batch.last_row is None:
-                    break
-                seen_any = seen_any or batch.rows > 0
-                await self._commit_chunk(tid, iid, inp.kind, batch, seen_any, estimate)
-                done = batch.last_row
-                activity.heartbeat(done)
+
+            def parse_after(row: int) -> asyncio.Task[_Batch]:
+                return asyncio.create_task(
+                    asyncio.to_thread(_next_batch, rows, inp.kind, parsed_header, inp.chunk_rows, row)
+                )
+
+            # The next chunk is parsed in a thread while PostgreSQL commits the current one.
+            pending = parse_after(done)
+            try:
+                while True:
+                    try:
+                        batch = await pending
+                    except FileError as exc:
+                        raise _file_error(str(exc)) from None
+                    if batch.last_row is None:
+                        break
+                    pending = parse_after(batch.last_row)
+                    seen_any = seen_any or batch.rows > 0
+                    await self._commit_chunk(tid, iid, inp.kind, batch, seen_any, estimate)
+                    done = batch.last_row
+                    activity.heartbeat(done)
+            finally:
+                if not pending.done():
+                    await asyncio.gather(pending, return_exceptions=True)
             if not seen_any:
                 raise _file_error("the file has a header but no data rows")
             # The reader may learn mid-file that it must fall back to Windows-1252.
@@ -355,7 +366,7 @@ def _next_batch(
     rows: Iterator[tuple[int, list[Any]]], kind: str, header: Header, size: int, done: int
 ) -> _Batch:
     batch = _Batch()
-    by_key: dict[tuple[Any, ...], int] = {}
+    by_key: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
     for row_number, cells in itertools.islice(((n, c) for n, c in rows if n > done), size):
         batch.last_row = row_number
         record, errors = parse_row(kind, header, cells, row_number)
@@ -368,11 +379,10 @@ def _next_batch(
         assert record is not None
         key = natural_key(kind, record)
         if key in by_key:
-            # The last row wins: drop the earlier one from this chunk.
+            # The last row wins; the earlier one is dropped from this chunk.
             batch.in_chunk_repeats.append(" ".join(str(k) for k in key))
-            batch.records = [(n, r) for n, r in batch.records if n != by_key[key]]
-        by_key[key] = row_number
-        batch.records.append((row_number, record))
+        by_key[key] = (row_number, record)
+    batch.records = list(by_key.values())
     return batch
 
 
