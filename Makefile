@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.persist_activity
 	$(BIN)/python -m bench.stage_changes
+	$(BIN)/python -m bench.import_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

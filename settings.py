@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # Largest accepted upload; beyond it the API answers 413.
     max_upload_mb: int = 200
     # Rows per committed import chunk, and how soon a killed import worker is noticed.
-    import_chunk_rows: int = 5000
+    import_chunk_rows: int = 10_000
     import_heartbeat_seconds: int = 30
     # How long an API process trusts a verified API key before asking the database again.
     api_key_cache_seconds: float = 30.0

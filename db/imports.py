@@ -226,7 +226,7 @@ async def upsert_downloads(
     )
     await raw.copy_records_to_table(
         "sf_download_stage",
-        records=[(r["show_id"], r["date"], r["country"], r["downloads"]) for r in records],
+        records=[(r["show_id"], r["date"], r.get("country") or "", r["downloads"]) for r in records],
         columns=["show_id", "date", "country", "downloads"],
     )
     counts = (

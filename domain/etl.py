@@ -21,7 +21,7 @@ class CsvImportInput(BaseModel):
     import_id: str
     kind: ImportKind
     filename: str
-    chunk_rows: int = Field(default=5000, ge=1, le=100_000)
+    chunk_rows: int = Field(default=10_000, ge=1, le=100_000)
     # How soon a killed worker is noticed; the retry resumes from the last committed chunk.
     heartbeat_seconds: int = Field(default=30, ge=1, le=600)
     start_deal_workflows: bool = True
