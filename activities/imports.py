@@ -38,6 +38,7 @@ from domain.imports import (
     FileError,
     Header,
     RowError,
+    download_fast_path,
     iter_csv_rows,
     iter_xlsx_rows,
     natural_key,
@@ -367,9 +368,13 @@ def _next_batch(
 ) -> _Batch:
     batch = _Batch()
     by_key: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
+    fast = download_fast_path(header) if kind == "show_downloads" else None
     for row_number, cells in itertools.islice(((n, c) for n, c in rows if n > done), size):
         batch.last_row = row_number
-        record, errors = parse_row(kind, header, cells, row_number)
+        record = fast(cells) if fast is not None else None
+        errors: list[RowError] = []
+        if record is None:
+            record, errors = parse_row(kind, header, cells, row_number)
         if record is None and not errors:
             continue  # a blank line
         batch.rows += 1

@@ -992,3 +992,63 @@ class _XlsxRows(Iterator[tuple[int, list[object]]]):
 
     def __del__(self) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The show_downloads fast path: files of millions of rows are almost all plain rows.
+
+DownloadParser = Callable[[Sequence[object]], "dict[str, object] | None"]
+
+
+def download_fast_path(header: Header) -> DownloadParser:
+    """Returns a parser for plain show_downloads rows that answers None for anything else.
+
+    For a plain text row (ISO date, digits-only count, empty or two-letter country, no extra
+    cells) it returns exactly what parse_row would, several times faster; every other row (date
+    cells, thousands separators, anything wrong) goes to parse_row, which owns the messages.
+    """
+    index_of = {name: index for index, name in header.columns.items()}
+    i_show = index_of["show_external_id"]
+    i_date = index_of["date"]
+    i_downloads = index_of["downloads"]
+    i_country = index_of.get("country")
+    width = header.width or (max(header.columns) + 1)
+    fromisoformat = date.fromisoformat
+
+    def parse(cells: Sequence[object]) -> dict[str, object] | None:
+        if len(cells) > width:
+            return None
+        try:
+            show, day, count = cells[i_show], cells[i_date], cells[i_downloads]
+            country = cells[i_country] if i_country is not None and i_country < len(cells) else ""
+        except IndexError:
+            return None
+        if not (isinstance(show, str) and isinstance(day, str) and isinstance(count, str)):
+            return None
+        if not isinstance(country, str):
+            return None
+        show = show.strip()
+        if (
+            not show
+            or len(show) > _ID_MAX
+            or len(day) != 10
+            or not day.isascii()
+            or day[4] != "-"
+            or day[7] != "-"
+        ):
+            return None
+        if not (count.isascii() and count.isdigit()):
+            return None
+        value = int(count)
+        if value > _INT_MAX:
+            return None
+        country = country.strip()
+        if country and not (len(country) == 2 and country.isascii() and country.isalpha()):
+            return None
+        try:
+            when = fromisoformat(day)
+        except ValueError:
+            return None
+        return {"show_external_id": show, "date": when, "downloads": value, "country": country.upper()}
+
+    return parse

@@ -829,3 +829,46 @@ def test_xlsx_file_is_released(tmp_path: Path) -> None:
     del rows
     gc.collect()
     assert open_handles(path) == 0
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ["show-1", "2026-11-01", "1200", "US"],
+        ["show-1", "2026-11-01", "1200", ""],
+        ["  show-1 ", "2026-11-01", "007", "gb"],
+        ["show-1", "2026-11-01", "1,200", "US"],
+        ["show-1", " 2026-11-01", "1200", "US"],
+        ["show-1", "2026-02-30", "1200", "US"],
+        ["show-1", "2026-11-01", "-5", "US"],
+        ["show-1", "2026-11-01", "12k", "US"],
+        ["show-1", "2026-11-01", "1200", "USA"],
+        ["show-1", "2026-11-01", "99999999999", "US"],
+        ["", "2026-11-01", "1200", "US"],
+        ["show-1", "2026-11-01", "1200", "US", "extra"],
+        ["show-1", "2026-W01-1", "1200", "US"],
+        ["", "", "", ""],
+    ],
+)
+def test_download_fast_path_agrees_with_parse_row(cells: list[str]) -> None:
+    from domain.imports import download_fast_path
+
+    header = read_header("show_downloads", ["show_external_id", "date", "downloads", "country"])
+    fast = download_fast_path(header)(cells)
+    record, errors = parse_row("show_downloads", header, cells, 2)
+    if fast is not None:
+        assert errors == [] and fast == record
+
+
+def test_download_fast_path_takes_plain_rows() -> None:
+    from domain.imports import download_fast_path
+
+    header = read_header("show_downloads", ["Date", "Downloads", "Show_External_ID"])
+    parse = download_fast_path(header)
+    assert parse(["2026-11-01", "1200", "show-1"]) == {
+        "show_external_id": "show-1",
+        "date": date(2026, 11, 1),
+        "downloads": 1200,
+        "country": "",
+    }
+    assert parse(["2026-11-01", "1,200", "show-1"]) is None  # left to parse_row
