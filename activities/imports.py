@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
 from db.engine import SessionMaker, tenant_tx
@@ -266,7 +265,7 @@ class ImportActivities:
     @activity.defn(name="start_deal_workflows")
     async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:
         """Starts (or finds running) the DealWorkflow of every open deal this import wrote."""
-        from workflows.deals import DealWorkflow, deal_search_attributes, deal_summary, deal_workflow_id
+        from workflows.deals import DealWorkflow, deal_start_options
 
         client = activity.client()
         iid = uuid.UUID(inp.import_id)
@@ -278,15 +277,7 @@ class ImportActivities:
         async def start(seed: DealWorkflowInput) -> None:
             async with sem:
                 await client.start_workflow(
-                    DealWorkflow.run,
-                    seed,
-                    id=deal_workflow_id(seed.tenant_id, seed.campaign_id),
-                    task_queue=inp.task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    search_attributes=deal_search_attributes(seed),
-                    static_summary=deal_summary(
-                        seed.name, seed.advertiser_name, seed.show_name, seed.value_usd
-                    ),
+                    DealWorkflow.run, seed, **deal_start_options(seed, inp.task_queue)
                 )
 
         while True:

@@ -21,7 +21,6 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -44,8 +43,7 @@ from workflows.deals import (
     FORBIDDEN_TRANSITION,
     INVALID_REQUEST,
     DealWorkflow,
-    deal_search_attributes,
-    deal_summary,
+    deal_start_options,
     deal_workflow_id,
 )
 
@@ -271,13 +269,7 @@ def workflow_input(row: DealRow, settings: Settings) -> DealWorkflowInput:
 
 def start_options(inp: DealWorkflowInput, settings: Settings) -> dict[str, Any]:
     """Workflow start options shared by create and update-with-start."""
-    return {
-        "id": deal_workflow_id(inp.tenant_id, inp.campaign_id),
-        "task_queue": settings.temporal_task_queue,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "search_attributes": deal_search_attributes(inp),
-        "static_summary": deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd),
-    }
+    return deal_start_options(inp, settings.temporal_task_queue)
 
 
 async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) -> None:

@@ -13,7 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -74,6 +79,17 @@ def deal_search_attributes(inp: DealWorkflowInput) -> TypedSearchAttributes:
     if inp.show_id:
         pairs.append(SearchAttributePair(sa.SHOW_ID, inp.show_id))
     return TypedSearchAttributes(pairs)
+
+
+def deal_start_options(inp: DealWorkflowInput, task_queue: str) -> dict[str, Any]:
+    """Start options of a deal's workflow (API create, update-with-start, import): one place."""
+    return {
+        "id": deal_workflow_id(inp.tenant_id, inp.campaign_id),
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "search_attributes": deal_search_attributes(inp),
+        "static_summary": deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd),
+    }
 
 
 def _move_key(campaign_id: str, current: Stage, entered_at: datetime, target: Stage) -> str:
