@@ -847,7 +847,8 @@ def iter_csv_rows(
         number = after
         try:
             for number, cells in records:
-                if not all(_is_empty(c) for c in cells):
+                # CSV cells are all text: one join tells a blank row from a real one.
+                if "".join(cells).strip():
                     return number, cells
         except csv.Error as exc:
             raise FileError(
