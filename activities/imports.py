@@ -8,6 +8,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from db.engine import SessionMaker, tenant_tx
+from db.engine import SessionMaker, set_tenant, tenant_tx
 from db.events import emit_event
-from db.imports import UpsertOutcome, ids_by_external_id, upsert_campaigns, upsert_catalog, upsert_downloads
+from db.imports import (
+    UpsertOutcome,
+    ids_by_external_id,
+    merge_downloads,
+    stage_downloads,
+    upsert_campaigns,
+    upsert_catalog,
+)
 from db.models import Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, Show
 from domain import events
 from domain.deals import DealWorkflowInput
@@ -153,8 +161,11 @@ class ImportActivities:
                     asyncio.to_thread(_next_batch, rows, inp.kind, parsed_header, inp.chunk_rows, row)
                 )
 
-            # The next chunk is parsed in a thread while PostgreSQL commits the current one.
+            # A three-stage pipeline: chunk k+2 is parsed in a thread, chunk k+1 is staged (its
+            # references resolved, downloads COPYed) on one connection while chunk k merges and
+            # commits with its checkpoint on another. Commits stay in file order.
             pending = parse_after(done)
+            staged: _Staged | None = None
             try:
                 while True:
                     try:
@@ -165,10 +176,31 @@ class ImportActivities:
                         break
                     pending = parse_after(batch.last_row)
                     seen_any = seen_any or batch.rows > 0
-                    await self._commit_chunk(tid, iid, inp.kind, batch, seen_any, estimate)
-                    done = batch.last_row
-                    activity.heartbeat(done)
+                    if staged is None:
+                        staged = await self._stage(tid, inp.kind, batch, seen_any)
+                        continue
+                    finishing = asyncio.create_task(self._finish(tid, iid, inp.kind, staged, estimate))
+                    try:
+                        following = await self._stage(tid, inp.kind, batch, seen_any)
+                    except BaseException:
+                        await asyncio.gather(finishing, return_exceptions=True)
+                        staged = None
+                        raise
+                    previous, staged = staged, None
+                    try:
+                        await finishing
+                    except BaseException:
+                        await following.session.close()
+                        raise
+                    activity.heartbeat(previous.batch.last_row)
+                    staged = following
+                if staged is not None:
+                    previous, staged = staged, None
+                    await self._finish(tid, iid, inp.kind, previous, estimate)
+                    activity.heartbeat(previous.batch.last_row)
             finally:
+                if staged is not None:
+                    await staged.session.close()
                 if not pending.done():
                     await asyncio.gather(pending, return_exceptions=True)
             if not seen_any:
@@ -214,18 +246,36 @@ class ImportActivities:
             assert imp is not None
             imp.warnings = [*imp.warnings, *warnings][:MAX_WARNINGS]
 
-    async def _commit_chunk(
-        self, tid: uuid.UUID, iid: uuid.UUID, kind: str, batch: _Batch, seen_any: bool, estimate: int
+    async def _stage(self, tid: uuid.UUID, kind: str, batch: _Batch, seen_any: bool) -> _Staged:
+        """Opens the chunk's transaction, resolves its references and stages downloads by COPY."""
+        session = self._sm()
+        try:
+            await session.begin()
+            await set_tenant(session, tid)
+            errors = list(batch.errors)
+            records = await _resolve(session, kind, batch.records, errors)
+            if kind == "show_downloads":
+                await stage_downloads(session=session, records=records)
+        except BaseException:
+            await session.close()
+            raise
+        return _Staged(session=session, batch=batch, seen_any=seen_any, records=records, errors=errors)
+
+    async def _finish(
+        self, tid: uuid.UUID, iid: uuid.UUID, kind: str, staged: _Staged, estimate: int
     ) -> None:
+        """Writes the staged chunk with its counts, errors and checkpoint, and commits: all or nothing."""
         now = datetime.now(UTC)
-        async with tenant_tx(self._sm, tid) as session:
+        session, batch, errors = staged.session, staged.batch, staged.errors
+        try:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             assert imp is not None
             if int(imp.checkpoint.get("row", 1)) >= (batch.last_row or 0):
                 return  # an earlier attempt committed this chunk
-            errors = list(batch.errors)
-            records = await _resolve(session, kind, batch.records, errors)
-            outcome = await _upsert(session, kind, tid, iid, records, now)
+            if kind == "show_downloads":
+                outcome = await merge_downloads(session=session, tenant_id=tid, import_id=iid)
+            else:
+                outcome = await _upsert(session, kind, tid, iid, staged.records, now)
             failed_rows = {e.row_number for e in errors}
             stored = int(imp.checkpoint.get("errors_stored", 0))
             room = max(0, MAX_STORED_ROW_ERRORS - stored)
@@ -258,9 +308,12 @@ class ImportActivities:
             imp.checkpoint = {
                 "row": batch.last_row,
                 "errors_stored": stored + min(room, len(errors)),
-                "seen_data": seen_any,
+                "seen_data": staged.seen_any,
                 "rows_estimate": estimate,
             }
+            await session.commit()
+        finally:
+            await session.close()  # rolls back whatever did not commit
 
     @activity.defn(name="start_deal_workflows")
     async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:
@@ -336,6 +389,17 @@ class _Batch:
         self.rows = 0
         self.last_row: int | None = None
         self.in_chunk_repeats: list[str] = []
+
+
+@dataclass
+class _Staged:
+    """A chunk whose transaction is open: references resolved, downloads staged, not yet written."""
+
+    session: AsyncSession
+    batch: _Batch
+    seen_any: bool
+    records: list[dict[str, Any]]
+    errors: list[RowError]
 
 
 def _open_rows(path: Path, filename: str) -> tuple[list[Any], Iterator[tuple[int, list[Any]]], list[str]]:
@@ -434,6 +498,4 @@ async def _upsert(
         return await upsert_catalog(
             session=session, model=Advertiser, tenant_id=tid, import_id=iid, records=records, at=now
         )
-    if kind == "campaigns":
-        return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, records=records, at=now)
-    return await upsert_downloads(session=session, tenant_id=tid, import_id=iid, records=records)
+    return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, records=records, at=now)

@@ -201,34 +201,31 @@ async def upsert_campaigns(
     return out
 
 
-async def upsert_downloads(
-    *,
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    import_id: uuid.UUID,
-    records: list[dict[str, Any]],
-) -> UpsertOutcome:
-    """Inserts or updates daily downloads by (show, date, country), through COPY.
+async def stage_downloads(*, session: AsyncSession, records: list[dict[str, Any]]) -> None:
+    """COPYs a chunk of downloads into this connection's staging table (no locks, no RLS).
 
-    Downloads are the million-row kind: the chunk is COPYed into a per-connection staging table
-    and merged with one INSERT ... ON CONFLICT, in the caller's transaction.
+    Downloads are the million-row kind: staging by COPY and merging with one statement is what
+    makes them fast. The staging table is per connection and empties itself at commit.
     """
-    out = UpsertOutcome()
-    if not records:
-        return out
     conn = await session.connection()
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
-    # Temporary tables are per connection and outside row-level security; rows vanish at commit.
     await raw.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sf_download_stage "
         "(show_id uuid, date date, country text, downloads bigint) ON COMMIT DELETE ROWS"
     )
-    await raw.copy_records_to_table(
-        "sf_download_stage",
-        records=[(r["show_id"], r["date"], r.get("country") or "", r["downloads"]) for r in records],
-        columns=["show_id", "date", "country", "downloads"],
-    )
+    if records:
+        await raw.copy_records_to_table(
+            "sf_download_stage",
+            records=[(r["show_id"], r["date"], r.get("country") or "", r["downloads"]) for r in records],
+            columns=["show_id", "date", "country", "downloads"],
+        )
+
+
+async def merge_downloads(
+    *, session: AsyncSession, tenant_id: uuid.UUID, import_id: uuid.UUID
+) -> UpsertOutcome:
+    """Merges the staged downloads into show_downloads by (show, date, country)."""
     counts = (
         await session.execute(
             text(
@@ -246,5 +243,4 @@ async def upsert_downloads(
             {"tenant_id": tenant_id, "import_id": import_id},
         )
     ).one()
-    out.inserted, out.updated = int(counts[0]), int(counts[1])
-    return out
+    return UpsertOutcome(inserted=int(counts[0]), updated=int(counts[1]))
