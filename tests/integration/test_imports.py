@@ -181,6 +181,10 @@ async def test_bad_uploads_are_refused_at_once(stack: Stack) -> None:
         "/api/v1/etl/upload", files={"file": ("a.csv", b"")}, data={"kind": "shows"}, headers=h
     )
     assert r.status_code == 422 and "empty" in str(r.json()["detail"])
+    r = await stack.http.post(
+        "/api/v1/etl/upload", files={"file": ("", b"a,b\n1,2\n")}, data={"kind": "shows"}, headers=h
+    )
+    assert r.status_code == 422 and "file" in str(r.json()["detail"])
     assert (await stack.http.get("/api/v1/etl/history", headers=h)).json()["items"] == []
 
 
