@@ -133,25 +133,47 @@ class DealPublic(BaseModel):
 
 
 class SeedCache:
-    """Recently seen deals' workflow seeds, so a stage move need not read before it sends.
+    """Recently seen deals: their workflow seed and the last answer this process gave.
 
     A seed holds what a run starts from; everything that changes with moves is re-read by the
-    run itself, so a stale entry costs at most a run that learns the deal is closed.
+    run itself, so a stale seed costs at most a run that learns the deal is closed. A recent
+    answer lets the next move skip the database altogether when the workflow confirms that its
+    move started from the stage entry that answer showed (otherwise the row is read).
     """
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._max = max_entries
         self._seeds: dict[tuple[uuid.UUID, uuid.UUID], DealWorkflowInput] = {}
+        self._answers: dict[tuple[uuid.UUID, uuid.UUID], tuple[DealPublic, float]] = {}
 
     def get(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> DealWorkflowInput | None:
         """The cached seed of a deal of this tenant, if any."""
         return self._seeds.get((tenant_id, campaign_id))
 
-    def put(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID, seed: DealWorkflowInput) -> None:
-        """Remembers a deal's seed (the cache empties itself when full)."""
+    def recent(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID, max_age: float) -> DealPublic | None:
+        """The last answer about this deal, if younger than max_age seconds."""
+        hit = self._answers.get((tenant_id, campaign_id))
+        if hit is None or time.monotonic() - hit[1] > max_age:
+            return None
+        return hit[0]
+
+    def put(
+        self,
+        tenant_id: uuid.UUID,
+        campaign_id: uuid.UUID,
+        seed: DealWorkflowInput,
+        answer: DealPublic | None = None,
+    ) -> None:
+        """Remembers a deal's seed, and the answer just given (the cache empties itself when full)."""
         if len(self._seeds) >= self._max:
             self._seeds.clear()
-        self._seeds[(tenant_id, campaign_id)] = seed
+            self._answers.clear()
+        key = (tenant_id, campaign_id)
+        self._seeds[key] = seed
+        if answer is not None and len(answer.history) <= _MAX_CACHED_HISTORY:
+            self._answers[key] = (answer, time.monotonic())
+        else:
+            self._answers.pop(key, None)
 
 
 class DealSummary(BaseModel):
@@ -279,6 +301,10 @@ async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) 
 
 
 _UPDATE_DEADLINE_S = 20.0
+# How long a PATCH may build on the previous answer instead of reading the row: a deal's other
+# fields (name, value) can change by import, so this bounds how stale they can look.
+_ANSWER_TTL_S = 5.0
+_MAX_CACHED_HISTORY = 200
 _ATTEMPT_TIMEOUT_S = 5.0
 _RETRYABLE = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
 
@@ -480,11 +506,16 @@ async def change_stage(
     seeds: SeedCache = request.app.state.deal_seeds
     seed = seeds.get(db.tenant_id, cid)
     if seed is not None and is_open(seed.stage):
-        # A deal seen recently: its workflow seed is known, so the update goes out at once and
-        # the read the answer needs runs alongside it instead of before it.
-        answered = await _move_with_known_seed(db, client, settings, body, seed, cid, timing)
+        recent = seeds.recent(db.tenant_id, cid, _ANSWER_TTL_S)
+        if recent is not None:
+            # Just answered about this deal: if the workflow's move starts where that answer
+            # left it, the new answer is that one plus the move, no database round trip.
+            answered = await _move_from_recent(db, client, settings, body, seed, recent, cid, timing)
+        else:
+            # Seen before: the update goes out at once and the read runs alongside it.
+            answered = await _move_with_known_seed(db, client, settings, body, seed, cid, timing)
         if answered is not None:
-            seeds.put(db.tenant_id, cid, _reseed(seed, answered))
+            seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
             return _json(answered, timing)
     deadline = time.monotonic() + _UPDATE_DEADLINE_S
     attempt = 0
@@ -536,7 +567,7 @@ async def change_stage(
         # Other moves interleaved: answer with one consistent snapshot of the row and its history.
         with timing.measure("reread"):
             answered = await _load(db, campaign_id, settings)
-    seeds.put(db.tenant_id, cid, _reseed(seed, answered))
+    seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
     return _json(answered, timing)
 
 
@@ -568,6 +599,48 @@ async def _send(
             ),
         ),
         timeout=_ATTEMPT_TIMEOUT_S,
+    )
+
+
+async def _move_from_recent(
+    db: TenantDbDep,
+    client: Client,
+    settings: Settings,
+    body: StageChange,
+    seed: DealWorkflowInput,
+    recent: DealPublic,
+    cid: uuid.UUID,
+    timing: ServerTiming,
+) -> DealPublic | None:
+    """Sends the update and builds the answer on the previous one when they join up exactly."""
+    try:
+        with timing.measure("temporal"):
+            result = await _send(client, body, seed, settings)
+    except WorkflowUpdateFailedError as exc:
+        raise _update_failed(exc, recent.stage, body.stage, str(cid)) from None
+    except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
+        return None
+    move, state = result.move, result.state
+    seen = (recent.stage, recent.stage_changed_at)
+    if move is not None and seen == (move.from_stage, move.from_entered_at):
+        entry = HistoryEntry(from_=move.from_stage, to=move.to_stage, at=move.at, reason=move.reason)
+        history = [*recent.history, entry]
+    elif move is None and seen == (state.stage, state.stage_entered_at):
+        history = recent.history
+    else:
+        # Someone else moved the deal since: read it.
+        with timing.measure("reread"):
+            return await _load(db, str(cid), settings)
+    return recent.model_copy(
+        update={
+            "stage": state.stage,
+            "probability": state.probability,
+            "weighted_value_usd": weighted_value(recent.value_usd, state.probability),
+            "stage_changed_at": state.stage_entered_at,
+            "days_in_stage": recent.days_in_stage if move is None else 0,
+            "lost_reason": state.lost_reason,
+            "history": history,
+        }
     )
 
 

@@ -40,7 +40,6 @@ from typing import Any
 
 import httpx
 
-from api.demo_seed import ADVERTISERS, SHOWS
 from domain.deals import ChangeStageInput
 from domain.stages import Stage
 from settings import Settings, connect_temporal
@@ -191,10 +190,15 @@ async def seed(http: httpx.AsyncClient, admin_token: str, n_deals: int) -> tuple
     r.raise_for_status()
     api_key = r.json()["api_key"]
     http.headers["Authorization"] = f"Bearer {api_key}"
-    r = await http.post("/api/v1/advertisers", json={**ADVERTISERS[0], "external_id": "bench-adv"})
+    r = await http.post(
+        "/api/v1/advertisers",
+        json={"name": "Acme Mattress Co", "domain": "acmemattress.com", "external_id": "bench-adv"},
+    )
     r.raise_for_status()
     advertiser_id = r.json()["id"]
-    r = await http.post("/api/v1/shows", json={**SHOWS[0], "external_id": "bench-show"})
+    r = await http.post(
+        "/api/v1/shows", json={"name": "The Daily Grind", "avg_downloads": 85000, "external_id": "bench-show"}
+    )
     r.raise_for_status()
     show_id = r.json()["id"]
 
