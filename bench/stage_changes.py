@@ -24,13 +24,8 @@ import asyncio
 import json
 import os
 import platform
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench.stack import Stack, env_int
 from domain.deals import ChangeStageInput
 from domain.stages import Stage
 from settings import Settings, connect_temporal
@@ -48,116 +44,11 @@ from workflows.deals import DealWorkflow
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "stage_changes.json"
 CYCLE: tuple[Stage, ...] = (Stage.LEAD, Stage.QUALIFIED, Stage.PROPOSAL, Stage.NEGOTIATION)
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 
 P50_RATIO_MAX = 1.15
 SEQ_HTTP_P50_MAX_MS = 25.0
 SEQ_HTTP_P99_MAX_MS = 60.0
 CONC_THROUGHPUT_RATIO_MIN = 0.85
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    value = int(raw)
-    if value <= 0:
-        raise SystemExit(f"{name} must be positive, got {raw!r}")
-    return value
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-# ---------------------------------------------------------------------------- the stack
-
-
-class Stack:
-    """One `python -m cli up` in its own session, data dir and ports."""
-
-    def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="sponsorflow-bench-"))
-        self.api_port, self.temporal_port, self.ui_port = _free_ports(3)
-        self.admin_token = secrets.token_urlsafe(24)
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
-        self.log_path = self.tmp / "up.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # Nothing from the caller's SPONSORFLOW_* may point the stack elsewhere (external
-        # database or Temporal, TLS, another namespace): the bench measures its own stack.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPONSORFLOW_")}
-        env.update(
-            SPONSORFLOW_DATA_DIR=str(self.tmp / "data"),
-            SPONSORFLOW_API_PORT=str(self.api_port),
-            SPONSORFLOW_TEMPORAL_PORT=str(self.temporal_port),
-            SPONSORFLOW_TEMPORAL_UI_PORT=str(self.ui_port),
-            SPONSORFLOW_DEMO="false",
-            SPONSORFLOW_ADMIN_TOKEN=self.admin_token,
-            ENABLE_DEAL_PIPELINE="true",
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "up"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = ""
-        with httpx.Client(timeout=2, trust_env=False) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"`cli up` exited with code {self.proc.returncode}")
-                try:
-                    r = http.get(f"{self.api_url}/readyz")
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                time.sleep(0.3)
-        raise RuntimeError(f"the API was not ready within {READY_TIMEOUT_S:.0f}s: {last}")
-
-    def stop(self) -> int | None:
-        """SIGINT to `up` (it stops its children and PostgreSQL); kills the group after 30 s."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                print(f"`cli up` did not stop within {STOP_TIMEOUT_S:.0f}s; killing it", flush=True)
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
-        return self.proc.returncode
-
-    def log_tail(self, lines: int = 40) -> str:
-        parts = []
-        for path in [self.log_path, *sorted((self.tmp / "data" / "logs").glob("*.log"))]:
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -401,13 +292,13 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        moves = _env_int("BENCH_MOVES", 300)
-        concurrency = _env_int("BENCH_CONCURRENCY", 20)
+        moves = env_int("BENCH_MOVES", 300)
+        concurrency = env_int("BENCH_CONCURRENCY", 20)
         cfg = cls(
             moves=moves,
             concurrency=concurrency,
-            rounds=min(_env_int("BENCH_ROUNDS", 4), moves),
-            deals=_env_int("BENCH_DEALS", 2 * concurrency),
+            rounds=min(env_int("BENCH_ROUNDS", 4), moves),
+            deals=env_int("BENCH_DEALS", 2 * concurrency),
             warmup=int(os.environ.get("BENCH_WARMUP") or 40),
         )
         if cfg.deals < cfg.concurrency:

@@ -1,0 +1,127 @@
+"""A benchmark's own `sponsorflow up` on free ports with a fresh data dir (shared by bench/)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    value = int(raw)
+    if value <= 0:
+        raise SystemExit(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---------------------------------------------------------------------------- the stack
+
+
+class Stack:
+    """One `python -m cli up` in its own session, data dir and ports."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+        self.extra_env = extra_env or {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="sponsorflow-bench-"))
+        self.api_port, self.temporal_port, self.ui_port = free_ports(3)
+        self.admin_token = secrets.token_urlsafe(24)
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.log_path = self.tmp / "up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # Nothing from the caller's SPONSORFLOW_* may point the stack elsewhere (external
+        # database or Temporal, TLS, another namespace): the bench measures its own stack.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPONSORFLOW_")}
+        env.update(
+            SPONSORFLOW_DATA_DIR=str(self.tmp / "data"),
+            SPONSORFLOW_API_PORT=str(self.api_port),
+            SPONSORFLOW_TEMPORAL_PORT=str(self.temporal_port),
+            SPONSORFLOW_TEMPORAL_UI_PORT=str(self.ui_port),
+            SPONSORFLOW_DEMO="false",
+            SPONSORFLOW_ADMIN_TOKEN=self.admin_token,
+            ENABLE_DEAL_PIPELINE="true",
+            ENABLE_ETL_CSV_UPLOAD="true",
+            ENABLE_IO_BOOKINGS="true",
+            ENABLE_MATCHMAKING="true",
+        )
+        env.update(self.extra_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "up"],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = ""
+        with httpx.Client(timeout=2, trust_env=False) as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"`cli up` exited with code {self.proc.returncode}")
+                try:
+                    r = http.get(f"{self.api_url}/readyz")
+                    if r.status_code == 200:
+                        return
+                    last = f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+                time.sleep(0.3)
+        raise RuntimeError(f"the API was not ready within {READY_TIMEOUT_S:.0f}s: {last}")
+
+    def stop(self) -> int | None:
+        """SIGINT to `up` (it stops its children and PostgreSQL); kills the group after 30 s."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                print(f"`cli up` did not stop within {STOP_TIMEOUT_S:.0f}s; killing it", flush=True)
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for path in [self.log_path, *sorted((self.tmp / "data" / "logs").glob("*.log"))]:
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(parts)
