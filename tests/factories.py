@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
+
+from db.deals import insert_deal
+from db.engine import SessionMaker, tenant_tx
+from db.models import Advertiser, Campaign
+from db.tenants import create_tenant
+from domain.deals import DealWorkflowInput
+from domain.stages import Stage
 
 
 async def make_show(http: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
@@ -55,3 +64,40 @@ async def move(
     if reason is not None:
         body["reason"] = reason
     return await http.patch(f"/api/v1/deals/{deal_id}/stage", json=body, headers=headers)
+
+
+async def seed_deal(
+    sm: SessionMaker, *, stage: Stage = Stage.LEAD, at: datetime | None = None
+) -> tuple[uuid.UUID, Campaign]:
+    """A fresh tenant with one deal written straight into PostgreSQL (no workflow started)."""
+    tenant = await create_tenant(sm=sm, name=f"wf {uuid.uuid4().hex[:6]}")
+    async with tenant_tx(sm, tenant.id) as s:
+        adv = Advertiser(tenant_id=tenant.id, name="Acme")
+        s.add(adv)
+        await s.flush()
+        campaign = await insert_deal(
+            session=s,
+            tenant_id=tenant.id,
+            advertiser_id=adv.id,
+            show_id=None,
+            name="Spring flight",
+            value_usd=Decimal("12000"),
+            stage=stage,
+            at=at or datetime.now(UTC),
+        )
+    return tenant.id, campaign
+
+
+def deal_input(tenant_id: uuid.UUID, c: Campaign, **overrides: Any) -> DealWorkflowInput:
+    """The workflow input of a seeded deal."""
+    values: dict[str, Any] = {
+        "tenant_id": str(tenant_id),
+        "campaign_id": str(c.id),
+        "name": c.name,
+        "advertiser_id": str(c.advertiser_id),
+        "advertiser_name": "Acme",
+        "value_usd": float(c.value_usd),
+        "stage": Stage(c.stage),
+        "stage_entered_at": c.stage_changed_at,
+    }
+    return DealWorkflowInput(**(values | overrides))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
@@ -14,54 +13,17 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deals import DealActivities
-from db.deals import insert_deal
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
-from db.models import Advertiser, Campaign, DealStageHistory, Event
-from db.tenants import create_tenant
+from db.models import DealStageHistory, Event
 from domain.deals import (
     ChangeStageInput,
-    DealWorkflowInput,
     RecordStageChangeInput,
 )
 from domain.stages import Stage
 from tests.conftest import new_worker
+from tests.factories import deal_input, seed_deal
 from workflows.deals import DealWorkflow, deal_workflow_id
-
-
-async def _seed_deal(
-    sm: SessionMaker, *, stage: Stage = Stage.LEAD, at: datetime | None = None
-) -> tuple[uuid.UUID, Campaign]:
-    tenant = await create_tenant(sm=sm, name=f"wf {uuid.uuid4().hex[:6]}")
-    async with tenant_tx(sm, tenant.id) as s:
-        adv = Advertiser(tenant_id=tenant.id, name="Acme")
-        s.add(adv)
-        await s.flush()
-        campaign = await insert_deal(
-            session=s,
-            tenant_id=tenant.id,
-            advertiser_id=adv.id,
-            show_id=None,
-            name="Spring flight",
-            value_usd=Decimal("12000"),
-            stage=stage,
-            at=at or datetime.now(UTC),
-        )
-    return tenant.id, campaign
-
-
-def _input(tenant_id: uuid.UUID, c: Campaign, **kw: object) -> DealWorkflowInput:
-    return DealWorkflowInput(
-        tenant_id=str(tenant_id),
-        campaign_id=str(c.id),
-        name=c.name,
-        advertiser_id=str(c.advertiser_id),
-        advertiser_name="Acme",
-        value_usd=float(c.value_usd),
-        stage=Stage(c.stage),
-        stage_entered_at=c.stage_changed_at,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 async def _count(sm: SessionMaker, tenant_id: uuid.UUID, model: type, **where: object) -> int:
@@ -87,14 +49,14 @@ class FlakyAfterCommit(DealActivities):
 async def test_retry_after_commit_writes_once(
     client: Client, sm: SessionMaker, persist_locally: bool
 ) -> None:
-    tenant_id, c = await _seed_deal(sm)
+    tenant_id, c = await seed_deal(sm)
     acts = FlakyAfterCommit(sm)
     async with new_worker(
         client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         handle = await client.start_workflow(
             DealWorkflow.run,
-            _input(tenant_id, c, persist_locally=persist_locally),
+            deal_input(tenant_id, c, persist_locally=persist_locally),
             id=f"deal/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )
@@ -109,7 +71,7 @@ async def test_retry_after_commit_writes_once(
 
 
 async def test_activity_run_twice_writes_once(sm: SessionMaker) -> None:
-    tenant_id, c = await _seed_deal(sm)
+    tenant_id, c = await seed_deal(sm)
     acts = DealActivities(sm)
     inp = RecordStageChangeInput(
         tenant_id=str(tenant_id),
@@ -138,7 +100,7 @@ async def test_stall_timer_fires_once_per_stage_entry(
     time_skipping_env: WorkflowEnvironment, sm: SessionMaker
 ) -> None:
     env = time_skipping_env
-    tenant_id, c = await _seed_deal(sm)
+    tenant_id, c = await seed_deal(sm)
     acts = DealActivities(sm)
     async with new_worker(
         env.client,
@@ -147,7 +109,7 @@ async def test_stall_timer_fires_once_per_stage_entry(
     ) as w:
         handle = await env.client.start_workflow(
             DealWorkflow.run,
-            _input(tenant_id, c, stall_days={"lead": 14, "qualified": 3}),
+            deal_input(tenant_id, c, stall_days={"lead": 14, "qualified": 3}),
             id=deal_workflow_id(str(tenant_id), str(c.id)),
             task_queue=w.task_queue,
         )
@@ -180,14 +142,14 @@ async def test_an_already_overdue_deal_stalls_at_once(
     time_skipping_env: WorkflowEnvironment, sm: SessionMaker
 ) -> None:
     env = time_skipping_env
-    tenant_id, c = await _seed_deal(sm, at=datetime.now(UTC) - timedelta(days=40))
+    tenant_id, c = await seed_deal(sm, at=datetime.now(UTC) - timedelta(days=40))
     acts = DealActivities(sm)
     async with new_worker(
         env.client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         handle = await env.client.start_workflow(
             DealWorkflow.run,
-            _input(tenant_id, c),
+            deal_input(tenant_id, c),
             id=deal_workflow_id(str(tenant_id), str(c.id)),
             task_queue=w.task_queue,
         )
@@ -200,14 +162,14 @@ async def test_an_already_overdue_deal_stalls_at_once(
 
 
 async def test_continue_as_new_carries_the_deal(client: Client, sm: SessionMaker) -> None:
-    tenant_id, c = await _seed_deal(sm)
+    tenant_id, c = await seed_deal(sm)
     acts = DealActivities(sm)
     async with new_worker(
         client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         wid = deal_workflow_id(str(tenant_id), str(c.id))
         first = await client.start_workflow(
-            DealWorkflow.run, _input(tenant_id, c, moves_per_run=3), id=wid, task_queue=w.task_queue
+            DealWorkflow.run, deal_input(tenant_id, c, moves_per_run=3), id=wid, task_queue=w.task_queue
         )
         path = [Stage.QUALIFIED, Stage.PROPOSAL, Stage.NEGOTIATION, Stage.PROPOSAL, Stage.NEGOTIATION]
         for stage in path:
@@ -231,14 +193,14 @@ async def test_continue_as_new_carries_the_deal(client: Client, sm: SessionMaker
 async def test_a_rejected_update_names_allowed_targets(
     client: Client, sm: SessionMaker, database: EmbeddedDatabase
 ) -> None:
-    tenant_id, c = await _seed_deal(sm)
+    tenant_id, c = await seed_deal(sm)
     acts = DealActivities(sm)
     async with new_worker(
         client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         handle = await client.start_workflow(
             DealWorkflow.run,
-            _input(tenant_id, c, synced=True),
+            deal_input(tenant_id, c, synced=True),
             id=f"deal/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )

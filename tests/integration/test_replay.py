@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,45 +18,15 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.deals import DealActivities
-from db.deals import insert_deal
-from db.engine import SessionMaker, tenant_tx
-from db.models import Advertiser
-from db.tenants import create_tenant
-from domain.deals import ChangeStageInput, DealWorkflowInput
+from db.engine import SessionMaker
+from domain.deals import ChangeStageInput
 from domain.stages import Stage
 from tests.conftest import Stack, new_worker
+from tests.factories import deal_input, seed_deal
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
-
-
-async def _deal_input(sm: SessionMaker, entered: datetime) -> DealWorkflowInput:
-    tenant = await create_tenant(sm=sm, name=f"replay {uuid.uuid4().hex[:6]}")
-    async with tenant_tx(sm, tenant.id) as s:
-        adv = Advertiser(tenant_id=tenant.id, name="Acme")
-        s.add(adv)
-        await s.flush()
-        c = await insert_deal(
-            session=s,
-            tenant_id=tenant.id,
-            advertiser_id=adv.id,
-            show_id=None,
-            name="Replay deal",
-            value_usd=Decimal("9000"),
-            stage=Stage.LEAD,
-            at=entered,
-        )
-    return DealWorkflowInput(
-        tenant_id=str(tenant.id),
-        campaign_id=str(c.id),
-        name=c.name,
-        advertiser_id=str(adv.id),
-        advertiser_name="Acme",
-        value_usd=9000,
-        stage=Stage.LEAD,
-        stage_entered_at=entered,
-    )
 
 
 async def _life_of_a_deal(client: Client, sm: SessionMaker, entered: datetime) -> WorkflowHistory:
@@ -68,7 +37,7 @@ async def _life_of_a_deal(client: Client, sm: SessionMaker, entered: datetime) -
     ) as w:
         handle = await client.start_workflow(
             DealWorkflow.run,
-            await _deal_input(sm, entered),
+            deal_input(*await seed_deal(sm, at=entered)),
             id=f"deal/replay/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )
