@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import TenantDbDep, parse_id
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.models import Advertiser, Show
 from domain.catalog import AdvertiserFields, RiskLevel, ShowFields, Tolerance
 
@@ -85,25 +85,9 @@ async def _create(db: TenantDbDep, model: type[M], values: dict[str, Any]) -> M:
 
 
 async def _page(db: TenantDbDep, model: type[M], limit: int, cursor: str | None) -> list[M]:
-    after = decode_cursor(cursor, ("t", "id"))
-    stmt = select(model).order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
-    if after:
-        t = datetime.fromisoformat(after["t"])
-        stmt = stmt.where(
-            or_(
-                model.created_at < t,
-                and_(model.created_at == t, model.id < parse_id(after["id"], "cursor")),
-            )
-        )
+    stmt = newest_first(select(model), model, cursor, limit)
     async with db.tx() as session:
         return list((await session.scalars(stmt)).all())
-
-
-def _next(rows: list[Any], limit: int) -> str | None:
-    if len(rows) <= limit:
-        return None
-    last = rows[limit - 1]
-    return encode_cursor({"t": last.created_at.isoformat(), "id": str(last.id)})
 
 
 @router.post("/shows", status_code=status.HTTP_201_CREATED, response_model=ShowPublic)
@@ -117,7 +101,7 @@ async def create_show(body: ShowFields, db: TenantDbDep) -> ShowPublic:
 async def list_shows(db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None) -> Page[ShowPublic]:
     """Lists this tenant's shows, newest first."""
     rows = await _page(db, Show, limit, cursor)
-    return Page(items=[_public_show(r) for r in rows[:limit]], next_cursor=_next(rows, limit))
+    return Page(items=[_public_show(r) for r in rows[:limit]], next_cursor=newest_next_cursor(rows, limit))
 
 
 @router.get("/shows/{show_id}", response_model=ShowPublic)
@@ -144,7 +128,9 @@ async def list_advertisers(
 ) -> Page[AdvertiserPublic]:
     """Lists this tenant's advertisers, newest first."""
     rows = await _page(db, Advertiser, limit, cursor)
-    return Page(items=[_public_advertiser(r) for r in rows[:limit]], next_cursor=_next(rows, limit))
+    return Page(
+        items=[_public_advertiser(r) for r in rows[:limit]], next_cursor=newest_next_cursor(rows, limit)
+    )
 
 
 @router.get("/advertisers/{advertiser_id}", response_model=AdvertiserPublic)

@@ -25,9 +25,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
-from db.deals import DealRow, HistoryRow, get_deal, get_history, insert_deal, list_deals
+from db.deals import DealRow, HistoryRow, deals_query, get_deal, get_history, insert_deal
 from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import (
@@ -452,26 +452,11 @@ async def get_deals(
     cursor: CursorParam = None,
 ) -> Page[DealSummary]:
     """Lists deals newest first, filtered by stage, advertiser or show."""
-    after = decode_cursor(cursor, ("t", "id"))
-    position = None
-    if after:
-        try:
-            position = (datetime.fromisoformat(after["t"]), uuid.UUID(after["id"]))
-        except ValueError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+    query = deals_query(stage=stage, advertiser_id=advertiser_id, show_id=show_id)
+    stmt = newest_first(query, Campaign, cursor, limit)
     async with db.tx() as session:
-        rows = await list_deals(
-            session=session,
-            limit=limit,
-            after=position,
-            stage=stage,
-            advertiser_id=advertiser_id,
-            show_id=show_id,
-        )
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor({"t": last.created_at.isoformat(), "id": str(last.id)})
+        rows = list((await session.scalars(stmt)).all())
+    next_cursor = newest_next_cursor(rows, limit)
     return Page(items=[_summary(c) for c in rows[:limit]], next_cursor=next_cursor)
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.models import EtlImport, EtlRowError, EtlUploadChunk
 from domain.etl import MAX_STORED_ROW_ERRORS, CsvImportInput
 from domain.imports import KINDS
@@ -230,14 +230,7 @@ async def import_history(
     db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
 ) -> Page[ImportSummary]:
     """This tenant's imports, newest first."""
-    after = decode_cursor(cursor, ("t", "id"))
-    stmt = select(EtlImport).order_by(EtlImport.created_at.desc(), EtlImport.id.desc()).limit(limit + 1)
-    if after:
-        try:
-            t, last = datetime.fromisoformat(after["t"]), uuid.UUID(after["id"])
-        except ValueError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
-        stmt = stmt.where(or_(EtlImport.created_at < t, and_(EtlImport.created_at == t, EtlImport.id < last)))
+    stmt = newest_first(select(EtlImport), EtlImport, cursor, limit)
     async with db.tx() as session:
         rows = list((await session.scalars(stmt)).all())
     items = [
@@ -253,7 +246,4 @@ async def import_history(
         )
         for r in rows[:limit]
     ]
-    nxt: dict[str, Any] | None = None
-    if len(rows) > limit:
-        nxt = {"t": rows[limit - 1].created_at.isoformat(), "id": str(rows[limit - 1].id)}
-    return Page(items=items, next_cursor=encode_cursor(nxt) if nxt else None)
+    return Page(items=items, next_cursor=newest_next_cursor(rows, limit))

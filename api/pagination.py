@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import HTTPException, Query, status
 from pydantic import BaseModel
+from sqlalchemy import Select, and_, or_
 
 T = TypeVar("T")
 
@@ -41,3 +45,24 @@ def decode_cursor(cursor: str | None, keys: tuple[str, ...]) -> dict[str, Any] |
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: not a cursor this list returned"
         ) from None
+
+
+def newest_first(stmt: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
+    """Orders by (created_at, id) descending and starts after the cursor; fetches limit+1 rows."""
+    stmt = stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    after = decode_cursor(cursor, ("t", "id"))
+    if after is None:
+        return stmt
+    try:
+        t, last = datetime.fromisoformat(str(after["t"])), uuid.UUID(str(after["id"]))
+    except ValueError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+    return stmt.where(or_(model.created_at < t, and_(model.created_at == t, model.id < last)))
+
+
+def newest_next_cursor(rows: Sequence[Any], limit: int) -> str | None:
+    """The cursor after a newest_first page, or None on the last page."""
+    if len(rows) <= limit:
+        return None
+    last = rows[limit - 1]
+    return encode_cursor({"t": last.created_at.isoformat(), "id": str(last.id)})

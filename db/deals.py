@@ -6,8 +6,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.events import emit_event
@@ -131,24 +132,18 @@ async def get_history(*, session: AsyncSession, campaign_id: uuid.UUID) -> list[
     return [HistoryRow(*r) for r in result.all()]
 
 
-async def list_deals(
+def deals_query(
     *,
-    session: AsyncSession,
-    limit: int,
-    after: tuple[datetime, uuid.UUID] | None = None,
     stage: Stage | None = None,
     advertiser_id: uuid.UUID | None = None,
     show_id: uuid.UUID | None = None,
-) -> list[Campaign]:
-    """Returns up to limit+1 deals, newest first, after the keyset position `after`."""
-    stmt = select(Campaign).order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit + 1)
+) -> Select[Any]:
+    """Deals filtered by stage, advertiser and show (the caller orders and pages)."""
+    stmt = select(Campaign)
     if stage is not None:
         stmt = stmt.where(Campaign.stage == stage.value)
     if advertiser_id is not None:
         stmt = stmt.where(Campaign.advertiser_id == advertiser_id)
     if show_id is not None:
         stmt = stmt.where(Campaign.show_id == show_id)
-    if after is not None:
-        t, last_id = after
-        stmt = stmt.where(or_(Campaign.created_at < t, and_(Campaign.created_at == t, Campaign.id < last_id)))
-    return list((await session.scalars(stmt)).all())
+    return stmt
