@@ -6,6 +6,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,6 +109,13 @@ class Settings(BaseSettings):
     def ui_base_url(self) -> str:
         """Base URL of the Temporal Web UI, for links from the API."""
         return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
+
+    def workflow_url(self, workflow_id: str) -> str:
+        """Link to one workflow in the Temporal Web UI."""
+        return (
+            f"{self.ui_base_url}/namespaces/{quote(self.temporal_namespace, safe='')}"
+            f"/workflows/{quote(workflow_id, safe='')}"
+        )
 
     def admin_token_or_generate(self) -> str:
         """Returns the configured admin token, or a fresh random one for this stack."""

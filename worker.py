@@ -13,10 +13,12 @@ from temporalio.worker import Worker
 
 from activities.deals import DealActivities
 from activities.imports import ImportActivities
+from activities.io import IoActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
+from workflows.io import IoBookingWorkflow
 
 log = logging.getLogger("sponsorflow.worker")
 
@@ -29,6 +31,17 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
         deals = DealActivities(sm)
         workflows.append(DealWorkflow)
         activities += [deals.record_stage_change, deals.record_stall, deals.load_deal]
+    if settings.enable_io_bookings:
+        io = IoActivities(sm)
+        workflows.append(IoBookingWorkflow)
+        activities += [
+            io.load_io,
+            io.mark_aired,
+            io.record_delivery,
+            io.book_makegood,
+            io.cancel_io,
+            io.complete_io,
+        ]
     if settings.enable_etl_csv_upload:
         imports = ImportActivities(
             sm, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run

@@ -10,7 +10,6 @@ import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -193,13 +192,6 @@ class DealSummary(BaseModel):
     lost_reason: str | None
 
 
-def _ui_url(settings: Settings, workflow_id: str) -> str:
-    return (
-        f"{settings.ui_base_url}/namespaces/{quote(settings.temporal_namespace, safe='')}"
-        f"/workflows/{quote(workflow_id, safe='')}"
-    )
-
-
 def _days_in_stage(c: Campaign) -> int:
     return max(0, (datetime.now(UTC) - c.stage_changed_at).days)
 
@@ -247,7 +239,7 @@ def _public(row: DealRow, history: list[HistoryEntry], settings: Settings) -> De
         owner_email=c.owner_email,
         created_at=c.created_at,
         workflow_id=wid,
-        temporal_ui_url=_ui_url(settings, wid),
+        temporal_ui_url=settings.workflow_url(wid),
         history=history,
     )
 

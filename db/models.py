@@ -179,6 +179,24 @@ class IoBooking(Base):
     """An insertion order booked for a won deal."""
 
     __tablename__ = "io_bookings"
+    __table_args__ = (
+        Index(
+            "uq_io_bookings_idempotency",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # A vanity URL attributes traffic to one IO: unique per advertiser domain, any case.
+        Index(
+            "uq_io_bookings_vanity",
+            "tenant_id",
+            text("lower(vanity_domain)"),
+            text("lower(vanity_path)"),
+            unique=True,
+            postgresql_where=text("vanity_domain IS NOT NULL"),
+        ),
+    )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(
@@ -192,6 +210,13 @@ class IoBooking(Base):
     measurement_window_days: Mapped[int] = mapped_column(Integer, nullable=False, server_default="30")
     total_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False, server_default="0")
     invoice: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The client's Idempotency-Key header: a retried POST returns the IO it booked.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    vanity_domain: Mapped[str | None] = mapped_column(String(253))
+    vanity_path: Mapped[str | None] = mapped_column(String(500))
+    cancel_reason: Mapped[str | None] = mapped_column(Text)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 
@@ -200,7 +225,10 @@ class AdUnit(Base):
     """One placement of an IO on one show's episode on one air date."""
 
     __tablename__ = "ad_units"
-    __table_args__ = (Index("ix_ad_units_slot", "tenant_id", "show_id", "air_date", "placement"),)
+    __table_args__ = (
+        Index("ix_ad_units_slot", "tenant_id", "show_id", "air_date", "placement"),
+        Index("ix_ad_units_io", "io_id"),
+    )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     io_id: Mapped[uuid.UUID] = mapped_column(
@@ -216,9 +244,12 @@ class AdUnit(Base):
     cpm_usd: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     impressions_goal: Mapped[int | None] = mapped_column(BigInteger)
     flat_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    price_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2), nullable=False, server_default="0")
     delivered_impressions: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="scheduled")
     makegood_of: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("ad_units.id"))
+    aired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    billed_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     created_at: Mapped[datetime] = _created()
 
 
@@ -234,6 +265,8 @@ class PromoCode(Base):
         UUID(as_uuid=True), ForeignKey("io_bookings.id", ondelete="SET NULL")
     )
     status: Mapped[str] = mapped_column(String(20), nullable=False, server_default="active")
+    # Voided codes stay reserved: baked-in reads keep playing in the back catalogue.
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
 
 

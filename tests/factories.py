@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -101,3 +101,32 @@ def deal_input(tenant_id: uuid.UUID, c: Campaign, **overrides: Any) -> DealWorkf
         "stage_entered_at": c.stage_changed_at,
     }
     return DealWorkflowInput(**(values | overrides))
+
+
+def ad_unit(show_id: str, air_date: date, **fields: Any) -> dict[str, Any]:
+    """An ad unit body: a 60 s host-read mid-roll at $25 CPM for 10,000 impressions unless told."""
+    return {
+        "show_id": show_id,
+        "placement": "mid_roll",
+        "format": "host_read",
+        "insertion": "dynamic",
+        "air_date": air_date.isoformat(),
+        "duration_s": 60,
+        "pricing_model": "cpm",
+        "cpm_usd": 25,
+        "impressions_goal": 10000,
+        **fields,
+    }
+
+
+async def book_io(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    campaign_id: str,
+    units: list[dict[str, Any]],
+    **fields: Any,
+) -> httpx.Response:
+    """Sends POST /api/v1/io."""
+    return await http.post(
+        "/api/v1/io", json={"campaign_id": campaign_id, "ad_units": units, **fields}, headers=headers
+    )

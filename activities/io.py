@@ -1,0 +1,353 @@
+"""IO side effects: each persists what IoBookingWorkflow decided, in one idempotent transaction.
+
+Every event key names the decision it reports (`io.ad_aired/{unit}`), so an activity that runs
+twice finds its own event and writes nothing new.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from db.engine import SessionMaker, tenant_tx
+from db.events import emit_event
+from db.io import IoRecord, load_io, next_free_day
+from db.models import AdUnit, IoBooking, PromoCode, Show
+from domain import events
+from domain.io import (
+    AdFormat,
+    BookMakegoodInput,
+    BookMakegoodResult,
+    CancelUnitsInput,
+    CompleteIoInput,
+    Insertion,
+    IoSnapshot,
+    IoStatus,
+    LoadIoInput,
+    MarkAiredInput,
+    Placement,
+    PricingModel,
+    RecordDeliveryInput,
+    UnderdeliveryPolicy,
+    UnitState,
+    UnitStatus,
+)
+
+IO_NOT_COMMITTED = "IoNotCommitted"
+# Make-good units get ids derived from the unit they make good: one make-good per unit, and a
+# retried booking finds the unit it already wrote.
+_MAKEGOOD_NS = uuid.UUID("6f1c2f0e-3a55-4d8e-9a51-2b7f3c1de0a4")
+
+
+def makegood_unit_id(unit_id: str) -> uuid.UUID:
+    """The id of the make-good unit of `unit_id`."""
+    return uuid.uuid5(_MAKEGOOD_NS, unit_id)
+
+
+def unit_state(unit: AdUnit, show_name: str) -> UnitState:
+    """The workflow's view of an ad unit row."""
+    return UnitState(
+        id=str(unit.id),
+        show_id=str(unit.show_id),
+        show_name=show_name,
+        placement=Placement(unit.placement),
+        format=AdFormat(unit.format),
+        insertion=Insertion(unit.insertion),
+        air_date=unit.air_date,
+        duration_s=unit.duration_s,
+        pricing_model=PricingModel(unit.pricing_model),
+        cpm_usd=unit.cpm_usd,
+        impressions_goal=unit.impressions_goal,
+        flat_usd=unit.flat_usd,
+        price_usd=unit.price_usd,
+        delivered_impressions=unit.delivered_impressions,
+        status=UnitStatus(unit.status),
+        makegood_of=str(unit.makegood_of) if unit.makegood_of else None,
+    )
+
+
+def snapshot_of(record: IoRecord, tenant_id: str) -> IoSnapshot:
+    """The workflow's starting state, read from the booked rows."""
+    io = record.io
+    return IoSnapshot(
+        tenant_id=tenant_id,
+        io_id=str(io.id),
+        campaign_id=str(io.campaign_id),
+        advertiser_id=str(record.advertiser.id),
+        advertiser_name=record.advertiser.name,
+        status=IoStatus(io.status),
+        underdelivery_policy=UnderdeliveryPolicy(io.underdelivery_policy),
+        measurement_window_days=io.measurement_window_days,
+        payment_terms_days=io.payment_terms_days,
+        promo_code=io.promo_code,
+        vanity_url=io.vanity_url,
+        total_usd=io.total_usd,
+        units=[unit_state(u, name) for u, name in record.units],
+        cancel_reason=io.cancel_reason,
+    )
+
+
+class IoActivities:
+    """Activities of IoBookingWorkflow, bound to the worker's session factory."""
+
+    def __init__(self, sessionmaker: SessionMaker) -> None:
+        self._sm = sessionmaker
+
+    @activity.defn(name="load_io")
+    async def load_io(self, inp: LoadIoInput) -> IoSnapshot:
+        """Reads the booked IO and emits io.scheduled; retryable until the booking commits."""
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            record = await load_io(session, uuid.UUID(inp.io_id))
+            if record is None:
+                # The API starts the workflow inside its booking transaction: the row may not be
+                # visible yet, or the transaction rolled back. Only this case gives up; a
+                # database outage keeps retrying.
+                attempt = activity.info().attempt
+                raise ApplicationError(
+                    f"IO {inp.io_id} is not committed (attempt {attempt})",
+                    type=IO_NOT_COMMITTED,
+                    non_retryable=attempt >= inp.give_up_after_attempts,
+                )
+            snap = snapshot_of(record, inp.tenant_id)
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=events.IO_SCHEDULED,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload={
+                    "campaign_id": snap.campaign_id,
+                    "advertiser_id": snap.advertiser_id,
+                    "total_usd": str(snap.total_usd),
+                    "units": len(snap.units),
+                    "promo_code": snap.promo_code,
+                    "vanity_url": snap.vanity_url,
+                    "first_air_date": min(u.air_date for u in snap.units).isoformat(),
+                },
+                occurred_at=inp.at,
+                idempotency_key=f"io.scheduled/{inp.io_id}",
+            )
+        return snap
+
+    @activity.defn(name="mark_aired")
+    async def mark_aired(self, inp: MarkAiredInput) -> None:
+        """Marks units aired, one io.ad_aired each, and moves the IO to live or measuring."""
+        ids = [uuid.UUID(u) for u in inp.unit_ids]
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            await session.execute(
+                update(AdUnit)
+                .where(AdUnit.id.in_(ids), AdUnit.status == UnitStatus.SCHEDULED.value)
+                .values(status=UnitStatus.AIRED.value, aired_at=inp.at)
+            )
+            await session.execute(
+                update(IoBooking)
+                .where(IoBooking.id == uuid.UUID(inp.io_id), IoBooking.status != IoStatus.CANCELLED.value)
+                .values(status=inp.io_status.value, updated_at=inp.at)
+            )
+            rows = await session.execute(
+                select(AdUnit.id, AdUnit.show_id, Show.name, AdUnit.air_date, AdUnit.placement)
+                .join(Show, Show.id == AdUnit.show_id)
+                .where(AdUnit.id.in_(ids))
+            )
+            for unit_id, show_id, show_name, air_date, placement in rows:
+                await emit_event(
+                    session=session,
+                    tenant_id=inp.tenant_id,
+                    type=events.IO_AD_AIRED,
+                    entity_type="io",
+                    entity_id=inp.io_id,
+                    payload={
+                        "ad_unit_id": str(unit_id),
+                        "show_id": str(show_id),
+                        "show_name": show_name,
+                        "air_date": air_date.isoformat(),
+                        "placement": placement,
+                    },
+                    occurred_at=inp.at,
+                    idempotency_key=f"io.ad_aired/{unit_id}",
+                )
+
+    @activity.defn(name="record_delivery")
+    async def record_delivery(self, inp: RecordDeliveryInput) -> None:
+        """Stores a unit's delivered impressions to date and emits io.delivery_reported."""
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            await session.execute(
+                update(AdUnit)
+                .where(AdUnit.id == uuid.UUID(inp.ad_unit_id))
+                .values(delivered_impressions=inp.impressions, status=inp.unit_status.value)
+            )
+            share = round(inp.impressions / inp.impressions_goal, 4) if inp.impressions_goal else None
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=events.IO_DELIVERY_REPORTED,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload={
+                    "ad_unit_id": inp.ad_unit_id,
+                    "impressions": inp.impressions,
+                    "impressions_goal": inp.impressions_goal,
+                    "delivered_share": share,
+                    "source": inp.source,
+                },
+                occurred_at=inp.at,
+                idempotency_key=f"io.delivery_reported/{inp.ad_unit_id}/{inp.seq}",
+            )
+
+    @activity.defn(name="book_makegood")
+    async def book_makegood(self, inp: BookMakegoodInput) -> BookMakegoodResult:
+        """Books a make-good unit for a shortfall in the show's next free slot (or finds none)."""
+        original = inp.unit
+        new_id = makegood_unit_id(original.id)
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            existing = (
+                await session.execute(
+                    select(AdUnit, Show.name).join(Show, Show.id == AdUnit.show_id).where(AdUnit.id == new_id)
+                )
+            ).first()
+            if existing is not None:
+                return BookMakegoodResult(unit=unit_state(existing[0], existing[1]))
+            show = await session.get(Show, uuid.UUID(original.show_id))
+            if show is None:
+                return BookMakegoodResult(unit=None)
+            day = await next_free_day(
+                session,
+                tenant_id=inp.tenant_id,
+                show=show,
+                placement=original.placement.value,
+                after=inp.after,
+                horizon_days=inp.horizon_days,
+            )
+            if day is None:
+                return BookMakegoodResult(unit=None)
+            unit = AdUnit(
+                id=new_id,
+                tenant_id=uuid.UUID(inp.tenant_id),
+                io_id=uuid.UUID(inp.io_id),
+                show_id=show.id,
+                placement=original.placement.value,
+                format=original.format.value,
+                insertion=original.insertion.value,
+                air_date=day,
+                duration_s=original.duration_s,
+                pricing_model=PricingModel.CPM.value,
+                cpm_usd=original.cpm_usd,
+                impressions_goal=inp.shortfall,
+                price_usd=Decimal("0.00"),
+                status=UnitStatus.SCHEDULED.value,
+                makegood_of=uuid.UUID(original.id),
+            )
+            session.add(unit)
+            await session.flush()
+            await session.execute(
+                update(AdUnit)
+                .where(AdUnit.id == uuid.UUID(original.id))
+                .values(status=UnitStatus.MADE_GOOD.value)
+            )
+            await session.execute(
+                update(IoBooking)
+                .where(IoBooking.id == uuid.UUID(inp.io_id), IoBooking.status != IoStatus.CANCELLED.value)
+                .values(status=IoStatus.LIVE.value, updated_at=inp.at)
+            )
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=events.IO_MAKEGOOD_SCHEDULED,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload={
+                    "ad_unit_id": str(new_id),
+                    "makegood_of": original.id,
+                    "show_id": original.show_id,
+                    "show_name": show.name,
+                    "placement": original.placement.value,
+                    "air_date": day.isoformat(),
+                    "shortfall": inp.shortfall,
+                },
+                occurred_at=inp.at,
+                idempotency_key=f"io.makegood_scheduled/{original.id}",
+            )
+            return BookMakegoodResult(unit=unit_state(unit, show.name))
+
+    @activity.defn(name="cancel_io")
+    async def cancel_io(self, inp: CancelUnitsInput) -> None:
+        """Cancels units not yet aired (freeing their slots), voids the promo code, emits io.cancelled."""
+        io_id = uuid.UUID(inp.io_id)
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            if inp.unit_ids:
+                await session.execute(
+                    update(AdUnit)
+                    .where(
+                        AdUnit.id.in_([uuid.UUID(u) for u in inp.unit_ids]),
+                        AdUnit.status == UnitStatus.SCHEDULED.value,
+                    )
+                    .values(status=UnitStatus.CANCELLED.value)
+                )
+            await session.execute(
+                update(PromoCode)
+                .where(PromoCode.io_id == io_id, PromoCode.status == "active")
+                .values(status="void", voided_at=inp.at)
+            )
+            await session.execute(
+                update(IoBooking)
+                .where(IoBooking.id == io_id, IoBooking.status != IoStatus.CANCELLED.value)
+                .values(
+                    status=IoStatus.CANCELLED.value,
+                    cancel_reason=inp.reason,
+                    cancelled_at=inp.at,
+                    updated_at=inp.at,
+                )
+            )
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=events.IO_CANCELLED,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload={"reason": inp.reason, "cancelled_units": inp.unit_ids},
+                occurred_at=inp.at,
+                idempotency_key=f"io.cancelled/{inp.io_id}",
+            )
+
+    @activity.defn(name="complete_io")
+    async def complete_io(self, inp: CompleteIoInput) -> None:
+        """Writes the invoice and each unit's final status and bill; emits io.completed."""
+        io_id = uuid.UUID(inp.io_id)
+        billed = {line.ad_unit_id: line.amount_usd for line in inp.invoice.lines}
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            for unit_id, status in inp.unit_statuses.items():
+                await session.execute(
+                    update(AdUnit)
+                    .where(AdUnit.id == uuid.UUID(unit_id))
+                    .values(status=status.value, billed_usd=billed.get(unit_id))
+                )
+            await session.execute(
+                update(IoBooking)
+                .where(IoBooking.id == io_id)
+                .values(
+                    status=inp.io_status.value,
+                    invoice=inp.invoice.model_dump(mode="json"),
+                    completed_at=inp.at,
+                    updated_at=inp.at,
+                )
+            )
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=events.IO_COMPLETED,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload={
+                    "invoice_number": inp.invoice.number,
+                    "total_usd": str(inp.invoice.total_usd),
+                    "due_date": inp.invoice.due_date.isoformat(),
+                    "lines": len(inp.invoice.lines),
+                    "cancelled": inp.io_status is IoStatus.CANCELLED,
+                },
+                occurred_at=inp.at,
+                idempotency_key=f"io.completed/{inp.io_id}",
+            )

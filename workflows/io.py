@@ -1,0 +1,427 @@
+"""IoBookingWorkflow: one insertion order from booking to invoice.
+
+The booking itself (slots, promo code, vanity URL) commits in the API's transaction; this
+workflow follows the IO from there: a durable timer per air date, delivery reports, the
+measurement window, make-goods or pro-rata for shortfalls, the invoice. Cancellation stops what
+has not aired and still bills what has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.io import IoActivities
+    from domain.io import (
+        BookMakegoodInput,
+        CancelIoInput,
+        CancelUnitsInput,
+        CompleteIoInput,
+        IoSnapshot,
+        IoStatus,
+        IoWorkflowInput,
+        IoWorkflowResult,
+        LoadIoInput,
+        MarkAiredInput,
+        PricingModel,
+        RecordDeliveryInput,
+        ReportDeliveryInput,
+        UnitState,
+        UnitStatus,
+        air_moment,
+        build_invoice,
+        makegoods_due,
+    )
+    from workflows import search_attributes as sa
+
+# Rejection types the API maps to HTTP statuses.
+UNKNOWN_UNIT = "UnknownAdUnit"
+UNIT_CANCELLED = "AdUnitCancelled"
+UNIT_NOT_AIRED = "AdUnitNotAired"
+IO_CLOSED = "IoClosed"
+IO_ABANDONED = "IoAbandoned"
+INVALID_REQUEST = "InvalidIoRequest"
+
+_WRITE_TIMEOUT = timedelta(seconds=30)
+# Writes retry until the database answers: an IO must never skip a step because of an outage.
+_WRITE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60))
+
+
+def io_workflow_id(tenant_id: str, io_id: str) -> str:
+    """Returns the workflow id of an IO; the tenant is part of it so tenants never collide."""
+    return f"io/{tenant_id}/{io_id}"
+
+
+def io_search_attributes(
+    tenant_id: str, advertiser_id: str, first_show_id: str | None, status: IoStatus
+) -> TypedSearchAttributes:
+    """Returns the search attributes an IO's workflow starts with."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.TENANT_ID, tenant_id),
+        SearchAttributePair(sa.IO_STATUS, status.value),
+        SearchAttributePair(sa.ADVERTISER_ID, advertiser_id),
+    ]
+    if first_show_id:
+        pairs.append(SearchAttributePair(sa.SHOW_ID, first_show_id))
+    return TypedSearchAttributes(pairs)
+
+
+def _reject(message: str, kind: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+@workflow.defn
+class IoBookingWorkflow:
+    """An insertion order, alive until every unit is aired, reconciled and invoiced, or cancelled."""
+
+    @workflow.init
+    def __init__(self, inp: IoWorkflowInput) -> None:
+        self._inp = inp
+        self._io: IoSnapshot | None = inp.snapshot
+        self._abandoned = False
+        # Bumped by a cancellation: the main loop re-plans its next timer.
+        self._changes = 0
+        self._reports = 0
+        # Handlers and the timeline take turns: each decision sees the state the last one left.
+        self._lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, inp: IoWorkflowInput) -> IoWorkflowResult:
+        """Follows the IO: air dates, measurement window, make-goods, invoice."""
+        if self._io is None and not await self.load_booking():
+            return IoWorkflowResult(io_id=inp.io_id, status=IoStatus.ABANDONED)
+        self._describe()
+        while True:
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(inp.model_copy(update={"snapshot": self._io}))
+            step = self._next_step()
+            if step is None:
+                break
+            kind, at = step
+            if not await self._sleep_until(at, kind):
+                continue
+            async with self._lock:
+                step = self._next_step()
+                if step is None or step[1] > workflow.now():
+                    continue
+                if step[0] == "air date":
+                    await self.air_due_units()
+                else:
+                    await self.reconcile()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        io = self._snapshot()
+        return IoWorkflowResult(
+            io_id=inp.io_id,
+            status=io.status,
+            invoice_total_usd=io.invoice.total_usd if io.invoice else None,
+        )
+
+    async def load_booking(self) -> bool:
+        """Reads the booked IO (emitting io.scheduled); False if the booking never committed."""
+        try:
+            self._io = await workflow.execute_activity_method(
+                IoActivities.load_io,
+                LoadIoInput(
+                    tenant_id=self._inp.tenant_id,
+                    io_id=self._inp.io_id,
+                    at=workflow.now(),
+                    give_up_after_attempts=self._inp.load_attempts,
+                ),
+                start_to_close_timeout=_WRITE_TIMEOUT,
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+                ),
+            )
+        except ActivityError:
+            self._abandoned = True
+            workflow.upsert_search_attributes([sa.IO_STATUS.value_set(IoStatus.ABANDONED.value)])
+            workflow.set_current_details("The booking transaction never committed: nothing to follow.")
+            return False
+        return True
+
+    async def air_due_units(self) -> None:
+        """Marks every unit whose air date has come as aired (io.ad_aired each)."""
+        io = self._snapshot()
+        now = workflow.now()
+        due = [u for u in io.units if u.status is UnitStatus.SCHEDULED and air_moment(u.air_date) <= now]
+        if not due:
+            return
+        still = any(u.status is UnitStatus.SCHEDULED for u in io.units if u not in due)
+        status = io.status
+        if status is not IoStatus.CANCELLED:
+            status = IoStatus.LIVE if still else IoStatus.MEASURING
+        await workflow.execute_activity_method(
+            IoActivities.mark_aired,
+            MarkAiredInput(
+                tenant_id=io.tenant_id, io_id=io.io_id, unit_ids=[u.id for u in due], io_status=status, at=now
+            ),
+            start_to_close_timeout=_WRITE_TIMEOUT,
+            retry_policy=_WRITE_RETRY,
+        )
+        for u in due:
+            u.status = UnitStatus.AIRED
+            if u.impressions_goal and u.delivered_impressions >= u.impressions_goal:
+                u.status = UnitStatus.DELIVERED
+        self._set_status(status)
+
+    async def reconcile(self) -> None:
+        """Settles the IO once the measurement window has passed: make-goods first, then the invoice."""
+        io = self._snapshot()
+        now = workflow.now()
+        if not io.makegoods_booked and io.status is not IoStatus.CANCELLED:
+            io.makegoods_booked = True
+            booked = False
+            for need in makegoods_due(io.units, io.underdelivery_policy):
+                unit = self._unit(need.unit_id)
+                assert unit is not None
+                result = await workflow.execute_activity_method(
+                    IoActivities.book_makegood,
+                    BookMakegoodInput(
+                        tenant_id=io.tenant_id,
+                        io_id=io.io_id,
+                        unit=unit,
+                        shortfall=need.shortfall,
+                        after=now.date(),
+                        at=now,
+                    ),
+                    start_to_close_timeout=_WRITE_TIMEOUT,
+                    retry_policy=_WRITE_RETRY,
+                )
+                if result.unit is None:
+                    unit.makegood_unavailable = True
+                    continue
+                unit.status = UnitStatus.MADE_GOOD
+                io.units.append(result.unit)
+                booked = True
+            if booked:
+                # The make-goods are followed like any unit: air date, window, then the invoice.
+                self._set_status(IoStatus.LIVE)
+                return
+        invoice, statuses = build_invoice(
+            io_id=io.io_id, units=io.units, issued_at=now, payment_terms_days=io.payment_terms_days
+        )
+        final = IoStatus.CANCELLED if io.status is IoStatus.CANCELLED else IoStatus.COMPLETED
+        await workflow.execute_activity_method(
+            IoActivities.complete_io,
+            CompleteIoInput(
+                tenant_id=io.tenant_id,
+                io_id=io.io_id,
+                invoice=invoice,
+                unit_statuses=statuses,
+                io_status=final,
+                at=now,
+            ),
+            start_to_close_timeout=_WRITE_TIMEOUT,
+            retry_policy=_WRITE_RETRY,
+        )
+        for u in io.units:
+            u.status = statuses.get(u.id, u.status)
+        io.invoice = invoice
+        self._set_status(final)
+
+    # -----------------------------------------------------------------------------------------
+    # Handlers
+
+    @workflow.update
+    async def report_delivery(self, req: ReportDeliveryInput) -> UnitState:
+        """Records a unit's delivered impressions to date (the latest report wins)."""
+        await self._wait_loaded()
+        async with self._lock:
+            # Checked again: a cancellation or the invoice may have come first.
+            unit = self._check_delivery(req)
+            return await self._apply_delivery(unit, req)
+
+    @report_delivery.validator
+    def validate_report_delivery(self, req: ReportDeliveryInput) -> None:
+        """Rejects an unknown, cancelled or unaired unit, a negative count, or a closed IO."""
+        if req.impressions < 0:
+            raise _reject(f"impressions must be 0 or more, got {req.impressions}", INVALID_REQUEST)
+        if self._io is not None:
+            self._check_delivery(req)
+
+    @workflow.signal
+    async def delivery_reported(self, req: ReportDeliveryInput) -> None:
+        """The import path of report_delivery: fire-and-forget, invalid reports are logged and dropped."""
+        await self._wait_loaded()
+        async with self._lock:
+            try:
+                if req.impressions < 0:
+                    raise _reject("negative impressions", INVALID_REQUEST)
+                unit = self._check_delivery(req)
+            except ApplicationError as exc:
+                workflow.logger.warning("delivery report dropped: %s", exc.message)
+                return
+            await self._apply_delivery(unit, req)
+
+    @workflow.update
+    async def cancel(self, req: CancelIoInput) -> IoSnapshot:
+        """Cancels every unit not yet aired, frees its slot, voids the promo code."""
+        await self._wait_loaded()
+        async with self._lock:
+            io = self._snapshot()
+            if io.status is IoStatus.CANCELLED:
+                return io
+            self._check_open()
+            now = workflow.now()
+            pending = [u for u in io.units if u.status is UnitStatus.SCHEDULED]
+            await workflow.execute_activity_method(
+                IoActivities.cancel_io,
+                CancelUnitsInput(
+                    tenant_id=io.tenant_id,
+                    io_id=io.io_id,
+                    unit_ids=[u.id for u in pending],
+                    reason=req.reason,
+                    at=now,
+                ),
+                start_to_close_timeout=_WRITE_TIMEOUT,
+                retry_policy=_WRITE_RETRY,
+            )
+            for u in pending:
+                u.status = UnitStatus.CANCELLED
+            io.cancel_reason = req.reason
+            self._set_status(IoStatus.CANCELLED)
+            self._changes += 1
+            return io
+
+    @cancel.validator
+    def validate_cancel(self, req: CancelIoInput) -> None:
+        """Rejects a cancellation without a reason, or of an IO already invoiced."""
+        if not req.reason.strip():
+            raise _reject("a reason is required to cancel an IO", INVALID_REQUEST)
+        if self._io is not None and self._io.status is not IoStatus.CANCELLED:
+            self._check_open()
+
+    @workflow.query
+    def snapshot(self) -> IoSnapshot | None:
+        """Returns the IO as this workflow sees it (None until loaded)."""
+        return self._io
+
+    # -----------------------------------------------------------------------------------------
+    # Decisions
+
+    def _next_step(self) -> tuple[str, datetime] | None:
+        """The next thing on the timeline: an air date, the end of the window, or nothing."""
+        io = self._snapshot()
+        if io.invoice is not None:
+            return None
+        pending = [air_moment(u.air_date) for u in io.units if u.status is UnitStatus.SCHEDULED]
+        if pending:
+            return "air date", min(pending)
+        aired = [air_moment(u.air_date) for u in io.units if u.status is not UnitStatus.CANCELLED]
+        if not aired:
+            return None
+        return "measurement window end", max(aired) + timedelta(days=io.measurement_window_days)
+
+    async def _sleep_until(self, at: datetime, kind: str) -> bool:
+        """Waits on a durable timer until `at`; False when woken early by a change to re-plan."""
+        remaining = at - workflow.now()
+        if remaining <= timedelta(0):
+            return True
+        changes = self._changes
+        try:
+            await workflow.wait_condition(
+                lambda: self._changes != changes or self._should_continue_as_new(),
+                timeout=remaining,
+                timeout_summary=f"{kind} {at:%Y-%m-%d}",
+            )
+            return False
+        except TimeoutError:
+            return True
+
+    def _check_open(self) -> None:
+        io = self._snapshot()
+        if io.invoice is not None:
+            raise _reject(
+                f"IO {io.io_id} is {io.status.value} and invoiced; it can no longer change", IO_CLOSED
+            )
+
+    def _check_delivery(self, req: ReportDeliveryInput) -> UnitState:
+        self._check_open()
+        unit = self._unit(req.ad_unit_id)
+        if unit is None:
+            raise _reject(f"ad_unit_id {req.ad_unit_id} is not a unit of this IO", UNKNOWN_UNIT)
+        if unit.status is UnitStatus.CANCELLED:
+            raise _reject(f"ad unit {unit.id} was cancelled; it takes no delivery", UNIT_CANCELLED)
+        if unit.status is UnitStatus.SCHEDULED:
+            raise _reject(
+                f"ad unit {unit.id} has not aired yet (air date {unit.air_date.isoformat()})", UNIT_NOT_AIRED
+            )
+        return unit
+
+    async def _apply_delivery(self, unit: UnitState, req: ReportDeliveryInput) -> UnitState:
+        if unit.delivery_reports and unit.delivered_impressions == req.impressions:
+            return unit  # the same figure again: nothing new to record
+        status = unit.status
+        if unit.pricing_model is PricingModel.CPM and unit.impressions_goal:
+            if status is UnitStatus.AIRED and req.impressions >= unit.impressions_goal:
+                status = UnitStatus.DELIVERED
+            elif status is UnitStatus.DELIVERED and req.impressions < unit.impressions_goal:
+                status = UnitStatus.AIRED  # a corrected, lower figure
+        io = self._snapshot()
+        await workflow.execute_activity_method(
+            IoActivities.record_delivery,
+            RecordDeliveryInput(
+                tenant_id=io.tenant_id,
+                io_id=io.io_id,
+                ad_unit_id=unit.id,
+                impressions=req.impressions,
+                impressions_goal=unit.impressions_goal,
+                unit_status=status,
+                source=req.source,
+                seq=unit.delivery_reports + 1,
+                at=workflow.now(),
+            ),
+            start_to_close_timeout=_WRITE_TIMEOUT,
+            retry_policy=_WRITE_RETRY,
+        )
+        unit.delivery_reports += 1
+        unit.delivered_impressions = req.impressions
+        unit.status = status
+        self._reports += 1
+        self._describe()
+        return unit
+
+    async def _wait_loaded(self) -> None:
+        await workflow.wait_condition(lambda: self._io is not None or self._abandoned)
+        if self._abandoned:
+            raise _reject("this IO's booking never committed", IO_ABANDONED)
+
+    def _snapshot(self) -> IoSnapshot:
+        assert self._io is not None
+        return self._io
+
+    def _unit(self, unit_id: str) -> UnitState | None:
+        return next((u for u in self._snapshot().units if u.id == unit_id), None)
+
+    def _set_status(self, status: IoStatus) -> None:
+        io = self._snapshot()
+        if io.status is not status:
+            io.status = status
+            workflow.upsert_search_attributes([sa.IO_STATUS.value_set(status.value)])
+        self._describe()
+
+    def _should_continue_as_new(self) -> bool:
+        return self._reports >= self._inp.reports_per_run or workflow.info().is_continue_as_new_suggested()
+
+    def _describe(self) -> None:
+        io = self._snapshot()
+        live = [u for u in io.units if u.status is not UnitStatus.CANCELLED]
+        aired = sum(1 for u in live if u.status is not UnitStatus.SCHEDULED)
+        goal = sum(u.impressions_goal or 0 for u in live if not u.is_makegood)
+        delivered = sum(u.delivered_impressions for u in live)
+        parts = [f"Status **{io.status.value}**", f"{aired}/{len(live)} units aired"]
+        if goal:
+            parts.append(f"{delivered:,} of {goal:,} impressions")
+        step = self._next_step()
+        if step is not None:
+            parts.append(f"next: {step[0]} {step[1]:%Y-%m-%d}")
+        if io.invoice is not None:
+            parts.append(f"invoiced ${io.invoice.total_usd:,.2f}, due {io.invoice.due_date.isoformat()}")
+        workflow.set_current_details(" · ".join(parts))
