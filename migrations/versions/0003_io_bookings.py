@@ -38,7 +38,8 @@ def upgrade() -> None:
         postgresql_where=sa.text("vanity_domain IS NOT NULL"),
     )
     op.add_column(
-        "ad_units", sa.Column("price_usd", sa.Numeric(precision=14, scale=2), server_default="0", nullable=False)
+        "ad_units",
+        sa.Column("price_usd", sa.Numeric(precision=14, scale=2), server_default="0", nullable=False),
     )
     op.add_column("ad_units", sa.Column("billed_usd", sa.Numeric(precision=14, scale=2), nullable=True))
     op.add_column("ad_units", sa.Column("aired_at", sa.DateTime(timezone=True), nullable=True))

@@ -25,6 +25,7 @@ from tests.conftest import Stack, new_worker
 from tests.factories import deal_input, seed_deal
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
+from workflows.io import IoBookingWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
@@ -97,7 +98,11 @@ async def test_replay_an_import_history(stack: Stack) -> None:
         (HISTORIES / "csv_import_workflow_v1.json").write_text(history.to_json())
 
 
-WORKFLOWS = {"deal_workflow": DealWorkflow, "csv_import_workflow": CsvImportWorkflow}
+WORKFLOWS = {
+    "deal_workflow": DealWorkflow,
+    "csv_import_workflow": CsvImportWorkflow,
+    "io_booking_workflow": IoBookingWorkflow,
+}
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.name)
