@@ -28,7 +28,7 @@ from db.imports import (
     upsert_campaigns,
     upsert_catalog,
 )
-from db.models import Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, Show
+from db.models import AdUnit, Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
 from domain.deals import DealWorkflowInput
 from domain.etl import (
@@ -53,6 +53,7 @@ from domain.imports import (
     read_header,
     sniff_format,
 )
+from domain.io import ReportDeliveryInput, UnitStatus
 from domain.stages import OPEN_STAGES, Stage
 
 FINAL = ("completed", "completed_with_errors", "failed")
@@ -274,6 +275,10 @@ class ImportActivities:
                 return  # an earlier attempt committed this chunk
             if kind == "show_downloads":
                 outcome = await merge_downloads(session=session, tenant_id=tid, import_id=iid)
+            elif kind == "deliveries":
+                # Signalled before the commit: a retry re-sends figures the workflows already
+                # have, which they ignore (a report is cumulative and the same figure is a no-op).
+                outcome = await _signal_deliveries(tid, iid, staged.records, errors)
             else:
                 outcome = await _upsert(session, kind, tid, iid, staged.records, now)
             failed_rows = {e.row_number for e in errors}
@@ -450,6 +455,8 @@ async def _resolve(
     session: AsyncSession, kind: str, records: list[tuple[int, dict[str, Any]]], errors: list[RowError]
 ) -> list[dict[str, Any]]:
     """Turns external ids of referenced rows into ids; unknown references become row errors."""
+    if kind == "deliveries":
+        return await _resolve_deliveries(session, records, errors)
     if kind not in ("campaigns", "show_downloads"):
         return [r for _, r in records]
     shows = await ids_by_external_id(
@@ -499,3 +506,88 @@ async def _upsert(
             session=session, model=Advertiser, tenant_id=tid, import_id=iid, records=records, at=now
         )
     return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, records=records, at=now)
+
+
+async def _resolve_deliveries(
+    session: AsyncSession, records: list[tuple[int, dict[str, Any]]], errors: list[RowError]
+) -> list[dict[str, Any]]:
+    """Checks each row's IO and unit as the workflow would, so a bad row gets a named row error."""
+    io_ids = {uuid.UUID(str(r["io_id"])) for _, r in records}
+    unit_ids = {uuid.UUID(str(r["ad_unit_id"])) for _, r in records}
+    ios = {
+        row[0]: (row[1], row[2])
+        for row in await session.execute(
+            select(IoBooking.id, IoBooking.status, IoBooking.invoice.is_not(None)).where(
+                IoBooking.id.in_(io_ids)
+            )
+        )
+    }
+    units = {
+        row[0]: (row[1], row[2])
+        for row in await session.execute(
+            select(AdUnit.id, AdUnit.io_id, AdUnit.status).where(AdUnit.id.in_(unit_ids))
+        )
+    }
+    out = []
+    for n, r in records:
+        io_id, unit_id = uuid.UUID(str(r["io_id"])), uuid.UUID(str(r["ad_unit_id"]))
+        problem: tuple[str, str] | None = None
+        if io_id not in ios:
+            problem = ("io_id", "no IO with this id")
+        elif ios[io_id][1]:
+            problem = ("io_id", f"the IO is {ios[io_id][0]} and invoiced; it takes no more delivery")
+        elif unit_id not in units or units[unit_id][0] != io_id:
+            problem = ("ad_unit_id", "not an ad unit of this IO")
+        elif units[unit_id][1] == UnitStatus.CANCELLED.value:
+            problem = ("ad_unit_id", "the ad unit was cancelled; it takes no delivery")
+        elif units[unit_id][1] == UnitStatus.SCHEDULED.value:
+            problem = ("ad_unit_id", "the ad unit has not aired yet")
+        if problem is not None:
+            errors.append(
+                RowError(row_number=n, column=problem[0], value=str(r[problem[0]]), message=problem[1])
+            )
+            continue
+        r["_row"] = n
+        out.append(r)
+    return out
+
+
+async def _signal_deliveries(
+    tid: uuid.UUID, iid: uuid.UUID, records: list[dict[str, Any]], errors: list[RowError]
+) -> UpsertOutcome:
+    """Sends each delivery to its IO's workflow (a signal: fire-and-forget, cheap in bulk)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.io import IoBookingWorkflow, io_workflow_id
+
+    client = activity.client()
+    sem = asyncio.Semaphore(16)
+    sent = 0
+
+    async def send(r: dict[str, Any]) -> None:
+        nonlocal sent
+        report = ReportDeliveryInput(
+            ad_unit_id=str(r["ad_unit_id"]),
+            impressions=int(r["impressions"]),
+            source=str(r.get("source") or f"import {iid}"),
+        )
+        async with sem:
+            handle = client.get_workflow_handle(io_workflow_id(str(tid), str(r["io_id"])))
+            try:
+                await handle.signal(IoBookingWorkflow.delivery_reported, report)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                errors.append(
+                    RowError(
+                        row_number=int(r["_row"]),
+                        column="io_id",
+                        value=str(r["io_id"]),
+                        message="the IO's workflow has finished; it takes no more delivery",
+                    )
+                )
+                return
+        sent += 1
+
+    await asyncio.gather(*(send(r) for r in records))
+    return UpsertOutcome(updated=sent)

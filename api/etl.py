@@ -103,12 +103,17 @@ async def upload(
     client: TemporalDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description=".csv or .xlsx")],
-    kind: Annotated[str, Form(description="shows | advertisers | campaigns | show_downloads")],
+    kind: Annotated[str, Form(description="shows | advertisers | campaigns | show_downloads | deliveries")],
 ) -> ImportAccepted:
     """Stores the upload in PostgreSQL piece by piece and starts its CsvImportWorkflow."""
     limit = settings.max_upload_mb * 1024 * 1024
     if kind not in KINDS:
         raise _422("kind", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "deliveries" and not settings.enable_io_bookings:
+        raise _422(
+            "kind",
+            "deliveries go to IO workflows, and IO bookings are disabled (ENABLE_IO_BOOKINGS=false)",
+        )
     filename = (file.filename or "").strip()
     if not filename:
         raise _422("file", "the file has no name")

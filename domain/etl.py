@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ImportKind = Literal["shows", "advertisers", "campaigns", "show_downloads"]
+ImportKind = Literal["shows", "advertisers", "campaigns", "show_downloads", "deliveries"]
 ImportStatus = Literal["pending", "running", "completed", "completed_with_errors", "failed"]
 
 # Errors kept per import (all are counted); the status shows them, first ones first.

@@ -59,7 +59,7 @@ from pydantic_core import ErrorDetails
 from domain.catalog import AGE_BANDS, GARM_CATEGORIES, AdvertiserFields, RiskLevel, ShowFields, Tolerance
 from domain.stages import Stage
 
-KINDS: tuple[str, ...] = ("shows", "advertisers", "campaigns", "show_downloads")
+KINDS: tuple[str, ...] = ("shows", "advertisers", "campaigns", "show_downloads", "deliveries")
 
 EMPTY_FILE = "the file is empty"
 NO_DATA_ROWS = "the file has a header but no data rows"
@@ -200,6 +200,20 @@ def _int(cell: object) -> object:
     if value > _INT_MAX:
         raise _CellError(f"too large: {_display(cell)!r}")
     return value
+
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def _uuid(cell: object) -> object:
+    text = _text_of(cell)
+    if not _UUID_RE.match(text):
+        raise _CellError(f"not an id as the API returns it (a UUID): {_quote(text)}")
+    return (
+        text.lower()
+        if "-" in text
+        else "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:])).lower()
+    )
 
 
 _MONEY_NUMBER = re.compile(r"^(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?$")
@@ -498,6 +512,13 @@ _SPECS: dict[str, tuple[_Column, ...]] = {
         _Column("downloads", _int, required=True),
         _Column("country", _country),
     ),
+    # Delivered impressions to date per ad unit: each row is sent to its IO's workflow.
+    "deliveries": (
+        _Column("io_id", _uuid, required=True),
+        _Column("ad_unit_id", _uuid, required=True),
+        _Column("impressions", _int, required=True),
+        _Column("source", _text(200)),
+    ),
 }
 
 _MODELS: dict[str, type[BaseModel]] = {"shows": ShowFields, "advertisers": AdvertiserFields}
@@ -648,6 +669,9 @@ def natural_key(kind: str, record: dict[str, object]) -> tuple[object, ...]:
     _spec(kind)
     if kind == "show_downloads":
         return (record["show_external_id"], record["date"], record.get("country") or "")
+    if kind == "deliveries":
+        # Figures are cumulative: a unit's last row in the file is its delivery to date.
+        return (record["io_id"], record["ad_unit_id"])
     return (record["external_id"],)
 
 

@@ -322,3 +322,54 @@ async def test_a_booking_that_never_committed_is_abandoned(
             task_queue=w.task_queue,
         )
     assert result.status is IoStatus.ABANDONED
+
+
+async def test_deliveries_import_signals_the_io_workflows(
+    ts_stack: Stack, time_skipping_env: WorkflowEnvironment
+) -> None:
+    stack, env = ts_stack, time_skipping_env
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    deal = await make_deal(stack.http, h, stage="won")
+    show = deal["show_id"]
+    io = (
+        await book_io(
+            stack.http,
+            h,
+            deal["id"],
+            [ad_unit(show, TODAY + timedelta(days=1)), ad_unit(show, TODAY + timedelta(days=20))],
+        )
+    ).json()
+    aired, later = (u["id"] for u in io["ad_units"])
+    await _sleep_to(env, 1.5)
+    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+
+    csv = (
+        "IO_ID;Ad_Unit_ID;Impressions;Source\n"
+        f"{io['id']};{aired};3000;art19\n"
+        f"{io['id']};{later};10;art19\n"
+        f"{uuid.uuid4()};{aired};5;art19\n"
+        f"{io['id']};not-an-id;5;art19\n"
+        f"{io['id']};{aired.upper()};4500;art19\n"
+        f"{io['id']};{aired};-4;art19\n"
+    ).encode()
+    r = await stack.http.post(
+        "/api/v1/etl/upload", files={"file": ("delivery.csv", csv)}, data={"kind": "deliveries"}, headers=h
+    )
+    assert r.status_code == 202, r.text
+    await stack.client.get_workflow_handle(r.json()["workflow_id"]).result()
+    status = (await stack.http.get(f"/api/v1/etl/status/{r.json()['import_id']}", headers=h)).json()
+    assert status["status"] == "completed_with_errors"
+    assert (status["rows_processed"], status["rows_updated"], status["rows_failed"]) == (6, 1, 4)
+    errors = {(e["row"], e["column"]): e["message"] for e in status["errors"]}
+    assert "has not aired yet" in errors[(3, "ad_unit_id")]
+    assert "no IO with this id" in errors[(4, "io_id")]
+    assert "UUID" in errors[(5, "ad_unit_id")]
+    assert "negative" in errors[(7, "impressions")]
+    assert any("appears more than once" in w for w in status["warnings"])
+
+    # The last figure of the unit in the file is what the workflow recorded, once.
+    got = await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["delivered_impressions"] == 4500)
+    assert got["ad_units"][1]["delivered_impressions"] == 0
+    types = await _event_types(stack, tenant, io["id"])
+    assert types.count("io.delivery_reported") == 1
