@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     stall_days: dict[str, int] = Field(default_factory=dict)
     # Continue-as-new after this many stage moves in one run, to keep histories small.
     deal_moves_per_run: int = 200
+    # Continue-as-new after this many delivery reports in one IO run.
+    io_reports_per_run: int = 500
 
     enable_etl_csv_upload: bool = Field(True, validation_alias=_flag("ENABLE_ETL_CSV_UPLOAD"))
     enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))

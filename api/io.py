@@ -541,7 +541,9 @@ async def _start_workflow(
 ) -> None:
     await temporal.start_workflow(
         IoBookingWorkflow.run,
-        IoWorkflowInput(tenant_id=str(tenant_id), io_id=str(io_id)),
+        IoWorkflowInput(
+            tenant_id=str(tenant_id), io_id=str(io_id), reports_per_run=settings.io_reports_per_run
+        ),
         id=io_workflow_id(str(tenant_id), str(io_id)),
         task_queue=settings.temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -373,3 +373,46 @@ async def test_deliveries_import_signals_the_io_workflows(
     assert got["ad_units"][1]["delivered_impressions"] == 0
     types = await _event_types(stack, tenant, io["id"])
     assert types.count("io.delivery_reported") == 1
+
+
+async def test_many_delivery_reports_continue_as_new_with_the_state(
+    time_skipping_env: WorkflowEnvironment, database: EmbeddedDatabase, sm: SessionMaker
+) -> None:
+    env = time_skipping_env
+    async for stack in start_stack(database, env.client, sm, io_reports_per_run=3):
+        tenant = await stack.new_tenant()
+        h = stack.auth(tenant)
+        deal = await make_deal(stack.http, h, stage="won")
+        io = (
+            await book_io(
+                stack.http,
+                h,
+                deal["id"],
+                [
+                    ad_unit(deal["show_id"], TODAY + timedelta(days=1)),
+                    ad_unit(deal["show_id"], TODAY + timedelta(days=2)),
+                ],
+                measurement_window_days=3,
+                underdelivery_policy="prorata",
+            )
+        ).json()
+        a, b = (u["id"] for u in io["ad_units"])
+        handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
+        first_run = (await handle.describe()).run_id
+        await _sleep_to(env, 1.5)
+        await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+        for n in (1000, 2000, 3000, 4000, 5000, 6000, 7000):
+            await _deliver(stack, h, io["id"], a, n)
+        assert (await handle.describe()).run_id != first_run
+        # The new run still follows the rest of the timeline: b airs, then the invoice.
+        await _sleep_to(env, 2.5)
+        got = await _until(stack, h, io["id"], lambda x: x["ad_units"][1]["status"] == "aired")
+        assert got["ad_units"][0]["delivered_impressions"] == 7000
+        await _deliver(stack, h, io["id"], b, 10000)
+        await _sleep_to(env, 5.5)
+        result = await handle.result()
+        assert result.status is IoStatus.COMPLETED
+        # a: 7,000 of 10,000 prorated ($175) + b: the goal ($250).
+        assert result.invoice_total_usd == Decimal("425.00")
+        types = await _event_types(stack, tenant, io["id"])
+        assert types.count("io.delivery_reported") == 8 and types.count("io.scheduled") == 1
