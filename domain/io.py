@@ -136,7 +136,7 @@ def promo_prefix(advertiser_name: str) -> str:
     words = re.findall(r"[A-Z0-9]+", ascii_name)
     word = next((w for w in words if w not in {"THE", "A", "AN"}), words[0] if words else "")
     # Ambiguous letters are dropped from the prefix too: the whole code must read aloud cleanly.
-    return "".join(ch for ch in word if ch in PROMO_ALPHABET)[:8] or "PROMO"
+    return "".join(ch for ch in word if ch in PROMO_ALPHABET)[:8] or "AD"
 
 
 def generate_promo_code(advertiser_name: str, choice: Callable[[str], str]) -> str:

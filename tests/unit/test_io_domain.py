@@ -92,7 +92,7 @@ def test_flat_price_rounds_to_cents(flat: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("advertiser", "prefix"),
-    [("Acme Corp", "ACME"), ("The Coffee Co", "COFFEE"), ("Lollipop Inc", "PP"), ("Café Olé", "CAFE")],
+    [("Acme Corp", "ACME"), ("The Best Brew", "BEST"), ("Lollipop Inc", "PP"), ("Café Olé", "CAFE")],
 )
 def test_promo_code_prefix_and_readable_suffix(advertiser: str, prefix: str) -> None:
     code = generate_promo_code(advertiser, random.Random(1).choice)
@@ -106,7 +106,13 @@ def test_promo_code_prefix_and_readable_suffix(advertiser: str, prefix: str) -> 
 @pytest.mark.parametrize("advertiser", ["Ëmoji 🎧 Co", "🎧🎧", "!!!", "", "株式会社", "Oil"])
 def test_promo_code_is_valid_for_awkward_names(advertiser: str) -> None:
     code = generate_promo_code(advertiser, random.Random(7).choice)
-    assert re.match(PROMO_CODE_PATTERN, code)
+    assert re.match(PROMO_CODE_PATTERN, code) and code == code.upper()
+    assert all(ch in PROMO_ALPHABET for ch in code[-4:])
+
+
+@pytest.mark.parametrize("advertiser", ["🎧🎧", "!!!", "Oil"])
+def test_fallback_promo_prefix_avoids_ambiguous_letters(advertiser: str) -> None:
+    code = generate_promo_code(advertiser, random.Random(7).choice)
     assert all(ch in PROMO_ALPHABET for ch in code)
 
 
