@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,56 @@ def _import(http: httpx.Client, kind: str, path: Path) -> dict[str, Any]:
     raise RuntimeError(f"demo import of {path.name} did not finish")
 
 
+def _book_demo_ios(http: httpx.Client, rng: random.Random) -> None:
+    """Books an IO for each won demo deal: a few host-read units over the coming weeks."""
+    shows = http.get("/api/v1/shows?limit=200").json()["items"]
+    won = http.get("/api/v1/deals?stage=won&limit=200").json()["items"]
+    today = datetime.now(UTC).date()
+    for n, deal in enumerate(won[:6]):
+        picks = [s for s in shows if s["id"] == deal["show_id"]] or shows[:1]
+        picks += rng.sample([s for s in shows if s not in picks], k=min(2, len(shows) - 1))
+        units = []
+        for i, show in enumerate(picks):
+            air = today + timedelta(days=3 + 7 * i + n)
+            if i == 2:
+                units.append(
+                    {
+                        "show_id": show["id"],
+                        "placement": "post_roll",
+                        "format": "produced",
+                        "insertion": "dynamic",
+                        "air_date": air.isoformat(),
+                        "duration_s": 30,
+                        "pricing_model": "flat",
+                        "flat_usd": 750,
+                    }
+                )
+                continue
+            goal = max(1000, int(show["avg_downloads"] * rng.uniform(0.6, 0.9)) // 1000 * 1000)
+            units.append(
+                {
+                    "show_id": show["id"],
+                    "placement": "mid_roll",
+                    "format": "host_read",
+                    "insertion": "dynamic",
+                    "air_date": air.isoformat(),
+                    "duration_s": 60,
+                    "pricing_model": "cpm",
+                    "cpm_usd": show.get("cpm_usd") or 25,
+                    "impressions_goal": goal,
+                }
+            )
+        r = http.post(
+            "/api/v1/io",
+            json={
+                "campaign_id": deal["id"],
+                "ad_units": units,
+                "underdelivery_policy": rng.choice(["makegood", "prorata"]),
+            },
+        )
+        r.raise_for_status()
+
+
 def seed_demo(api_url: str, admin_token: str, data_dir: Path) -> str:
     """Creates the demo tenant once per data dir and returns its API key."""
     marker = data_dir / "demo_tenant.json"
@@ -81,6 +132,7 @@ def seed_demo(api_url: str, admin_token: str, data_dir: Path) -> str:
                     body["reason"] = rng.choice(LOST_REASONS)
                 r = http.patch(f"/api/v1/deals/{deal['id']}/stage", json=body)
                 r.raise_for_status()
+        _book_demo_ios(http, rng)
     marker.write_text(json.dumps({"tenant_id": tenant["id"], "api_key": tenant["api_key"]}))
     marker.chmod(0o600)
     return str(tenant["api_key"])

@@ -619,8 +619,20 @@ _UPDATE_STATUS = {
 _RETRYABLE = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
 
 
-async def _update(db: TenantDbDep, temporal: Client, io_id: uuid.UUID, update: Any, arg: Any) -> None:
-    """Sends an update to the IO's workflow and maps its rejection to an HTTP error."""
+async def _update(
+    db: TenantDbDep,
+    temporal: Client,
+    io_id: uuid.UUID,
+    update: Any,
+    arg: Any,
+    *,
+    done_if: IoStatus | None = None,
+) -> None:
+    """Sends an update to the IO's workflow and maps its rejection to an HTTP error.
+
+    `done_if`: a finished workflow whose IO is already in this status means the request was
+    already carried out (a retried cancel), which is answered as success.
+    """
     async with db.tx() as session:
         row = (
             await session.execute(select(IoBooking.status, IoBooking.invoice).where(IoBooking.id == io_id))
@@ -644,6 +656,8 @@ async def _update(db: TenantDbDep, temporal: Client, io_id: uuid.UUID, update: A
             ) from None
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
+                if done_if is not None and row[0] == done_if.value:
+                    return
                 # The workflow has finished: the IO was invoiced (or cancelled with nothing aired).
                 raise HTTPException(
                     status.HTTP_409_CONFLICT,
@@ -693,7 +707,14 @@ async def cancel_io(
 ) -> IoPublic:
     """Cancels what has not aired: slots freed, promo code voided; aired units are still billed."""
     iid = parse_id(io_id, "IO")
-    await _update(db, temporal, iid, IoBookingWorkflow.cancel, CancelIoInput(reason=body.reason))
+    await _update(
+        db,
+        temporal,
+        iid,
+        IoBookingWorkflow.cancel,
+        CancelIoInput(reason=body.reason),
+        done_if=IoStatus.CANCELLED,
+    )
     return await _read(db, iid, settings)
 
 

@@ -105,6 +105,8 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
         assert len(deals) >= 30
         assert {d["stage"] for d in deals} == {"lead", "qualified", "proposal", "negotiation", "won", "lost"}
         assert len(httpx.get(f"{api}/api/v1/shows?limit=200", headers=h).json()["items"]) >= 12
+        ios = httpx.get(f"{api}/api/v1/io", headers=h).json()["items"]
+        assert ios and all(io["status"] == "scheduled" and io["promo_code"] for io in ios)
         lead = next(d for d in deals if d["stage"] == "lead")
         r = httpx.patch(f"{api}/api/v1/deals/{lead['id']}/stage", json={"stage": "qualified"}, headers=h)
         assert r.status_code == 200, r.text
@@ -138,6 +140,9 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
         ]
         listed = httpx.get(f"{api}/api/v1/deals?limit=200", headers=h).json()["items"]
         assert len(listed) == len(deals)
+        # The IOs' workflows survived too: a cancel goes through the running workflow.
+        r = httpx.post(f"{api}/api/v1/io/{ios[0]['id']}/cancel", json={"reason": "demo"}, headers=h)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
     finally:
         assert second.stop() == 0
     out = _cli(env, "migrate")

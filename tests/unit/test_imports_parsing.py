@@ -161,7 +161,7 @@ def test_show_downloads_csv() -> None:
 
 
 def test_kinds() -> None:
-    assert KINDS == ("shows", "advertisers", "campaigns", "show_downloads")
+    assert KINDS == ("shows", "advertisers", "campaigns", "show_downloads", "deliveries")
     assert columns_of("show_downloads") == (
         ("show_external_id", True),
         ("date", True),
@@ -872,3 +872,20 @@ def test_download_fast_path_takes_plain_rows() -> None:
         "country": "",
     }
     assert parse(["2026-11-01", "1,200", "show-1"]) is None  # left to parse_row
+
+
+def test_deliveries_rows_take_api_ids_in_any_case_and_refuse_the_rest() -> None:
+    header = read_header("deliveries", ["IO ID ", "ad_unit_id", "Impressions", "source"])
+    io_id, unit = "6F1C2F0E-3A55-4D8E-9A51-2B7F3C1DE0A4", "0e4f5a6b7c8d4e9fa0b1c2d3e4f5a6b7"
+    record, errors = parse_row("deliveries", header, [io_id, unit, "12,500", "art19"], 2)
+    assert errors == [] and record == {
+        "io_id": io_id.lower(),
+        "ad_unit_id": "0e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7",
+        "impressions": 12500,
+        "source": "art19",
+    }
+    assert natural_key("deliveries", record) == (io_id.lower(), "0e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7")
+    record, errors = parse_row("deliveries", header, ["io-1", unit, "-3", ""], 3)
+    assert record is None
+    assert [(e.column, e.value) for e in errors] == [("io_id", "io-1"), ("impressions", "-3")]
+    assert "UUID" in errors[0].message and "negative" in errors[1].message
