@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.persist_activity
 	$(BIN)/python -m bench.stage_changes
 	$(BIN)/python -m bench.import_throughput
+	$(BIN)/python -m bench.match_recalc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -245,6 +245,25 @@ def tenant_create(settings: Settings, name: str) -> int:
             tenant = await create_tenant(sm=make_sessionmaker(engine), name=name)
         finally:
             await engine.dispose()
+        if settings.enable_matchmaking:
+            from datetime import timedelta
+
+            from settings import connect_temporal
+            from workflows.matching import ensure_match_schedule
+
+            try:
+                client = await connect_temporal(settings)
+                await ensure_match_schedule(
+                    client,
+                    str(tenant.id),
+                    settings.temporal_task_queue,
+                    timedelta(hours=settings.match_recalc_every_hours),
+                )
+            except Exception as exc:  # noqa: BLE001 - the worker creates it at its next start
+                print(
+                    f"note: the match schedule will be created when the worker starts ({exc})",
+                    file=sys.stderr,
+                )
         print(json.dumps({"id": str(tenant.id), "name": tenant.name, "api_key": tenant.api_key}))
 
     asyncio.run(run())

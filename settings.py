@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     deal_moves_per_run: int = 200
     # Continue-as-new after this many delivery reports in one IO run.
     io_reports_per_run: int = 500
+    # How often each tenant's Temporal Schedule recalculates its matches.
+    match_recalc_every_hours: float = 24.0
 
     enable_etl_csv_upload: bool = Field(True, validation_alias=_flag("ENABLE_ETL_CSV_UPLOAD"))
     enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -14,11 +15,14 @@ from temporalio.worker import Worker
 from activities.deals import DealActivities
 from activities.imports import ImportActivities
 from activities.io import IoActivities
+from activities.matching import MatchActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
+from db.tenants import all_tenant_ids
 from settings import Settings, connect_temporal, get_settings
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
+from workflows.matching import MatchRecalculationWorkflow, ensure_match_schedule
 
 log = logging.getLogger("sponsorflow.worker")
 
@@ -42,6 +46,10 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             io.cancel_io,
             io.complete_io,
         ]
+    if settings.enable_matchmaking:
+        matching = MatchActivities(sm)
+        workflows.append(MatchRecalculationWorkflow)
+        activities.append(matching.recalculate_matches)
     if settings.enable_etl_csv_upload:
         imports = ImportActivities(
             sm, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run
@@ -51,6 +59,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             imports.mark_import,
             imports.load_rows,
             imports.start_deal_workflows,
+            imports.trigger_match_recalculation,
         ]
     return workflows, activities
 
@@ -75,6 +84,18 @@ def build_worker(
     )
 
 
+async def reconcile_match_schedules(client: Client, settings: Settings, sm: SessionMaker) -> int:
+    """Makes sure every tenant has its recalculation schedule (once); returns how many were created."""
+    if not settings.enable_matchmaking:
+        return 0
+    created = 0
+    every = timedelta(hours=settings.match_recalc_every_hours)
+    for tenant_id in await all_tenant_ids(sm=sm):
+        if await ensure_match_schedule(client, str(tenant_id), settings.temporal_task_queue, every):
+            created += 1
+    return created
+
+
 async def run_worker(settings: Settings | None = None) -> None:
     """Connects, runs until SIGINT/SIGTERM, then drains and disposes the engine."""
     settings = settings or get_settings()
@@ -82,7 +103,11 @@ async def run_worker(settings: Settings | None = None) -> None:
         raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     client = await connect_temporal(settings)
-    worker = build_worker(client, settings, make_sessionmaker(engine))
+    sm = make_sessionmaker(engine)
+    worker = build_worker(client, settings, sm)
+    created = await reconcile_match_schedules(client, settings, sm)
+    if created:
+        log.info("created %d missing match recalculation schedule(s)", created)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

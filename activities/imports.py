@@ -40,6 +40,7 @@ from domain.etl import (
     RunImportResult,
     StartDealWorkflowsInput,
     StartDealWorkflowsResult,
+    TriggerMatchesInput,
 )
 from domain.imports import (
     FileError,
@@ -319,6 +320,14 @@ class ImportActivities:
             await session.commit()
         finally:
             await session.close()  # rolls back whatever did not commit
+
+    @activity.defn(name="trigger_match_recalculation")
+    async def trigger_match_recalculation(self, inp: TriggerMatchesInput) -> str:
+        """Starts the tenant's match recalculation, or joins the one running; returns its id."""
+        from workflows.matching import start_recalculation
+
+        handle = await start_recalculation(activity.client(), inp.tenant_id, inp.task_queue, "import")
+        return str(handle.id)
 
     @activity.defn(name="start_deal_workflows")
     async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:

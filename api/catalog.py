@@ -63,6 +63,7 @@ def _public_advertiser(row: Advertiser) -> AdvertiserPublic:
         target_geo=list(row.target_geo),
         target_age=list(row.target_age),
         brand_safety_tolerance=Tolerance(row.brand_safety_tolerance),
+        target_gender=row.target_gender,  # type: ignore[arg-type]  # only female/male are written
         budget_usd=float(row.budget_usd) if row.budget_usd is not None else None,
         flight_start=row.flight_start,
         flight_end=row.flight_end,

@@ -162,6 +162,7 @@ async def upload(
                 filename=filename,
                 chunk_rows=settings.import_chunk_rows,
                 heartbeat_seconds=settings.import_heartbeat_seconds,
+                trigger_matches=settings.enable_matchmaking,
             ),
             id=wid,
             task_queue=settings.temporal_task_queue,

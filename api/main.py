@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from api import catalog, deals, etl, events, health, io, tenants
+from api import catalog, deals, etl, events, health, io, matching, tenants
 from api.deps import KeyCache
 from db.engine import make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"detail": "the database rejected or dropped the request; retry"},
         )
 
-    for module in (health, tenants, catalog, deals, io, etl, events):
+    for module in (health, tenants, catalog, deals, io, etl, matching, events):
         app.include_router(module.router)
     return app
 

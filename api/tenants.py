@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import SessionMakerDep, require_admin
+from api.deps import SessionMakerDep, SettingsDep, TemporalDep, require_admin
 from db.tenants import create_tenant
+from workflows.matching import ensure_match_schedule
+
+log = logging.getLogger("sponsorflow.api.tenants")
 
 router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
 
@@ -32,7 +38,19 @@ class TenantCreated(BaseModel):
     response_model=TenantCreated,
     dependencies=[Depends(require_admin)],
 )
-async def post_tenant(body: TenantCreate, sm: SessionMakerDep) -> TenantCreated:
-    """Creates a tenant and returns its first API key."""
+async def post_tenant(
+    body: TenantCreate, sm: SessionMakerDep, temporal: TemporalDep, settings: SettingsDep
+) -> TenantCreated:
+    """Creates a tenant and returns its first API key; its match schedule comes with it."""
     tenant = await create_tenant(sm=sm, name=body.name)
+    if settings.enable_matchmaking:
+        try:
+            await ensure_match_schedule(
+                temporal,
+                str(tenant.id),
+                settings.temporal_task_queue,
+                timedelta(hours=settings.match_recalc_every_hours),
+            )
+        except Exception as exc:  # noqa: BLE001 - the tenant exists; the worker's start-up reconciles
+            log.warning("match schedule of tenant %s not created yet: %s", tenant.id, exc)
     return TenantCreated(id=str(tenant.id), name=tenant.name, api_key=tenant.api_key)

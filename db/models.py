@@ -115,6 +115,8 @@ class Advertiser(Base):
     target_geo: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
     target_age: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
     brand_safety_tolerance: Mapped[str] = mapped_column(String(10), nullable=False, server_default="medium")
+    # "female" or "male" when the campaign targets one; matchmaking weighs the show's female_share.
+    target_gender: Mapped[str | None] = mapped_column(String(10))
     budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     flight_start: Mapped[date | None] = mapped_column(Date)
     flight_end: Mapped[date | None] = mapped_column(Date)
@@ -344,7 +346,10 @@ class Match(Base):
     """A scored advertiser-show pair of the current ranking."""
 
     __tablename__ = "matches"
-    __table_args__ = (UniqueConstraint("tenant_id", "generation", "advertiser_id", "show_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "generation", "advertiser_id", "show_id"),
+        Index("ix_matches_ranked", "tenant_id", "generation", text("score DESC"), "id"),
+    )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     tenant_id: Mapped[uuid.UUID] = _tenant()
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -7,6 +7,8 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy import text
+
 from db.engine import SessionMaker, tenant_tx
 from db.models import ApiKey, Tenant
 
@@ -36,3 +38,10 @@ async def create_tenant(*, sm: SessionMaker, name: str) -> NewTenant:
         await session.flush()
         session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, prefix=prefix, name="first key"))
     return NewTenant(id=tenant_id, name=name, api_key=key)
+
+
+async def all_tenant_ids(*, sm: SessionMaker) -> list[uuid.UUID]:
+    """Every tenant's id, through the one function allowed to look across tenants."""
+    async with sm() as session:
+        rows = await session.execute(text("SELECT sponsorflow_tenant_ids()"))
+        return [uuid.UUID(str(r[0])) for r in rows]

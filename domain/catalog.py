@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -135,6 +135,8 @@ class AdvertiserFields(BaseModel):
     target_geo: list[str] = Field(default_factory=list, max_length=250)
     target_age: list[str] = Field(default_factory=list, max_length=6)
     brand_safety_tolerance: Tolerance = Tolerance.MEDIUM
+    # Matchmaking weighs the show's female_share when a campaign targets one gender.
+    target_gender: Literal["female", "male"] | None = None
     budget_usd: float | None = Field(default=None, ge=0, le=1_000_000_000)
     flight_start: date | None = None
     flight_end: date | None = None

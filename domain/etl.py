@@ -25,6 +25,8 @@ class CsvImportInput(BaseModel):
     # How soon a killed worker is noticed; the retry resumes from the last committed chunk.
     heartbeat_seconds: int = Field(default=30, ge=1, le=600)
     start_deal_workflows: bool = True
+    # A completed import of shows, advertisers or downloads starts (or joins) a match recalculation.
+    trigger_matches: bool = False
 
 
 class CsvImportResult(BaseModel):
@@ -85,3 +87,10 @@ class StartDealWorkflowsResult(BaseModel):
     """How many deal workflows were started (or found running)."""
 
     started: int
+
+
+class TriggerMatchesInput(BaseModel):
+    """Starts (or joins) the tenant's match recalculation after an import changed its features."""
+
+    tenant_id: str
+    task_queue: str

@@ -411,6 +411,16 @@ def _tolerance(cell: object) -> object:
         raise _CellError(f"unknown tolerance {_quote(text)}; expected {names}") from None
 
 
+_GENDERS = {"female": "female", "f": "female", "women": "female", "male": "male", "m": "male", "men": "male"}
+
+
+def _gender(cell: object) -> object:
+    text = _text_of(cell).lower()
+    if text not in _GENDERS:
+        raise _CellError(f"unknown gender target {_quote(text)}; expected female or male (or leave it empty)")
+    return _GENDERS[text]
+
+
 def _stage(cell: object) -> object:
     text = _text_of(cell)
     try:
@@ -491,6 +501,7 @@ _SPECS: dict[str, tuple[_Column, ...]] = {
         _Column("target_geo", _list_of(_country_code)),
         _Column("target_age", _list_of(_age_band)),
         _Column("brand_safety_tolerance", _tolerance),
+        _Column("target_gender", _gender),
         _Column("budget_usd", _money),
         _Column("flight_start", _date),
         _Column("flight_end", _date),

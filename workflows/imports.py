@@ -21,10 +21,15 @@ with workflow.unsafe.imports_passed_through():
         MarkImportInput,
         RunImportInput,
         StartDealWorkflowsInput,
+        TriggerMatchesInput,
     )
 
 _SHORT = timedelta(seconds=30)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+# Imports that change what matchmaking scores.
+_MATCH_FEATURE_KINDS = ("shows", "advertisers", "show_downloads")
 
 
 def import_workflow_id(tenant_id: str, import_id: str) -> str:
@@ -98,6 +103,19 @@ class CsvImportWorkflow:
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
         )
+        changed = counts.rows_inserted + counts.rows_updated
+        if (
+            inp.trigger_matches
+            and inp.kind in _MATCH_FEATURE_KINDS
+            and changed
+            and workflow.patched("match-recalculation-after-import")
+        ):
+            await workflow.execute_activity_method(
+                ImportActivities.trigger_match_recalculation,
+                TriggerMatchesInput(tenant_id=inp.tenant_id, task_queue=workflow.info().task_queue),
+                start_to_close_timeout=_SHORT,
+                retry_policy=_RETRY,
+            )
         return CsvImportResult(
             status=status,
             rows_processed=counts.rows_processed,

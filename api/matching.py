@@ -1,0 +1,181 @@
+"""Matchmaking: start or join a recalculation, read the ranked matches, set the tenant's weights."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import aliased
+from temporalio.service import RPCError
+
+from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
+from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from db.matching import weights_of
+from db.models import Advertiser, Match, Show, Tenant
+from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
+from workflows.matching import start_recalculation
+
+log = logging.getLogger("sponsorflow.api.matching")
+
+_flag = [Depends(feature_flag("enable_matchmaking", "ENABLE_MATCHMAKING"))]
+router = APIRouter(tags=["matchmaking"], dependencies=_flag)
+
+
+class RecalculationAccepted(BaseModel):
+    """The recalculation this request started or joined."""
+
+    workflow_id: str
+    run_id: str | None
+    status: str
+
+
+class Signals(BaseModel):
+    """The six sub-scores of a match, each in [0, 1]."""
+
+    geo: float
+    demographic: float
+    topic: float
+    lift: float
+    inventory: float
+    brand_safety: float
+
+
+class MatchPublic(BaseModel):
+    """One ranked advertiser-show pair."""
+
+    advertiser_id: str
+    advertiser_name: str
+    show_id: str
+    show_name: str
+    score: float
+    signals: Signals
+    rationale: str
+    generation: int
+
+
+class Weights(BaseModel):
+    """How much each signal counts in the 0-100 score (relative; they need not sum to 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    geo: float = Field(default=DEFAULT_WEIGHTS["geo"], ge=0, le=100)
+    demographic: float = Field(default=DEFAULT_WEIGHTS["demographic"], ge=0, le=100)
+    topic: float = Field(default=DEFAULT_WEIGHTS["topic"], ge=0, le=100)
+    lift: float = Field(default=DEFAULT_WEIGHTS["lift"], ge=0, le=100)
+    inventory: float = Field(default=DEFAULT_WEIGHTS["inventory"], ge=0, le=100)
+    brand_safety: float = Field(default=DEFAULT_WEIGHTS["brand_safety"], ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> Weights:
+        if not any(getattr(self, s) for s in SIGNALS):
+            raise ValueError("at least one weight must be above 0")
+        return self
+
+
+@router.post(
+    "/api/match/recalculate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RecalculationAccepted,
+    responses={503: {"description": "Temporal is unreachable"}},
+)
+async def recalculate(db: TenantDbDep, temporal: TemporalDep, settings: SettingsDep) -> RecalculationAccepted:
+    """Starts this tenant's recalculation, or joins the one already running (never two at once)."""
+    try:
+        handle = await start_recalculation(
+            temporal, str(db.tenant_id), settings.temporal_task_queue, "manual"
+        )
+        desc = await handle.describe()
+    except RPCError as exc:
+        log.error("could not start the match recalculation of %s: %s", db.tenant_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unreachable; retry"
+        ) from None
+    return RecalculationAccepted(
+        workflow_id=handle.id,
+        run_id=desc.run_id,
+        status=desc.status.name.lower() if desc.status else "running",
+    )
+
+
+@router.get("/api/v1/matches", response_model=Page[MatchPublic])
+async def list_matches(
+    db: TenantDbDep,
+    advertiser_id: Annotated[uuid.UUID | None, Query(description="only this advertiser's best shows")] = None,
+    show_id: Annotated[uuid.UUID | None, Query(description="only this show's best advertisers")] = None,
+    min_score: Annotated[float, Query(ge=0, le=100)] = 0,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+) -> Page[MatchPublic]:
+    """Ranked matches of the current ranking, best first."""
+    after = decode_cursor(cursor, ("g", "s", "id"))
+    adv, show = aliased(Advertiser), aliased(Show)
+    stmt = (
+        select(Match, adv.name, show.name)
+        .join(adv, adv.id == Match.advertiser_id)
+        .join(show, show.id == Match.show_id)
+        .order_by(Match.score.desc(), Match.id)
+        .limit(limit + 1)
+    )
+    if after is None:
+        # One statement, one snapshot: the newest generation as of this read, never a mix.
+        stmt = stmt.where(Match.generation == select(func.max(Match.generation)).scalar_subquery())
+    else:
+        try:
+            g, s, last = int(after["g"]), float(after["s"]), int(after["id"])
+        except (TypeError, ValueError):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+        stmt = stmt.where(
+            Match.generation == g, or_(Match.score < s, and_(Match.score == s, Match.id > last))
+        )
+    if advertiser_id is not None:
+        stmt = stmt.where(Match.advertiser_id == advertiser_id)
+    if show_id is not None:
+        stmt = stmt.where(Match.show_id == show_id)
+    if min_score:
+        stmt = stmt.where(Match.score >= min_score)
+    async with db.tx() as session:
+        rows = (await session.execute(stmt)).all()
+    items = [
+        MatchPublic(
+            advertiser_id=str(m.advertiser_id),
+            advertiser_name=adv_name,
+            show_id=str(m.show_id),
+            show_name=show_name,
+            score=float(m.score),
+            signals=Signals(**{k: float(m.signals.get(k, 0.0)) for k in SIGNALS}),
+            rationale=m.rationale,
+            generation=m.generation,
+        )
+        for m, adv_name, show_name in rows[:limit]
+    ]
+    next_cursor = None
+    if len(rows) > limit:
+        last_match = rows[limit - 1][0]
+        next_cursor = encode_cursor(
+            {"g": last_match.generation, "s": float(last_match.score), "id": last_match.id}
+        )
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/api/v1/match/weights", response_model=Weights)
+async def read_weights(db: TenantDbDep) -> Weights:
+    """This tenant's signal weights (the documented defaults unless changed)."""
+    async with db.tx() as session:
+        settings = await session.scalar(select(Tenant.settings).where(Tenant.id == db.tenant_id))
+    return Weights(**weights_of(settings))
+
+
+@router.put("/api/v1/match/weights", response_model=Weights)
+async def write_weights(body: Weights, db: TenantDbDep) -> Weights:
+    """Sets this tenant's signal weights; the next recalculation uses them."""
+    async with db.tx() as session:
+        tenant = await session.get(Tenant, db.tenant_id, with_for_update=True)
+        assert tenant is not None
+        settings: dict[str, Any] = dict(tenant.settings or {})
+        settings["match_weights"] = body.model_dump()
+        tenant.settings = settings
+    return body
