@@ -96,7 +96,7 @@ class Ranker:
                     show_id=shows[i].id,
                     score=score,
                     signals={k: round(v, 4) for k, v in signals.items()},
-                    rationale=rationale(shows[i], advertisers[j], pair),
+                    rationale=rationale(shows[i], advertisers[j], pair, self.features.weights),
                 )
             )
         return out

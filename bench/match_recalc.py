@@ -23,6 +23,7 @@ import asyncio
 import csv
 import io
 import json
+import math
 import random
 import sys
 import time
@@ -68,7 +69,8 @@ def _dist(rng: random.Random, keys: tuple[str, ...], n: int) -> dict[str, float]
     picked = rng.sample(keys, n)
     weights = [rng.random() for _ in picked]
     total = sum(weights)
-    return {k: round(w / total, 3) for k, w in zip(picked, weights, strict=True)}
+    # Rounded down: shares summing past 1 are (rightly) refused by the import.
+    return {k: math.floor(1000 * w / total) / 1000 for k, w in zip(picked, weights, strict=True)}
 
 
 def synthesize(n_shows: int, n_advertisers: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

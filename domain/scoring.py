@@ -30,9 +30,10 @@ Country codes compare case-insensitively (upper-cased), categories and GARM cate
   low=1, medium=2, high=3. The pair is excluded when any category is at the floor or above the
   tolerance; brand_safety = 1 - max_rank / 4 (reported for excluded pairs too).
 
-score = 100 * sum(w_i * s_i) / sum(w_i) over SIGNALS, summed in SIGNALS order. A weight missing
-from the mapping counts as 0; all-zero, negative, non-finite or unknown weights raise ValueError.
-Excluded pairs score 0 and still report their signals.
+score = 100 * sum(w_i * s_i) / sum(w_i) over SIGNALS, summed in SIGNALS order and clamped to
+[0, 100] against rounding. A weight missing from the mapping counts as 0; all-zero, negative,
+non-finite or unknown weights raise ValueError. Excluded pairs score 0 and still report their
+signals.
 """
 
 from __future__ import annotations
@@ -117,9 +118,6 @@ class PairScore:
     score: float
     signals: dict[str, float]
     excluded: str | None
-
-
-# Normalisation shared by both scorers, so they see the same keys and values.
 
 
 def _country(code: str) -> str:
@@ -222,9 +220,6 @@ def _weight_vector(weights: Mapping[str, float]) -> tuple[tuple[float, ...], flo
     if total <= 0:
         raise ValueError("at least one signal weight must be above 0")
     return w, total
-
-
-# The reference scorer.
 
 
 def _geo_share(show: ShowFeatures, adv: AdvertiserFeatures) -> float | None:
@@ -353,11 +348,9 @@ def score_pair(
     for name, weight in zip(SIGNALS, w, strict=True):
         weighted += weight * signals[name]
     excluded = _exclusion(show, adv)
-    score = 0.0 if excluded is not None else 100.0 * weighted / total_weight
+    # Clamped because w * 1.0 summed and divided by the sum of w can round one ulp above 100.
+    score = 0.0 if excluded is not None else min(100.0, max(0.0, 100.0 * weighted / total_weight))
     return PairScore(score=score, signals=signals, excluded=excluded)
-
-
-# The rationale.
 
 
 def _pct(x: float) -> str:
@@ -518,9 +511,6 @@ def rationale(
     return "; ".join(parts)
 
 
-# The batch scorer.
-
-
 @dataclass
 class BatchResult:
     """Scores, signals and exclusion flags of every show against a chunk of advertisers."""
@@ -536,27 +526,33 @@ class BatchResult:
 
 @dataclass(frozen=True, eq=False)
 class ShowMatrix:
-    """Every show's features as arrays, built once per recalculation and shared by all chunks."""
+    """Every show's features as arrays, built once per recalculation and shared by all chunks.
+
+    Rows are shows in input order. geo (n_shows, countries), age (n_shows, age_bands) and topics
+    (n_shows, categories, multi-hot) are columns over the vocabularies; risk is the GARM rank
+    0..4 per (show, garm_category); female_share, cpm_usd and spot_cost are NaN when unknown;
+    free_cum[i, d] is the number of free mid-roll slots of show i on days [0, d).
+    """
 
     ids: tuple[str, ...]
     countries: tuple[str, ...]
     age_bands: tuple[str, ...]
     categories: tuple[str, ...]
     garm_categories: tuple[str, ...]
-    geo: Float64Array  # (n_shows, n_countries) share per country
-    has_geo: BoolArray  # (n_shows,)
-    age: Float64Array  # (n_shows, n_age_bands)
+    geo: Float64Array
+    has_geo: BoolArray
+    age: Float64Array
     has_age: BoolArray
-    female_share: Float64Array  # NaN when unknown
-    topics: Float64Array  # (n_shows, n_categories) multi-hot
-    risk: npt.NDArray[np.int8]  # (n_shows, n_garm) rank 0..4
+    female_share: Float64Array
+    topics: Float64Array
+    risk: npt.NDArray[np.int8]
     max_risk: Int64Array
     floor: BoolArray
     trend: Float64Array
-    cpm_usd: Float64Array  # NaN when unknown
+    cpm_usd: Float64Array
     downloads: Float64Array
-    spot_cost: Float64Array  # NaN when the CPM is unknown
-    free_cum: Int64Array  # (n_shows, HORIZON_DAYS + 1): free mid-roll slots on days [0, d)
+    spot_cost: Float64Array
+    free_cum: Int64Array
 
     @property
     def n_shows(self) -> int:
@@ -724,7 +720,7 @@ def score_batch(
     weighted = np.zeros(shape)
     for k, weight in enumerate(w):
         weighted += weight * signals[k]
-    scores = 100.0 * weighted / total_weight
+    scores = np.clip(100.0 * weighted / total_weight, 0.0, 100.0)
     scores[excluded] = 0.0
     return BatchResult(scores=scores, signals=signals, excluded=excluded)
 
