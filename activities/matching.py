@@ -14,7 +14,7 @@ from temporalio import activity
 
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from db.matching import Features, MatchRow, load_features, write_generation
+from db.matching import Features, MatchRow, load_features, open_generation
 from db.models import Event
 from domain import events
 from domain.matching import MatchRecalcResult, RecalculateInput
@@ -74,8 +74,8 @@ class Ranker:
         self._best_adv = np.take_along_axis(advs, keep, axis=1)
         self._best_signals = np.take_along_axis(signals, keep[None, :, :], axis=2)
 
-    def rows(self) -> list[MatchRow]:
-        """The union of both rankings, each pair once, with its rationale."""
+    def pairs(self) -> list[tuple[int, int, float, tuple[float, ...]]]:
+        """The union of both rankings, each pair once: (show index, advertiser index, score, signals)."""
         pairs = dict(self._pairs)
         for i in range(self._best.shape[0]):
             for col in range(self._best.shape[1]):
@@ -85,9 +85,15 @@ class Ranker:
                 j = int(self._best_adv[i, col])
                 if (i, j) not in pairs:
                     pairs[(i, j)] = (score, tuple(float(x) for x in self._best_signals[:, i, col]))
+        return [(i, j, score, sig) for (i, j), (score, sig) in pairs.items()]
+
+    def rows(
+        self, pairs: list[tuple[int, int, float, tuple[float, ...]]], start: int, end: int
+    ) -> list[MatchRow]:
+        """Rows pairs[start:end] with their rationale: built in batches so they never all sit in memory."""
         shows, advertisers = self.features.shows, self.features.advertisers
         out = []
-        for (i, j), (score, sig) in pairs.items():
+        for i, j, score, sig in pairs[start:end]:
             signals = dict(zip(SIGNALS, sig, strict=True))
             pair = PairScore(score=score, signals=signals, excluded=None)
             out.append(
@@ -100,6 +106,10 @@ class Ranker:
                 )
             )
         return out
+
+
+# Rows (with their rationale) built and copied per batch: memory stays flat whatever the tenant size.
+_WRITE_BATCH = 20_000
 
 
 class MatchActivities:
@@ -126,17 +136,21 @@ class MatchActivities:
             end = min(total, start + inp.chunk_advertisers)
             await asyncio.to_thread(ranker.add_chunk, start, end)
             activity.heartbeat({"advertisers_scored": end, "of": total})
-        rows = await asyncio.to_thread(ranker.rows)
-        activity.heartbeat({"writing": len(rows)})
+        pairs = await asyncio.to_thread(ranker.pairs)
         async with tenant_tx(self._sm, tid) as session:
-            generation = await write_generation(session, tid, rows)
+            stage = await open_generation(session, tid)
+            for start in range(0, len(pairs), _WRITE_BATCH):
+                rows = await asyncio.to_thread(ranker.rows, pairs, start, start + _WRITE_BATCH)
+                await stage.copy(rows)
+                activity.heartbeat({"written": start + len(rows), "of": len(pairs)})
+            generation = await stage.swap()
             result = MatchRecalcResult(
                 generation=generation,
                 shows=len(features.shows),
                 advertisers=total,
                 pairs_scored=ranker.pairs_scored,
                 pairs_excluded=ranker.pairs_excluded,
-                matches_written=len(rows),
+                matches_written=len(pairs),
                 duration_s=round(time.monotonic() - started, 3),
             )
             await emit_event(

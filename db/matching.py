@@ -170,18 +170,61 @@ class MatchRow:
     rationale: str
 
 
-async def write_generation(session: AsyncSession, tenant_id: uuid.UUID, rows: list[MatchRow]) -> int:
-    """Writes a new ranking generation and drops all but the previous one; returns its number.
+class GenerationStage:
+    """A new ranking generation being written inside one transaction (see open_generation)."""
 
-    Called inside one transaction: readers see the old ranking until it commits, then the new
-    one, never a mix. The previous generation stays so a reader paging with a cursor can finish.
-    """
-    # One writer per tenant at a time: a scheduled and an on-demand run never interleave.
+    def __init__(self, session: AsyncSession, tenant_id: uuid.UUID, raw: Any) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+        self._raw = raw
+
+    async def copy(self, rows: list[MatchRow]) -> None:
+        """Adds rows to the stage (COPY: the fast path for hundreds of thousands of rows)."""
+        await self._raw.copy_records_to_table(
+            "sf_match_stage",
+            records=[
+                (
+                    uuid.UUID(r.advertiser_id),
+                    uuid.UUID(r.show_id),
+                    round(r.score, 2),
+                    json.dumps(r.signals),
+                    r.rationale,
+                )
+                for r in rows
+            ],
+            columns=["advertiser_id", "show_id", "score", "signals", "rationale"],
+        )
+
+    async def swap(self) -> int:
+        """Makes the staged rows the next generation and drops all but the previous one.
+
+        Readers see the old ranking until the transaction commits, then the new one, never a
+        mix. The previous generation stays so a reader paging with a cursor can finish.
+        """
+        current = await self._session.scalar(select(func.max(Match.generation)))
+        generation = int(current or 0) + 1
+        await self._session.execute(
+            text(
+                """
+                INSERT INTO matches (tenant_id, generation, advertiser_id, show_id, score, signals, rationale)
+                SELECT :tenant, :generation, advertiser_id, show_id, score, signals, rationale
+                FROM sf_match_stage
+                """
+            ),
+            {"tenant": self._tenant_id, "generation": generation},
+        )
+        await self._session.execute(
+            text("DELETE FROM matches WHERE generation < :keep"), {"keep": generation - 1}
+        )
+        return generation
+
+
+async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
+    """Starts writing a new ranking in the session's transaction, one writer per tenant at a time."""
+    # A scheduled and an on-demand run never interleave their writes.
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"match/{tenant_id}"}
     )
-    current = await session.scalar(select(func.max(Match.generation)))
-    generation = int(current or 0) + 1
     conn = await session.connection()
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
@@ -191,28 +234,4 @@ async def write_generation(session: AsyncSession, tenant_id: uuid.UUID, rows: li
         "(advertiser_id uuid, show_id uuid, score numeric(6,2), signals jsonb, rationale text) "
         "ON COMMIT DELETE ROWS"
     )
-    await raw.copy_records_to_table(
-        "sf_match_stage",
-        records=[
-            (
-                uuid.UUID(r.advertiser_id),
-                uuid.UUID(r.show_id),
-                round(r.score, 2),
-                json.dumps(r.signals),
-                r.rationale,
-            )
-            for r in rows
-        ],
-        columns=["advertiser_id", "show_id", "score", "signals", "rationale"],
-    )
-    await session.execute(
-        text(
-            """
-            INSERT INTO matches (tenant_id, generation, advertiser_id, show_id, score, signals, rationale)
-            SELECT :tenant, :generation, advertiser_id, show_id, score, signals, rationale FROM sf_match_stage
-            """
-        ),
-        {"tenant": tenant_id, "generation": generation},
-    )
-    await session.execute(text("DELETE FROM matches WHERE generation < :keep"), {"keep": generation - 1})
-    return generation
+    return GenerationStage(session, tenant_id, raw)
