@@ -21,9 +21,9 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
 from db.deals import DealRow, HistoryRow, deals_query, get_deal, get_history, insert_deal
@@ -298,7 +298,6 @@ _UPDATE_DEADLINE_S = 20.0
 _ANSWER_TTL_S = 5.0
 _MAX_CACHED_HISTORY = 200
 _ATTEMPT_TIMEOUT_S = 5.0
-_RETRYABLE = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
 
 
 def _update_failed(
@@ -531,7 +530,7 @@ async def change_stage(
             # The server caps in-flight updates per workflow (10 by default) and aborts the
             # updates in flight when a deal closes; both are worth another try, re-reading
             # the row so a deal that closed meanwhile gets its closed-deal answer.
-            if exc.status not in _RETRYABLE or time.monotonic() > deadline:
+            if exc.status not in RETRYABLE_RPC or time.monotonic() > deadline:
                 log.error("Temporal refused the update of deal %s: %s", campaign_id, exc)
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
+from temporalio.service import RPCStatusCode
 
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
 from settings import Settings
@@ -44,6 +45,11 @@ def get_sessionmaker(request: Request) -> SessionMaker:
     sm: SessionMaker = request.app.state.sessionmaker
     return sm
 
+
+# Temporal answers worth a retry: per-workflow update limit, a restarting frontend, a closing run.
+RETRYABLE_RPC = frozenset(
+    {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED}
+)
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]

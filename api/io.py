@@ -20,7 +20,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.io_documents import DocumentUnit, IoDocument, render_pdf, render_xlsx
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.io import (
@@ -616,7 +616,6 @@ _UPDATE_STATUS = {
     IO_CLOSED: status.HTTP_409_CONFLICT,
     IO_ABANDONED: status.HTTP_404_NOT_FOUND,
 }
-_RETRYABLE = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
 
 
 async def _update(
@@ -663,7 +662,7 @@ async def _update(
                     status.HTTP_409_CONFLICT,
                     detail=f"IO {io_id} is {row[0]}; its workflow has finished and takes no more changes",
                 ) from None
-            if exc.status not in _RETRYABLE or attempt == 5:
+            if exc.status not in RETRYABLE_RPC or attempt == 5:
                 log.error("update of IO %s failed: %s", io_id, exc)
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unavailable; retry"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
@@ -47,3 +48,11 @@ async def tenant_for_key_hash(session: AsyncSession, key_hash: str) -> uuid.UUID
     row = await session.execute(text("SELECT sponsorflow_tenant_for_key(:h)"), {"h": key_hash})
     value = row.scalar()
     return uuid.UUID(str(value)) if value else None
+
+
+async def raw_connection(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, for COPY (which SQLAlchemy does not expose)."""
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    return raw

@@ -12,9 +12,11 @@ from sqlalchemy import literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.engine import raw_connection
 from db.events import emit_event
 from db.models import Advertiser, Campaign, DealStageHistory, Show
 from domain import events
+from domain.io import DEFAULT_SLOTS
 from domain.stages import Stage, probability
 
 
@@ -88,7 +90,7 @@ def _defaults(model: Any) -> dict[str, Any]:
             "geo": {},
             "age": {},
             "brand_safety": {},
-            "slots": {"pre_roll": 1, "mid_roll": 2, "post_roll": 1},
+            "slots": dict(DEFAULT_SLOTS),
         }
     return {"target_categories": [], "target_geo": [], "target_age": [], "brand_safety_tolerance": "medium"}
 
@@ -207,9 +209,7 @@ async def stage_downloads(*, session: AsyncSession, records: list[dict[str, Any]
     Downloads are the million-row kind: staging by COPY and merging with one statement is what
     makes them fast. The staging table is per connection and empties itself at commit.
     """
-    conn = await session.connection()
-    raw = (await conn.get_raw_connection()).driver_connection
-    assert raw is not None
+    raw = await raw_connection(session)
     await raw.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sf_download_stage "
         "(show_id uuid, date date, country text, downloads bigint) ON COMMIT DELETE ROWS"

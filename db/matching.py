@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.engine import raw_connection
 from db.models import Advertiser, Match, Show, Tenant
 from domain.io import slot_capacity
 from domain.scoring import DEFAULT_WEIGHTS, HORIZON_DAYS, SIGNALS, AdvertiserFeatures, ShowFeatures
@@ -225,9 +226,7 @@ async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> Genera
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"match/{tenant_id}"}
     )
-    conn = await session.connection()
-    raw = (await conn.get_raw_connection()).driver_connection
-    assert raw is not None
+    raw = await raw_connection(session)
     # COPY cannot target a table under row-level security; it fills a private stage instead.
     await raw.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sf_match_stage "

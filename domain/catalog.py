@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from domain.io import Placement
+
 GARM_CATEGORIES: tuple[str, ...] = (
     "adult_explicit",
     "arms_ammunition",
@@ -24,7 +26,7 @@ GARM_CATEGORIES: tuple[str, ...] = (
     "misinformation",
 )
 AGE_BANDS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
-PLACEMENTS: tuple[str, ...] = ("pre_roll", "mid_roll", "post_roll")
+PLACEMENTS: tuple[str, ...] = tuple(p.value for p in Placement)
 
 
 class RiskLevel(StrEnum):

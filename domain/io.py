@@ -362,6 +362,20 @@ def makegoods_due(units: Sequence[UnitState], policy: UnderdeliveryPolicy) -> li
     return due
 
 
+def _line(u: UnitState, *, quantity: int, rate: Decimal, amount: Decimal, note: str) -> InvoiceLine:
+    return InvoiceLine(
+        ad_unit_id=u.id,
+        show_name=u.show_name,
+        placement=u.placement,
+        air_date=u.air_date,
+        pricing_model=u.pricing_model,
+        quantity=quantity,
+        rate_usd=rate,
+        amount_usd=amount,
+        note=note,
+    )
+
+
 def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[str, UnitStatus]]:
     """Bills every unit that aired, and returns each unit's final status.
 
@@ -382,15 +396,11 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
         if u.is_makegood:
             assert u.cpm_usd is not None
             lines.append(
-                InvoiceLine(
-                    ad_unit_id=u.id,
-                    show_name=u.show_name,
-                    placement=u.placement,
-                    air_date=u.air_date,
-                    pricing_model=u.pricing_model,
+                _line(
+                    u,
                     quantity=u.delivered_impressions,
-                    rate_usd=Decimal("0.00"),
-                    amount_usd=Decimal("0.00"),
+                    rate=Decimal("0.00"),
+                    amount=Decimal("0.00"),
                     note="make-good at no charge; impressions count toward the original unit",
                 )
             )
@@ -399,17 +409,7 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
         if u.pricing_model is PricingModel.FLAT:
             assert u.flat_usd is not None
             lines.append(
-                InvoiceLine(
-                    ad_unit_id=u.id,
-                    show_name=u.show_name,
-                    placement=u.placement,
-                    air_date=u.air_date,
-                    pricing_model=u.pricing_model,
-                    quantity=1,
-                    rate_usd=cents(u.flat_usd),
-                    amount_usd=cents(u.flat_usd),
-                    note="flat fee, aired",
-                )
+                _line(u, quantity=1, rate=cents(u.flat_usd), amount=cents(u.flat_usd), note="flat fee, aired")
             )
             statuses[u.id] = UnitStatus.DELIVERED
             continue
@@ -432,17 +432,7 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
         else:
             note = f"delivered {counted:,} of {goal:,}, prorated"
         lines.append(
-            InvoiceLine(
-                ad_unit_id=u.id,
-                show_name=u.show_name,
-                placement=u.placement,
-                air_date=u.air_date,
-                pricing_model=u.pricing_model,
-                quantity=billed,
-                rate_usd=cents(u.cpm_usd),
-                amount_usd=cpm_amount(u.cpm_usd, billed),
-                note=note,
-            )
+            _line(u, quantity=billed, rate=cents(u.cpm_usd), amount=cpm_amount(u.cpm_usd, billed), note=note)
         )
         statuses[u.id] = UnitStatus.MADE_GOOD if made_good else UnitStatus.DELIVERED
     return lines, statuses
