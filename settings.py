@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
 
     admin_token: str | None = None
     demo: bool = True
+
+    # Signs the web app's session cookies. Unset: derived from the admin token and the database URL,
+    # which every API process of one deployment shares. Set it explicitly in production.
+    session_secret: str | None = None
+    # How long a web sign-in lasts.
+    session_hours: float = 12.0
+    # Mark session cookies Secure (set true behind HTTPS).
+    session_cookie_secure: bool = False
 
     # Per-stage stall limits in days, e.g. SPONSORFLOW_STALL_DAYS='{"lead": 7}'.
     stall_days: dict[str, int] = Field(default_factory=dict)
@@ -120,6 +129,11 @@ class Settings(BaseSettings):
             f"{self.ui_base_url}/namespaces/{quote(self.temporal_namespace, safe='')}"
             f"/workflows/{quote(workflow_id, safe='')}"
         )
+
+    def session_key(self) -> bytes:
+        """The HMAC key of the web session cookies (same in every API process of a deployment)."""
+        material = self.session_secret or f"{self.admin_token or ''}|{self.database_url or ''}"
+        return hashlib.sha256(f"sponsorflow-session|{material}".encode()).digest()
 
     def admin_token_or_generate(self) -> str:
         """Returns the configured admin token, or a fresh random one for this stack."""

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode
 
+from api.web import session as web_session
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
 from settings import Settings
 
@@ -58,7 +59,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 _UNAUTHORIZED = HTTPException(
     status.HTTP_401_UNAUTHORIZED,
-    detail="missing or invalid API key (send Authorization: Bearer <key>)",
+    detail="missing or invalid API key (send Authorization: Bearer <key>, or sign in at /signin)",
     headers={"WWW-Authenticate": "Bearer"},
 )
 
@@ -95,21 +96,51 @@ def get_key_cache(request: Request) -> KeyCache:
     return cache
 
 
-async def get_tenant_id(
-    creds: Credentials, sm: SessionMakerDep, cache: Annotated[KeyCache, Depends(get_key_cache)]
-) -> uuid.UUID:
-    """Authenticates the bearer API key and returns its tenant; 401 otherwise."""
-    if creds is None or not creds.credentials:
-        raise _UNAUTHORIZED
-    key_hash = hash_key(creds.credentials)
+async def tenant_of_key_hash(sm: SessionMaker, cache: KeyCache, key_hash: str) -> uuid.UUID | None:
+    """The tenant of a stored key hash (cached for a few seconds), or None for an unknown/revoked key."""
     tenant = cache.get(key_hash)
     if tenant is not None:
         return tenant
     async with sm() as session:
         tenant = await tenant_for_key_hash(session, key_hash)
+    if tenant is not None:
+        cache.put(key_hash, tenant)
+    return tenant
+
+
+async def get_tenant_id(
+    request: Request,
+    creds: Credentials,
+    sm: SessionMakerDep,
+    cache: Annotated[KeyCache, Depends(get_key_cache)],
+    settings: SettingsDep,
+) -> uuid.UUID:
+    """Authenticates the bearer API key (or the web app's session cookie) and returns its tenant.
+
+    A bearer key is never ambient, so it needs no CSRF check. A session cookie is: an unsafe request
+    carried by it must also carry the session's CSRF token, and a browser-declared cross-site request
+    is refused (403) before anything runs.
+    """
+    if creds is not None and creds.credentials:
+        tenant = await tenant_of_key_hash(sm, cache, hash_key(creds.credentials))
+        if tenant is None:
+            raise _UNAUTHORIZED
+        return tenant
+    secret = settings.session_key()
+    session = web_session.verify(secret, request.cookies.get(web_session.COOKIE))
+    if session is None:
+        raise _UNAUTHORIZED
+    if request.method not in web_session.SAFE_METHODS:
+        if request.headers.get("sec-fetch-site") == "cross-site" or not web_session.csrf_ok(
+            secret, session, request.headers.get(web_session.CSRF_HEADER)
+        ):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}",
+            )
+    tenant = await tenant_of_key_hash(sm, cache, session.key_hash)
     if tenant is None:
         raise _UNAUTHORIZED
-    cache.put(key_hash, tenant)
     return tenant
 
 

@@ -7,7 +7,7 @@ import logging
 import secrets
 import uuid
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ from api.io_documents import DocumentUnit, IoDocument, render_pdf, render_xlsx
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.io import (
     IoRecord,
+    booked_per_day,
     claim_promo_code,
     load_io,
     lock_slots,
@@ -600,6 +601,59 @@ async def list_ios(
         for io, name, n, next_air in rows[:limit]
     ]
     return Page(items=items, next_cursor=newest_next_cursor([r[0] for r in rows], limit))
+
+
+class DayAvailability(BaseModel):
+    """One air date of a show: slots of the placement booked and still free."""
+
+    date: date
+    booked: int
+    free: int
+
+
+class Availability(BaseModel):
+    """Free-slot hints for booking: a show's placement over the coming days."""
+
+    show_id: str
+    placement: Placement
+    capacity: int
+    days: list[DayAvailability]
+
+
+@router.get("/availability", response_model=Availability, responses={404: {"description": "unknown show"}})
+async def availability(
+    db: TenantDbDep,
+    show_id: Annotated[str, Query(max_length=64)],
+    placement: Placement,
+    start: Annotated[date | None, Query(description="first day (default today, UTC)")] = None,
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+) -> Availability:
+    """Booked and free slots per day, so a booking form can hint at open air dates.
+
+    A hint, not a hold: the booking itself re-counts under the slot lock.
+    """
+    sid = parse_id(show_id, "show")
+    first = start or datetime.now(UTC).date()
+    last = first + timedelta(days=days - 1)
+    async with db.tx() as session:
+        show = await session.get(Show, sid)
+        if show is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"show {show_id!r} not found")
+        used = await booked_per_day(session, show_id=sid, placement=placement.value, first=first, last=last)
+    capacity = slot_capacity(show.slots, placement.value)
+    return Availability(
+        show_id=str(sid),
+        placement=placement,
+        capacity=capacity,
+        days=[
+            DayAvailability(
+                date=first + timedelta(days=i),
+                booked=used.get(first + timedelta(days=i), 0),
+                free=max(capacity - used.get(first + timedelta(days=i), 0), 0),
+            )
+            for i in range(days)
+        ],
+    )
 
 
 @router.get("/{io_id}", response_model=IoPublic, responses={404: {"description": "unknown IO"}})

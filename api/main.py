@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
-from api import catalog, deals, etl, events, health, io, matching, tenants
+from api import catalog, dashboard, deals, etl, events, health, io, matching, tenants
 from api.deps import KeyCache
+from api.web import pages
 from db.engine import make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
 
@@ -65,8 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"detail": "the database rejected or dropped the request; retry"},
         )
 
-    for module in (health, tenants, catalog, deals, io, etl, matching, events):
+    for module in (health, tenants, catalog, deals, io, etl, matching, dashboard, events, pages):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
 
 

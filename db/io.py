@@ -94,6 +94,24 @@ async def next_free_day(
     return None
 
 
+async def booked_per_day(
+    session: AsyncSession, *, show_id: uuid.UUID, placement: str, first: date, last: date
+) -> dict[date, int]:
+    """Live (not cancelled) units of one show and placement per air date in [first, last]."""
+    rows = await session.execute(
+        select(AdUnit.air_date, func.count())
+        .where(
+            AdUnit.show_id == show_id,
+            AdUnit.placement == placement,
+            AdUnit.air_date >= first,
+            AdUnit.air_date <= last,
+            AdUnit.status != UnitStatus.CANCELLED.value,
+        )
+        .group_by(AdUnit.air_date)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
 async def claim_promo_code(
     session: AsyncSession, *, tenant_id: uuid.UUID | str, code: str, io_id: uuid.UUID
 ) -> bool:
