@@ -89,7 +89,9 @@ async def _seed(sm: SessionMaker, tenant: uuid.UUID) -> dict[str, Any]:
     ids["stalled"] = await _deal(
         sm, tenant, adv_id, "Forgotten lead", 3000, Stage.LEAD, created=NOW - timedelta(days=40)
     )
-    await _deal(sm, tenant, adv_id, "Big negotiation", 20000, Stage.NEGOTIATION, created=NOW - timedelta(days=1))
+    await _deal(
+        sm, tenant, adv_id, "Big negotiation", 20000, Stage.NEGOTIATION, created=NOW - timedelta(days=1)
+    )
     ids["won"] = await _deal(
         sm,
         tenant,
@@ -163,7 +165,7 @@ async def test_the_cards_add_up_from_the_tenants_rows(stack: Stack, tenant: NewT
     d = r.json()
 
     by_stage = {s["stage"]: s for s in d["pipeline"]}
-    assert [s["stage"] for s in d["pipeline"]] == ["lead", "qualified", "proposal", "negotiation", "won", "lost"]
+    assert list(by_stage) == ["lead", "qualified", "proposal", "negotiation", "won", "lost"]
     assert by_stage["lead"] == {"stage": "lead", "count": 2, "value_usd": 4000.0, "weighted_value_usd": 400.0}
     assert by_stage["qualified"]["count"] == 0 and by_stage["qualified"]["value_usd"] == 0.0
     assert by_stage["negotiation"]["weighted_value_usd"] == 15000.0
@@ -197,8 +199,10 @@ async def test_the_cards_add_up_from_the_tenants_rows(stack: Stack, tenant: NewT
 
     movement = d["stage_movement"]
     assert len(movement["weeks"]) == 12
-    assert date.fromisoformat(movement["weeks"][-1]) <= TODAY < date.fromisoformat(movement["weeks"][-1]) + (
-        timedelta(days=7)
+    assert (
+        date.fromisoformat(movement["weeks"][-1])
+        <= TODAY
+        < date.fromisoformat(movement["weeks"][-1]) + (timedelta(days=7))
     )
     assert set(movement["series"]) == set(by_stage)
     assert d["top_matches"] == []

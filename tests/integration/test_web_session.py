@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import uuid
@@ -46,7 +47,8 @@ async def _csrf(b: httpx.AsyncClient, path: str = "/") -> str:
 
 async def test_pages_without_a_session_redirect_to_sign_in(stack: Stack) -> None:
     async with _browser(stack) as b:
-        for path in ("/", "/board", "/deals/x", "/imports", "/ios", "/ios/new", "/ios/y", "/matches", "/events"):
+        pages = ("/", "/board", "/deals/x", "/imports", "/ios", "/ios/new", "/ios/y", "/matches", "/events")
+        for path in pages:
             r = await b.get(path)
             assert r.status_code == 303, path
             assert r.headers["location"].startswith("/signin?next="), path
@@ -59,7 +61,9 @@ async def test_pages_without_a_session_redirect_to_sign_in(stack: Stack) -> None
         assert (await b.get("/api/v1/deals")).status_code == 401
 
 
-async def test_sign_in_sets_an_httponly_cookie_and_the_api_accepts_it(stack: Stack, tenant: NewTenant) -> None:
+async def test_sign_in_sets_an_httponly_cookie_and_the_api_accepts_it(
+    stack: Stack, tenant: NewTenant
+) -> None:
     h = stack.auth(tenant)
     deal = await make_deal(stack.http, h, name="Cookie deal")
     async with _browser(stack) as b:
@@ -74,7 +78,9 @@ async def test_sign_in_sets_an_httponly_cookie_and_the_api_accepts_it(stack: Sta
         listed = await b.get("/api/v1/deals")
         assert listed.status_code == 200 and [d["id"] for d in listed.json()["items"]] == [deal["id"]]
         deal_page = await b.get(f"/deals/{deal['id']}")
-        params = json.loads(re.search(r'data-params="([^"]+)"', deal_page.text).group(1).replace("&quot;", '"'))
+        blob = re.search(r'data-params="([^"]+)"', deal_page.text)
+        assert blob
+        params = json.loads(html.unescape(blob.group(1)))
         assert params["deal_id"] == deal["id"]
         assert params["workflow_url"].endswith(f"/workflows/deal%2F{tenant.id}%2F{deal['id']}")
 
@@ -241,7 +247,9 @@ async def test_availability_counts_live_units_per_day(stack: Stack, tenant: NewT
     assert r.status_code == 404
     other = await stack.new_tenant("Other")
     r = await stack.http.get(
-        "/api/v1/io/availability", params={"show_id": show["id"], "placement": "mid_roll"}, headers=stack.auth(other)
+        "/api/v1/io/availability",
+        params={"show_id": show["id"], "placement": "mid_roll"},
+        headers=stack.auth(other),
     )
     assert r.status_code == 404
 
