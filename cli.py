@@ -209,6 +209,7 @@ def up(settings: Settings) -> int:
             demo_key = seed_demo(api_url, token, data_dir)
         print(
             "\nsponsorflow is up\n"
+            f"  Web app        {api_url}/  (sign in with an API key)\n"
             f"  API            {api_url}\n"
             f"  API docs       {api_url}/docs\n"
             f"  Temporal UI    {settings.ui_base_url}\n"

@@ -172,5 +172,4 @@ async def get_dashboard(
         stall_days=settings.stall_days,
         list_limit=limit,
     )
-    async with db.tx() as session:
-        return await dashboard(session, query)
+    return await dashboard(db.tx, query)

@@ -1,0 +1,323 @@
+"""The web app in a real headless Chromium (Debian's), driven by Playwright, against a real stack.
+
+The API (uvicorn on a free port) and the worker run in this process against the session's
+PostgreSQL and Temporal dev server. Screenshots of every page land in test-output/screenshots/
+(or $SPONSORFLOW_TEST_OUTPUT/screenshots) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from api.main import create_app
+from db.embedded import EmbeddedDatabase
+from db.engine import SessionMaker
+from db.tenants import NewTenant, create_tenant
+from tests.conftest import make_settings
+from tests.factories import ad_unit, make_advertiser, make_deal, make_show, move
+from worker import build_worker
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path(os.environ.get("SPONSORFLOW_TEST_OUTPUT", ROOT / "test-output")) / "screenshots"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = os.environ.get("SPONSORFLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail(
+            "Debian's chromium is needed for the browser tests: `apt-get install chromium` "
+            "(.ci/run does this), or point SPONSORFLOW_CHROMIUM at a Chromium binary"
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Live:
+    """A served stack and a Chromium to look at it."""
+
+    base: str
+    http: httpx.AsyncClient
+    browser: Browser
+    sm: SessionMaker
+
+    async def tenant(self, name: str) -> tuple[NewTenant, dict[str, str]]:
+        t = await create_tenant(sm=self.sm, name=f"{name} {uuid.uuid4().hex[:4]}")
+        return t, {"Authorization": f"Bearer {t.api_key}"}
+
+    async def signed_in(self, tenant: NewTenant, *, width: int = 1280, height: int = 900) -> Page:
+        context = await self.browser.new_context(
+            base_url=self.base, viewport={"width": width, "height": height}, accept_downloads=True
+        )
+        page = await context.new_page()
+        await page.goto("/")
+        await expect(page).to_have_url(f"{self.base}/signin?next=%2F")
+        await page.fill("#api_key", tenant.api_key)
+        await page.click("button[type=submit]")
+        await expect(page.locator("[data-testid=card-pipeline]")).to_be_visible()
+        return page
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+async def live(database: EmbeddedDatabase, client: Any, sm: SessionMaker) -> AsyncIterator[Live]:
+    executable = _chromium()
+    port = _free_port()
+    settings = make_settings(database, client, api_port=port, temporal_ui_url="http://127.0.0.1:8233")
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
+    )
+    async with build_worker(client, settings, sm):
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not serving.done(), "uvicorn did not start"
+            await asyncio.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with (
+                httpx.AsyncClient(base_url=base, timeout=30) as http,
+                async_playwright() as pw,
+            ):
+                browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+                try:
+                    yield Live(base=base, http=http, browser=browser, sm=sm)
+                finally:
+                    await browser.close()
+        finally:
+            server.should_exit = True
+            await serving
+
+
+async def _column_of(page: Page, deal_id: str) -> str | None:
+    card = page.locator(f"[data-testid=deal-card][data-deal-id='{deal_id}']")
+    await expect(card).to_have_count(1)
+    column = card.locator("xpath=ancestor::*[starts-with(@data-testid, 'column-')]")
+    testid = await column.first.get_attribute("data-testid")
+    return testid.removeprefix("column-") if testid else None
+
+
+async def test_the_board_moves_deals_and_shows_the_servers_refusals(live: Live) -> None:
+    tenant, h = await live.tenant("Board Network")
+    other, oh = await live.tenant("Rival Network")
+    advertiser = await make_advertiser(live.http, h, name="Acme Coffee")
+    show = await make_show(live.http, h, name="The Daily Grind")
+    mover = await make_deal(live.http, h, advertiser=advertiser, show=show, name="Acme spring flight")
+    stuck = await make_deal(live.http, h, advertiser=advertiser, show=show, name="Acme summer flight")
+    loser = await make_deal(live.http, h, advertiser=advertiser, show=show, name="Acme autumn flight")
+    secret = await make_deal(live.http, oh, name="Rival secret deal")
+
+    page = await live.signed_in(tenant)
+    await shot(page, "01-dashboard")
+    await page.goto("/board")
+    card = page.locator(f"[data-testid=deal-card][data-deal-id='{mover['id']}']")
+    await expect(card).to_be_visible()
+    await shot(page, "02-board")
+
+    # Drag to the next stage: persisted through the same update the API uses.
+    await card.drag_to(page.locator("[data-testid=column-qualified]"))
+    await expect(page.locator("[data-testid=column-qualified]").locator(f"[data-deal-id='{mover['id']}']")).to_be_visible()
+    await _eventually_stage(live, h, mover["id"], "qualified")
+    await page.reload()
+    assert await _column_of(page, mover["id"]) == "qualified"
+
+    # A forbidden move snaps back and shows the server's message.
+    await page.locator(f"[data-testid=deal-card][data-deal-id='{stuck['id']}']").drag_to(
+        page.locator("[data-testid=column-won]")
+    )
+    flash = page.locator("[data-testid=flash]")
+    await expect(flash).to_contain_text("cannot move a deal from lead to won")
+    assert await _column_of(page, stuck["id"]) == "lead"
+    await shot(page, "03-board-forbidden-move")
+    got = await live.http.get(f"/api/v1/deals/{stuck['id']}", headers=h)
+    assert got.json()["stage"] == "lead" and len(got.json()["history"]) == 1
+
+    # Lost asks for a reason, which becomes the deal's lost_reason.
+    await page.locator(f"[data-testid=deal-card][data-deal-id='{loser['id']}']").drag_to(
+        page.locator("[data-testid=column-lost]")
+    )
+    dialog = page.locator("[data-testid=lost-dialog]")
+    await expect(dialog).to_be_visible()
+    await dialog.locator("[name=reason]").fill("Budget moved to Q3")
+    await shot(page, "04-board-lost-reason")
+    await dialog.locator("[data-testid=lost-confirm]").click()
+    await _eventually_stage(live, h, loser["id"], "lost")
+    lost = (await live.http.get(f"/api/v1/deals/{loser['id']}", headers=h)).json()
+    assert lost["lost_reason"] == "Budget moved to Q3"
+
+    # The deal page: timeline, days in stage, the workflow link.
+    await page.goto(f"/deals/{mover['id']}")
+    await expect(page.locator("[data-testid=deal-stage]")).to_contain_text("qualified")
+    await expect(page.locator("[data-testid=history] li")).to_have_count(2)
+    await expect(page.locator("[data-testid=days-in-stage]")).to_contain_text("0")
+    href = await page.locator("[data-testid=workflow-link]").get_attribute("href")
+    assert href == f"http://127.0.0.1:8233/namespaces/default/workflows/deal%2F{tenant.id}%2F{mover['id']}"
+    await shot(page, "05-deal")
+
+    # Another tenant's deal never shows up, on any page.
+    for path in ("/", "/board", "/events"):
+        await page.goto(path)
+        await page.wait_for_load_state("networkidle")
+        assert secret["name"] not in await page.content(), path
+    await page.context.close()
+
+
+async def _eventually_stage(live: Live, h: dict[str, str], deal_id: str, stage: str) -> None:
+    for _ in range(100):
+        if (await live.http.get(f"/api/v1/deals/{deal_id}", headers=h)).json()["stage"] == stage:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"deal {deal_id} never reached {stage}")
+
+
+async def test_an_upload_shows_progress_to_completion_and_its_row_errors(live: Live, tmp_path: Path) -> None:
+    tenant, h = await live.tenant("Import Network")
+    csv = tmp_path / "shows.csv"
+    csv.write_text(
+        "external_id,name,avg_downloads,categories\n"
+        "s-1,Morning Brew,42000,news\n"
+        "s-2,Night Owls,lots,comedy\n"
+        "s-3,Deep Dive,18000,technology\n"
+    )
+    page = await live.signed_in(tenant)
+    await page.goto("/imports")
+    form = page.locator("[data-testid=upload-form]")
+    await form.locator("select[name=kind]").select_option("shows")
+    await form.locator("input[type=file]").set_input_files(str(csv))
+    await form.locator("button[type=submit], input[type=submit]").first.click()
+    status = page.locator("[data-testid=import-status]")
+    await expect(status).to_have_text("completed_with_errors", timeout=60_000)
+    assert await page.locator("[data-testid=import-progress]").evaluate("p => p.value") == 1
+    errors = page.locator("[data-testid=row-errors] tbody tr")
+    await expect(errors).to_have_count(1)
+    cells = [c.strip() for c in await errors.first.locator("td").all_inner_texts()]
+    assert cells[:3] == ["3", "avg_downloads", "lots"] and cells[3]
+    await expect(page.locator("[data-testid=import-counts]")).to_contain_text("2")
+    await expect(page.locator("[data-testid=import-history]")).to_contain_text("shows.csv")
+    await shot(page, "06-imports")
+    shows = (await live.http.get("/api/v1/shows", headers=h)).json()["items"]
+    assert sorted(s["name"] for s in shows) == ["Deep Dive", "Morning Brew"]
+    await page.context.close()
+
+
+async def test_an_io_its_document_and_a_match_rationale(live: Live) -> None:
+    tenant, h = await live.tenant("IO Network")
+    advertiser = await make_advertiser(
+        live.http,
+        h,
+        name="Acme Coffee",
+        target_geo=["US"],
+        target_categories=["news"],
+        brand_safety_tolerance="medium",
+    )
+    show = await make_show(
+        live.http, h, name="The Daily Grind", categories=["news"], geo={"US": 0.8, "GB": 0.2}, cpm_usd=25
+    )
+    deal = await make_deal(live.http, h, advertiser=advertiser, show=show, name="Acme winter flight")
+    for stage in ("qualified", "proposal", "won"):
+        assert (await move(live.http, h, deal["id"], stage)).status_code == 200
+    air = datetime.now(UTC).date() + timedelta(days=10)
+    r = await live.http.post(
+        "/api/v1/io",
+        json={"campaign_id": deal["id"], "ad_units": [ad_unit(show["id"], air)]},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    io = r.json()
+
+    page = await live.signed_in(tenant)
+    await page.goto("/ios")
+    row = page.locator("[data-testid=io-row]")
+    await expect(row).to_have_count(1)
+    await shot(page, "07-ios")
+    await row.locator(f"a[href='/ios/{io['id']}']").first.click()
+    await expect(page).to_have_url(f"{live.base}/ios/{io['id']}")
+    await expect(page.locator("[data-testid=io-units] tbody tr")).to_have_count(1)
+    await expect(page.locator("[data-testid=io-units]")).to_contain_text("The Daily Grind")
+    await expect(page.locator("[data-testid=io-invoice]")).to_be_visible()
+    await shot(page, "08-io")
+    pdf_href = await page.locator("[data-testid=doc-pdf]").get_attribute("href")
+    assert pdf_href == f"/api/v1/io/{io['id']}/document?format=pdf"
+    pdf = await page.request.get(pdf_href)  # the browser's own session cookie, no API key
+    assert pdf.status == 200 and (await pdf.body()).startswith(b"%PDF")
+    xlsx = await page.request.get(await page.locator("[data-testid=doc-xlsx]").get_attribute("href") or "")
+    assert xlsx.status == 200 and (await xlsx.body()).startswith(b"PK")
+
+    # The booking form hints at free slots for the chosen show.
+    await page.goto(f"/ios/new?deal={deal['id']}")
+    await expect(page.locator("[data-testid=slot-hints]").first).to_be_visible(timeout=15_000)
+    await shot(page, "09-io-new")
+
+    # Matches: the rationale the API ranks is the one the page reads out.
+    assert (await live.http.post("/api/match/recalculate", headers=h)).status_code == 202
+    ranked: list[dict[str, Any]] = []
+    for _ in range(150):
+        ranked = (
+            await live.http.get("/api/v1/matches", params={"advertiser_id": advertiser["id"]}, headers=h)
+        ).json()["items"]
+        if ranked:
+            break
+        await asyncio.sleep(0.2)
+    assert ranked, "the recalculation wrote no matches"
+    await page.goto(f"/matches?advertiser_id={advertiser['id']}")
+    first = page.locator("[data-testid=match-row]").first
+    await expect(first.locator("[data-testid=rationale]")).to_have_text(ranked[0]["rationale"])
+    await expect(first.locator("[data-testid=signal-bar]")).to_have_count(6)
+    await shot(page, "10-matches")
+    await page.context.close()
+
+
+async def test_the_event_feed_is_live_and_pages_fit_a_phone(live: Live) -> None:
+    tenant, h = await live.tenant("Phone Network")
+    deal = await make_deal(live.http, h, name="Pocket-size deal")
+    page = await live.signed_in(tenant, width=375, height=812)
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the dashboard overflows a phone by {overflow}px"
+    await shot(page, "11-dashboard-phone")
+    await page.goto("/events")
+    feed = page.locator("[data-testid=event-feed] li")
+    await expect(feed.first).to_contain_text("deal.created")
+    assert (await move(live.http, h, deal["id"], "qualified")).status_code == 200
+    await expect(feed.first).to_contain_text("deal.stage_changed", timeout=15_000)
+    await shot(page, "12-events-phone")
+    await page.goto("/board")
+    await expect(page.locator(f"[data-deal-id='{deal['id']}']")).to_be_visible()
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the board page overflows a phone by {overflow}px (columns should scroll inside)"
+    await shot(page, "13-board-phone")
+    await page.context.close()
