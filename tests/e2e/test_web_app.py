@@ -151,7 +151,8 @@ async def test_the_board_moves_deals_and_shows_the_servers_refusals(live: Live) 
 
     # Drag to the next stage: persisted through the same update the API uses.
     await card.drag_to(page.locator("[data-testid=column-qualified]"))
-    await expect(page.locator("[data-testid=column-qualified]").locator(f"[data-deal-id='{mover['id']}']")).to_be_visible()
+    qualified = page.locator("[data-testid=column-qualified]")
+    await expect(qualified.locator(f"[data-deal-id='{mover['id']}']")).to_be_visible()
     await _eventually_stage(live, h, mover["id"], "qualified")
     await page.reload()
     assert await _column_of(page, mover["id"]) == "qualified"
