@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from api import catalog, dashboard, deals, etl, events, health, io, matching, tenants
@@ -69,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, tenants, catalog, deals, io, etl, matching, dashboard, events, pages):
         app.include_router(module.router)
-    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
+    app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from api.deps import SessionMakerDep, SettingsDep, get_key_cache, hash_key, tenant_of_key_hash
@@ -62,6 +63,16 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """Static files the browser must revalidate (ETag, 304): the modules `app.js` imports carry no
+    version in their URL, so a deploy must never leave a stale one in a cache."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _asset_version() -> str:

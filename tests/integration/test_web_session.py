@@ -260,3 +260,4 @@ async def test_static_files_are_served_without_a_session(stack: Stack) -> None:
         js = await b.get("/static/app.js")
     assert css.status_code == 200 and "text/css" in css.headers["content-type"]
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert js.headers["cache-control"] == "no-cache" and js.headers["etag"]
