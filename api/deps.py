@@ -83,6 +83,10 @@ class KeyCache:
             return None
         return hit[0]
 
+    def forget(self, key_hash: str) -> None:
+        """Drops a key hash (after a revocation in this process)."""
+        self._entries.pop(key_hash, None)
+
     def put(self, key_hash: str, tenant: uuid.UUID) -> None:
         """Caches a verified key hash."""
         if len(self._entries) >= self._max:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from api import catalog, dashboard, deals, etl, events, health, io, matching, tenants
+from api import catalog, dashboard, deals, etl, events, health, io, keys, matching, tenants
 from api.deps import KeyCache
 from api.web import pages
 from db.engine import make_engine, make_sessionmaker
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"detail": "the database rejected or dropped the request; retry"},
         )
 
-    for module in (health, tenants, catalog, deals, io, etl, matching, dashboard, events, pages):
+    for module in (health, tenants, keys, catalog, deals, io, etl, matching, dashboard, events, pages):
         app.include_router(module.router)
     app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
