@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,11 +15,30 @@ from temporalio import activity
 
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from db.matching import Features, MatchRow, load_features, open_generation
+from db.matching import Features, MatchEncoder, load_features, open_generation, prune_generations
 from db.models import Event
 from domain import events
 from domain.matching import MatchRecalcResult, RecalculateInput
-from domain.scoring import SIGNALS, PairScore, ShowMatrix, rationale, score_batch, top_k
+from domain.scoring import SIGNALS, ShowMatrix, flight_windows, free_slots_in_window, score_batch, top_k
+
+
+@dataclass
+class RankedPairs:
+    """The pairs a ranking keeps, as parallel arrays: show and advertiser indices, score, signals."""
+
+    show_idx: npt.NDArray[np.int64]
+    adv_idx: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64]
+    signals: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.show_idx)
+
+    def take(self, index: npt.NDArray[np.intp]) -> RankedPairs:
+        """The pairs at these positions."""
+        return RankedPairs(
+            self.show_idx[index], self.adv_idx[index], self.scores[index], self.signals[:, index]
+        )
 
 
 class Ranker:
@@ -35,7 +55,8 @@ class Ranker:
         self._best: npt.NDArray[np.float64] = np.full((n_shows, 0), -np.inf)
         self._best_adv: npt.NDArray[np.int64] = np.zeros((n_shows, 0), dtype=np.int64)
         self._best_signals: npt.NDArray[np.float64] = np.zeros((len(SIGNALS), n_shows, 0))
-        self._pairs: dict[tuple[int, int], tuple[float, tuple[float, ...]]] = {}
+        # Best shows of each advertiser scored so far, one RankedPairs per chunk.
+        self._per_advertiser: list[RankedPairs] = []
         self.pairs_scored = 0
         self.pairs_excluded = 0
 
@@ -54,62 +75,78 @@ class Ranker:
         masked = np.where(result.excluded, -np.inf, result.scores)
         self.pairs_scored += masked.size
         self.pairs_excluded += int(result.excluded.sum())
-        # Per advertiser: its best shows.
+        # Per advertiser: its best shows (final once its chunk is scored).
         k = min(self.top_n, n_shows)
-        best_shows = top_k(masked, k, axis=0)
-        for j in range(len(advertisers)):
-            for i in best_shows[:, j]:
-                if masked[i, j] == -np.inf:
-                    continue
-                sig = tuple(float(x) for x in result.signals[:, i, j])
-                self._pairs[(int(i), start + j)] = (float(masked[i, j]), sig)
+        best_shows = top_k(masked, k, axis=0)  # (k, chunk)
+        cols = np.broadcast_to(np.arange(len(advertisers)), best_shows.shape)
+        best_scores = masked[best_shows, cols]
+        keep = best_scores != -np.inf
+        self._per_advertiser.append(
+            RankedPairs(
+                show_idx=best_shows[keep].astype(np.int64),
+                adv_idx=(start + cols[keep]).astype(np.int64),
+                scores=best_scores[keep],
+                signals=result.signals[:, best_shows[keep], cols[keep]],
+            )
+        )
         # Per show: fold this chunk's advertisers into its running best.
         scores = np.concatenate([self._best, masked], axis=1)
         advs = np.concatenate(
             [self._best_adv, np.broadcast_to(np.arange(start, end, dtype=np.int64), masked.shape)], axis=1
         )
         signals = np.concatenate([self._best_signals, result.signals], axis=2)
-        keep = top_k(scores, min(self.top_n, scores.shape[1]), axis=1)
-        self._best = np.take_along_axis(scores, keep, axis=1)
-        self._best_adv = np.take_along_axis(advs, keep, axis=1)
-        self._best_signals = np.take_along_axis(signals, keep[None, :, :], axis=2)
+        best = top_k(scores, min(self.top_n, scores.shape[1]), axis=1)
+        self._best = np.take_along_axis(scores, best, axis=1)
+        self._best_adv = np.take_along_axis(advs, best, axis=1)
+        self._best_signals = np.take_along_axis(signals, best[None, :, :], axis=2)
 
-    def pairs(self) -> list[tuple[int, int, float, tuple[float, ...]]]:
-        """The union of both rankings, each pair once: (show index, advertiser index, score, signals)."""
-        pairs = dict(self._pairs)
-        for i in range(self._best.shape[0]):
-            for col in range(self._best.shape[1]):
-                score = float(self._best[i, col])
-                if score == -np.inf:
-                    continue
-                j = int(self._best_adv[i, col])
-                if (i, j) not in pairs:
-                    pairs[(i, j)] = (score, tuple(float(x) for x in self._best_signals[:, i, col]))
-        return [(i, j, score, sig) for (i, j), (score, sig) in pairs.items()]
+    def pairs(self) -> RankedPairs:
+        """The union of both rankings, each pair once, best score first."""
+        keep = self._best != -np.inf
+        rows = np.broadcast_to(np.arange(self._best.shape[0])[:, None], self._best.shape)
+        parts = [
+            *self._per_advertiser,
+            RankedPairs(
+                show_idx=rows[keep].astype(np.int64),
+                adv_idx=self._best_adv[keep],
+                scores=self._best[keep],
+                signals=self._best_signals[:, keep],
+            ),
+        ]
+        union = RankedPairs(
+            show_idx=np.concatenate([p.show_idx for p in parts]),
+            adv_idx=np.concatenate([p.adv_idx for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            signals=np.concatenate([p.signals for p in parts], axis=1),
+        )
+        # A pair in both rankings was scored once: its two copies are equal, either will do.
+        key = union.show_idx * max(1, len(self.features.advertisers)) + union.adv_idx
+        _, first = np.unique(key, return_index=True)
+        # Best first, so the ranked index and the ids grow in order as the rows are inserted.
+        order = np.lexsort((union.adv_idx[first], union.show_idx[first], -union.scores[first]))
+        return union.take(first[order])
 
-    def rows(
-        self, pairs: list[tuple[int, int, float, tuple[float, ...]]], start: int, end: int
-    ) -> list[MatchRow]:
-        """Rows pairs[start:end] with their rationale: built in batches so they never all sit in memory."""
-        shows, advertisers = self.features.shows, self.features.advertisers
-        out = []
-        for i, j, score, sig in pairs[start:end]:
-            signals = dict(zip(SIGNALS, sig, strict=True))
-            pair = PairScore(score=score, signals=signals, excluded=None)
-            out.append(
-                MatchRow(
-                    advertiser_id=advertisers[j].id,
-                    show_id=shows[i].id,
-                    score=score,
-                    signals={k: round(v, 4) for k, v in signals.items()},
-                    rationale=rationale(shows[i], advertisers[j], pair, self.features.weights),
-                )
-            )
-        return out
+    def facts(self, pairs: RankedPairs) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """What the rationale needs per pair beyond the rows: free slots in the flight, past delivery."""
+        free = free_slots_in_window(
+            self.matrix, flight_windows(self.features.advertisers), pairs.show_idx, pairs.adv_idx
+        )
+        past = np.full(len(pairs), np.nan)
+        if self.features.past_delivery:
+            n_adv = max(1, len(self.features.advertisers))
+            known = {
+                self._show_index[s] * n_adv + self._adv_index[a]: share
+                for (s, a), share in self.features.past_delivery.items()
+                if s in self._show_index and a in self._adv_index
+            }
+            key = pairs.show_idx * n_adv + pairs.adv_idx
+            for k in np.flatnonzero(np.isin(key, np.fromiter(known, dtype=np.int64, count=len(known)))):
+                past[k] = known[int(key[k])]
+        return free, past
 
 
-# Rows (with their rationale) built and copied per batch: memory stays flat whatever the tenant size.
-_WRITE_BATCH = 20_000
+# Rows encoded and copied per batch: memory stays flat whatever the tenant size.
+_WRITE_BATCH = 100_000
 
 
 class MatchActivities:
@@ -128,21 +165,43 @@ class MatchActivities:
         if done is not None:
             return MatchRecalcResult.model_validate(done)
         started = time.monotonic()
+        today = datetime.now(UTC).date()
         async with tenant_tx(self._sm, tid) as session:
-            features = await load_features(session, tid, datetime.now(UTC).date())
-        ranker = await asyncio.to_thread(Ranker, features, inp.top_n)
-        total = len(features.advertisers)
-        for start in range(0, total, inp.chunk_advertisers):
-            end = min(total, start + inp.chunk_advertisers)
-            await asyncio.to_thread(ranker.add_chunk, start, end)
-            activity.heartbeat({"advertisers_scored": end, "of": total})
-        pairs = await asyncio.to_thread(ranker.pairs)
+            features = await load_features(session, tid, today)
+        # The database drops rankings no reader needs any more while this process scores.
+        pruning = asyncio.create_task(self._prune(tid))
+        try:
+            ranker = await asyncio.to_thread(Ranker, features, inp.top_n)
+            total = len(features.advertisers)
+            for start in range(0, total, inp.chunk_advertisers):
+                end = min(total, start + inp.chunk_advertisers)
+                await asyncio.to_thread(ranker.add_chunk, start, end)
+                activity.heartbeat({"advertisers_scored": end, "of": total})
+            pairs = await asyncio.to_thread(ranker.pairs)
+        finally:
+            await pruning
+        encoder = MatchEncoder(features, today)
+
+        def encode(lo: int) -> bytes:
+            batch = pairs.take(np.arange(lo, min(lo + _WRITE_BATCH, len(pairs))))
+            free, past = ranker.facts(batch)
+            return encoder.encode(batch.show_idx, batch.adv_idx, batch.scores, batch.signals, free, past)
+
         async with tenant_tx(self._sm, tid) as session:
             stage = await open_generation(session, tid)
-            for start in range(0, len(pairs), _WRITE_BATCH):
-                rows = await asyncio.to_thread(ranker.rows, pairs, start, start + _WRITE_BATCH)
-                await stage.copy(rows)
-                activity.heartbeat({"written": start + len(rows), "of": len(pairs)})
+            starts = range(0, len(pairs), _WRITE_BATCH)
+            # The next batch is encoded (NumPy, in a thread) while the database copies this one.
+            pending = asyncio.create_task(asyncio.to_thread(encode, 0)) if starts else None
+            for n, lo in enumerate(starts):
+                assert pending is not None
+                data = await pending
+                pending = (
+                    asyncio.create_task(asyncio.to_thread(encode, starts[n + 1]))
+                    if n + 1 < len(starts)
+                    else None
+                )
+                await stage.copy(data)
+                activity.heartbeat({"written": min(len(pairs), lo + _WRITE_BATCH), "of": len(pairs)})
             generation = await stage.swap()
             result = MatchRecalcResult(
                 generation=generation,
@@ -164,3 +223,8 @@ class MatchActivities:
                 idempotency_key=key,
             )
         return result
+
+    async def _prune(self, tid: uuid.UUID) -> None:
+        """Drops the generations older than the current one (the swap would drop them anyway)."""
+        async with tenant_tx(self._sm, tid) as session:
+            await prune_generations(session, tid)

@@ -8,13 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal_column, or_, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import aliased
 from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
-from db.matching import weights_of
+from db.matching import stored_rationale, weights_of
 from db.models import Advertiser, Match, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from workflows.matching import start_recalculation
@@ -23,6 +24,8 @@ log = logging.getLogger("sponsorflow.api.matching")
 
 _flag = [Depends(feature_flag("enable_matchmaking", "ENABLE_MATCHMAKING"))]
 router = APIRouter(tags=["matchmaking"], dependencies=_flag)
+# What a match's rationale is worded from (migration 0005; not mapped on db.models.Match).
+_FACTS = literal_column("matches.facts", JSONB)
 
 
 class RecalculationAccepted(BaseModel):
@@ -114,7 +117,7 @@ async def list_matches(
     after = decode_cursor(cursor, ("g", "s", "id"))
     adv, show = aliased(Advertiser), aliased(Show)
     stmt = (
-        select(Match, adv.name, show.name)
+        select(Match, _FACTS, adv, show)
         .join(adv, adv.id == Match.advertiser_id)
         .join(show, show.id == Match.show_id)
         .order_by(Match.score.desc(), Match.id)
@@ -142,15 +145,16 @@ async def list_matches(
     items = [
         MatchPublic(
             advertiser_id=str(m.advertiser_id),
-            advertiser_name=adv_name,
+            advertiser_name=a.name,
             show_id=str(m.show_id),
-            show_name=show_name,
+            show_name=s.name,
             score=float(m.score),
-            signals=Signals(**{k: float(m.signals.get(k, 0.0)) for k in SIGNALS}),
-            rationale=m.rationale,
+            signals=Signals(**{k: round(float(m.signals.get(k, 0.0)), 4) for k in SIGNALS}),
+            # Worded now, for this page only; rows from before migration 0005 carry their words.
+            rationale=stored_rationale(s, a, facts) if facts else m.rationale,
             generation=m.generation,
         )
-        for m, adv_name, show_name in rows[:limit]
+        for m, facts, a, s in rows[:limit]
     ]
     next_cursor = None
     if len(rows) > limit:

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.models import Advertiser, Match, Show, Tenant
 from domain.io import slot_capacity
-from domain.scoring import DEFAULT_WEIGHTS, HORIZON_DAYS, SIGNALS, AdvertiserFeatures, ShowFeatures
+from domain.scoring import (
+    DEFAULT_WEIGHTS,
+    HORIZON_DAYS,
+    SIGNALS,
+    AdvertiserFeatures,
+    ShowFeatures,
+    explain,
+)
 
 # Downloads are compared over two 28-day periods: recent against the one before.
 TREND_DAYS = 28
@@ -99,24 +110,9 @@ async def load_features(session: AsyncSession, tenant_id: uuid.UUID, today: date
         for day, n in booked.get(s.id, {}).items():
             free[day] = max(0, cap - n)
         recent, prior = _trend(trend.get(s.id))
-        shows.append(
-            ShowFeatures(
-                id=str(s.id),
-                name=s.name,
-                geo=dict(s.geo),
-                age=dict(s.age),
-                female_share=float(s.female_share) if s.female_share is not None else None,
-                categories=tuple(s.categories),
-                brand_safety=dict(s.brand_safety),
-                cpm_usd=float(s.cpm_usd) if s.cpm_usd is not None else None,
-                avg_downloads=s.avg_downloads,
-                recent_downloads=recent,
-                prior_downloads=prior,
-                free_mid_slots=tuple(free),
-            )
-        )
+        shows.append(show_features(s, recent, prior, tuple(free)))
     advertisers = [
-        _advertiser(a, today)
+        advertiser_features(a, today)
         for a in (await session.scalars(select(Advertiser).order_by(Advertiser.id))).all()
     ]
     return Features(shows=shows, advertisers=advertisers, past_delivery=past, weights=weights_of(settings))
@@ -137,7 +133,28 @@ def _f(v: Any) -> float | None:
     return float(v) if v is not None else None
 
 
-def _advertiser(a: Advertiser, today: date) -> AdvertiserFeatures:
+def show_features(
+    s: Show, recent: float | None, prior: float | None, free_mid_slots: tuple[int, ...]
+) -> ShowFeatures:
+    """A show row as scoring sees it, with its download trend and free mid-roll slots."""
+    return ShowFeatures(
+        id=str(s.id),
+        name=s.name,
+        geo=dict(s.geo),
+        age=dict(s.age),
+        female_share=float(s.female_share) if s.female_share is not None else None,
+        categories=tuple(s.categories),
+        brand_safety=dict(s.brand_safety),
+        cpm_usd=float(s.cpm_usd) if s.cpm_usd is not None else None,
+        avg_downloads=s.avg_downloads,
+        recent_downloads=recent,
+        prior_downloads=prior,
+        free_mid_slots=free_mid_slots,
+    )
+
+
+def advertiser_features(a: Advertiser, today: date) -> AdvertiserFeatures:
+    """An advertiser row as scoring sees it; its flight window counts in days from `today`."""
     start = max(0, (a.flight_start - today).days) if a.flight_start else 0
     if a.flight_end is not None:
         end = (a.flight_end - today).days + 1
@@ -160,15 +177,151 @@ def _advertiser(a: Advertiser, today: date) -> AdvertiserFeatures:
     )
 
 
-@dataclass(frozen=True)
-class MatchRow:
-    """One ranked pair to write."""
+def stored_rationale(show: Show, advertiser: Advertiser, facts: Mapping[str, Any]) -> str:
+    """The rationale of a stored match, worded now from the facts its recalculation kept.
 
-    advertiser_id: str
-    show_id: str
-    score: float
-    signals: dict[str, float]
-    rationale: str
+    `facts` (written by MatchEncoder) holds the recalculation's date `t` and weights `w`, the
+    show's download totals `r` (recent) and `p` (prior), the free mid-roll slots `f` in the
+    advertiser's flight window and the past delivery share `d`; the show and the advertiser are
+    the rows the match joins.
+    """
+    today = date.fromisoformat(str(facts["t"]))
+    weights = dict(zip(SIGNALS, (float(w) for w in facts["w"]), strict=True))
+    sf = show_features(show, _f(facts.get("r")), _f(facts.get("p")), ())
+    return explain(
+        sf,
+        advertiser_features(advertiser, today),
+        weights,
+        free_slots=int(facts.get("f") or 0),
+        past_delivery=_f(facts.get("d")),
+    )
+
+
+_STAGE_COLUMNS = ["advertiser_id", "show_id", "score", "signals", "facts"]
+
+
+class MatchEncoder:
+    """Ranked pairs as COPY text, built column by column with NumPy (no Python object per row).
+
+    A line is `advertiser_id, show_id, score, signals, facts`, tab-separated. Every field has a
+    fixed width (JSON numbers padded with spaces), so a batch is one uint8 matrix. Scores and
+    signals are rounded exactly as Python's round() does (2 and 4 decimals).
+    """
+
+    def __init__(self, features: Features, today: date) -> None:
+        self._adv_ids = _fixed([a.id for a in features.advertisers])
+        self._show_ids = _fixed([s.id for s in features.shows])
+        self._recent = _fixed([_number(s.recent_downloads) for s in features.shows])
+        self._prior = _fixed([_number(s.prior_downloads) for s in features.shows])
+        weights = json.dumps([features.weights[k] for k in SIGNALS])
+        self._facts_head = f'{{"t":"{today.isoformat()}","w":{weights},"r":'
+
+    def encode(
+        self,
+        show_idx: npt.NDArray[np.int64],
+        adv_idx: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float64],
+        signals: npt.NDArray[np.float64],
+        free: npt.NDArray[np.int64],
+        past: npt.NDArray[np.float64],
+    ) -> bytes:
+        """COPY text of the pairs (show_idx[k], adv_idx[k]); signals is (len(SIGNALS), n); past NaN = none."""
+        n = len(show_idx)
+        if n == 0:
+            return b""
+        cents = _python_round(scores, 2)
+        if cents.min() < 0 or cents.max() > 10_000:
+            raise ValueError("scores must be within [0, 100]")
+        parts: list[npt.NDArray[np.uint8]] = [
+            self._adv_ids[adv_idx],
+            _const("\t", n),
+            self._show_ids[show_idx],
+            _const("\t", n),
+            _digits(cents // 100, 3),
+            _const(".", n),
+            _digits(cents % 100, 2),
+            _const("\t{", n),
+        ]
+        for k, name in enumerate(SIGNALS):
+            tenths = _python_round(signals[k], 4)
+            if tenths.min() < 0 or tenths.max() > 10_000:
+                raise ValueError(f"signal {name} must be within [0, 1]")
+            sep = "," if k else ""
+            parts += [
+                _const(f'{sep}"{name}":', n),
+                _digits(tenths // 10_000, 1),
+                _const(".", n),
+                _digits(tenths % 10_000, 4),
+            ]
+        delivered = np.full(n, b"null", dtype="S24")
+        for row in np.flatnonzero(~np.isnan(past)):
+            delivered[row] = _number(float(past[row])).encode()
+        parts += [
+            _const("}\t" + self._facts_head, n),
+            self._recent[show_idx],
+            _const(',"p":', n),
+            self._prior[show_idx],
+            _const(',"f":', n),
+            _spaced(free),
+            _const(',"d":', n),
+            _fixed_bytes(delivered),
+            _const("}\n", n),
+        ]
+        return np.concatenate(parts, axis=1).tobytes()
+
+
+def _number(v: float | None) -> str:
+    """A JSON number, or null for None and non-finite values."""
+    return repr(float(v)) if v is not None and math.isfinite(v) else "null"
+
+
+def _fixed(values: Sequence[str]) -> npt.NDArray[np.uint8]:
+    """(len(values), width) ASCII, each left-aligned and padded with spaces."""
+    width = max((len(v) for v in values), default=1)
+    return _fixed_bytes(np.array([v.encode().ljust(width) for v in values] or [b" "], dtype=f"S{width}"))
+
+
+def _fixed_bytes(values: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint8]:
+    width = values.dtype.itemsize
+    out = values.view(np.uint8).reshape(len(values), width).copy()
+    out[out == 0] = ord(" ")
+    return out
+
+
+def _const(text: str, n: int) -> npt.NDArray[np.uint8]:
+    return np.broadcast_to(np.frombuffer(text.encode(), dtype=np.uint8), (n, len(text)))
+
+
+def _digits(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
+    """Non-negative integers as zero-padded decimal ASCII of the given width."""
+    out = np.empty((len(values), width), dtype=np.uint8)
+    v = values.astype(np.int64, copy=True)
+    for col in range(width - 1, -1, -1):
+        out[:, col] = ord("0") + v % 10
+        v //= 10
+    return out
+
+
+def _spaced(values: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """Non-negative integers as decimal ASCII, right-aligned with spaces (a valid JSON number)."""
+    v = np.maximum(values.astype(np.int64), 0)
+    width = len(str(int(v.max()))) if len(v) else 1
+    out = _digits(v, width)
+    n_digits = np.ones(len(v), dtype=np.int64)
+    for p in range(1, width):
+        n_digits += v >= 10**p
+    out[np.arange(width)[None, :] < (width - n_digits)[:, None]] = ord(" ")
+    return out
+
+
+def _python_round(x: npt.NDArray[np.float64], ndigits: int) -> npt.NDArray[np.int64]:
+    """round(v, ndigits) * 10**ndigits for each v, as Python rounds (the exact binary value, ties to even)."""
+    scaled = x * 10.0**ndigits
+    out = np.rint(scaled)
+    # Far from a tie, the product's rounding error cannot change the nearest integer.
+    for k in np.flatnonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6):
+        out[k] = round(round(float(x[k]), ndigits) * 10**ndigits)
+    return out.astype(np.int64)
 
 
 class GenerationStage:
@@ -179,37 +332,32 @@ class GenerationStage:
         self._tenant_id = tenant_id
         self._raw = raw
 
-    async def copy(self, rows: list[MatchRow]) -> None:
-        """Adds rows to the stage (COPY: the fast path for hundreds of thousands of rows)."""
-        await self._raw.copy_records_to_table(
-            "sf_match_stage",
-            records=[
-                (
-                    uuid.UUID(r.advertiser_id),
-                    uuid.UUID(r.show_id),
-                    round(r.score, 2),
-                    json.dumps(r.signals),
-                    r.rationale,
-                )
-                for r in rows
-            ],
-            columns=["advertiser_id", "show_id", "score", "signals", "rationale"],
-        )
+    async def copy(self, data: bytes) -> None:
+        """Adds MatchEncoder lines to the stage (COPY: the fast path for hundreds of thousands of rows)."""
+        if not data:
+            return
+
+        async def source() -> AsyncIterator[bytes]:
+            yield data
+
+        await self._raw.copy_to_table("sf_match_rows", source=source(), columns=_STAGE_COLUMNS, format="text")
 
     async def swap(self) -> int:
         """Makes the staged rows the next generation and drops all but the previous one.
 
         Readers see the old ranking until the transaction commits, then the new one, never a
-        mix. The previous generation stays so a reader paging with a cursor can finish.
+        mix. The previous generation stays so a reader paging with a cursor can finish. The
+        rationale is worded when read (stored_rationale), so the row keeps its facts instead.
         """
         current = await self._session.scalar(select(func.max(Match.generation)))
         generation = int(current or 0) + 1
         await self._session.execute(
             text(
                 """
-                INSERT INTO matches (tenant_id, generation, advertiser_id, show_id, score, signals, rationale)
-                SELECT :tenant, :generation, advertiser_id, show_id, score, signals, rationale
-                FROM sf_match_stage
+                INSERT INTO matches
+                  (tenant_id, generation, advertiser_id, show_id, score, signals, facts, rationale)
+                SELECT :tenant, :generation, advertiser_id, show_id, score, signals, facts, ''
+                FROM sf_match_rows
                 """
             ),
             {"tenant": self._tenant_id, "generation": generation},
@@ -220,17 +368,34 @@ class GenerationStage:
         return generation
 
 
-async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
-    """Starts writing a new ranking in the session's transaction, one writer per tenant at a time."""
+async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Drops every generation older than the current one, under the writer lock.
+
+    A recalculation calls it before it scores: the swap keeps the generation it replaces and
+    drops the older ones, so doing it early drops nothing a reader could still be paging on,
+    and the database does it while the worker scores instead of inside the swap.
+    """
+    await _writer_lock(session, tenant_id)
+    await session.execute(
+        text("DELETE FROM matches WHERE generation < (SELECT max(generation) FROM matches)")
+    )
+
+
+async def _writer_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     # A scheduled and an on-demand run never interleave their writes.
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"match/{tenant_id}"}
     )
+
+
+async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
+    """Starts writing a new ranking in the session's transaction, one writer per tenant at a time."""
+    await _writer_lock(session, tenant_id)
     raw = await raw_connection(session)
     # COPY cannot target a table under row-level security; it fills a private stage instead.
     await raw.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS sf_match_stage "
-        "(advertiser_id uuid, show_id uuid, score numeric(6,2), signals jsonb, rationale text) "
+        "CREATE TEMP TABLE IF NOT EXISTS sf_match_rows "
+        "(advertiser_id uuid, show_id uuid, score numeric(6,2), signals jsonb, facts jsonb) "
         "ON COMMIT DELETE ROWS"
     )
     return GenerationStage(session, tenant_id, raw)

@@ -132,7 +132,13 @@ class Campaign(Base):
     __tablename__ = "campaigns"
     __table_args__ = (
         UniqueConstraint("tenant_id", "external_id"),
-        Index("ix_campaigns_tenant_stage", "tenant_id", "stage"),
+        Index(
+            "ix_campaigns_dashboard",
+            "tenant_id",
+            "stage",
+            "stage_changed_at",
+            postgresql_include=["value_usd", "probability", "created_at"],
+        ),
     )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
@@ -162,6 +168,14 @@ class DealStageHistory(Base):
     """One accepted stage move of a deal (from is null for the deal's creation)."""
 
     __tablename__ = "deal_stage_history"
+    __table_args__ = (
+        Index(
+            "ix_deal_stage_history_tenant_changed",
+            "tenant_id",
+            "changed_at",
+            postgresql_include=["from_stage", "to_stage"],
+        ),
+    )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(
@@ -230,6 +244,7 @@ class AdUnit(Base):
     __table_args__ = (
         Index("ix_ad_units_slot", "tenant_id", "show_id", "air_date", "placement"),
         Index("ix_ad_units_io", "io_id"),
+        Index("ix_ad_units_upcoming", "tenant_id", "air_date", postgresql_where=text("status = 'scheduled'")),
     )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
@@ -361,7 +376,9 @@ class Match(Base):
     )
     score: Mapped[float] = mapped_column(Numeric(6, 2), nullable=False)
     signals: Mapped[dict[str, float]] = mapped_column(JSONB, nullable=False)
-    rationale: Mapped[str] = mapped_column(Text, nullable=False)
+    # Worded at read time from `facts` (db.matching.stored_rationale); rows from before 0005 keep text.
+    rationale: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    facts: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
 
 

@@ -38,6 +38,7 @@ signals.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -511,6 +512,44 @@ def rationale(
     return "; ".join(parts)
 
 
+def explain(
+    show: ShowFeatures,
+    adv: AdvertiserFeatures,
+    weights: Mapping[str, float],
+    *,
+    free_slots: int,
+    past_delivery: float | None = None,
+) -> str:
+    """The rationale of a ranked pair rebuilt from the facts its ranking kept (see `rationale`).
+
+    A recalculation stores, per pair, what changes without the show or the advertiser changing:
+    the free mid-roll slots in the flight window, the past delivery share, the download trend (in
+    `show`) and the weights. The pair is scored again with the reference scorer and worded by
+    `rationale`, so the words are those of the ranking, built only for the pairs a reader asks for.
+    """
+    start, end = _window(adv)
+    slots = [0] * HORIZON_DAYS
+    if end > start:
+        slots[start] = max(0, int(free_slots))
+    show = dataclasses.replace(show, free_mid_slots=tuple(slots))
+    return rationale(show, adv, score_pair(show, adv, weights, past_delivery), weights)
+
+
+def flight_windows(advertisers: Sequence[AdvertiserFeatures]) -> Int64Array:
+    """(n_advertisers, 2): each advertiser's bookable window [start, end) in days from today."""
+    return np.array([_window(a) for a in advertisers], dtype=np.int64).reshape(len(advertisers), 2)
+
+
+def free_slots_in_window(
+    shows: ShowMatrix, windows: Int64Array, show_idx: npt.ArrayLike, adv_idx: npt.ArrayLike
+) -> Int64Array:
+    """Free mid-roll slots of show_idx[k] in the window of advertiser adv_idx[k] (0 if empty)."""
+    i = np.asarray(show_idx, dtype=np.intp)
+    w = windows[np.asarray(adv_idx, dtype=np.intp)]
+    free = shows.free_cum[i, w[:, 1]] - shows.free_cum[i, w[:, 0]]
+    return np.where(w[:, 1] > w[:, 0], free, 0)
+
+
 @dataclass
 class BatchResult:
     """Scores, signals and exclusion flags of every show against a chunk of advertisers."""
@@ -692,7 +731,7 @@ def score_batch(
     trend = shows.trend[:, None]
     lift = np.where(np.isnan(past), trend, 0.5 * trend + 0.5 * np.clip(past, 0.0, 1.0))
 
-    windows = np.array([_window(a) for a in advertisers], dtype=np.int64).reshape(m, 2)
+    windows = flight_windows(advertisers)
     start, end = windows[:, 0], windows[:, 1]
     free = shows.free_cum[:, end] - shows.free_cum[:, start]
     weeks = np.maximum(1, (end - start + 6) // 7)

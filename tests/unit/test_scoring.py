@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from datetime import date
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from db.matching import Features, MatchEncoder
 from domain.catalog import AGE_BANDS, GARM_CATEGORIES
 from domain.scoring import (
     DEFAULT_WEIGHTS,
@@ -20,6 +22,9 @@ from domain.scoring import (
     AdvertiserFeatures,
     ShowFeatures,
     ShowMatrix,
+    explain,
+    flight_windows,
+    free_slots_in_window,
     rationale,
     score_batch,
     score_pair,
@@ -121,6 +126,70 @@ def test_batch_agrees_with_the_reference(data: st.DataObject) -> None:
             if ref.excluded is not None:
                 assert ref.score == 0.0
             assert rationale(show, adv, ref, weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_explain_words_a_stored_pair_as_the_rationale_of_its_ranking(data: st.DataObject) -> None:
+    # What a recalculation keeps per pair (free slots in the flight, past delivery, trend,
+    # weights) is enough to word it later exactly as rationale() words the pair it scored.
+    show_list = [data.draw(shows(i)) for i in range(data.draw(st.integers(1, 6)))]
+    adv_list = [data.draw(advertisers(j)) for j in range(data.draw(st.integers(1, 4)))]
+    weights = data.draw(weights_st)
+    matrix = ShowMatrix.build(show_list)
+    windows = flight_windows(adv_list)
+    for i, show in enumerate(show_list):
+        for j, adv in enumerate(adv_list):
+            past = data.draw(st.none() | st.floats(-0.5, 1.5, allow_nan=False))
+            ref = score_pair(show, adv, weights, past)
+            free = int(free_slots_in_window(matrix, windows, [i], [j])[0])
+            kept = replace(show, free_mid_slots=())
+            assert explain(kept, adv, weights, free_slots=free, past_delivery=past) == rationale(
+                show, adv, ref, weights
+            )
+
+
+def test_match_encoder_writes_python_rounded_scores_and_signals_and_the_facts() -> None:
+    booked = replace(FINTECH, id="adv-1", budget_usd=800.0)
+    feats = Features(
+        shows=[ALIGNED, replace(BOOKED_UP, recent_downloads=None, prior_downloads=None)],
+        advertisers=[FINTECH, booked],
+        past_delivery={},
+        weights=dict(DEFAULT_WEIGHTS),
+    )
+    # Ties at the rounding digit go to even as in round(); 0.125 and 2.675 are not what they print.
+    scores = np.array([83.125, 2.675, 100.0, 0.0])
+    signals = np.tile(np.array([[0.00005], [0.12345], [1.0], [0.99995], [0.5], [1 / 3]]), (1, 4))
+    lines = (
+        MatchEncoder(feats, date(2026, 11, 24))
+        .encode(
+            np.array([0, 1, 0, 1]),
+            np.array([0, 0, 1, 1]),
+            scores,
+            signals,
+            np.array([3, 0, 12, 123]),
+            np.array([np.nan, 0.96, np.nan, np.nan]),
+        )
+        .decode()
+        .splitlines()
+    )
+    assert len(lines) == 4
+    for k, line in enumerate(lines):
+        adv_id, show_id, score, sig, facts = line.split("\t")
+        assert adv_id.strip() == feats.advertisers[[0, 0, 1, 1][k]].id
+        assert show_id.strip() == feats.shows[[0, 1, 0, 1][k]].id
+        assert float(score) == round(float(scores[k]), 2)
+        assert json.loads(sig) == {n: round(float(signals[m, k]), 4) for m, n in enumerate(SIGNALS)}
+        kept = json.loads(facts)
+        assert kept["t"] == "2026-11-24" and kept["w"] == [DEFAULT_WEIGHTS[n] for n in SIGNALS]
+        assert kept["f"] == [3, 0, 12, 123][k]
+        assert kept["d"] == [None, 0.96, None, None][k]
+    assert [json.loads(line.split("\t")[4])["r"] for line in lines] == [
+        ALIGNED.recent_downloads,
+        None,
+        ALIGNED.recent_downloads,
+        None,
+    ]
 
 
 @settings(max_examples=60, deadline=None)
