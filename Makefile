@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.stage_changes
 	$(BIN)/python -m bench.import_throughput
 	$(BIN)/python -m bench.match_recalc
+	$(BIN)/python -m bench.dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
