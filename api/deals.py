@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
     Client,
@@ -368,12 +369,31 @@ async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPu
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DealPublic)
 async def create_deal(
-    body: DealCreate, db: TenantDbDep, client: TemporalDep, settings: SettingsDep, request: Request
+    body: DealCreate,
+    db: TenantDbDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="a retried POST with the same key answers the deal it created, writing nothing",
+        ),
+    ] = None,
 ) -> DealPublic:
     """Creates a deal and starts its DealWorkflow."""
+    if idempotency_key and (existing := await _by_idempotency_key(db, idempotency_key)) is not None:
+        return await _load(db, str(existing), settings)
     try:
-        row = await _insert(body, db)
-    except IntegrityError:
+        row = await _insert(body, db, idempotency_key)
+    except IntegrityError as exc:
+        if idempotency_key and "uq_campaigns_idempotency" in str(exc.orig):
+            existing = await _by_idempotency_key(db, idempotency_key)  # a concurrent twin won
+            if existing is not None:
+                return await _load(db, str(existing), settings)
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"external_id {body.external_id!r} already exists in this tenant",
@@ -390,7 +410,15 @@ async def create_deal(
     return await _load(db, str(row.campaign.id), settings)
 
 
-async def _insert(body: DealCreate, db: TenantDbDep) -> DealRow:
+async def _by_idempotency_key(db: TenantDbDep, key: str) -> uuid.UUID | None:
+    async with db.tx() as session:
+        found: uuid.UUID | None = await session.scalar(
+            select(Campaign.id).where(Campaign.idempotency_key == key)
+        )
+    return found
+
+
+async def _insert(body: DealCreate, db: TenantDbDep, idempotency_key: str | None = None) -> DealRow:
     async with db.tx() as session:
         if await session.get(Advertiser, body.advertiser_id) is None:
             raise HTTPException(
@@ -427,6 +455,7 @@ async def _insert(body: DealCreate, db: TenantDbDep) -> DealRow:
             lost_reason=body.lost_reason,
             owner_email=body.owner_email,
             external_id=body.external_id,
+            idempotency_key=idempotency_key,
         )
         row = await get_deal(session=session, campaign_id=campaign.id)
         assert row is not None

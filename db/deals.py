@@ -40,12 +40,14 @@ async def insert_deal(
     lost_reason: str | None = None,
     owner_email: str | None = None,
     external_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Campaign:
     """Writes a new deal, its first history entry and deal.created in the caller's transaction."""
     campaign = Campaign(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
         external_id=external_id,
+        idempotency_key=idempotency_key,
         advertiser_id=advertiser_id,
         show_id=show_id,
         name=name,

@@ -139,6 +139,13 @@ class Campaign(Base):
             "stage_changed_at",
             postgresql_include=["value_usd", "probability", "created_at"],
         ),
+        Index(
+            "uq_campaigns_idempotency",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
     id: Mapped[uuid.UUID] = _pk()
     tenant_id: Mapped[uuid.UUID] = _tenant()
@@ -160,6 +167,8 @@ class Campaign(Base):
     owner_email: Mapped[str | None] = mapped_column(String(320))
     # The import that last wrote this row: re-imports count updates, in-file duplicates show.
     last_import_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The Idempotency-Key of the POST that created it: a retried POST answers this deal.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 

@@ -363,3 +363,39 @@ async def test_a_deal_closed_elsewhere_is_answered_from_its_row(stack: Stack) ->
     assert (await asyncio.wait_for(handle.result(), 30)).stage is Stage.WON  # no run lingers
     stored = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
     assert stored["stage"] == "won" and [x["to"] for x in stored["history"]] == ["lead", "proposal", "won"]
+
+
+async def test_a_retried_post_with_an_idempotency_key_creates_one_deal(stack: Stack) -> None:
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    advertiser = await make_advertiser(stack.http, h)
+    body = {"advertiser_id": advertiser["id"], "name": "Retried flight", "value_usd": 5000}
+    key = {**h, "Idempotency-Key": "crm-sync-4711"}
+    # A client retrying after a timeout, twice at once and once more later: one deal, one event.
+    first, twin = await asyncio.gather(
+        stack.http.post("/api/v1/deals", json=body, headers=key),
+        stack.http.post("/api/v1/deals", json=body, headers=key),
+    )
+    later = await stack.http.post("/api/v1/deals", json=body, headers=key)
+    assert {first.status_code, twin.status_code, later.status_code} == {201}
+    assert first.json()["id"] == twin.json()["id"] == later.json()["id"]
+    listed = (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]
+    assert [d["id"] for d in listed] == [first.json()["id"]]
+    async with tenant_tx(stack.sm, tenant.id) as s:
+        created = await s.scalar(select(func.count()).select_from(Event).where(Event.type == "deal.created"))
+    assert created == 1
+    # Another key is another deal; the same key in another tenant is that tenant's own.
+    other = await stack.http.post(
+        "/api/v1/deals", json=body, headers={**h, "Idempotency-Key": "crm-sync-4712"}
+    )
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    t2 = await stack.new_tenant()
+    adv2 = await make_advertiser(stack.http, stack.auth(t2))
+    r = await stack.http.post(
+        "/api/v1/deals",
+        json={**body, "advertiser_id": adv2["id"]},
+        headers={**stack.auth(t2), "Idempotency-Key": "crm-sync-4711"},
+    )
+    assert r.status_code == 201 and r.json()["id"] != first.json()["id"]
+    r = await stack.http.post("/api/v1/deals", json=body, headers={**h, "Idempotency-Key": "x" * 201})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
