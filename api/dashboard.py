@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import SettingsDep, TenantDbDep
+from api.etl import ImportSummary
+from api.events import EventPublic
 from db.dashboard import DashboardQuery, dashboard
 
 router = APIRouter(prefix="/api/v1/dashboard", tags=["dashboard"])
@@ -108,29 +110,6 @@ class TopMatch(BaseModel):
     score: float
 
 
-class ImportCard(BaseModel):
-    """A recent import."""
-
-    import_id: str
-    kind: str
-    filename: str
-    status: str
-    rows_processed: int
-    rows_failed: int
-    created_at: str
-
-
-class EventCard(BaseModel):
-    """A recent event."""
-
-    id: str
-    type: str
-    entity_type: str
-    entity_id: str
-    payload: dict[str, Any]
-    occurred_at: str
-
-
 class StageMovement(BaseModel):
     """Moves into each stage per ISO week (Mondays, UTC), oldest week first."""
 
@@ -150,8 +129,8 @@ class Dashboard(BaseModel):
     upcoming_air_dates: AirDates
     underdelivering: Underdelivering
     top_matches: list[TopMatch]
-    latest_imports: list[ImportCard]
-    latest_events: list[EventCard]
+    latest_imports: list[ImportSummary]
+    latest_events: list[EventPublic]
     stage_movement: StageMovement
 
 

@@ -112,6 +112,19 @@ async def tenant_of_key_hash(sm: SessionMaker, cache: KeyCache, key_hash: str) -
     return tenant
 
 
+def presented_key(
+    request: Request, creds: Credentials, settings: Settings
+) -> tuple[str, web_session.WebSession | None] | None:
+    """The stored form (SHA-256) of the key this request presents, and the web session it came in.
+
+    A bearer key wins (no session); otherwise the web app's signed session cookie names the key's hash.
+    """
+    if creds is not None and creds.credentials:
+        return hash_key(creds.credentials), None
+    session = web_session.verify(settings.session_key(), request.cookies.get(web_session.COOKIE))
+    return (session.key_hash, session) if session is not None else None
+
+
 async def get_tenant_id(
     request: Request,
     creds: Credentials,
@@ -125,24 +138,19 @@ async def get_tenant_id(
     carried by it must also carry the session's CSRF token, and a browser-declared cross-site request
     is refused (403) before anything runs.
     """
-    if creds is not None and creds.credentials:
-        tenant = await tenant_of_key_hash(sm, cache, hash_key(creds.credentials))
-        if tenant is None:
-            raise _UNAUTHORIZED
-        return tenant
-    secret = settings.session_key()
-    session = web_session.verify(secret, request.cookies.get(web_session.COOKIE))
-    if session is None:
+    presented = presented_key(request, creds, settings)
+    if presented is None:
         raise _UNAUTHORIZED
-    if request.method not in web_session.SAFE_METHODS:
+    key_hash, session = presented
+    if session is not None and request.method not in web_session.SAFE_METHODS:
         if request.headers.get("sec-fetch-site") == "cross-site" or not web_session.csrf_ok(
-            secret, session, request.headers.get(web_session.CSRF_HEADER)
+            settings.session_key(), session, request.headers.get(web_session.CSRF_HEADER)
         ):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 detail=f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}",
             )
-    tenant = await tenant_of_key_hash(sm, cache, session.key_hash)
+    tenant = await tenant_of_key_hash(sm, cache, key_hash)
     if tenant is None:
         raise _UNAUTHORIZED
     return tenant

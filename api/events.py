@@ -152,7 +152,7 @@ async def stream_events(
             elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
                 yield ": keepalive\n\n"
                 quiet_since = time.monotonic()
-            if not rows or len(rows) < 200:
+            if len(rows) < 200:  # caught up: wait for the next poll
                 await asyncio.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
 
     return StreamingResponse(

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from api.deps import Credentials, KeyCache, SettingsDep, TenantDbDep, get_key_cache, hash_key, parse_id
+from api.deps import Credentials, KeyCache, SettingsDep, TenantDbDep, get_key_cache, parse_id, presented_key
 from api.pagination import Page
-from api.web import session as web_session
 from db.models import ApiKey
 from db.tenants import new_api_key
 
@@ -43,10 +42,8 @@ class KeyCreated(KeyPublic):
 
 
 def _current_hash(request: Request, creds: Credentials, settings: SettingsDep) -> str | None:
-    if creds is not None and creds.credentials:
-        return hash_key(creds.credentials)
-    session = web_session.verify(settings.session_key(), request.cookies.get(web_session.COOKIE))
-    return session.key_hash if session else None
+    presented = presented_key(request, creds, settings)
+    return presented[0] if presented else None
 
 
 CurrentHash = Annotated[str | None, Depends(_current_hash)]

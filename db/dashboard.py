@@ -260,7 +260,7 @@ async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[
     rows = await _rows(
         session,
         """
-        SELECT id, kind, filename, status, rows_processed, rows_failed, created_at
+        SELECT id, kind, filename, status, rows_processed, rows_failed, created_at, finished_at
         FROM etl_imports WHERE tenant_id = :t ORDER BY created_at DESC, id LIMIT 5
         """,
         {"t": q.tenant_id},
@@ -273,7 +273,8 @@ async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[
             "status": r.status,
             "rows_processed": int(r.rows_processed),
             "rows_failed": int(r.rows_failed),
-            "created_at": r.created_at.isoformat(),
+            "created_at": r.created_at,
+            "finished_at": r.finished_at,
         }
         for r in rows
     ]
@@ -296,7 +297,7 @@ async def latest_events(session: AsyncSession, q: DashboardQuery) -> list[dict[s
             "entity_type": r.entity_type,
             "entity_id": r.entity_id,
             "payload": r.payload,
-            "occurred_at": r.occurred_at.isoformat(),
+            "occurred_at": r.occurred_at,
         }
         for r in rows
     ]

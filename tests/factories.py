@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
 from db.deals import insert_deal
 from db.engine import SessionMaker, tenant_tx
@@ -86,6 +87,34 @@ async def seed_deal(
             at=at or datetime.now(UTC),
         )
     return tenant.id, campaign
+
+
+async def add_deal(
+    sm: SessionMaker,
+    tenant_id: uuid.UUID,
+    advertiser_id: uuid.UUID,
+    name: str,
+    value_usd: int,
+    stage: Stage = Stage.LEAD,
+    *,
+    created: datetime | None = None,
+    changed: datetime | None = None,
+) -> uuid.UUID:
+    """A deal written straight into PostgreSQL (history, deal.created), optionally moved at `changed`."""
+    async with tenant_tx(sm, tenant_id) as s:
+        c = await insert_deal(
+            session=s,
+            tenant_id=tenant_id,
+            advertiser_id=advertiser_id,
+            show_id=None,
+            name=name,
+            value_usd=Decimal(value_usd),
+            stage=stage,
+            at=created or datetime.now(UTC),
+        )
+        if changed is not None:
+            await s.execute(update(Campaign).where(Campaign.id == c.id).values(stage_changed_at=changed))
+    return c.id
 
 
 def deal_input(tenant_id: uuid.UUID, c: Campaign, **overrides: Any) -> DealWorkflowInput:

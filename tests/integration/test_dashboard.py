@@ -7,44 +7,15 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import update
-
-from db.deals import insert_deal
 from db.engine import SessionMaker, tenant_tx
-from db.models import AdUnit, Advertiser, Campaign, DealStageHistory, EtlImport, IoBooking, Show
+from db.models import AdUnit, Advertiser, DealStageHistory, EtlImport, IoBooking, Show
 from db.tenants import NewTenant
 from domain.stages import Stage
 from tests.conftest import Stack
+from tests.factories import add_deal
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
-
-
-async def _deal(
-    sm: SessionMaker,
-    tenant: uuid.UUID,
-    adv: uuid.UUID,
-    name: str,
-    value: int,
-    stage: Stage,
-    *,
-    created: datetime,
-    changed: datetime | None = None,
-) -> uuid.UUID:
-    async with tenant_tx(sm, tenant) as s:
-        c = await insert_deal(
-            session=s,
-            tenant_id=tenant,
-            advertiser_id=adv,
-            show_id=None,
-            name=name,
-            value_usd=Decimal(value),
-            stage=stage,
-            at=created,
-        )
-        if changed is not None:
-            await s.execute(update(Campaign).where(Campaign.id == c.id).values(stage_changed_at=changed))
-    return c.id
 
 
 async def _io(
@@ -85,53 +56,29 @@ async def _seed(sm: SessionMaker, tenant: uuid.UUID) -> dict[str, Any]:
         await s.flush()
         adv_id, show_id = adv.id, show.id
     ids: dict[str, Any] = {"advertiser": adv_id, "show": show_id}
-    await _deal(sm, tenant, adv_id, "Fresh lead", 1000, Stage.LEAD, created=NOW - timedelta(days=2))
-    ids["stalled"] = await _deal(
-        sm, tenant, adv_id, "Forgotten lead", 3000, Stage.LEAD, created=NOW - timedelta(days=40)
-    )
-    await _deal(
-        sm, tenant, adv_id, "Big negotiation", 20000, Stage.NEGOTIATION, created=NOW - timedelta(days=1)
-    )
-    ids["won"] = await _deal(
-        sm,
-        tenant,
-        adv_id,
-        "Spring flight",
-        10000,
-        Stage.WON,
-        created=NOW - timedelta(days=50),
-        changed=NOW - timedelta(days=20),
-    )
-    await _deal(
-        sm,
-        tenant,
-        adv_id,
-        "Summer flight",
-        5000,
-        Stage.WON,
-        created=NOW - timedelta(days=40),
-        changed=NOW - timedelta(days=30),
-    )
-    await _deal(
-        sm,
-        tenant,
-        adv_id,
-        "Lost pitch",
-        7000,
-        Stage.LOST,
-        created=NOW - timedelta(days=15),
-        changed=NOW - timedelta(days=5),
-    )
-    await _deal(  # closed long before the 90-day window
-        sm,
-        tenant,
-        adv_id,
-        "Old win",
-        9000,
-        Stage.WON,
-        created=NOW - timedelta(days=300),
-        changed=NOW - timedelta(days=200),
-    )
+    # name, value, stage, days since creation, days since the last move (None: created so)
+    deals = [
+        ("Fresh lead", 1000, Stage.LEAD, 2, None),
+        ("Forgotten lead", 3000, Stage.LEAD, 40, None),
+        ("Big negotiation", 20000, Stage.NEGOTIATION, 1, None),
+        ("Spring flight", 10000, Stage.WON, 50, 20),
+        ("Summer flight", 5000, Stage.WON, 40, 30),
+        ("Lost pitch", 7000, Stage.LOST, 15, 5),
+        ("Old win", 9000, Stage.WON, 300, 200),  # closed long before the 90-day window
+    ]
+    made = {}
+    for name, value, stage, created, changed in deals:
+        made[name] = await add_deal(
+            sm,
+            tenant,
+            adv_id,
+            name,
+            value,
+            stage,
+            created=NOW - timedelta(days=created),
+            changed=NOW - timedelta(days=changed) if changed is not None else None,
+        )
+    ids["stalled"], ids["won"] = made["Forgotten lead"], made["Spring flight"]
     aired = TODAY - timedelta(days=10)  # 11 of 30 measurement days gone: 3,666 of 10,000 expected
     ids["behind"] = await _io(
         sm,
@@ -212,28 +159,19 @@ async def test_moves_show_up_in_the_weekly_movement(stack: Stack, tenant: NewTen
     async with tenant_tx(stack.sm, tenant.id) as s:
         adv = Advertiser(tenant_id=tenant.id, name="Acme")
         s.add(adv)
-        await s.flush()
-        c = await insert_deal(
-            session=s,
-            tenant_id=tenant.id,
-            advertiser_id=adv.id,
-            show_id=None,
-            name="Mover",
-            value_usd=Decimal(100),
-            stage=Stage.LEAD,
-            at=NOW - timedelta(days=30),
-        )
+    deal = await add_deal(stack.sm, tenant.id, adv.id, "Mover", 100, created=NOW - timedelta(days=30))
+    async with tenant_tx(stack.sm, tenant.id) as s:
         for i, (frm, to, days_ago) in enumerate(
             [("lead", "qualified", 21), ("qualified", "proposal", 14), ("proposal", "negotiation", 0)]
         ):
             s.add(
                 DealStageHistory(
                     tenant_id=tenant.id,
-                    campaign_id=c.id,
+                    campaign_id=deal,
                     from_stage=frm,
                     to_stage=to,
                     changed_at=NOW - timedelta(days=days_ago),
-                    idempotency_key=f"test/{c.id}/{i}",
+                    idempotency_key=f"test/{deal}/{i}",
                 )
             )
     d = (await stack.http.get("/api/v1/dashboard", headers=stack.auth(tenant))).json()

@@ -16,13 +16,11 @@ import pytest
 from sqlalchemy import update
 
 from api.web import session as ws
-from db.deals import insert_deal
 from db.engine import SessionMaker, tenant_tx
 from db.models import AdUnit, Advertiser, ApiKey, Campaign, IoBooking
 from db.tenants import NewTenant
-from domain.stages import Stage
 from tests.conftest import Stack, start_stack
-from tests.factories import make_deal, make_show
+from tests.factories import add_deal, make_deal, make_show
 
 
 def _browser(stack: Stack) -> httpx.AsyncClient:
@@ -162,18 +160,8 @@ async def _seed_events(sm: SessionMaker, tenant: uuid.UUID, n: int) -> None:
     async with tenant_tx(sm, tenant) as s:
         adv = Advertiser(tenant_id=tenant, name="Acme")
         s.add(adv)
-        await s.flush()
-        for i in range(n):
-            await insert_deal(
-                session=s,
-                tenant_id=tenant,
-                advertiser_id=adv.id,
-                show_id=None,
-                name=f"Deal {i}",
-                value_usd=Decimal(100),
-                stage=Stage.LEAD,
-                at=datetime.now(UTC),
-            )
+    for i in range(n):
+        await add_deal(sm, tenant, adv.id, f"Deal {i}", 100)
 
 
 async def test_the_event_stream_sends_the_backlog_then_resumes_after_the_last_id(
