@@ -145,6 +145,19 @@ class Ranker:
         return free, past
 
 
+class _Phases:
+    """Seconds spent per phase of a recalculation, for its result and event."""
+
+    def __init__(self, started: float) -> None:
+        self._last = started
+        self.seconds: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
 # Rows encoded and copied per batch: memory stays flat whatever the tenant size.
 _WRITE_BATCH = 100_000
 
@@ -165,11 +178,13 @@ class MatchActivities:
         if done is not None:
             return MatchRecalcResult.model_validate(done)
         started = time.monotonic()
+        phases = _Phases(started)
         today = datetime.now(UTC).date()
         async with tenant_tx(self._sm, tid) as session:
             features = await load_features(session, tid, today)
+        phases.done("load")
         # The database drops rankings no reader needs any more while this process scores.
-        pruning = asyncio.create_task(self._prune(tid))
+        pruning = asyncio.create_task(self._prune(tid, None))
         try:
             ranker = await asyncio.to_thread(Ranker, features, inp.top_n)
             total = len(features.advertisers)
@@ -180,7 +195,8 @@ class MatchActivities:
             pairs = await asyncio.to_thread(ranker.pairs)
         finally:
             await pruning
-        encoder = MatchEncoder(features, today)
+        phases.done("score")
+        encoder = MatchEncoder(features)
 
         def encode(lo: int) -> bytes:
             batch = pairs.take(np.arange(lo, min(lo + _WRITE_BATCH, len(pairs))))
@@ -202,7 +218,14 @@ class MatchActivities:
                 )
                 await stage.copy(data)
                 activity.heartbeat({"written": min(len(pairs), lo + _WRITE_BATCH), "of": len(pairs)})
-            generation = await stage.swap()
+            phases.done("write")
+            generation = await stage.swap(
+                computed_on=today,
+                weights=features.weights,
+                trigger=inp.trigger,
+                pairs_scored=ranker.pairs_scored,
+            )
+            phases.done("swap")
             result = MatchRecalcResult(
                 generation=generation,
                 shows=len(features.shows),
@@ -211,6 +234,7 @@ class MatchActivities:
                 pairs_excluded=ranker.pairs_excluded,
                 matches_written=len(pairs),
                 duration_s=round(time.monotonic() - started, 3),
+                phases=phases.seconds,
             )
             await emit_event(
                 session=session,
@@ -222,9 +246,17 @@ class MatchActivities:
                 occurred_at=datetime.now(UTC),
                 idempotency_key=key,
             )
+        # Committed: the generation before the previous one has no reader left to wait for.
+        await self._prune(tid, generation - 1)
         return result
 
-    async def _prune(self, tid: uuid.UUID) -> None:
-        """Drops the generations older than the current one (the swap would drop them anyway)."""
-        async with tenant_tx(self._sm, tid) as session:
-            await prune_generations(session, tid)
+    async def _prune(self, tid: uuid.UUID, keep_from: int | None) -> None:
+        """Drops the tenant's ranking partitions older than keep_from (default: the current one).
+
+        Best effort: a failure here leaves an old partition for the next run, never fails this one.
+        """
+        try:
+            async with tenant_tx(self._sm, tid) as session:
+                await prune_generations(session, tid, keep_from)
+        except Exception:  # noqa: BLE001 - housekeeping; the ranking itself is committed
+            activity.logger.warning("dropping old ranking partitions failed", exc_info=True)

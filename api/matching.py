@@ -8,15 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, func, literal_column, or_, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import aliased
 from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.matching import stored_rationale, weights_of
-from db.models import Advertiser, Match, Show, Tenant
+from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from workflows.matching import start_recalculation
 
@@ -24,8 +23,6 @@ log = logging.getLogger("sponsorflow.api.matching")
 
 _flag = [Depends(feature_flag("enable_matchmaking", "ENABLE_MATCHMAKING"))]
 router = APIRouter(tags=["matchmaking"], dependencies=_flag)
-# What a match's rationale is worded from (migration 0005; not mapped on db.models.Match).
-_FACTS = literal_column("matches.facts", JSONB)
 
 
 class RecalculationAccepted(BaseModel):
@@ -115,31 +112,39 @@ async def list_matches(
 ) -> Page[MatchPublic]:
     """Ranked matches of the current ranking, best first."""
     after = decode_cursor(cursor, ("g", "s", "id"))
-    adv, show = aliased(Advertiser), aliased(Show)
-    stmt = (
-        select(Match, _FACTS, adv, show)
-        .join(adv, adv.id == Match.advertiser_id)
-        .join(show, show.id == Match.show_id)
-        .order_by(Match.score.desc(), Match.id)
-        .limit(limit + 1)
-    )
+    # The page is picked from the ranking alone (its partition's index, best first); only
+    # then are its rows joined to their shows, advertisers and generation. Row-level security
+    # scopes the rows; naming the tenant lets the planner skip other tenants' partitions.
+    page = select(Match).where(Match.tenant_id == db.tenant_id)
     if after is None:
         # One statement, one snapshot: the newest generation as of this read, never a mix.
-        stmt = stmt.where(Match.generation == select(func.max(Match.generation)).scalar_subquery())
+        page = page.where(Match.generation == select(func.max(MatchGeneration.generation)).scalar_subquery())
     else:
         try:
             g, s, last = int(after["g"]), float(after["s"]), int(after["id"])
         except (TypeError, ValueError):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
-        stmt = stmt.where(
+        page = page.where(
             Match.generation == g, or_(Match.score < s, and_(Match.score == s, Match.id > last))
         )
     if advertiser_id is not None:
-        stmt = stmt.where(Match.advertiser_id == advertiser_id)
+        page = page.where(Match.advertiser_id == advertiser_id)
     if show_id is not None:
-        stmt = stmt.where(Match.show_id == show_id)
+        page = page.where(Match.show_id == show_id)
     if min_score:
-        stmt = stmt.where(Match.score >= min_score)
+        page = page.where(Match.score >= min_score)
+    ranked = page.order_by(Match.score.desc(), Match.id).limit(limit + 1).subquery("ranked")
+    m_, adv, show = aliased(Match, ranked), aliased(Advertiser), aliased(Show)
+    stmt = (
+        select(m_, MatchGeneration.computed_on, MatchGeneration.weights, adv, show)
+        .join(
+            MatchGeneration,
+            and_(MatchGeneration.tenant_id == m_.tenant_id, MatchGeneration.generation == m_.generation),
+        )
+        .join(adv, adv.id == m_.advertiser_id)
+        .join(show, show.id == m_.show_id)
+        .order_by(m_.score.desc(), m_.id)
+    )
     async with db.tx() as session:
         rows = (await session.execute(stmt)).all()
     items = [
@@ -149,12 +154,12 @@ async def list_matches(
             show_id=str(m.show_id),
             show_name=s.name,
             score=float(m.score),
-            signals=Signals(**{k: round(float(m.signals.get(k, 0.0)), 4) for k in SIGNALS}),
-            # Worded now, for this page only; rows from before migration 0005 carry their words.
-            rationale=stored_rationale(s, a, facts) if facts else m.rationale,
+            signals=Signals(**{k: round(float(v), 4) for k, v in m.signals().items()}),
+            # Worded now, for this page only, from the facts the recalculation kept.
+            rationale=stored_rationale(s, a, m, computed_on, weights),
             generation=m.generation,
         )
-        for m, facts, a, s in rows[:limit]
+        for m, computed_on, weights, a, s in rows[:limit]
     ]
     next_cursor = None
     if len(rows) > limit:

@@ -96,16 +96,6 @@ SEED_SQL = [
     WHERE i.tenant_id = $1
     """,
     """
-    WITH a AS (SELECT id, row_number() OVER (ORDER BY name) AS n FROM advertisers WHERE tenant_id = $1),
-         s AS (SELECT id, row_number() OVER (ORDER BY name) AS n FROM shows WHERE tenant_id = $1)
-    INSERT INTO matches (tenant_id, generation, advertiser_id, show_id, score, signals, rationale)
-    SELECT $1, 1, a.id, s.id, round((((a.n * 31 + s.n * 17) % 1000) / 10.0)::numeric, 2),
-           '{"geo": 0.5, "demographic": 0.5, "topic": 0.5, "lift": 0.5, "inventory": 0.5,
-             "brand_safety": 1.0}'::jsonb,
-           'synthetic'
-    FROM a JOIN s ON (s.n + a.n) % 5 = 0 LIMIT 50000
-    """,
-    """
     INSERT INTO etl_imports (id, tenant_id, kind, filename, status, rows_processed, rows_failed, created_at)
     SELECT gen_random_uuid(), $1, 'shows', 'shows-' || g || '.csv', 'completed', 800, g % 3,
            now() - make_interval(days => g)
@@ -122,10 +112,44 @@ async def seed(stack: Stack, tenant_id: str, deals: int) -> float:
         for sql in SEED_SQL:
             args: list[Any] = [tenant_id] + ([deals] if "$2" in sql else [])
             await conn.execute(sql, *args)
+        await seed_matches(conn, tenant_id)
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
     return time.perf_counter() - started
+
+
+# A ranking of 50,000 matches, written the way a recalculation writes one: a partition of its
+# own (db.matching.GenerationStage), attached with its match_generations row.
+MATCHES_SQL = """
+    WITH a AS (SELECT id, row_number() OVER (ORDER BY name) AS n FROM advertisers WHERE tenant_id = $1),
+         s AS (SELECT id, row_number() OVER (ORDER BY name) AS n FROM shows WHERE tenant_id = $1)
+    INSERT INTO {table} (advertiser_id, show_id, score, geo, demographic, topic, lift, inventory,
+                         brand_safety, free_slots, rationale)
+    SELECT a.id, s.id, round((((a.n * 31 + s.n * 17) % 1000) / 10.0)::numeric, 2),
+           0.5, 0.5, 0.5, 0.5, 0.5, 1.0, NULL, 'synthetic'
+    FROM a JOIN s ON (s.n + a.n) % 5 = 0 LIMIT 50000
+"""
+
+
+async def seed_matches(conn: Any, tenant_id: str) -> None:
+    await conn.execute("SELECT set_config('app.tenant_id', $1::text, false)", tenant_id)
+    try:
+        async with conn.transaction():
+            generation = 1 + await conn.fetchval(
+                "SELECT coalesce(max(generation), 0) FROM match_generations WHERE tenant_id = $1", tenant_id
+            )
+            table = await conn.fetchval("SELECT sponsorflow_match_partition_open($1)", generation)
+            await conn.execute(MATCHES_SQL.format(table=table), tenant_id)
+            await conn.execute("SELECT sponsorflow_match_partition_attach($1)", generation)
+            await conn.execute(
+                "INSERT INTO match_generations (tenant_id, generation, computed_on, trigger, matches_written)"
+                " VALUES ($1, $2, current_date, 'synthetic', 50000)",
+                tenant_id,
+                generation,
+            )
+    finally:
+        await conn.execute("SELECT set_config('app.tenant_id', '', false)")
 
 
 def pct(values: list[float], p: float) -> float:

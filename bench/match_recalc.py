@@ -281,8 +281,15 @@ def product(
             return await c.get_workflow_handle(wid, run_id=run_id).result()
 
         result = asyncio.run(asyncio.wait_for(wait(), TIMEOUT_S))
+        completed = time.perf_counter()
         page = http.get("/api/v1/matches", params={"limit": 50}).json()
         elapsed = time.perf_counter() - started
+        print(
+            f"    workflow completed after {completed - started:.2f} s (activity {result['duration_s']:.2f} s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result.get("phases", {}).items())
+            + f"), first page read in {elapsed - (completed - started):.2f} s",
+            flush=True,
+        )
         if not page["items"] or page["items"][0]["generation"] != result["generation"]:
             raise RuntimeError("the matches were not readable after the recalculation")
         return elapsed, vm_hwm_mb(worker), result

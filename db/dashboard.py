@@ -234,12 +234,16 @@ async def top_matches(session: AsyncSession, q: DashboardQuery) -> list[dict[str
         session,
         """
         SELECT m.advertiser_id, a.name AS advertiser, m.show_id, s.name AS show, m.score
-        FROM matches m
+        FROM (
+          -- The best rows from the ranking's own index first, then their names.
+          SELECT advertiser_id, show_id, score, id FROM matches
+          WHERE tenant_id = :t
+            AND generation = (SELECT max(generation) FROM match_generations WHERE tenant_id = :t)
+          ORDER BY score DESC, id LIMIT :lim
+        ) m
         JOIN advertisers a ON a.id = m.advertiser_id
         JOIN shows s ON s.id = m.show_id
-        WHERE m.tenant_id = :t
-          AND m.generation = (SELECT max(generation) FROM matches WHERE tenant_id = :t)
-        ORDER BY m.score DESC, m.id LIMIT :lim
+        ORDER BY m.score DESC, m.id
         """,
         {"t": q.tenant_id, "lim": min(q.list_limit, 5)},
     )

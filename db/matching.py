@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -16,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
-from db.models import Advertiser, Match, Show, Tenant
+from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.io import slot_capacity
 from domain.scoring import (
     DEFAULT_WEIGHTS,
@@ -177,44 +176,61 @@ def advertiser_features(a: Advertiser, today: date) -> AdvertiserFeatures:
     )
 
 
-def stored_rationale(show: Show, advertiser: Advertiser, facts: Mapping[str, Any]) -> str:
+def stored_rationale(
+    show: Show, advertiser: Advertiser, match: Match, computed_on: date, weights: Mapping[str, float]
+) -> str:
     """The rationale of a stored match, worded now from the facts its recalculation kept.
 
-    `facts` (written by MatchEncoder) holds the recalculation's date `t` and weights `w`, the
-    show's download totals `r` (recent) and `p` (prior), the free mid-roll slots `f` in the
-    advertiser's flight window and the past delivery share `d`; the show and the advertiser are
-    the rows the match joins.
+    The match row keeps the show's download totals (recent and prior period), the free mid-roll
+    slots in the advertiser's flight window and the past delivery share; its generation keeps the
+    date it was computed on and the weights. The show and the advertiser are the rows the match
+    joins. A row from before migration 0005 (no facts) keeps the words it was written with.
     """
-    today = date.fromisoformat(str(facts["t"]))
-    weights = dict(zip(SIGNALS, (float(w) for w in facts["w"]), strict=True))
-    sf = show_features(show, _f(facts.get("r")), _f(facts.get("p")), ())
+    if match.free_slots is None:
+        return match.rationale
+    sf = show_features(show, match.recent_downloads, match.prior_downloads, ())
     return explain(
         sf,
-        advertiser_features(advertiser, today),
-        weights,
-        free_slots=int(facts.get("f") or 0),
-        past_delivery=_f(facts.get("d")),
+        advertiser_features(advertiser, computed_on),
+        weights_of({"match_weights": dict(weights)}),
+        free_slots=match.free_slots,
+        past_delivery=match.past_delivery,
     )
 
 
-_STAGE_COLUMNS = ["advertiser_id", "show_id", "score", "signals", "facts"]
+# The COPY column order of MatchEncoder's lines. Nullable fields come right before a numeric
+# one: the padding that gives every line the same width goes there, as leading spaces.
+STAGE_COLUMNS = [
+    "advertiser_id",
+    "show_id",
+    "recent_downloads",
+    "prior_downloads",
+    "score",
+    *SIGNALS,
+    "past_delivery",
+    "free_slots",
+]
 
 
 class MatchEncoder:
     """Ranked pairs as COPY text, built column by column with NumPy (no Python object per row).
 
-    A line is `advertiser_id, show_id, score, signals, facts`, tab-separated. Every field has a
-    fixed width (JSON numbers padded with spaces), so a batch is one uint8 matrix. Scores and
-    signals are rounded exactly as Python's round() does (2 and 4 decimals).
+    A line holds the STAGE_COLUMNS, tab-separated. Every line of a batch has the same width
+    (numbers padded with leading spaces, which PostgreSQL's number input skips), so a batch is
+    one uint8 matrix. Scores and signals are rounded exactly as Python's round() does (2 and 4
+    decimals); an unknown download total or past delivery is NULL.
     """
 
-    def __init__(self, features: Features, today: date) -> None:
-        self._adv_ids = _fixed([a.id for a in features.advertisers])
-        self._show_ids = _fixed([s.id for s in features.shows])
-        self._recent = _fixed([_number(s.recent_downloads) for s in features.shows])
-        self._prior = _fixed([_number(s.prior_downloads) for s in features.shows])
-        weights = json.dumps([features.weights[k] for k in SIGNALS])
-        self._facts_head = f'{{"t":"{today.isoformat()}","w":{weights},"r":'
+    def __init__(self, features: Features) -> None:
+        self._adv_ids = _fixed_ids([a.id for a in features.advertisers])
+        self._show_ids = _fixed_ids([s.id for s in features.shows])
+        # Per show: "<recent>\t<prior>\t", then the padding before the score.
+        self._downloads = _fixed(
+            [
+                f"{_copy_number(s.recent_downloads)}\t{_copy_number(s.prior_downloads)}\t"
+                for s in features.shows
+            ]
+        )
 
     def encode(
         self,
@@ -237,48 +253,44 @@ class MatchEncoder:
             _const("\t", n),
             self._show_ids[show_idx],
             _const("\t", n),
+            self._downloads[show_idx],
             _digits(cents // 100, 3),
             _const(".", n),
             _digits(cents % 100, 2),
-            _const("\t{", n),
         ]
         for k, name in enumerate(SIGNALS):
             tenths = _python_round(signals[k], 4)
             if tenths.min() < 0 or tenths.max() > 10_000:
                 raise ValueError(f"signal {name} must be within [0, 1]")
-            sep = "," if k else ""
             parts += [
-                _const(f'{sep}"{name}":', n),
+                _const("\t", n),
                 _digits(tenths // 10_000, 1),
                 _const(".", n),
                 _digits(tenths % 10_000, 4),
             ]
-        delivered = np.full(n, b"null", dtype="S24")
+        delivered = np.full(n, b"\\N\t", dtype="S26")
         for row in np.flatnonzero(~np.isnan(past)):
-            delivered[row] = _number(float(past[row])).encode()
-        parts += [
-            _const("}\t" + self._facts_head, n),
-            self._recent[show_idx],
-            _const(',"p":', n),
-            self._prior[show_idx],
-            _const(',"f":', n),
-            _spaced(free),
-            _const(',"d":', n),
-            _fixed_bytes(delivered),
-            _const("}\n", n),
-        ]
+            delivered[row] = f"{_copy_number(float(past[row]))}\t".encode()
+        parts += [_const("\t", n), _fixed_bytes(delivered), _spaced(free), _const("\n", n)]
         return np.concatenate(parts, axis=1).tobytes()
 
 
-def _number(v: float | None) -> str:
-    """A JSON number, or null for None and non-finite values."""
-    return repr(float(v)) if v is not None and math.isfinite(v) else "null"
+def _copy_number(v: float | None) -> str:
+    """A number as COPY text: NULL (\\N) for None and non-finite values."""
+    return repr(float(v)) if v is not None and math.isfinite(v) else "\\N"
 
 
 def _fixed(values: Sequence[str]) -> npt.NDArray[np.uint8]:
     """(len(values), width) ASCII, each left-aligned and padded with spaces."""
     width = max((len(v) for v in values), default=1)
     return _fixed_bytes(np.array([v.encode().ljust(width) for v in values] or [b" "], dtype=f"S{width}"))
+
+
+def _fixed_ids(ids: Sequence[str]) -> npt.NDArray[np.uint8]:
+    """Row ids (UUIDs) as a matrix; a UUID field takes no padding, so all must be one width."""
+    if len({len(i) for i in ids}) > 1:
+        raise ValueError("row ids of one kind must all have the same length (UUIDs)")
+    return _fixed(ids)
 
 
 def _fixed_bytes(values: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint8]:
@@ -303,7 +315,7 @@ def _digits(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
 
 
 def _spaced(values: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-    """Non-negative integers as decimal ASCII, right-aligned with spaces (a valid JSON number)."""
+    """Non-negative integers as decimal ASCII, right-aligned with leading spaces."""
     v = np.maximum(values.astype(np.int64), 0)
     width = len(str(int(v.max()))) if len(v) else 1
     out = _digits(v, width)
@@ -325,60 +337,84 @@ def _python_round(x: npt.NDArray[np.float64], ndigits: int) -> npt.NDArray[np.in
 
 
 class GenerationStage:
-    """A new ranking generation being written inside one transaction (see open_generation)."""
+    """A new ranking generation being written inside one transaction (see open_generation).
 
-    def __init__(self, session: AsyncSession, tenant_id: uuid.UUID, raw: Any) -> None:
+    Its rows go by COPY into a partition table nobody else can see yet; swap() indexes it once,
+    attaches it to `matches` and records the generation, all committed together.
+    """
+
+    def __init__(
+        self, session: AsyncSession, raw: Any, tenant_id: uuid.UUID, generation: int, table: str
+    ) -> None:
         self._session = session
-        self._tenant_id = tenant_id
         self._raw = raw
+        self._tenant_id = tenant_id
+        self.generation = generation
+        self.table = table
+        self.rows = 0
 
     async def copy(self, data: bytes) -> None:
-        """Adds MatchEncoder lines to the stage (COPY: the fast path for hundreds of thousands of rows)."""
+        """Adds MatchEncoder lines to the new generation (COPY into its partition table)."""
         if not data:
             return
 
         async def source() -> AsyncIterator[bytes]:
             yield data
 
-        await self._raw.copy_to_table("sf_match_rows", source=source(), columns=_STAGE_COLUMNS, format="text")
+        await self._raw.copy_to_table(self.table, source=source(), columns=STAGE_COLUMNS, format="text")
+        self.rows += data.count(b"\n")
 
-    async def swap(self) -> int:
-        """Makes the staged rows the next generation and drops all but the previous one.
+    async def swap(
+        self, *, computed_on: date, weights: Mapping[str, float], trigger: str, pairs_scored: int
+    ) -> int:
+        """Makes the copied rows the tenant's current ranking (when the transaction commits).
 
-        Readers see the old ranking until the transaction commits, then the new one, never a
-        mix. The previous generation stays so a reader paging with a cursor can finish. The
-        rationale is worded when read (stored_rationale), so the row keeps its facts instead.
+        Readers see the old ranking until the commit, then the new one, never a mix; the
+        previous generation stays so a reader paging with a cursor can finish (prune_generations
+        drops the older ones). A show or advertiser deleted meanwhile fails the attach, and the
+        recalculation is retried.
         """
-        current = await self._session.scalar(select(func.max(Match.generation)))
-        generation = int(current or 0) + 1
         await self._session.execute(
-            text(
-                """
-                INSERT INTO matches
-                  (tenant_id, generation, advertiser_id, show_id, score, signals, facts, rationale)
-                SELECT :tenant, :generation, advertiser_id, show_id, score, signals, facts, ''
-                FROM sf_match_rows
-                """
-            ),
-            {"tenant": self._tenant_id, "generation": generation},
+            text("SELECT sponsorflow_match_partition_attach(:g)"), {"g": self.generation}
         )
-        await self._session.execute(
-            text("DELETE FROM matches WHERE generation < :keep"), {"keep": generation - 1}
+        self._session.add(
+            MatchGeneration(
+                tenant_id=self._tenant_id,
+                generation=self.generation,
+                computed_on=computed_on,
+                weights=dict(weights),
+                trigger=trigger[:20],
+                pairs_scored=pairs_scored,
+                matches_written=self.rows,
+            )
         )
-        return generation
+        await self._session.flush()
+        return self.generation
 
 
-async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Drops every generation older than the current one, under the writer lock.
+async def current_generation(session: AsyncSession) -> int | None:
+    """The tenant's current ranking generation (the newest committed), or None before the first."""
+    value = await session.scalar(select(func.max(MatchGeneration.generation)))
+    return int(value) if value is not None else None
 
-    A recalculation calls it before it scores: the swap keeps the generation it replaces and
-    drops the older ones, so doing it early drops nothing a reader could still be paging on,
-    and the database does it while the worker scores instead of inside the swap.
+
+async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_from: int | None = None) -> int:
+    """Drops the tenant's ranking partitions older than `keep_from` (default: the current one).
+
+    A recalculation calls it before it scores (the swap will keep the generation it replaces,
+    so nothing a reader still pages on goes) and again after its swap committed, keeping the
+    current and the previous generation. A partition a reader holds at that moment is left for
+    a later run (the function waits at most 200 ms for it). Returns how many were dropped.
     """
     await _writer_lock(session, tenant_id)
-    await session.execute(
-        text("DELETE FROM matches WHERE generation < (SELECT max(generation) FROM matches)")
+    if keep_from is None:
+        keep_from = await current_generation(session)
+        if keep_from is None:
+            return 0
+    dropped = await session.scalar(
+        text("SELECT sponsorflow_match_partition_prune(:keep)"), {"keep": keep_from}
     )
+    return int(dropped or 0)
 
 
 async def _writer_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:
@@ -391,11 +427,7 @@ async def _writer_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:
 async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
     """Starts writing a new ranking in the session's transaction, one writer per tenant at a time."""
     await _writer_lock(session, tenant_id)
+    generation = (await current_generation(session) or 0) + 1
+    table = await session.scalar(text("SELECT sponsorflow_match_partition_open(:g)"), {"g": generation})
     raw = await raw_connection(session)
-    # COPY cannot target a table under row-level security; it fills a private stage instead.
-    await raw.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS sf_match_rows "
-        "(advertiser_id uuid, show_id uuid, score numeric(6,2), signals jsonb, facts jsonb) "
-        "ON COMMIT DELETE ROWS"
-    )
-    return GenerationStage(session, tenant_id, raw)
+    return GenerationStage(session, raw, tenant_id, generation, str(table))

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -367,15 +368,24 @@ class ShowDownload(Base):
 
 
 class Match(Base):
-    """A scored advertiser-show pair of the current ranking."""
+    """A scored advertiser-show pair of one ranking generation.
+
+    `matches` is partitioned by (tenant_id, generation), one partition per ranking, written and
+    attached by db.matching.GenerationStage (migration 0008). The database has no primary key
+    here (a partition's pairs are unique instead); `id` orders ties and is unique by sequence.
+    """
 
     __tablename__ = "matches"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "generation", "advertiser_id", "show_id"),
-        Index("ix_matches_ranked", "tenant_id", "generation", text("score DESC"), "id"),
+        Index("ix_matches_ranked", text("score DESC"), "id"),
+        Index("ix_matches_show", "show_id", text("score DESC"), "id"),
+        {"postgresql_partition_by": "RANGE (tenant_id, generation)"},
     )
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[uuid.UUID] = _tenant()
+    # The ORM's identity only: the table itself has no primary key constraint (see above).
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
     advertiser_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("advertisers.id", ondelete="CASCADE"), nullable=False
@@ -384,10 +394,53 @@ class Match(Base):
         UUID(as_uuid=True), ForeignKey("shows.id", ondelete="CASCADE"), nullable=False
     )
     score: Mapped[float] = mapped_column(Numeric(6, 2), nullable=False)
-    signals: Mapped[dict[str, float]] = mapped_column(JSONB, nullable=False)
-    # Worded at read time from `facts` (db.matching.stored_rationale); rows from before 0005 keep text.
+    # The six signals, each in [0, 1] (domain.scoring.SIGNALS).
+    geo: Mapped[float] = mapped_column(REAL, nullable=False)
+    demographic: Mapped[float] = mapped_column(REAL, nullable=False)
+    topic: Mapped[float] = mapped_column(REAL, nullable=False)
+    lift: Mapped[float] = mapped_column(REAL, nullable=False)
+    inventory: Mapped[float] = mapped_column(REAL, nullable=False)
+    brand_safety: Mapped[float] = mapped_column(REAL, nullable=False)
+    # What the rationale is worded from at read time (db.matching.stored_rationale), with the
+    # generation's date and weights; NULL free_slots marks a row from before migration 0005,
+    # which keeps its worded `rationale`.
+    free_slots: Mapped[int | None] = mapped_column(Integer)
+    past_delivery: Mapped[float | None] = mapped_column(Float)
+    recent_downloads: Mapped[float | None] = mapped_column(Float)
+    prior_downloads: Mapped[float | None] = mapped_column(Float)
     rationale: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
-    facts: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _created()
+
+    def signals(self) -> dict[str, float]:
+        """The six signals by name."""
+        return {
+            "geo": self.geo,
+            "demographic": self.demographic,
+            "topic": self.topic,
+            "lift": self.lift,
+            "inventory": self.inventory,
+            "brand_safety": self.brand_safety,
+        }
+
+
+class MatchGeneration(Base):
+    """One ranking of a tenant: when it was computed, with which weights, what it wrote.
+
+    Its row commits with its partition of `matches`: the newest row is the current ranking.
+    """
+
+    __tablename__ = "match_generations"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    computed_on: Mapped[date] = mapped_column(Date, nullable=False)
+    weights: Mapped[dict[str, float]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    trigger: Mapped[str] = mapped_column(String(20), nullable=False, server_default="")
+    pairs_scored: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    matches_written: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _created()
 
 
@@ -425,5 +478,6 @@ TENANT_TABLES: dict[str, str] = {
     "etl_row_errors": "tenant_id",
     "show_downloads": "tenant_id",
     "matches": "tenant_id",
+    "match_generations": "tenant_id",
     "events": "tenant_id",
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class MatchRecalcInput(BaseModel):
@@ -36,3 +36,5 @@ class MatchRecalcResult(BaseModel):
     pairs_excluded: int
     matches_written: int
     duration_s: float
+    # Seconds per phase (load, score, write, swap): where a slow recalculation spent its time.
+    phases: dict[str, float] = Field(default_factory=dict)

@@ -11,8 +11,6 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from db.models import TENANT_TABLES
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -490,6 +488,25 @@ def downgrade() -> None:
 
 # The policy reads the tenant of the current transaction; unset or empty means NULL, which
 # matches no row: a transaction that forgot SET LOCAL sees nothing, never everything.
+# The tenant tables this revision creates, frozen here: later revisions secure their own tables.
+TENANT_TABLES: dict[str, str] = {
+    "tenants": "id",
+    "api_keys": "tenant_id",
+    "shows": "tenant_id",
+    "advertisers": "tenant_id",
+    "campaigns": "tenant_id",
+    "deal_stage_history": "tenant_id",
+    "io_bookings": "tenant_id",
+    "ad_units": "tenant_id",
+    "promo_codes": "tenant_id",
+    "etl_imports": "tenant_id",
+    "etl_upload_chunks": "tenant_id",
+    "etl_row_errors": "tenant_id",
+    "show_downloads": "tenant_id",
+    "matches": "tenant_id",
+    "events": "tenant_id",
+}
+
 _TENANT_EXPR = "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
 
 

@@ -22,7 +22,7 @@ SNAPSHOT_SQL = {
                   WHERE schemaname = 'public' ORDER BY 1, 2""",
     "policies": "SELECT tablename, policyname, qual, with_check FROM pg_policies ORDER BY 1, 2",
     "rls": """SELECT relname, relrowsecurity FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1""",
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1""",
     "grants": """SELECT table_name, privilege_type FROM information_schema.role_table_grants
                  WHERE grantee = 'sponsorflow_app' ORDER BY 1, 2""",
     "version": "SELECT version_num FROM alembic_version",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+import uuid
 from dataclasses import replace
 from datetime import date
 from typing import Any
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from db.matching import Features, MatchEncoder
+from db.matching import STAGE_COLUMNS, Features, MatchEncoder
 from domain.catalog import AGE_BANDS, GARM_CATEGORIES
 from domain.scoring import (
     DEFAULT_WEIGHTS,
@@ -150,46 +150,49 @@ def test_explain_words_a_stored_pair_as_the_rationale_of_its_ranking(data: st.Da
 
 
 def test_match_encoder_writes_python_rounded_scores_and_signals_and_the_facts() -> None:
-    booked = replace(FINTECH, id="adv-1", budget_usd=800.0)
+    booked = replace(FINTECH, id=str(uuid.uuid4()), budget_usd=800.0)
     feats = Features(
-        shows=[ALIGNED, replace(BOOKED_UP, recent_downloads=None, prior_downloads=None)],
-        advertisers=[FINTECH, booked],
+        shows=[
+            replace(ALIGNED, id=str(uuid.uuid4())),
+            replace(BOOKED_UP, id=str(uuid.uuid4()), recent_downloads=None, prior_downloads=None),
+        ],
+        advertisers=[replace(FINTECH, id=str(uuid.uuid4())), booked],
         past_delivery={},
         weights=dict(DEFAULT_WEIGHTS),
     )
     # Ties at the rounding digit go to even as in round(); 0.125 and 2.675 are not what they print.
     scores = np.array([83.125, 2.675, 100.0, 0.0])
     signals = np.tile(np.array([[0.00005], [0.12345], [1.0], [0.99995], [0.5], [1 / 3]]), (1, 4))
-    lines = (
-        MatchEncoder(feats, date(2026, 11, 24))
-        .encode(
-            np.array([0, 1, 0, 1]),
-            np.array([0, 0, 1, 1]),
-            scores,
-            signals,
-            np.array([3, 0, 12, 123]),
-            np.array([np.nan, 0.96, np.nan, np.nan]),
-        )
-        .decode()
-        .splitlines()
+    data = MatchEncoder(feats).encode(
+        np.array([0, 1, 0, 1]),
+        np.array([0, 0, 1, 1]),
+        scores,
+        signals,
+        np.array([3, 0, 12, 123]),
+        np.array([np.nan, 0.96, np.nan, np.nan]),
     )
+    lines = data.decode().splitlines()
     assert len(lines) == 4
+    # One width for the whole batch: padding is leading spaces of a number, never inside a NULL.
+    assert len({len(line) for line in lines}) == 1
     for k, line in enumerate(lines):
-        adv_id, show_id, score, sig, facts = line.split("\t")
-        assert adv_id.strip() == feats.advertisers[[0, 0, 1, 1][k]].id
-        assert show_id.strip() == feats.shows[[0, 1, 0, 1][k]].id
-        assert float(score) == round(float(scores[k]), 2)
-        assert json.loads(sig) == {n: round(float(signals[m, k]), 4) for m, n in enumerate(SIGNALS)}
-        kept = json.loads(facts)
-        assert kept["t"] == "2026-11-24" and kept["w"] == [DEFAULT_WEIGHTS[n] for n in SIGNALS]
-        assert kept["f"] == [3, 0, 12, 123][k]
-        assert kept["d"] == [None, 0.96, None, None][k]
-    assert [json.loads(line.split("\t")[4])["r"] for line in lines] == [
-        ALIGNED.recent_downloads,
-        None,
-        ALIGNED.recent_downloads,
-        None,
-    ]
+        fields = line.split("\t")
+        assert len(fields) == len(STAGE_COLUMNS)
+        row = dict(zip(STAGE_COLUMNS, fields, strict=True))
+        assert all(v.strip() == v for v in (row["advertiser_id"], row["recent_downloads"]))
+        assert row["advertiser_id"] == feats.advertisers[[0, 0, 1, 1][k]].id
+        assert row["show_id"] == feats.shows[[0, 1, 0, 1][k]].id
+        assert float(row["score"]) == round(float(scores[k]), 2)
+        for m, name in enumerate(SIGNALS):
+            assert float(row[name]) == round(float(signals[m, k]), 4), name
+        assert int(row["free_slots"]) == [3, 0, 12, 123][k]
+        assert row["past_delivery"] == ["\\N", "0.96", "\\N", "\\N"][k]
+        show = feats.shows[[0, 1, 0, 1][k]]
+        for column, value in (
+            ("recent_downloads", show.recent_downloads),
+            ("prior_downloads", show.prior_downloads),
+        ):
+            assert row[column] == ("\\N" if value is None else repr(float(value))), column
 
 
 @settings(max_examples=60, deadline=None)
