@@ -284,10 +284,11 @@ def product(
         completed = time.perf_counter()
         page = http.get("/api/v1/matches", params={"limit": 50}).json()
         elapsed = time.perf_counter() - started
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in result.get("phases", {}).items())
         print(
-            f"    workflow completed after {completed - started:.2f} s (activity {result['duration_s']:.2f} s: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in result.get("phases", {}).items())
-            + f"), first page read in {elapsed - (completed - started):.2f} s",
+            f"    workflow completed after {completed - started:.2f} s "
+            f"(activity {result['duration_s']:.2f} s: {phases}), "
+            f"first page read in {elapsed - (completed - started):.2f} s",
             flush=True,
         )
         if not page["items"] or page["items"][0]["generation"] != result["generation"]:
