@@ -29,19 +29,21 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies are `async def` even when they only read app state: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hop per dependency per request (bench/stage_changes).
+async def get_settings_dep(request: Request) -> Settings:
     """Returns the settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_temporal(request: Request) -> Client:
+async def get_temporal(request: Request) -> Client:
     """Returns the process's one Temporal client, made in the lifespan."""
     client: Client = request.app.state.temporal
     return client
 
 
-def get_sessionmaker(request: Request) -> SessionMaker:
+async def get_sessionmaker(request: Request) -> SessionMaker:
     """Returns the process's session factory, made in the lifespan."""
     sm: SessionMaker = request.app.state.sessionmaker
     return sm
@@ -94,10 +96,15 @@ class KeyCache:
         self._entries[key_hash] = (tenant, time.monotonic() + self._ttl)
 
 
-def get_key_cache(request: Request) -> KeyCache:
-    """Returns the process's key cache."""
+def key_cache_of(request: Request) -> KeyCache:
+    """The process's key cache."""
     cache: KeyCache = request.app.state.key_cache
     return cache
+
+
+async def get_key_cache(request: Request) -> KeyCache:
+    """Returns the process's key cache (the dependency)."""
+    return key_cache_of(request)
 
 
 async def tenant_of_key_hash(sm: SessionMaker, cache: KeyCache, key_hash: str) -> uuid.UUID | None:
@@ -173,7 +180,7 @@ class TenantDb:
             yield session
 
 
-def get_tenant_db(tenant_id: TenantIdDep, sm: SessionMakerDep) -> TenantDb:
+async def get_tenant_db(tenant_id: TenantIdDep, sm: SessionMakerDep) -> TenantDb:
     """Returns the tenant-scoped database handle of this request."""
     return TenantDb(sm=sm, tenant_id=tenant_id)
 
@@ -195,7 +202,7 @@ async def require_admin(creds: Credentials, settings: SettingsDep) -> None:
 def feature_flag(attr: str, env_name: str) -> Callable[..., Any]:
     """Returns a dependency that answers 404 naming the flag while the feature is off."""
 
-    def check(settings: SettingsDep) -> None:
+    async def check(settings: SettingsDep) -> None:
         if not getattr(settings, attr):
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"this feature is disabled ({env_name}=false)"

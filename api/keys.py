@@ -41,7 +41,7 @@ class KeyCreated(KeyPublic):
     api_key: str
 
 
-def _current_hash(request: Request, creds: Credentials, settings: SettingsDep) -> str | None:
+async def _current_hash(request: Request, creds: Credentials, settings: SettingsDep) -> str | None:
     presented = presented_key(request, creds, settings)
     return presented[0] if presented else None
 

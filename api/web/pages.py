@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from api.deps import SessionMakerDep, SettingsDep, get_key_cache, hash_key, tenant_of_key_hash
+from api.deps import SessionMakerDep, SettingsDep, hash_key, key_cache_of, tenant_of_key_hash
 from api.web import session as web_session
 from db.engine import tenant_tx
 from db.models import Tenant
@@ -144,7 +144,7 @@ async def _page(
     session = web_session.verify(secret, request.cookies.get(web_session.COOKIE))
     if session is None:
         return _signin_redirect(request)
-    tenant_id = await tenant_of_key_hash(sm, get_key_cache(request), session.key_hash)
+    tenant_id = await tenant_of_key_hash(sm, key_cache_of(request), session.key_hash)
     if tenant_id is None:  # the key was revoked since sign-in
         response = _signin_redirect(request)
         response.delete_cookie(web_session.COOKIE, path="/")
@@ -209,7 +209,7 @@ async def signin(
     ):
         return _signin_page(settings, target, "The sign-in form expired; please try again.", 403)
     key_hash = hash_key(api_key.strip())
-    tenant_id = await tenant_of_key_hash(sm, get_key_cache(request), key_hash) if api_key.strip() else None
+    tenant_id = await tenant_of_key_hash(sm, key_cache_of(request), key_hash) if api_key.strip() else None
     if tenant_id is None:
         return _signin_page(settings, target, "That API key is not valid.", 401)
     cookie, _ = web_session.issue(settings.session_key(), key_hash, settings.session_hours * 3600)
