@@ -121,6 +121,22 @@ def upgrade() -> None:
     )
     op.execute(f"GRANT SELECT ON matches TO {role}")
 
+    # The tenant the calling transaction is scoped to; the functions below act on it alone.
+    op.execute(
+        f"""
+        CREATE FUNCTION sponsorflow_required_tenant() RETURNS uuid
+        LANGUAGE plpgsql STABLE AS $fn$
+        DECLARE
+          t uuid := {_TENANT_EXPR};
+        BEGIN
+          IF t IS NULL THEN
+            RAISE EXCEPTION 'no tenant is set for this transaction (app.tenant_id)';
+          END IF;
+          RETURN t;
+        END
+        $fn$
+        """
+    )
     op.execute(
         """
         CREATE FUNCTION sponsorflow_match_partition_name(p_tenant uuid, p_generation bigint)
@@ -138,12 +154,9 @@ def upgrade() -> None:
         CREATE FUNCTION sponsorflow_match_partition_open(p_generation bigint) RETURNS text
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
         DECLARE
-          t uuid := {_TENANT_EXPR};
+          t uuid := sponsorflow_required_tenant();
           part text;
         BEGIN
-          IF t IS NULL THEN
-            RAISE EXCEPTION 'no tenant is set for this transaction (app.tenant_id)';
-          END IF;
           IF p_generation IS NULL OR p_generation < 1 THEN
             RAISE EXCEPTION 'a ranking generation is a positive number, not %', p_generation;
           END IF;
@@ -165,13 +178,10 @@ def upgrade() -> None:
         CREATE FUNCTION sponsorflow_match_partition_attach(p_generation bigint) RETURNS void
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $fn$
         DECLARE
-          t uuid := {_TENANT_EXPR};
+          t uuid := sponsorflow_required_tenant();
           part text;
           rel regclass;
         BEGIN
-          IF t IS NULL THEN
-            RAISE EXCEPTION 'no tenant is set for this transaction (app.tenant_id)';
-          END IF;
           part := sponsorflow_match_partition_name(t, p_generation);
           rel := to_regclass(format('public.%I', part));
           IF rel IS NULL THEN
@@ -197,18 +207,15 @@ def upgrade() -> None:
         """
     )
     op.execute(
-        f"""
+        """
         CREATE FUNCTION sponsorflow_match_partition_prune(p_keep_from bigint) RETURNS integer
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = public SET lock_timeout = '200ms' AS $fn$
         DECLARE
-          t uuid := {_TENANT_EXPR};
+          t uuid := sponsorflow_required_tenant();
           prefix text;
           r record;
           dropped integer := 0;
         BEGIN
-          IF t IS NULL THEN
-            RAISE EXCEPTION 'no tenant is set for this transaction (app.tenant_id)';
-          END IF;
           prefix := 'matches_' || replace(t::text, '-', '') || '_';
           FOR r IN
             SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -342,6 +349,7 @@ def downgrade() -> None:
         "sponsorflow_match_partition_attach(bigint)",
         "sponsorflow_match_partition_prune(bigint)",
         "sponsorflow_match_partition_name(uuid, bigint)",
+        "sponsorflow_required_tenant()",
     ):
         op.execute(f"DROP FUNCTION IF EXISTS {fn}")
     op.execute("DROP TABLE match_generations")

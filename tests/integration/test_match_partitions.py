@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +25,12 @@ from db.matching import (
     prune_generations,
 )
 from db.models import MatchGeneration
-from domain.scoring import DEFAULT_WEIGHTS, SIGNALS, AdvertiserFeatures, ShowFeatures
+from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from tests.conftest import Stack
 from tests.factories import make_advertiser, make_show
 from tests.integration.test_matching import ALIGNED, FINTECH, MISALIGNED, _matches, _recalculate
+from tests.unit.test_scoring import FINTECH as FINTECH_FEATURES
+from tests.unit.test_scoring import show
 
 
 async def _partitions(owner_sm: SessionMaker, tenant_id: uuid.UUID) -> list[str]:
@@ -113,40 +116,12 @@ async def test_partition_functions_refuse_what_they_must(stack: Stack) -> None:
 
 
 def _features(show_ids: list[uuid.UUID], adv_ids: list[uuid.UUID]) -> Features:
-    shows = [
-        ShowFeatures(
-            id=str(i),
-            name="s",
-            geo={},
-            age={},
-            female_share=None,
-            categories=(),
-            brand_safety={},
-            cpm_usd=None,
-            avg_downloads=1,
-            recent_downloads=None,
-            prior_downloads=None,
-            free_mid_slots=(),
-        )
-        for i in show_ids
-    ]
-    advertisers = [
-        AdvertiserFeatures(
-            id=str(i),
-            name="a",
-            target_geo=(),
-            target_age=(),
-            target_categories=(),
-            target_gender=None,
-            tolerance="medium",
-            budget_usd=None,
-            flight_start_day=0,
-            flight_end_day=30,
-            flight_end_date=None,
-        )
-        for i in adv_ids
-    ]
-    return Features(shows=shows, advertisers=advertisers, past_delivery={}, weights=dict(DEFAULT_WEIGHTS))
+    return Features(
+        shows=[show(str(i), id=str(i)) for i in show_ids],
+        advertisers=[replace(FINTECH_FEATURES, id=str(i)) for i in adv_ids],
+        past_delivery={},
+        weights=dict(DEFAULT_WEIGHTS),
+    )
 
 
 async def _write(sm: SessionMaker, tenant_id: uuid.UUID, show_ids: list[uuid.UUID], adv_id: uuid.UUID) -> int:
