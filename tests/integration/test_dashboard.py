@@ -12,7 +12,8 @@ from db.models import AdUnit, Advertiser, DealStageHistory, EtlImport, IoBooking
 from db.tenants import NewTenant
 from domain.stages import Stage
 from tests.conftest import Stack
-from tests.factories import add_deal
+from tests.factories import add_deal, make_advertiser, make_show
+from tests.integration.test_matching import _matches, _recalculate
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -210,3 +211,27 @@ async def test_stall_limits_follow_the_configured_days(stack: Stack, tenant: New
     d = (await stack.http.get("/api/v1/dashboard", headers=stack.auth(tenant))).json()
     assert d["stalled"]["count"] == 2  # the two-day-old lead is now past a one-day limit
     assert {i["stall_limit_days"] for i in d["stalled"]["items"]} == {1}
+
+
+async def test_top_matches_are_the_best_of_the_current_ranking(stack: Stack, tenant: NewTenant) -> None:
+    h = stack.auth(tenant)
+    for i in range(4):
+        await make_show(
+            stack.http,
+            h,
+            name=f"Show {i}",
+            avg_downloads=1000 + 500 * i,
+            categories=["Business"],
+            geo={"US": (i + 1) / 5},
+            age={"25-34": 0.5},
+        )
+    for i in range(2):
+        await make_advertiser(stack.http, h, name=f"Brand {i}", target_geo=["US"], target_age=["25-34"])
+    for _ in range(2):  # the dashboard reads the newest generation, not an older one
+        await _recalculate(stack, h)
+    ranked = await _matches(stack, h, limit=5)
+    d = (await stack.http.get("/api/v1/dashboard", headers=h)).json()
+    assert len(ranked) == 5
+    assert [(m["advertiser_name"], m["show_name"], m["score"]) for m in d["top_matches"]] == [
+        (m["advertiser_name"], m["show_name"], m["score"]) for m in ranked
+    ]
