@@ -224,6 +224,7 @@ class MatchActivities:
                 weights=features.weights,
                 trigger=inp.trigger,
                 pairs_scored=ranker.pairs_scored,
+                matches_written=len(pairs),
             )
             phases.done("swap")
             result = MatchRecalcResult(

@@ -154,7 +154,7 @@ async def list_matches(
             show_id=str(m.show_id),
             show_name=s.name,
             score=float(m.score),
-            signals=Signals(**{k: round(float(v), 4) for k, v in m.signals().items()}),
+            signals=Signals(**{k: round(float(getattr(m, k)), 4) for k in SIGNALS}),
             # Worded now, for this page only, from the facts the recalculation kept.
             rationale=stored_rationale(s, a, m, computed_on, weights),
             generation=m.generation,

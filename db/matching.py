@@ -351,7 +351,6 @@ class GenerationStage:
         self._tenant_id = tenant_id
         self.generation = generation
         self.table = table
-        self.rows = 0
 
     async def copy(self, data: bytes) -> None:
         """Adds MatchEncoder lines to the new generation (COPY into its partition table)."""
@@ -362,10 +361,15 @@ class GenerationStage:
             yield data
 
         await self._raw.copy_to_table(self.table, source=source(), columns=STAGE_COLUMNS, format="text")
-        self.rows += data.count(b"\n")
 
     async def swap(
-        self, *, computed_on: date, weights: Mapping[str, float], trigger: str, pairs_scored: int
+        self,
+        *,
+        computed_on: date,
+        weights: Mapping[str, float],
+        trigger: str,
+        pairs_scored: int,
+        matches_written: int,
     ) -> int:
         """Makes the copied rows the tenant's current ranking (when the transaction commits).
 
@@ -385,7 +389,7 @@ class GenerationStage:
                 weights=dict(weights),
                 trigger=trigger[:20],
                 pairs_scored=pairs_scored,
-                matches_written=self.rows,
+                matches_written=matches_written,
             )
         )
         await self._session.flush()

@@ -411,17 +411,6 @@ class Match(Base):
     rationale: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     created_at: Mapped[datetime] = _created()
 
-    def signals(self) -> dict[str, float]:
-        """The six signals by name."""
-        return {
-            "geo": self.geo,
-            "demographic": self.demographic,
-            "topic": self.topic,
-            "lift": self.lift,
-            "inventory": self.inventory,
-            "brand_safety": self.brand_safety,
-        }
-
 
 class MatchGeneration(Base):
     """One ranking of a tenant: when it was computed, with which weights, what it wrote.

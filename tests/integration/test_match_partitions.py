@@ -140,7 +140,11 @@ async def _write(sm: SessionMaker, tenant_id: uuid.UUID, show_ids: list[uuid.UUI
         stage = await open_generation(s, tenant_id)
         await stage.copy(data)
         return await stage.swap(
-            computed_on=datetime.now(UTC).date(), weights=DEFAULT_WEIGHTS, trigger="test", pairs_scored=n
+            computed_on=datetime.now(UTC).date(),
+            weights=DEFAULT_WEIGHTS,
+            trigger="test",
+            pairs_scored=n,
+            matches_written=n,
         )
 
 
