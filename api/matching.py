@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.orm import aliased
 from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
-from db.matching import stored_rationale, weights_of
+from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from workflows.matching import start_recalculation
@@ -116,37 +118,50 @@ async def list_matches(
     # then are its rows joined to their shows, advertisers and generation. Row-level security
     # scopes the rows; naming the tenant lets the planner skip other tenants' partitions.
     page = select(Match).where(Match.tenant_id == db.tenant_id)
-    if after is None:
-        # One statement, one snapshot: the newest generation as of this read, never a mix.
-        page = page.where(Match.generation == select(func.max(MatchGeneration.generation)).scalar_subquery())
-    else:
+    if after is not None:
         try:
             g, s, last = int(after["g"]), float(after["s"]), int(after["id"])
         except (TypeError, ValueError):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
-        page = page.where(
-            Match.generation == g, or_(Match.score < s, and_(Match.score == s, Match.id > last))
-        )
+        page = page.where(or_(Match.score < s, and_(Match.score == s, Match.id > last)))
     if advertiser_id is not None:
         page = page.where(Match.advertiser_id == advertiser_id)
     if show_id is not None:
         page = page.where(Match.show_id == show_id)
     if min_score:
         page = page.where(Match.score >= min_score)
-    ranked = page.order_by(Match.score.desc(), Match.id).limit(limit + 1).subquery("ranked")
-    m_, adv, show = aliased(Match, ranked), aliased(Advertiser), aliased(Show)
-    stmt = (
-        select(m_, MatchGeneration.computed_on, MatchGeneration.weights, adv, show)
-        .join(
-            MatchGeneration,
-            and_(MatchGeneration.tenant_id == m_.tenant_id, MatchGeneration.generation == m_.generation),
+
+    def statement(generation: int) -> Select[Match, date, dict[str, float], Advertiser, Show]:
+        ranked = (
+            page.where(Match.generation == generation)
+            .order_by(Match.score.desc(), Match.id)
+            .limit(limit + 1)
+            .subquery("ranked")
         )
-        .join(adv, adv.id == m_.advertiser_id)
-        .join(show, show.id == m_.show_id)
-        .order_by(m_.score.desc(), m_.id)
-    )
+        m_, adv, show = aliased(Match, ranked), aliased(Advertiser), aliased(Show)
+        return (
+            select(m_, MatchGeneration.computed_on, MatchGeneration.weights, adv, show)
+            .join(
+                MatchGeneration,
+                and_(MatchGeneration.tenant_id == m_.tenant_id, MatchGeneration.generation == m_.generation),
+            )
+            .join(adv, adv.id == m_.advertiser_id)
+            .join(show, show.id == m_.show_id)
+            .order_by(m_.score.desc(), m_.id)
+        )
+
     async with db.tx() as session:
-        rows = (await session.execute(stmt)).all()
+
+        async def read(
+            generation: int,
+        ) -> Sequence[Row[Match, date, dict[str, float], Advertiser, Show]]:
+            return (await session.execute(statement(generation))).all()
+
+        if after is None:
+            # The newest generation as of this read: the old ranking or the new, never a mix.
+            rows = await read_current_ranking(session, db.tenant_id, read)
+        else:
+            rows = await read(g)
     items = [
         MatchPublic(
             advertiser_id=str(m.advertiser_id),

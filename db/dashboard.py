@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.matching import read_current_ranking
 from domain.stages import OPEN_STAGES, STAGE_NAMES, stall_limit
 
 # An IO is flagged when what its aired units delivered is below this share of what they should
@@ -230,23 +231,27 @@ async def underdelivering(session: AsyncSession, q: DashboardQuery) -> dict[str,
 
 async def top_matches(session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
     """The best-scoring pairs of the current ranking."""
-    rows = await _rows(
-        session,
-        """
-        SELECT m.advertiser_id, a.name AS advertiser, m.show_id, s.name AS show, m.score
-        FROM (
-          -- The best rows from the ranking's own index first, then their names.
-          SELECT advertiser_id, show_id, score, id FROM matches
-          WHERE tenant_id = :t
-            AND generation = (SELECT max(generation) FROM match_generations WHERE tenant_id = :t)
-          ORDER BY score DESC, id LIMIT :lim
-        ) m
-        JOIN advertisers a ON a.id = m.advertiser_id
-        JOIN shows s ON s.id = m.show_id
-        ORDER BY m.score DESC, m.id
-        """,
-        {"t": q.tenant_id, "lim": min(q.list_limit, 5)},
-    )
+
+    async def read(generation: int) -> list[Any]:
+        return await _rows(
+            session,
+            """
+            SELECT m.advertiser_id, a.name AS advertiser, m.show_id, s.name AS show, m.score
+            FROM (
+              -- The best rows from the ranking's own index first, then their names.
+              SELECT advertiser_id, show_id, score, id FROM matches
+              WHERE tenant_id = :t AND generation = :g
+              ORDER BY score DESC, id LIMIT :lim
+            ) m
+            JOIN advertisers a ON a.id = m.advertiser_id
+            JOIN shows s ON s.id = m.show_id
+            ORDER BY m.score DESC, m.id
+            """,
+            {"t": q.tenant_id, "g": generation, "lim": min(q.list_limit, 5)},
+        )
+
+    # The generation in a statement of its own (see read_current_ranking).
+    rows = await read_current_ranking(session, q.tenant_id, read)
     return [
         {
             "advertiser_id": str(r.advertiser_id),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,8 @@ from domain.scoring import (
     ShowFeatures,
     explain,
 )
+
+T = TypeVar("T")
 
 # Downloads are compared over two 28-day periods: recent against the one before.
 TREND_DAYS = 28
@@ -393,6 +395,9 @@ class GenerationStage:
             )
         )
         await self._session.flush()
+        # Last, held through the commit: readers choose the old generation or wait the few
+        # milliseconds until the new one is committed and visible (see read_current_ranking).
+        await _publish_lock(self._session, self._tenant_id, shared=False)
         return self.generation
 
 
@@ -400,6 +405,29 @@ async def current_generation(session: AsyncSession) -> int | None:
     """The tenant's current ranking generation (the newest committed), or None before the first."""
     value = await session.scalar(select(func.max(MatchGeneration.generation)))
     return int(value) if value is not None else None
+
+
+async def read_current_ranking(
+    session: AsyncSession, tenant_id: uuid.UUID, read: Callable[[int], Awaitable[Sequence[T]]]
+) -> Sequence[T]:
+    """Rows of the tenant's current ranking, read by `read(generation)` in a statement of its own.
+
+    The generation is chosen first, under the tenant's publish lock (shared), and the rows are
+    read in the next statement. Never `generation = (SELECT max(...))` in one statement: a
+    recalculation attaches its partition and commits concurrently with readers, and a reader
+    may plan its statement (learning which partitions `matches` has) a moment before the
+    commit yet execute it with a snapshot that already sees the new generation, and read an
+    empty ranking. PostgreSQL also tells other sessions about a new partition a moment after
+    the commit itself is visible. The swap takes the publish lock exclusively as its last step,
+    so a reader waits for a commit in progress (milliseconds) and then sees the new partition,
+    and a commit waits for the readers that chose the old generation; the old partition cannot
+    be dropped under them (pruning keeps the previous generation).
+    """
+    await _publish_lock(session, tenant_id, shared=True)
+    generation = await current_generation(session)
+    if generation is None:
+        return []
+    return await read(generation)
 
 
 async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_from: int | None = None) -> int:
@@ -419,6 +447,12 @@ async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_fr
         text("SELECT sponsorflow_match_partition_prune(:keep)"), {"keep": keep_from}
     )
     return int(dropped or 0)
+
+
+async def _publish_lock(session: AsyncSession, tenant_id: uuid.UUID, *, shared: bool) -> None:
+    # Orders a reader choosing its generation against a ranking being committed (see read_current_ranking).
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await session.execute(text(f"SELECT {fn}(hashtextextended(:k, 0))"), {"k": f"match-publish/{tenant_id}"})
 
 
 async def _writer_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:

@@ -16,13 +16,15 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from db.engine import SessionMaker, set_tenant, tenant_tx
+from db.embedded import EmbeddedDatabase
+from db.engine import SessionMaker, make_engine, make_sessionmaker, set_tenant, tenant_tx
 from db.matching import (
     Features,
     MatchEncoder,
     current_generation,
     open_generation,
     prune_generations,
+    read_current_ranking,
 )
 from db.models import MatchGeneration
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
@@ -192,6 +194,91 @@ async def test_pruning_skips_a_partition_a_reader_holds_and_drops_it_later(
     async with tenant_tx(stack.sm, tenant.id) as s:
         assert await prune_generations(s, tenant.id, keep_from=2) == 1
     assert old not in await _partitions(owner_sm, tenant.id)
+
+
+async def test_a_ranking_commits_only_after_the_readers_that_chose_the_old_one(stack: Stack) -> None:
+    tenant, h = await _tenant_with_pairs(stack)
+    adv = uuid.UUID((await stack.http.get("/api/v1/advertisers", headers=h)).json()["items"][0]["id"])
+    shows = [uuid.UUID(s["id"]) for s in (await stack.http.get("/api/v1/shows", headers=h)).json()["items"]]
+    assert await _write(stack.sm, tenant.id, shows, adv) == 1
+    writing: asyncio.Task[int] | None = None
+
+    async with tenant_tx(stack.sm, tenant.id) as reader:
+
+        async def read(generation: int) -> list[Any]:
+            nonlocal writing
+            # A new ranking is written and swapped in between choosing the generation and
+            # reading it: its commit waits for this reader.
+            writing = asyncio.create_task(_write(stack.sm, tenant.id, shows, adv))
+            await asyncio.sleep(0.5)
+            assert not writing.done()
+            rows = await reader.execute(
+                text("SELECT generation, show_id FROM matches WHERE tenant_id = :t AND generation = :g"),
+                {"t": tenant.id, "g": generation},
+            )
+            return list(rows)
+
+        rows = await read_current_ranking(reader, tenant.id, read)
+    # The old ranking, whole; then the new one commits and is what the next reader sees.
+    assert [r.generation for r in rows] == [1, 1] and {r.show_id for r in rows} == set(shows)
+    assert writing is not None and await asyncio.wait_for(writing, 10) == 2
+    assert {m["generation"] for m in await _matches(stack, h)} == {2}
+    # A reader arriving while a commit holds the lock waits for it and reads the new ranking.
+    async with tenant_tx(stack.sm, tenant.id) as writer:
+        stage = await open_generation(writer, tenant.id)
+        await stage.copy(
+            MatchEncoder(_features(shows, [adv])).encode(
+                np.arange(2),
+                np.zeros(2, dtype=np.int64),
+                np.array([80.0, 20.0]),
+                np.full((len(SIGNALS), 2), 0.5),
+                np.ones(2, dtype=np.int64),
+                np.full(2, np.nan),
+            )
+        )
+        await stage.swap(
+            computed_on=datetime.now(UTC).date(),
+            weights=DEFAULT_WEIGHTS,
+            trigger="test",
+            pairs_scored=2,
+            matches_written=2,
+        )
+        waiting = asyncio.create_task(_matches(stack, h))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+    assert {m["generation"] for m in await asyncio.wait_for(waiting, 10)} == {3}
+
+
+async def test_readers_never_see_an_empty_ranking_while_rankings_commit(
+    stack: Stack, database: EmbeddedDatabase
+) -> None:
+    tenant, h = await _tenant_with_pairs(stack)
+    adv = uuid.UUID((await stack.http.get("/api/v1/advertisers", headers=h)).json()["items"][0]["id"])
+    shows = [uuid.UUID(s["id"]) for s in (await stack.http.get("/api/v1/shows", headers=h)).json()["items"]]
+    await _write(stack.sm, tenant.id, shows, adv)
+
+    def commit_rankings() -> None:
+        # Another process's worth of writer: its own event loop and connections.
+        async def go() -> None:
+            engine = make_engine(database.app_url, pool_size=2)
+            try:
+                for _ in range(40):
+                    await _write(make_sessionmaker(engine), tenant.id, shows, adv)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+
+    writer = asyncio.create_task(asyncio.to_thread(commit_rankings))
+    pages = 0
+    while not writer.done():
+        items = await _matches(stack, h)
+        # The whole ranking of one generation, every time: never empty, never a mix.
+        assert len(items) == len(shows) and len({m["generation"] for m in items}) == 1
+        pages += 1
+    await writer
+    assert pages > 10
+    assert {m["generation"] for m in await _matches(stack, h)} == {41}
 
 
 async def test_two_tenants_recalculating_at_once_each_get_their_own_ranking(
