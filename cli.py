@@ -164,6 +164,12 @@ def up(settings: Settings) -> int:
                     settings.temporal_namespace,
                     "--log-level",
                     "warn",
+                    *(
+                        # WAL, still synced at every commit: faster, and as durable.
+                        ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
+                        if settings.temporal_dev_wal
+                        else []
+                    ),
                     *cli_flags(),
                 ],
                 stdout=open(logs / "temporal.log", "ab"),  # noqa: SIM115 - lives as long as the child

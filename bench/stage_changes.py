@@ -4,8 +4,11 @@ Starts its own `sponsorflow up` (fresh data dir, free ports, no demo data), crea
 advertiser, a show and two equal sets of deals, then moves deals lead -> qualified -> proposal ->
 negotiation -> lead ... in two ways:
 
-  http  PATCH /api/v1/deals/{id}/stage (update-with-start behind the API, then the row re-read)
-  sdk   client.get_workflow_handle(workflow_id).execute_update(DealWorkflow.change_stage, ...)
+  http   PATCH /api/v1/deals/{id}/stage (update-with-start behind the API), sent with a lean
+         keep-alive HTTP/1.1 client (bench/lean_http.py), so the figure is the API's
+  sdk    client.get_workflow_handle(workflow_id).execute_update(DealWorkflow.change_stage, ...)
+  httpx  the same PATCH sent with httpx, sequentially, for context: httpx's own per-request cost
+         (measured on GET /healthz against the lean client in the same run) is printed too
 
 each sequentially and at a fixed concurrency. The work is split into rounds; within a round the two
 paths run back to back and the one that goes first alternates, so drift and noise hit both alike.
@@ -35,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from bench.lean_http import LeanClient
 from bench.stack import Stack, env_int
 from domain.deals import ChangeStageInput
 from domain.stages import Stage
@@ -120,7 +124,7 @@ async def seed(http: httpx.AsyncClient, admin_token: str, n_deals: int) -> tuple
 Mover = Callable[[Deal], Awaitable[None]]
 
 
-def http_mover(http: httpx.AsyncClient) -> Mover:
+def http_mover(http: httpx.AsyncClient | LeanClient) -> Mover:
     async def move(deal: Deal) -> None:
         target = deal.next_stage()
         r = await http.patch(f"/api/v1/deals/{deal.id}/stage", json={"stage": target.value})
@@ -199,6 +203,19 @@ class Route:
 # ---------------------------------------------------------------------------- figures
 
 
+async def client_overhead(http: httpx.AsyncClient, lean: LeanClient, n: int = 300) -> dict[str, float]:
+    """Median GET /healthz (no database, no Temporal) through each client, interleaved."""
+    times: dict[str, list[float]] = {"httpx_ms": [], "lean_ms": []}
+    for _ in range(n):
+        for name, get in (("httpx_ms", http.get), ("lean_ms", lean.get)):
+            t0 = time.perf_counter()
+            r = await get("/healthz")
+            times[name].append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"GET /healthz: {r.status_code}")
+    return {k: percentile(v, 50) for k, v in times.items()}
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     xs = sorted(values)
@@ -259,17 +276,28 @@ def render(meta: dict[str, Any], results: dict[str, Any], targets: list[dict[str
         f"{'mode':<11} {'path':<9} {'moves':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'moves/s':>9}",
     ]
     for mode in ("sequential", "concurrent"):
-        for path in ("sdk", "http"):
+        for path in ("sdk", "http", "httpx"):
+            if path not in results[mode]:
+                continue
             r = results[mode][path]
             lines.append(
                 f"{mode:<11} {path.upper():<9} {r['moves']:>5} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
                 f"{r['p99_ms']:>8.1f} {r['throughput_per_s']:>9.1f}"
             )
-        q = results[mode]["ratio_http_sdk"]
-        lines.append(
-            f"{mode:<11} {'HTTP/SDK':<9} {'':>5} {q['p50_ms']:>7.2f}x {q['p95_ms']:>7.2f}x "
-            f"{q['p99_ms']:>7.2f}x {q['throughput_per_s']:>8.2f}x"
-        )
+        for key, label in (("ratio_http_sdk", "HTTP/SDK"), ("ratio_httpx_sdk", "HTTPX/SDK")):
+            if key not in results[mode]:
+                continue
+            q = results[mode][key]
+            lines.append(
+                f"{mode:<11} {label:<9} {'':>5} {q['p50_ms']:>7.2f}x {q['p95_ms']:>7.2f}x "
+                f"{q['p99_ms']:>7.2f}x {q['throughput_per_s']:>8.2f}x"
+            )
+    o = results["client_overhead"]
+    lines += [
+        "",
+        f"client cost, GET /healthz p50: httpx {o['httpx_ms']:.2f} ms, lean client {o['lean_ms']:.2f} ms "
+        f"(HTTP rows use the lean client; HTTPX is the same PATCH sent with httpx)",
+    ]
     lines += ["", "targets"]
     for t in targets:
         value = f"{t['value']:.2f}x" if t["unit"] == "x" else f"{t['value']:.1f} ms"
@@ -323,10 +351,13 @@ async def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
             admin_token=stack.admin_token,
         )
         client = await connect_temporal(settings)
+        lean = LeanClient("127.0.0.1", stack.api_port, {"Authorization": http.headers["Authorization"]})
         paths = {
-            "http": Route(http_mover(http), all_deals[:n_deals]),
+            "http": Route(http_mover(lean), all_deals[:n_deals]),
             "sdk": Route(sdk_mover(client), all_deals[n_deals:]),
         }
+        # httpx moves the same deals as the lean client (never at the same time), sequentially.
+        via_httpx = Route(http_mover(http), all_deals[:n_deals])
 
         if warmup:
             print(f"warming up ({warmup} moves per path and mode) ...", flush=True)
@@ -335,6 +366,9 @@ async def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
                 await path.sequential(warmup, Sample())
 
         samples = {mode: {p: Sample() for p in paths} for mode in ("sequential", "concurrent")}
+        samples["sequential"]["httpx"] = Sample()
+        if warmup:
+            await via_httpx.sequential(warmup, Sample())
         rounds = cfg.rounds
         chunks = [cfg.moves // rounds + (1 if r < cfg.moves % rounds else 0) for r in range(rounds)]
         for r, chunk in enumerate(chunks):
@@ -342,6 +376,9 @@ async def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
             print(f"round {r + 1}/{rounds}: {chunk} moves per path and mode, {order[0]} first", flush=True)
             for name in order:
                 await paths[name].sequential(chunk, samples["sequential"][name])
+            via_httpx.seq_cursor = paths["http"].seq_cursor
+            await via_httpx.sequential(chunk, samples["sequential"]["httpx"])
+            paths["http"].seq_cursor = via_httpx.seq_cursor
             for name in order:
                 await paths[name].concurrent(chunk, concurrency, samples["concurrent"][name])
 
@@ -356,11 +393,16 @@ async def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
                     raise RuntimeError(f"deal {deal.id} is at {r.json()['stage']}, expected {deal.stage}")
 
         await asyncio.gather(*(check(d) for d in all_deals))
+        overhead = await client_overhead(http, lean)
+        await lean.aclose()
 
     results: dict[str, Any] = {}
     for mode, by_path in samples.items():
         figures = {p: summarize(s) for p, s in by_path.items()}
         results[mode] = {**figures, "ratio_http_sdk": ratios(figures["http"], figures["sdk"])}
+        if "httpx" in figures:
+            results[mode]["ratio_httpx_sdk"] = ratios(figures["httpx"], figures["sdk"])
+    results["client_overhead"] = overhead
     meta = {
         "moves": cfg.moves,
         "concurrency": concurrency,

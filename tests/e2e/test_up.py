@@ -122,6 +122,12 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
         assert httpx.get(f"{api}/api/v1/shows", headers=gamma).json()["items"] == []
     finally:
         assert first.stop() == 0
+    # SQLite's header names the journal mode in its read/write version bytes: 1 rollback, 2 WAL.
+    temporal_db = tmp_path / "data" / "temporal.db"
+    assert temporal_db.read_bytes()[18:20] == b"\x01\x01"
+    # The second run switches the dev server's file to WAL (SPONSORFLOW_TEMPORAL_DEV_WAL) and
+    # still finds everything.
+    env["SPONSORFLOW_TEMPORAL_DEV_WAL"] = "true"
 
     second = Up(env, log)
     try:
@@ -145,6 +151,7 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
     finally:
         assert second.stop() == 0
+    assert temporal_db.read_bytes()[18:20] == b"\x02\x02"
     out = _cli(env, "migrate")
     assert "latest migration" in out.stdout
     leftovers = subprocess.run(
