@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -16,10 +17,13 @@ from activities.deals import DealActivities
 from activities.imports import ImportActivities
 from activities.io import IoActivities
 from activities.matching import MatchActivities
-from db.engine import SessionMaker, make_engine, make_sessionmaker
+from db.deals import deal_seed, open_deals_page
+from db.engine import SessionMaker, make_engine, make_sessionmaker, tenant_tx
 from db.tenants import all_tenant_ids
+from domain.deals import DealWorkflowInput
 from settings import Settings, connect_temporal, get_settings
-from workflows.deals import DealWorkflow
+from workflows import search_attributes as sa
+from workflows.deals import DealWorkflow, deal_start_options, deal_workflow_id
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.matching import MatchRecalculationWorkflow, ensure_match_schedule
@@ -84,6 +88,69 @@ def build_worker(
     )
 
 
+async def reconcile_deal_workflows(
+    client: Client,
+    settings: Settings,
+    sm: SessionMaker,
+    *,
+    tenant_ids: Sequence[uuid.UUID] | None = None,
+    concurrency: int = 8,
+) -> dict[uuid.UUID, int]:
+    """Starts the workflow of every open deal that has none running; returns how many per tenant.
+
+    POST /deals and imports start a deal's workflow, and a PATCH's update-with-start starts one on
+    first touch; a deal whose start failed (Temporal down at the time) would otherwise have no
+    stall timer until it is first moved. Visibility names the running ones; the rest are started
+    with USE_EXISTING, so a workflow started meanwhile (or not yet visible) is simply found.
+    """
+    if not settings.enable_deal_pipeline:
+        return {}
+    sem = asyncio.Semaphore(concurrency)
+
+    async def start(seed: DealWorkflowInput) -> bool:
+        async with sem:
+            handle = await client.start_workflow(
+                DealWorkflow.run, seed, **deal_start_options(seed, settings.temporal_task_queue)
+            )
+        # False when USE_EXISTING found a run that visibility did not list yet (the SDK keeps
+        # the server's answer on the handle; without it, count the start as new).
+        return bool(getattr(getattr(handle, "_start_workflow_response", None), "started", True))
+
+    out: dict[uuid.UUID, int] = {}
+    for tenant_id in await all_tenant_ids(sm=sm) if tenant_ids is None else tenant_ids:
+        query = (
+            f"WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' "
+            f"AND {sa.TENANT_ID.name} = '{tenant_id}'"
+        )
+        running = {wf.id async for wf in client.list_workflows(query, page_size=1000)}
+        started, after = 0, uuid.UUID(int=0)
+        while True:
+            async with tenant_tx(sm, tenant_id) as session:
+                page = await open_deals_page(session, after=after, limit=500)
+            if not page:
+                break
+            after = page[-1].campaign.id
+            seeds = [
+                deal_seed(row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
+                for row in page
+            ]
+            missing = [s for s in seeds if deal_workflow_id(s.tenant_id, s.campaign_id) not in running]
+            started += sum(await asyncio.gather(*(start(s) for s in missing)))
+        if started:
+            out[tenant_id] = started
+    return out
+
+
+async def _reconcile_in_background(client: Client, settings: Settings, sm: SessionMaker) -> None:
+    try:
+        started = await reconcile_deal_workflows(client, settings, sm)
+    except Exception:  # noqa: BLE001 - the worker runs on; the next start tries again
+        log.warning("starting the workflows of open deals that had none failed", exc_info=True)
+        return
+    for tenant_id, n in started.items():
+        log.info("started %d missing deal workflow(s) of tenant %s", n, tenant_id)
+
+
 async def reconcile_match_schedules(client: Client, settings: Settings, sm: SessionMaker) -> int:
     """Makes sure every tenant has its recalculation schedule (once); returns how many were created."""
     if not settings.enable_matchmaking:
@@ -114,7 +181,10 @@ async def run_worker(settings: Settings | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
     async with worker:
+        # In the background: the worker polls at once, however many deals there are.
+        sweep = asyncio.create_task(_reconcile_in_background(client, settings, sm))
         await stop.wait()
+        sweep.cancel()
     await engine.dispose()
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from db.deals import deal_seed, open_deals_page
 from db.engine import SessionMaker, set_tenant, tenant_tx
 from db.events import emit_event
 from db.imports import (
@@ -28,7 +29,7 @@ from db.imports import (
     upsert_campaigns,
     upsert_catalog,
 )
-from db.models import AdUnit, Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
+from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
 from domain.deals import DealWorkflowInput
 from domain.etl import (
@@ -55,7 +56,6 @@ from domain.imports import (
     sniff_format,
 )
 from domain.io import ReportDeliveryInput, UnitStatus
-from domain.stages import OPEN_STAGES, Stage
 
 FINAL = ("completed", "completed_with_errors", "failed")
 MAX_WARNINGS = 50
@@ -349,43 +349,15 @@ class ImportActivities:
 
         while True:
             async with tenant_tx(self._sm, inp.tenant_id) as session:
-                page = (
-                    await session.execute(
-                        select(Campaign, Advertiser.name, Show.name)
-                        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
-                        .outerjoin(Show, Show.id == Campaign.show_id)
-                        .where(
-                            Campaign.last_import_id == iid,
-                            Campaign.stage.in_([s.value for s in OPEN_STAGES]),
-                            Campaign.id > last_id,
-                        )
-                        .order_by(Campaign.id)
-                        .limit(500)
-                    )
-                ).all()
+                page = await open_deals_page(session, after=last_id, limit=500, import_id=iid)
             if not page:
                 break
             seeds = [
-                DealWorkflowInput(
-                    tenant_id=inp.tenant_id,
-                    campaign_id=str(c.id),
-                    name=c.name,
-                    advertiser_id=str(c.advertiser_id),
-                    advertiser_name=adv,
-                    show_id=str(c.show_id) if c.show_id else None,
-                    show_name=show,
-                    value_usd=float(c.value_usd),
-                    stage=Stage(c.stage),
-                    stage_entered_at=c.stage_changed_at,
-                    lost_reason=c.lost_reason,
-                    stall_days=self._stall_days,
-                    moves_per_run=self._moves_per_run,
-                )
-                for c, adv, show in page
+                deal_seed(row, stall_days=self._stall_days, moves_per_run=self._moves_per_run) for row in page
             ]
             await asyncio.gather(*(start(s) for s in seeds))
             started += len(seeds)
-            last_id = page[-1][0].id
+            last_id = page[-1].campaign.id
             async with tenant_tx(self._sm, inp.tenant_id) as session:
                 await session.execute(
                     update(EtlImport).where(EtlImport.id == iid).values(workflows_started=started)

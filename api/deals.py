@@ -27,7 +27,7 @@ from temporalio.service import RPCError
 from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
-from db.deals import DealRow, HistoryRow, deals_query, get_deal, get_history, insert_deal
+from db.deals import DealRow, HistoryRow, deal_seed, deals_query, get_deal, get_history, insert_deal
 from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import (
@@ -264,22 +264,7 @@ def _summary(c: Campaign) -> DealSummary:
 
 def workflow_input(row: DealRow, settings: Settings) -> DealWorkflowInput:
     """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
-    c = row.campaign
-    return DealWorkflowInput(
-        tenant_id=str(c.tenant_id),
-        campaign_id=str(c.id),
-        name=c.name,
-        advertiser_id=str(c.advertiser_id),
-        advertiser_name=row.advertiser_name,
-        show_id=str(c.show_id) if c.show_id else None,
-        show_name=row.show_name,
-        value_usd=float(c.value_usd),
-        stage=Stage(c.stage),
-        stage_entered_at=c.stage_changed_at,
-        lost_reason=c.lost_reason,
-        stall_days=settings.stall_days,
-        moves_per_run=settings.deal_moves_per_run,
-    )
+    return deal_seed(row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
 
 
 def start_options(inp: DealWorkflowInput, settings: Settings) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.events import emit_event
 from db.models import Advertiser, Campaign, DealStageHistory, Show
 from domain import events
-from domain.stages import Stage, probability
+from domain.deals import DealWorkflowInput
+from domain.stages import OPEN_STAGES, Stage, probability
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,44 @@ async def get_deal(*, session: AsyncSession, campaign_id: uuid.UUID) -> DealRow 
     if row is None:
         return None
     return DealRow(campaign=row[0], advertiser_name=row[1], show_name=row[2])
+
+
+def deal_seed(row: DealRow, *, stall_days: dict[str, int], moves_per_run: int) -> DealWorkflowInput:
+    """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
+    c = row.campaign
+    return DealWorkflowInput(
+        tenant_id=str(c.tenant_id),
+        campaign_id=str(c.id),
+        name=c.name,
+        advertiser_id=str(c.advertiser_id),
+        advertiser_name=row.advertiser_name,
+        show_id=str(c.show_id) if c.show_id else None,
+        show_name=row.show_name,
+        value_usd=float(c.value_usd),
+        stage=Stage(c.stage),
+        stage_entered_at=c.stage_changed_at,
+        lost_reason=c.lost_reason,
+        stall_days=stall_days,
+        moves_per_run=moves_per_run,
+    )
+
+
+async def open_deals_page(
+    session: AsyncSession, *, after: uuid.UUID, limit: int, import_id: uuid.UUID | None = None
+) -> list[DealRow]:
+    """The tenant's open deals (optionally only those an import wrote) after `after`, by id."""
+    stmt = (
+        select(Campaign, Advertiser.name, Show.name)
+        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+        .outerjoin(Show, Show.id == Campaign.show_id)
+        .where(Campaign.stage.in_([s.value for s in OPEN_STAGES]), Campaign.id > after)
+        .order_by(Campaign.id)
+        .limit(limit)
+    )
+    if import_id is not None:
+        stmt = stmt.where(Campaign.last_import_id == import_id)
+    rows = (await session.execute(stmt)).all()
+    return [DealRow(campaign=c, advertiser_name=adv, show_name=show) for c, adv, show in rows]
 
 
 @dataclass(frozen=True)

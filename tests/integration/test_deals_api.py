@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
+from temporalio.service import RPCError
 
 from db.deals import get_deal, insert_deal
 from db.engine import tenant_tx
@@ -19,6 +20,8 @@ from domain.deals import ChangeStageInput, DealState
 from domain.stages import ALL_STAGES, Stage, allowed_targets
 from tests.conftest import Stack
 from tests.factories import make_advertiser, make_deal, make_show, move
+from worker import reconcile_deal_workflows
+from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow, deal_workflow_id
 
 # How to bring a fresh (lead) deal to each stage through allowed moves.
@@ -160,6 +163,47 @@ async def test_update_with_start_on_a_postgres_only_deal(stack: Stack) -> None:
     assert await desc.static_summary() == "Deal: Acme x The Daily Grind, $18,400"
     state = await stack.client.get_workflow_handle(wid).query(DealWorkflow.state)
     assert state.stage is Stage.PROPOSAL
+
+
+async def test_worker_start_gives_open_deals_without_a_workflow_their_workflow(stack: Stack) -> None:
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    adv = await make_advertiser(stack.http, h, name="Acme")
+    posted = await make_deal(stack.http, h, advertiser=adv)
+    # Rows whose workflow never started (as when Temporal was down at POST time): one open, one won.
+    rows = {}
+    for name, stage in (("Orphan", Stage.PROPOSAL), ("Closed", Stage.WON)):
+        async with tenant_tx(stack.sm, tenant.id) as s:
+            c = await insert_deal(
+                session=s,
+                tenant_id=tenant.id,
+                advertiser_id=uuid.UUID(adv["id"]),
+                show_id=None,
+                name=name,
+                value_usd=Decimal("9000"),
+                stage=stage,
+                at=datetime.now(UTC),
+            )
+        rows[name] = deal_workflow_id(str(tenant.id), str(c.id))
+    posted_run = (await stack.client.get_workflow_handle(posted["workflow_id"]).describe()).run_id
+
+    async def sweep() -> dict[uuid.UUID, int]:
+        return await reconcile_deal_workflows(stack.client, stack.settings, stack.sm, tenant_ids=[tenant.id])
+
+    assert await sweep() == {tenant.id: 1}
+    orphan = await stack.client.get_workflow_handle(rows["Orphan"]).describe()
+    assert orphan.status is not None and orphan.status.name == "RUNNING"
+    assert await orphan.static_summary() == "Deal: Acme x Orphan, $9,000"
+    assert orphan.typed_search_attributes.get(sa.DEAL_STAGE) == "proposal"
+    state = await stack.client.get_workflow_handle(rows["Orphan"]).query(DealWorkflow.state)
+    assert state.stage is Stage.PROPOSAL
+    # The running one is left as it was; the closed deal gets no workflow.
+    assert (await stack.client.get_workflow_handle(posted["workflow_id"]).describe()).run_id == posted_run
+    with pytest.raises(RPCError, match="not found"):
+        await stack.client.get_workflow_handle(rows["Closed"]).describe()
+    # A second sweep finds nothing to do (even if visibility does not list the new run yet).
+    assert await sweep() == {}
+    assert (await stack.client.get_workflow_handle(rows["Orphan"]).describe()).run_id == orphan.run_id
 
 
 async def test_fifty_concurrent_patches_keep_one_chain(stack: Stack) -> None:
