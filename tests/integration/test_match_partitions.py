@@ -277,7 +277,7 @@ async def test_readers_never_see_an_empty_ranking_while_rankings_commit(
         assert len(items) == len(shows) and len({m["generation"] for m in items}) == 1
         pages += 1
     await writer
-    assert pages > 10
+    assert pages >= 5, "the reads did not overlap the commits"
     assert {m["generation"] for m in await _matches(stack, h)} == {41}
 
 
