@@ -20,10 +20,9 @@ from activities.matching import MatchActivities
 from db.deals import deal_seed, open_deals_page
 from db.engine import SessionMaker, make_engine, make_sessionmaker, tenant_tx
 from db.tenants import all_tenant_ids
-from domain.deals import DealWorkflowInput
 from settings import Settings, connect_temporal, get_settings
 from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_start_options, deal_workflow_id
+from workflows.deals import DealWorkflow, deal_workflow_id, start_deal_workflows
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.matching import MatchRecalculationWorkflow, ensure_match_schedule
@@ -105,17 +104,6 @@ async def reconcile_deal_workflows(
     """
     if not settings.enable_deal_pipeline:
         return {}
-    sem = asyncio.Semaphore(concurrency)
-
-    async def start(seed: DealWorkflowInput) -> bool:
-        async with sem:
-            handle = await client.start_workflow(
-                DealWorkflow.run, seed, **deal_start_options(seed, settings.temporal_task_queue)
-            )
-        # False when USE_EXISTING found a run that visibility did not list yet (the SDK keeps
-        # the server's answer on the handle; without it, count the start as new).
-        return bool(getattr(getattr(handle, "_start_workflow_response", None), "started", True))
-
     out: dict[uuid.UUID, int] = {}
     for tenant_id in await all_tenant_ids(sm=sm) if tenant_ids is None else tenant_ids:
         query = (
@@ -135,7 +123,9 @@ async def reconcile_deal_workflows(
                 for row in page
             ]
             missing = [s for s in seeds if deal_workflow_id(s.tenant_id, s.campaign_id) not in running]
-            started += sum(await asyncio.gather(*(start(s) for s in missing)))
+            started += await start_deal_workflows(
+                client, missing, settings.temporal_task_queue, concurrency=concurrency
+            )
         if started:
             out[tenant_id] = started
     return out

@@ -31,7 +31,6 @@ from db.imports import (
 )
 from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
-from domain.deals import DealWorkflowInput
 from domain.etl import (
     FILE_ERROR,
     MAX_STORED_ROW_ERRORS,
@@ -332,21 +331,13 @@ class ImportActivities:
     @activity.defn(name="start_deal_workflows")
     async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:
         """Starts (or finds running) the DealWorkflow of every open deal this import wrote."""
-        from workflows.deals import DealWorkflow, deal_start_options
+        from workflows.deals import start_deal_workflows
 
         client = activity.client()
         iid = uuid.UUID(inp.import_id)
         after = activity.info().heartbeat_details[0] if activity.info().heartbeat_details else None
         started = int(after["started"]) if after else 0
         last_id = uuid.UUID(after["last_id"]) if after else uuid.UUID(int=0)
-        sem = asyncio.Semaphore(inp.concurrency)
-
-        async def start(seed: DealWorkflowInput) -> None:
-            async with sem:
-                await client.start_workflow(
-                    DealWorkflow.run, seed, **deal_start_options(seed, inp.task_queue)
-                )
-
         while True:
             async with tenant_tx(self._sm, inp.tenant_id) as session:
                 page = await open_deals_page(session, after=last_id, limit=500, import_id=iid)
@@ -355,7 +346,7 @@ class ImportActivities:
             seeds = [
                 deal_seed(row, stall_days=self._stall_days, moves_per_run=self._moves_per_run) for row in page
             ]
-            await asyncio.gather(*(start(s) for s in seeds))
+            await start_deal_workflows(client, seeds, inp.task_queue, concurrency=inp.concurrency)
             started += len(seeds)
             last_id = page[-1].campaign.id
             async with tenant_tx(self._sm, inp.tenant_id) as session:

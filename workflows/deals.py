@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 from temporalio.common import (
@@ -20,6 +20,9 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import ApplicationError
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 with workflow.unsafe.imports_passed_through():
     from activities.deals import DealActivities
@@ -352,3 +355,23 @@ class DealWorkflow:
             f"Stage **{self._stage.value}**{stalled} since {since:%Y-%m-%d %H:%M} UTC, "
             f"{probability(self._stage)}% likely"
         )
+
+
+async def start_deal_workflows(
+    client: Client, seeds: list[DealWorkflowInput], task_queue: str, *, concurrency: int
+) -> int:
+    """Starts (or finds running: USE_EXISTING) each deal's workflow; returns how many were new.
+
+    A start that found its run counts as not new (the SDK keeps the server's answer on the
+    handle; should it not, every start counts as new).
+    """
+    sem = asyncio.Semaphore(concurrency)
+
+    async def start(seed: DealWorkflowInput) -> bool:
+        async with sem:
+            handle = await client.start_workflow(
+                DealWorkflow.run, seed, **deal_start_options(seed, task_queue)
+            )
+        return bool(getattr(getattr(handle, "_start_workflow_response", None), "started", True))
+
+    return sum(await asyncio.gather(*(start(s) for s in seeds)))
