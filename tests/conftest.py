@@ -30,6 +30,28 @@ from workflows.search_attributes import ALL_KEYS
 BIN = Path(sys.executable).parent
 
 
+_SESSION_EXIT: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _SESSION_EXIT.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leaves the way the CLI does once everything is reported (see cli.exit_skipping_teardown).
+
+    The Temporal SDK's Rust threads can abort the interpreter's teardown after a
+    run whose every test passed; the exit status must be the run's, not SIGABRT's.
+    """
+    if not _SESSION_EXIT:
+        return
+    from cli import exit_skipping_teardown
+
+    config.get_terminal_writer().flush()
+    exit_skipping_teardown(_SESSION_EXIT[-1])
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--workflow-environment",

@@ -51,12 +51,16 @@ class Up:
         raise AssertionError(f"sponsorflow up not ready:\n{self.log.read_text(errors='replace')}")
 
     def stop(self) -> int:
+        """Ctrl-C; every child must end cleanly (`up` names any that crashed or hung)."""
         self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(timeout=60)
+            code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
+        text = self.log.read_bytes()[self.offset :].decode(errors="replace")
+        assert "while stopping" not in text and "killing it" not in text, text
+        return code
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -157,4 +161,10 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert leftovers == [], "processes of the stack survived Ctrl-C"
+    survivors = subprocess.run(
+        ["ps", "-o", "pid,args", "-p", ",".join(leftovers or ["1"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert leftovers == [], f"processes of the stack survived Ctrl-C:\n{survivors}"
