@@ -322,10 +322,10 @@ class ImportActivities:
 
     @activity.defn(name="trigger_match_recalculation")
     async def trigger_match_recalculation(self, inp: TriggerMatchesInput) -> str:
-        """Starts the tenant's match recalculation, or joins the one running; returns its id."""
-        from workflows.matching import start_recalculation
+        """Starts the tenant's match recalculation, or has the running one score again; returns its id."""
+        from workflows.matching import recalculate_after_change
 
-        handle = await start_recalculation(activity.client(), inp.tenant_id, inp.task_queue, "import")
+        handle = await recalculate_after_change(activity.client(), inp.tenant_id, inp.task_queue, "import")
         return str(handle.id)
 
     @activity.defn(name="start_deal_workflows")

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import (
         Client,
         Schedule,
+        ScheduleActionExecutionStartWorkflow,
         ScheduleActionStartWorkflow,
         ScheduleAlreadyRunningError,
         ScheduleIntervalSpec,
@@ -26,7 +27,9 @@ with workflow.unsafe.imports_passed_through():
         ScheduleState,
         ScheduleUpdate,
         ScheduleUpdateInput,
+        WorkflowExecutionStatus,
     )
+    from temporalio.service import RPCError, RPCStatusCode
 
     from activities.matching import MatchActivities
     from domain.matching import MatchRecalcInput, MatchRecalcResult, RecalculateInput
@@ -59,12 +62,49 @@ def match_start_options(tenant_id: str, task_queue: str, trigger: str) -> dict[s
 
 
 async def start_recalculation(client: Client, tenant_id: str, task_queue: str, trigger: str) -> Any:
-    """Starts the tenant's recalculation, or returns the handle of the one already running."""
+    """Starts the tenant's recalculation, or returns the handle of the one already running.
+
+    Already running means an on-demand run (same id: USE_EXISTING joins it) or one the
+    tenant's schedule started (`match/{tenant}-{time}`), so asking never adds a second run.
+    """
+    for scheduled in await running_scheduled_runs(client, tenant_id):
+        handle = client.get_workflow_handle(scheduled.workflow_id, run_id=scheduled.first_execution_run_id)
+        # The schedule learns of a finished run a little late: trust only a run still running.
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            return handle
     return await client.start_workflow(
         MatchRecalculationWorkflow.run,
         MatchRecalcInput(tenant_id=tenant_id, trigger=trigger),
         **match_start_options(tenant_id, task_queue, trigger),
     )
+
+
+async def recalculate_after_change(client: Client, tenant_id: str, task_queue: str, trigger: str) -> Any:
+    """Rows the scores read have changed (an import completed): makes sure a ranking reflects it.
+
+    Signal-with-start: with no on-demand run going, one starts (the signal changes nothing);
+    a run already going is told, and scores once more when it is done if it had begun.
+    """
+    return await client.start_workflow(
+        MatchRecalculationWorkflow.run,
+        MatchRecalcInput(tenant_id=tenant_id, trigger=trigger),
+        start_signal="rows_changed",
+        start_signal_args=[trigger],
+        **match_start_options(tenant_id, task_queue, trigger),
+    )
+
+
+async def running_scheduled_runs(
+    client: Client, tenant_id: str
+) -> list[ScheduleActionExecutionStartWorkflow]:
+    """The runs the tenant's schedule started that it still counts as running (none without one)."""
+    try:
+        desc = await client.get_schedule_handle(match_schedule_id(tenant_id)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return []
+        raise
+    return [a for a in desc.info.running_actions if isinstance(a, ScheduleActionExecutionStartWorkflow)]
 
 
 def _schedule(tenant_id: str, task_queue: str, every: timedelta) -> Schedule:
@@ -101,13 +141,31 @@ async def ensure_match_schedule(client: Client, tenant_id: str, task_queue: str,
 
 @workflow.defn
 class MatchRecalculationWorkflow:
-    """Scores every advertiser-show pair of one tenant and swaps in the new ranking."""
+    """Scores every advertiser-show pair of one tenant and swaps in the new ranking.
+
+    Rows the scores read may change while a run scores (an import of shows, advertisers or
+    downloads completes): the import signals `rows_changed`, and a run that had already begun
+    loading runs once more when it is done (continue-as-new), so the ranking ends up reflecting
+    the change. Any number of such signals during one run cause one more run, not many.
+    """
+
+    def __init__(self) -> None:
+        self._loading_began = False
+        self._changed_by: str | None = None
+
+    @workflow.signal
+    def rows_changed(self, trigger: str) -> None:
+        """Shows, advertisers or downloads changed; a run that began before needs another."""
+        if self._loading_began and self._changed_by is None:
+            self._changed_by = trigger
 
     @workflow.run
     async def run(self, inp: MatchRecalcInput) -> MatchRecalcResult:
         """One heartbeating activity does the work; its result is the run's result."""
         info = workflow.info()
         workflow.set_current_details(f"Scoring every advertiser-show pair ({inp.trigger})")
+        # A signal that started this run (or came with its first task) is already covered.
+        self._loading_began = True
         result = await workflow.execute_activity_method(
             MatchActivities.recalculate_matches,
             RecalculateInput(
@@ -127,4 +185,7 @@ class MatchRecalculationWorkflow:
             f"{result.matches_written:,} matches written (generation {result.generation}) "
             f"in {result.duration_s:.1f}s"
         )
+        if self._changed_by is not None:
+            # The features may predate the change: score once more, in a fresh history.
+            workflow.continue_as_new(inp.model_copy(update={"trigger": self._changed_by}))
         return result
