@@ -5,21 +5,22 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.orm import aliased
-from temporalio.service import RPCError
+from temporalio.client import ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
-from workflows.matching import start_recalculation
+from workflows.matching import match_schedule_id, match_workflow_id, start_recalculation
 
 log = logging.getLogger("sponsorflow.api.matching")
 
@@ -101,6 +102,142 @@ async def recalculate(db: TenantDbDep, temporal: TemporalDep, settings: Settings
         run_id=desc.run_id,
         status=desc.status.name.lower() if desc.status else "running",
     )
+
+
+class RunningRecalculation(BaseModel):
+    """A recalculation of this tenant going on now."""
+
+    workflow_id: str
+    run_id: str | None
+    started_by: str  # "schedule" or "on demand" (POST or an import)
+    started_at: datetime | None
+
+
+class RecalculationSchedule(BaseModel):
+    """The tenant's recalculation schedule (`match-recalc/{tenant}`)."""
+
+    schedule_id: str
+    every_hours: float | None
+    paused: bool
+    next_run_at: datetime | None
+
+
+class RankingPublic(BaseModel):
+    """One ranking a recalculation wrote (a row of `match_generations`)."""
+
+    generation: int
+    computed_on: date
+    computed_at: datetime
+    trigger: str
+    pairs_scored: int
+    matches_written: int
+    weights: dict[str, float]
+
+
+class RecalculationStatus(BaseModel):
+    """What is running, when the schedule runs next, and which ranking GET /matches reads."""
+
+    running: list[RunningRecalculation]
+    schedule: RecalculationSchedule | None
+    current: RankingPublic | None
+
+
+def _ranking(g: MatchGeneration) -> RankingPublic:
+    return RankingPublic(
+        generation=g.generation,
+        computed_on=g.computed_on,
+        computed_at=g.created_at,
+        trigger=g.trigger,
+        pairs_scored=g.pairs_scored,
+        matches_written=g.matches_written,
+        weights=dict(g.weights or {}),
+    )
+
+
+@router.get(
+    "/api/match/recalculate",
+    response_model=RecalculationStatus,
+    responses={503: {"description": "Temporal is unreachable"}},
+)
+async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> RecalculationStatus:
+    """This tenant's recalculations: the ones running now, its schedule, the current ranking."""
+    tenant_id = str(db.tenant_id)
+    running: list[RunningRecalculation] = []
+    schedule: RecalculationSchedule | None = None
+    try:
+        try:
+            desc = await temporal.get_workflow_handle(match_workflow_id(tenant_id)).describe()
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                running.append(
+                    RunningRecalculation(
+                        workflow_id=desc.id,
+                        run_id=desc.run_id,
+                        started_by="on demand",
+                        started_at=desc.start_time,
+                    )
+                )
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+        try:
+            sched = await temporal.get_schedule_handle(match_schedule_id(tenant_id)).describe()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+        else:
+            intervals = sched.schedule.spec.intervals
+            schedule = RecalculationSchedule(
+                schedule_id=sched.id,
+                every_hours=intervals[0].every.total_seconds() / 3600 if intervals else None,
+                paused=sched.schedule.state.paused,
+                next_run_at=min(sched.info.next_action_times, default=None),
+            )
+            for action in sched.info.running_actions:
+                if not isinstance(action, ScheduleActionExecutionStartWorkflow):
+                    continue
+                run = await temporal.get_workflow_handle(
+                    action.workflow_id, run_id=action.first_execution_run_id
+                ).describe()
+                # The schedule learns of a finished run a little late: list only what still runs.
+                if run.status == WorkflowExecutionStatus.RUNNING:
+                    running.append(
+                        RunningRecalculation(
+                            workflow_id=run.id,
+                            run_id=run.run_id,
+                            started_by="schedule",
+                            started_at=run.start_time,
+                        )
+                    )
+    except RPCError as exc:
+        log.error("could not read the match recalculation of %s: %s", db.tenant_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unreachable; retry"
+        ) from None
+    async with db.tx() as session:
+        newest = await session.scalar(
+            select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(1)
+        )
+    return RecalculationStatus(
+        running=running, schedule=schedule, current=_ranking(newest) if newest is not None else None
+    )
+
+
+@router.get("/api/v1/match/recalculations", response_model=Page[RankingPublic])
+async def list_rankings(
+    db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
+) -> Page[RankingPublic]:
+    """Every ranking this tenant's recalculations wrote, newest first: when, why, how much."""
+    after = decode_cursor(cursor, ("g",))
+    stmt = select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(limit + 1)
+    if after is not None:
+        try:
+            stmt = stmt.where(MatchGeneration.generation < int(after["g"]))
+        except (TypeError, ValueError):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+    async with db.tx() as session:
+        rows = list((await session.scalars(stmt)).all())
+    next_cursor = encode_cursor({"g": rows[limit - 1].generation}) if len(rows) > limit else None
+    return Page(items=[_ranking(g) for g in rows[:limit]], next_cursor=next_cursor)
 
 
 @router.get("/api/v1/matches", response_model=Page[MatchPublic])

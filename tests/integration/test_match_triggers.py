@@ -11,7 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio import activity
@@ -121,8 +121,26 @@ async def test_asking_while_the_schedule_runs_joins_that_run(
         body = r.json()
         assert body["workflow_id"].startswith(f"{match_workflow_id(tenant_id)}-"), body
         assert body["status"] == "running"
+        # The status names the run, who started it, and when the schedule runs next.
+        r = await stack.http.get("/api/match/recalculate", headers=stack.auth(tenant))
+        assert r.status_code == 200, r.text
+        status = r.json()
+        assert [(x["workflow_id"], x["started_by"]) for x in status["running"]] == [
+            (body["workflow_id"], "schedule")
+        ]
+        assert status["schedule"]["schedule_id"] == match_schedule_id(tenant_id)
+        assert status["schedule"]["every_hours"] == 24 and status["schedule"]["paused"] is False
+        next_run = datetime.fromisoformat(status["schedule"]["next_run_at"])
+        assert datetime.now(UTC) < next_run <= datetime.now(UTC) + timedelta(hours=24)
+        assert status["current"] is None
         scoring.release.set()
         await stack.client.get_workflow_handle(body["workflow_id"], run_id=body["run_id"]).result()
         assert scoring.triggers == ["schedule"]
+        for _ in range(100):  # the schedule hears of the finished run a moment later
+            r = await stack.http.get("/api/match/recalculate", headers=stack.auth(tenant))
+            if not r.json()["running"]:
+                break
+            await asyncio.sleep(0.1)
+        assert r.json()["running"] == []
     finally:
         await schedule.delete()

@@ -276,7 +276,12 @@ async def test_a_completed_shows_import_triggers_a_recalculation(stack: Stack, t
 async def test_matchmaking_flag_off(database: Any, client: Client, sm: Any) -> None:
     async for off in start_stack(database, client, sm, enable_matchmaking=False):
         t = await off.new_tenant()
-        for method, path in (("POST", "/api/match/recalculate"), ("GET", "/api/v1/matches")):
+        for method, path in (
+            ("POST", "/api/match/recalculate"),
+            ("GET", "/api/match/recalculate"),
+            ("GET", "/api/v1/matches"),
+            ("GET", "/api/v1/match/recalculations"),
+        ):
             r = await off.http.request(method, path, headers=off.auth(t))
             assert r.status_code == 404 and "ENABLE_MATCHMAKING" in r.json()["detail"]
 
@@ -294,3 +299,41 @@ async def test_replay_a_recalculation_history(stack: Stack, tenant: NewTenant) -
     ).replay_workflow(history)
     if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
         (HISTORIES / "match_recalculation_workflow_v1.json").write_text(history.to_json())
+
+
+async def test_status_and_history_of_the_rankings(stack: Stack, tenant: NewTenant) -> None:
+    h = stack.auth(tenant)
+    r = await stack.http.get("/api/match/recalculate", headers=h)
+    assert r.status_code == 200 and r.json() == {"running": [], "schedule": None, "current": None}
+    assert (await stack.http.get("/api/v1/match/recalculations", headers=h)).json()["items"] == []
+
+    await make_show(stack.http, h, **ALIGNED)
+    await make_advertiser(stack.http, h, **FINTECH)
+    first = (await _recalculate(stack, h))["result"]
+    r = await stack.http.put("/api/v1/match/weights", json={"geo": 1, "topic": 1}, headers=h)
+    assert r.status_code == 200
+    second = (await _recalculate(stack, h))["result"]
+
+    status = (await stack.http.get("/api/match/recalculate", headers=h)).json()
+    assert status["running"] == []
+    current = status["current"]
+    assert current["generation"] == second.generation == (await _matches(stack, h))[0]["generation"]
+    assert (current["trigger"], current["pairs_scored"], current["matches_written"]) == ("manual", 1, 1)
+    assert current["weights"]["geo"] == 1 and current["weights"]["lift"] == 0.1
+
+    # Newest first, one per page.
+    r = await stack.http.get("/api/v1/match/recalculations", params={"limit": 1}, headers=h)
+    page = r.json()
+    assert [g["generation"] for g in page["items"]] == [second.generation]
+    r = await stack.http.get(
+        "/api/v1/match/recalculations", params={"limit": 1, "cursor": page["next_cursor"]}, headers=h
+    )
+    assert [g["generation"] for g in r.json()["items"]] == [first.generation]
+    assert r.json()["next_cursor"] is None
+    bad = await stack.http.get("/api/v1/match/recalculations", params={"cursor": "nope"}, headers=h)
+    assert bad.status_code == 422 and "cursor" in bad.json()["detail"]
+
+    # Another tenant sees none of it.
+    other = stack.auth(await stack.new_tenant())
+    assert (await stack.http.get("/api/v1/match/recalculations", headers=other)).json()["items"] == []
+    assert (await stack.http.get("/api/match/recalculate", headers=other)).json()["current"] is None
