@@ -284,19 +284,18 @@ async def test_an_io_its_document_and_a_match_rationale(live: Live) -> None:
     await expect(page.locator("[data-testid=slot-hints]").first).to_be_visible(timeout=15_000)
     await shot(page, "09-io-new")
 
-    # Matches: the rationale the API ranks is the one the page reads out.
-    assert (await live.http.post("/api/match/recalculate", headers=h)).status_code == 202
-    ranked: list[dict[str, Any]] = []
-    for _ in range(150):
-        ranked = (
-            await live.http.get("/api/v1/matches", params={"advertiser_id": advertiser["id"]}, headers=h)
-        ).json()["items"]
-        if ranked:
-            break
-        await asyncio.sleep(0.2)
-    assert ranked, "the recalculation wrote no matches"
+    # Matches: Recalculate on the page waits for the new ranking, shows it, and says which it is;
+    # the rationale the API ranks is the one the page reads out.
     await page.goto(f"/matches?advertiser_id={advertiser['id']}")
+    await expect(page.locator("[data-testid=recalc-status]")).to_have_text("Not scored yet")
+    await page.locator("[data-testid=recalculate]").click()
     first = page.locator("[data-testid=match-row]").first
+    await expect(first).to_be_visible(timeout=60_000)
+    await expect(page.locator("[data-testid=recalc-status]")).to_contain_text("Ranking of")
+    ranked = (
+        await live.http.get("/api/v1/matches", params={"advertiser_id": advertiser["id"]}, headers=h)
+    ).json()["items"]
+    assert ranked, "the recalculation wrote no matches"
     await expect(first.locator("[data-testid=rationale]")).to_have_text(ranked[0]["rationale"])
     await expect(first.locator("[data-testid=signal-bar]")).to_have_count(6)
     await shot(page, "10-matches")

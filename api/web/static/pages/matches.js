@@ -1,6 +1,6 @@
 // Matches: an advertiser's best shows, the score and its six signals, the rationale; recalculation.
 
-import { all, api, app, empty, flashBox, h, loading, lookups, mount, params, qs } from "../lib.js";
+import { all, api, app, dateTime, empty, flashBox, h, loading, lookups, mount, num, params, qs } from "../lib.js";
 
 const SIGNALS = [["geo", "Geo"], ["demographic", "Demographic"], ["topic", "Topic"], ["lift", "Lift"],
   ["inventory", "Inventory"], ["brand_safety", "Brand safety"]];
@@ -46,6 +46,24 @@ export default async function matches() {
   more.addEventListener("click", () => load(false));
   recalc.addEventListener("click", recalculate);
   await load(true);
+  showStatus(await readStatus());
+
+  /** GET /api/match/recalculate, or null when it cannot be read (the line just stays empty). */
+  async function readStatus() {
+    try { return await api("/api/match/recalculate"); } catch { return null; }
+  }
+
+  function showStatus(st) {
+    if (!st) return;
+    const parts = [];
+    if (st.running.length) parts.push(`Recalculating now (started ${st.running[0].started_by === "schedule" ? "by the schedule" : "on demand"})…`);
+    if (st.current) {
+      const n = st.current.pairs_scored;
+      parts.push(`Ranking of ${dateTime(st.current.computed_at)} (${st.current.trigger}, ${num(n)} pair${n === 1 ? "" : "s"} scored)`);
+    } else if (!st.running.length) parts.push("Not scored yet");
+    if (st.schedule) parts.push(st.schedule.paused ? "automatic runs paused" : `next automatic run ${dateTime(st.schedule.next_run_at)}`);
+    note.textContent = parts.join(" · ");
+  }
 
   async function load(reset) {
     const me = ++seq;
@@ -83,13 +101,24 @@ export default async function matches() {
     recalc.disabled = true;
     flash.clear();
     try {
-      const r = await api("/api/match/recalculate", { method: "POST" });
-      note.textContent = `Recalculation started (${r.status}); refreshing in a few seconds…`;
-      for (const wait of [3000, 5000, 8000]) {
-        await new Promise((res) => setTimeout(res, wait));
-        await load(true);
+      const before = (await readStatus())?.current?.generation ?? 0;
+      await api("/api/match/recalculate", { method: "POST" });
+      note.textContent = "Recalculating…";
+      // Until a newer ranking is current and nothing runs any more (at most about two minutes).
+      let idle = 0;
+      for (let i = 0; i < 80; i++) {
+        await new Promise((res) => setTimeout(res, 1500));
+        const st = await readStatus();
+        if (!st) continue;
+        const newer = (st.current?.generation ?? 0) > before;
+        if (!st.running.length && (newer || ++idle >= 3)) {
+          await load(true);
+          showStatus(st);
+          if (!newer) flash.show("The recalculation ended without a new ranking; its workflow in the Temporal UI says why.");
+          break;
+        }
+        showStatus(st);
       }
-      note.textContent = `Matches refreshed at ${new Date().toLocaleTimeString()}.`;
     } catch (e) {
       note.textContent = "";
       flash.show(`Recalculation did not start: ${e.message}`);
