@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.orm import aliased
-from temporalio.client import ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
@@ -20,7 +20,12 @@ from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_
 from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
-from workflows.matching import match_schedule_id, match_workflow_id, start_recalculation
+from workflows.matching import (
+    match_schedule_id,
+    match_workflow_id,
+    running_scheduled_runs,
+    start_recalculation,
+)
 
 log = logging.getLogger("sponsorflow.api.matching")
 
@@ -192,22 +197,12 @@ async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> Recalc
                 paused=sched.schedule.state.paused,
                 next_run_at=min(sched.info.next_action_times, default=None),
             )
-            for action in sched.info.running_actions:
-                if not isinstance(action, ScheduleActionExecutionStartWorkflow):
-                    continue
-                run = await temporal.get_workflow_handle(
-                    action.workflow_id, run_id=action.first_execution_run_id
-                ).describe()
-                # The schedule learns of a finished run a little late: list only what still runs.
-                if run.status == WorkflowExecutionStatus.RUNNING:
-                    running.append(
-                        RunningRecalculation(
-                            workflow_id=run.id,
-                            run_id=run.run_id,
-                            started_by="schedule",
-                            started_at=run.start_time,
-                        )
-                    )
+            running.extend(
+                RunningRecalculation(
+                    workflow_id=run.id, run_id=run.run_id, started_by="schedule", started_at=run.start_time
+                )
+                for run in await running_scheduled_runs(temporal, tenant_id, sched)
+            )
     except RPCError as exc:
         log.error("could not read the match recalculation of %s: %s", db.tenant_id, exc)
         raise HTTPException(

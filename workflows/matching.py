@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         ScheduleActionExecutionStartWorkflow,
         ScheduleActionStartWorkflow,
         ScheduleAlreadyRunningError,
+        ScheduleDescription,
         ScheduleIntervalSpec,
         ScheduleOverlapPolicy,
         SchedulePolicy,
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ScheduleState,
         ScheduleUpdate,
         ScheduleUpdateInput,
+        WorkflowExecutionDescription,
         WorkflowExecutionStatus,
     )
     from temporalio.service import RPCError, RPCStatusCode
@@ -68,10 +70,7 @@ async def start_recalculation(client: Client, tenant_id: str, task_queue: str, t
     tenant's schedule started (`match/{tenant}-{time}`), so asking never adds a second run.
     """
     for scheduled in await running_scheduled_runs(client, tenant_id):
-        handle = client.get_workflow_handle(scheduled.workflow_id, run_id=scheduled.first_execution_run_id)
-        # The schedule learns of a finished run a little late: trust only a run still running.
-        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            return handle
+        return client.get_workflow_handle(scheduled.id, run_id=scheduled.run_id)
     return await client.start_workflow(
         MatchRecalculationWorkflow.run,
         MatchRecalcInput(tenant_id=tenant_id, trigger=trigger),
@@ -95,16 +94,36 @@ async def recalculate_after_change(client: Client, tenant_id: str, task_queue: s
 
 
 async def running_scheduled_runs(
-    client: Client, tenant_id: str
-) -> list[ScheduleActionExecutionStartWorkflow]:
-    """The runs the tenant's schedule started that it still counts as running (none without one)."""
-    try:
-        desc = await client.get_schedule_handle(match_schedule_id(tenant_id)).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return []
-        raise
-    return [a for a in desc.info.running_actions if isinstance(a, ScheduleActionExecutionStartWorkflow)]
+    client: Client, tenant_id: str, schedule: ScheduleDescription | None = None
+) -> list[WorkflowExecutionDescription]:
+    """The runs the tenant's schedule started that are still running (none without a schedule).
+
+    The schedule's own list of running actions learns of a finished run a little late, so each
+    is confirmed with a describe. `schedule`: its description, when the caller has it already.
+    """
+    desc = schedule
+    if desc is None:
+        try:
+            desc = await client.get_schedule_handle(match_schedule_id(tenant_id)).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return []
+            raise
+    running = []
+    for action in desc.info.running_actions:
+        if not isinstance(action, ScheduleActionExecutionStartWorkflow):
+            continue
+        try:
+            run = await client.get_workflow_handle(
+                action.workflow_id, run_id=action.first_execution_run_id
+            ).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                continue
+            raise
+        if run.status == WorkflowExecutionStatus.RUNNING:
+            running.append(run)
+    return running
 
 
 def _schedule(tenant_id: str, task_queue: str, every: timedelta) -> Schedule:
