@@ -69,8 +69,9 @@ async def start_recalculation(client: Client, tenant_id: str, task_queue: str, t
     Already running means an on-demand run (same id: USE_EXISTING joins it) or one the
     tenant's schedule started (`match/{tenant}-{time}`), so asking never adds a second run.
     """
-    for scheduled in await running_scheduled_runs(client, tenant_id):
-        return client.get_workflow_handle(scheduled.id, run_id=scheduled.run_id)
+    scheduled = await running_scheduled_runs(client, tenant_id)
+    if scheduled:
+        return client.get_workflow_handle(scheduled[0].id, run_id=scheduled[0].run_id)
     return await client.start_workflow(
         MatchRecalculationWorkflow.run,
         MatchRecalcInput(tenant_id=tenant_id, trigger=trigger),
