@@ -433,6 +433,26 @@ class MatchGeneration(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class WriteRequest(Base):
+    """The fence of one write sent through Temporal: pending, applied (activity) or abandoned (API)."""
+
+    __tablename__ = "write_requests"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    state: Mapped[str] = mapped_column(String(12), nullable=False)
+    entity_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    entity_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Event(Base):
     """The outbox: one row per business event, written with the change it reports."""
 
@@ -469,4 +489,5 @@ TENANT_TABLES: dict[str, str] = {
     "matches": "tenant_id",
     "match_generations": "tenant_id",
     "events": "tenant_id",
+    "write_requests": "tenant_id",
 }
