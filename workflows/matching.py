@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import (
@@ -14,6 +15,7 @@ from temporalio.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from temporalio.api.common.v1 import Payload
     from temporalio.client import (
         Client,
         Schedule,
@@ -36,6 +38,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.matching import MatchActivities
     from domain.matching import MatchRecalcInput, MatchRecalcResult, RecalculateInput
     from workflows import search_attributes as sa
+
+
+_SCHEDULE_SUMMARY = "Match recalculation (schedule)"
+_MAX_JITTER = timedelta(minutes=5)
+_CATCHUP_WINDOW = timedelta(hours=1)
 
 
 def match_workflow_id(tenant_id: str) -> str:
@@ -127,6 +134,22 @@ async def running_scheduled_runs(
     return running
 
 
+def schedule_offset(tenant_id: str, every: timedelta) -> timedelta:
+    """Where in each interval this tenant's recalculation falls: a stable hash into [0, every).
+
+    An interval spec counts from the epoch, so without an offset every tenant's schedule
+    would fire at the same instant (00:00 UTC for a daily one).
+    """
+    period_s = max(int(every.total_seconds()), 1)
+    digest = hashlib.sha256(f"match-recalc/{tenant_id}".encode()).digest()
+    return timedelta(seconds=int.from_bytes(digest[:8], "big") % period_s)
+
+
+def schedule_jitter(every: timedelta) -> timedelta:
+    """Random delay added to each action: a tenth of the interval, at most five minutes."""
+    return min(every / 10, _MAX_JITTER)
+
+
 def _schedule(tenant_id: str, task_queue: str, every: timedelta) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
@@ -135,28 +158,93 @@ def _schedule(tenant_id: str, task_queue: str, every: timedelta) -> Schedule:
             id=match_workflow_id(tenant_id),
             task_queue=task_queue,
             typed_search_attributes=_search_attributes(tenant_id),
-            static_summary="Match recalculation (schedule)",
+            static_summary=_SCHEDULE_SUMMARY,
         ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        # A recalculation still running when the next is due makes the next one pointless.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=every, offset=schedule_offset(tenant_id, every))],
+            jitter=schedule_jitter(every),
+        ),
+        policy=SchedulePolicy(
+            # A recalculation still running when the next is due makes the next one pointless.
+            overlap=ScheduleOverlapPolicy.SKIP,
+            # After a longer outage, the missed runs are skipped (the next one is due soon
+            # enough) instead of every tenant firing its backlog at once when Temporal returns.
+            catchup_window=min(every, _CATCHUP_WINDOW),
+        ),
         state=ScheduleState(note="Recalculates this tenant's advertiser-show matches (sponsorflow)."),
     )
 
 
-async def ensure_match_schedule(client: Client, tenant_id: str, task_queue: str, every: timedelta) -> bool:
-    """Creates the tenant's schedule, or brings an existing one to this spec; True if created."""
+ScheduleChange = Literal["created", "updated", "unchanged"]
+
+
+async def _owned(client: Client, schedule: Schedule) -> tuple[Any, ...]:
+    """What sponsorflow owns of a schedule (spec, action, policy), in comparable form.
+
+    The state (paused, note, remaining actions) is the operator's and is left out. A described
+    schedule carries its workflow input and summary as payloads; they are decoded here.
+    """
+    action = schedule.action
+    if not isinstance(action, ScheduleActionStartWorkflow):
+        return ("not a workflow start",)
+    args: list[Any] = list(action.args)
+    summary: Any = action.static_summary
+    try:
+        if args and isinstance(args[0], Payload):
+            args = await client.data_converter.decode(args, [MatchRecalcInput] * len(args))
+        if isinstance(summary, Payload):
+            summary = (await client.data_converter.decode([summary], [str]))[0]
+    except Exception:  # noqa: BLE001 - an input we cannot read is an input to replace
+        args = ["undecodable"]
+    spec = schedule.spec
+    return (
+        action.workflow,
+        action.id,
+        action.task_queue,
+        [a.model_dump() if isinstance(a, MatchRecalcInput) else a for a in args],
+        summary,
+        sorted((p.key.name, p.value) for p in action.typed_search_attributes),
+        (action.execution_timeout, action.run_timeout, action.task_timeout, action.retry_policy),
+        [(i.every, i.offset or timedelta(0)) for i in spec.intervals],
+        (list(spec.calendars), list(spec.cron_expressions), list(spec.skip)),
+        (spec.start_at, spec.end_at, spec.jitter or timedelta(0), spec.time_zone_name or None),
+        (schedule.policy.overlap, schedule.policy.catchup_window, schedule.policy.pause_on_failure),
+    )
+
+
+async def ensure_match_schedule(
+    client: Client, tenant_id: str, task_queue: str, every: timedelta
+) -> ScheduleChange:
+    """Creates the tenant's schedule, or brings what we own of an existing one to this config.
+
+    Only the spec, the action and the policy are ours: the state an operator set (paused, its
+    note, limited actions) is kept, and when nothing of ours differs nothing is written (one
+    describe, no update), so running this on every maintenance round costs a read per tenant.
+    """
     wanted = _schedule(tenant_id, task_queue, every)
     try:
         await client.create_schedule(match_schedule_id(tenant_id), wanted)
-        return True
+        return "created"
     except ScheduleAlreadyRunningError:
+        pass
+    wanted_owned = await _owned(client, wanted)
+    changed = False
 
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
+    async def update(inp: ScheduleUpdateInput) -> ScheduleUpdate | None:
+        nonlocal changed
+        current = inp.description.schedule
+        if await _owned(client, current) == wanted_owned:
+            changed = False
+            return None
+        changed = True
+        return ScheduleUpdate(
+            schedule=Schedule(
+                action=wanted.action, spec=wanted.spec, policy=wanted.policy, state=current.state
+            )
+        )
 
-        await client.get_schedule_handle(match_schedule_id(tenant_id)).update(update)
-        return False
+    await client.get_schedule_handle(match_schedule_id(tenant_id)).update(update)
+    return "updated" if changed else "unchanged"
 
 
 @workflow.defn
