@@ -45,6 +45,25 @@ class Settings(BaseSettings):
     import_heartbeat_seconds: int = 30
     # How long an API process trusts a verified API key before asking the database again.
     api_key_cache_seconds: float = 30.0
+    # How long a write sent through Temporal (stage change, IO delivery, cancel, booking) is waited
+    # for before the API fences it off and answers 503 (not applied, and never will be).
+    update_budget_seconds: float = Field(20.0, gt=0, le=300)
+
+    # `sponsorflow up`: how many worker processes it runs on the one task queue (worker-1, ...).
+    workers: int = Field(1, ge=1, le=16)
+    # After SIGTERM a worker stops polling and gives running activities this long to finish before
+    # they are cancelled; under docker-compose.yml's stop_grace_period (30 s) for the worker.
+    worker_shutdown_seconds: float = Field(25.0, ge=0)
+    # How long a workflow task may wait on the sticky queue of the worker that has the workflow
+    # cached before any worker may take it: the delay a SIGKILLed worker's workflows see.
+    worker_sticky_timeout_seconds: float = Field(5.0, gt=0)
+    # After SIGTERM the API finishes requests in flight (and ends open event streams) within this.
+    api_shutdown_seconds: int = Field(8, ge=0)
+    # `up` restarts a worker, API or Temporal dev server child that dies: after this delay,
+    # doubling per crash up to the maximum, back to the first once the child stayed up long enough.
+    up_restart_backoff_seconds: float = Field(0.5, gt=0)
+    up_restart_backoff_max_seconds: float = Field(30.0, gt=0)
+    up_restart_reset_seconds: float = Field(60.0, gt=0)
 
     temporal_address: str | None = None
     temporal_port: int = 7233

@@ -6,12 +6,14 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from db.models import Campaign, DealStageHistory, Event
+from db.fences import claim_request, release_claim
+from db.models import Advertiser, Campaign, DealStageHistory, Event, Show
 from domain import events
 from domain.deals import (
     LoadDealInput,
@@ -29,6 +31,24 @@ def stall_key(campaign_id: str, stage: Stage, entered_at: datetime) -> str:
     return f"deal.stalled/{campaign_id}/{stage.value}/{entered_at.isoformat()}"
 
 
+def _missing(campaign_id: str) -> ApplicationError:
+    return ApplicationError(f"deal {campaign_id} does not exist", type="DealMissing", non_retryable=True)
+
+
+async def _current_entry(
+    session: AsyncSession, campaign_id: uuid.UUID
+) -> tuple[Stage, datetime, str | None] | None:
+    """The deal's stage entry as the row has it now, or None if the row is gone."""
+    row = (
+        await session.execute(
+            select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
+                Campaign.id == campaign_id
+            )
+        )
+    ).first()
+    return None if row is None else (Stage(row[0]), row[1], row[2])
+
+
 class DealActivities:
     """Activities of the deal pipeline, bound to the worker's session factory."""
 
@@ -40,6 +60,30 @@ class DealActivities:
         """Writes the stage, its history row and the deal.stage_changed event in one transaction."""
         campaign_id = uuid.UUID(inp.campaign_id)
         async with tenant_tx(self._sm, inp.tenant_id) as session:
+            claim = None
+            if inp.request_id is not None:
+                # The write fence: the API may have given up on this request (abandoned: write
+                # nothing), or an earlier attempt of it committed inside a workflow task that was
+                # lost (applied: adopt the row as it is).
+                claim = await claim_request(
+                    session=session,
+                    tenant_id=inp.tenant_id,
+                    request_id=inp.request_id,
+                    entity_type="deal",
+                    entity_id=inp.campaign_id,
+                )
+                if claim.outcome == "abandoned":
+                    return RecordStageChangeResult(outcome="abandoned")
+                if claim.outcome == "applied":
+                    entry = await _current_entry(session, campaign_id)
+                    if entry is None:
+                        raise _missing(inp.campaign_id)
+                    return RecordStageChangeResult(
+                        outcome="already_applied",
+                        stage=entry[0],
+                        stage_entered_at=entry[1],
+                        lost_reason=entry[2],
+                    )
             written = await session.scalar(
                 select(DealStageHistory.changed_at).where(
                     DealStageHistory.idempotency_key == inp.idempotency_key
@@ -72,19 +116,14 @@ class DealActivities:
                 )
             ).scalar()
             if moved is None:
-                row = (
-                    await session.execute(
-                        select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
-                            Campaign.id == campaign_id
-                        )
-                    )
-                ).first()
-                if row is None:
-                    raise ApplicationError(
-                        f"deal {inp.campaign_id} does not exist", type="DealMissing", non_retryable=True
-                    )
+                entry = await _current_entry(session, campaign_id)
+                if entry is None:
+                    raise _missing(inp.campaign_id)
+                if claim is not None:
+                    # Decided against a stale entry: the workflow decides again under this id.
+                    await release_claim(session=session, request_id=inp.request_id or "", claim=claim)
                 return RecordStageChangeResult(
-                    outcome="stale", stage=Stage(row[0]), stage_entered_at=row[1], lost_reason=row[2]
+                    outcome="stale", stage=entry[0], stage_entered_at=entry[1], lost_reason=entry[2]
                 )
             session.add(
                 DealStageHistory(
@@ -120,14 +159,16 @@ class DealActivities:
         async with tenant_tx(self._sm, inp.tenant_id) as session:
             row = (
                 await session.execute(
-                    select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
-                        Campaign.id == uuid.UUID(inp.campaign_id)
-                    )
+                    select(Campaign, Advertiser.name, Show.name)
+                    .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+                    .outerjoin(Show, Show.id == Campaign.show_id)
+                    .where(Campaign.id == uuid.UUID(inp.campaign_id))
                 )
             ).first()
             if row is None:
                 return LoadDealResult(exists=False)
-            stage, entered_at, lost_reason = Stage(row[0]), row[1], row[2]
+            c, advertiser_name, show_name = row
+            stage, entered_at = Stage(c.stage), c.stage_changed_at
             stalled = await session.scalar(
                 select(Event.id).where(Event.idempotency_key == stall_key(inp.campaign_id, stage, entered_at))
             )
@@ -135,8 +176,15 @@ class DealActivities:
             exists=True,
             stage=stage,
             stage_entered_at=entered_at,
-            lost_reason=lost_reason,
+            lost_reason=c.lost_reason,
             stall_notified=stalled is not None,
+            has_details=True,
+            name=c.name,
+            advertiser_id=str(c.advertiser_id),
+            advertiser_name=advertiser_name,
+            show_id=str(c.show_id) if c.show_id else None,
+            show_name=show_name,
+            value_usd=float(c.value_usd),
         )
 
     @activity.defn(name="record_stall")

@@ -7,14 +7,15 @@ import logging
 import random
 import time
 import uuid
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -28,6 +29,7 @@ from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, featu
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
 from db.deals import DealRow, HistoryRow, deal_seed, deals_query, get_deal, get_history, insert_deal
+from db.fences import abandon_request, begin_keyed_request, fingerprint, new_request_id
 from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import (
@@ -42,6 +44,8 @@ from settings import Settings
 from workflows.deals import (
     FORBIDDEN_TRANSITION,
     INVALID_REQUEST,
+    PRECONDITION_FAILED,
+    REQUEST_ABANDONED,
     DealWorkflow,
     deal_start_options,
     deal_workflow_id,
@@ -197,11 +201,64 @@ def _days_in_stage(c: Campaign) -> int:
     return max(0, (datetime.now(UTC) - c.stage_changed_at).days)
 
 
-def _json(deal: DealPublic, timing: ServerTiming) -> Response:
+def _json(deal: DealPublic, timing: ServerTiming, *, replayed: bool = False) -> Response:
     # The model is built here from trusted rows; serialising it directly spares FastAPI's
     # second validation pass on the hot path (the route keeps response_model for the docs).
-    return Response(
-        deal.model_dump_json(by_alias=True), media_type="application/json", headers=timing.headers()
+    headers = {**timing.headers(), "ETag": etag(deal.stage, deal.stage_changed_at)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(deal.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def etag(stage: Stage, entered_at: datetime) -> str:
+    """The deal's current stage entry as an entity tag: `"<stage>.<microseconds since epoch>"`."""
+    return f'"{stage.value}.{(entered_at - _EPOCH) // timedelta(microseconds=1)}"'
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What If-Match asked for: any entry (`*`), one entry, or something no entry matches."""
+
+    stage: Stage | None = None
+    entered_at: datetime | None = None
+    unmatchable: bool = False
+
+    def holds(self, stage: Stage, entered_at: datetime) -> bool:
+        """Whether the deal's current entry satisfies it."""
+        if self.unmatchable:
+            return False
+        return self.stage is None or (self.stage, self.entered_at) == (stage, entered_at)
+
+
+def parse_if_match(value: str | None) -> Precondition | None:
+    """Parses If-Match (one of our ETags, a list of them, or `*`); None when absent or `*`."""
+    if value is None or value.strip() == "*":
+        return None
+    tags = [t.strip().removeprefix("W/") for t in value.split(",") if t.strip()]
+    if len(tags) != 1:
+        # Several tags: only one can be the current entry; a list is honoured as its first element
+        # would be ambiguous, so it is refused as unmatchable unless it is exactly one tag.
+        return Precondition(unmatchable=True)
+    tag = tags[0].strip('"')
+    stage_name, _, micros = tag.rpartition(".")
+    try:
+        return Precondition(stage=Stage(stage_name), entered_at=_EPOCH + timedelta(microseconds=int(micros)))
+    except ValueError:
+        return Precondition(unmatchable=True)
+
+
+def _precondition_failed(stage: Stage, entered_at: datetime) -> HTTPException:
+    return HTTPException(
+        status.HTTP_412_PRECONDITION_FAILED,
+        detail={
+            "message": f"the deal moved meanwhile: it is now {stage.value}; nothing was changed",
+            "current_stage": stage.value,
+            "etag": etag(stage, entered_at),
+        },
+        headers={"ETag": etag(stage, entered_at)},
     )
 
 
@@ -278,7 +335,6 @@ async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) 
     await client.start_workflow(DealWorkflow.run, inp, **start_options(inp, settings))
 
 
-_UPDATE_DEADLINE_S = 20.0
 # How long a PATCH may build on the previous answer instead of reading the row: a deal's other
 # fields (name, value) can change by import, so this bounds how stale they can look.
 _ANSWER_TTL_S = 5.0
@@ -297,9 +353,25 @@ def _update_failed(
         return _conflict(TransitionError(now_stage, target, allowed, cause.message))
     if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=cause.message)
+    if isinstance(cause, ApplicationError) and cause.type == PRECONDITION_FAILED:
+        details = cause.details[0] if cause.details else {}
+        return _precondition_failed(
+            Stage(details.get("current", current.value)),
+            datetime.fromisoformat(details["stage_entered_at"]),
+        )
+    if isinstance(cause, ApplicationError) and cause.type == REQUEST_ABANDONED:
+        return _not_applied("the stage change was superseded before it was written")
     log.error("stage update of deal %s failed: %s", campaign_id, exc)
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE, detail="the stage change could not be recorded; retry"
+    )
+
+
+def _not_applied(why: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"{why}: it was not applied, and it never will be; retry",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -466,9 +538,17 @@ async def get_deals(
 
 
 @router.get("/{campaign_id}", response_model=DealPublic)
-async def read_deal(campaign_id: str, db: TenantDbDep, settings: SettingsDep) -> DealPublic:
-    """Returns a deal with its stage, probability, weighted value and full history."""
-    return await _load(db, campaign_id, settings)
+async def read_deal(
+    campaign_id: str, db: TenantDbDep, settings: SettingsDep, response: Response
+) -> DealPublic:
+    """Returns a deal with its stage, probability, weighted value and full history.
+
+    The ETag header names the deal's current stage entry; send it back as If-Match on a stage
+    change to move the deal only if nobody moved it meanwhile.
+    """
+    deal = await _load(db, campaign_id, settings)
+    response.headers["ETag"] = etag(deal.stage, deal.stage_changed_at)
+    return deal
 
 
 @router.patch(
@@ -477,8 +557,10 @@ async def read_deal(campaign_id: str, db: TenantDbDep, settings: SettingsDep) ->
     responses={
         404: {"description": "unknown deal"},
         409: {"description": "forbidden move; detail names the allowed stages"},
-        422: {"description": "unknown stage, or lost without a reason"},
-        503: {"description": "Temporal unreachable; nothing was changed"},
+        412: {"description": "If-Match named a stage entry the deal has left; nothing was changed"},
+        422: {"description": "unknown stage, lost without a reason, or an Idempotency-Key reused"},
+        503: {"description": "not applied, and it never will be (Temporal or the worker too slow); retry"},
+        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
     },
 )
 async def change_stage(
@@ -489,25 +571,56 @@ async def change_stage(
     settings: SettingsDep,
     request: Request,
     response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="a retried PATCH with the same key answers what the first one did",
+        ),
+    ] = None,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            description="the deal's ETag (its current stage entry): move only if nobody moved it since",
+        ),
+    ] = None,
 ) -> Response:
-    """Moves a deal: an update with a validator, sent with update-with-start."""
+    """Moves a deal: an update with a validator, sent with update-with-start, fenced by a request id."""
     timing = ServerTiming(response)
     cid = parse_id(campaign_id, "deal")
+    precondition = parse_if_match(if_match)
+    deadline = time.monotonic() + settings.update_budget_seconds
+    if idempotency_key is not None:
+        request_id = await _begin_keyed(db, client, settings, cid, body, idempotency_key, deadline)
+        if request_id is None:
+            # An earlier request with this key was applied: answer what it did.
+            return _json(await _load(db, campaign_id, settings), timing, replayed=True)
+    else:
+        request_id = new_request_id()
+    move = ChangeStageInput(
+        stage=body.stage,
+        reason=body.reason,
+        request_id=request_id,
+        expected_stage=precondition.stage if precondition else None,
+        expected_entered_at=precondition.entered_at if precondition else None,
+    )
     seeds: SeedCache = request.app.state.deal_seeds
     seed = seeds.get(db.tenant_id, cid)
-    if seed is not None and is_open(seed.stage):
+    if seed is not None and is_open(seed.stage) and not (precondition and precondition.unmatchable):
         recent = seeds.recent(db.tenant_id, cid, _ANSWER_TTL_S)
         if recent is not None:
             # Just answered about this deal: if the workflow's move starts where that answer
             # left it, the new answer is that one plus the move, no database round trip.
-            answered = await _move_from_recent(db, client, settings, body, seed, recent, cid, timing)
+            answered = await _move_from_recent(db, client, settings, move, seed, recent, cid, timing)
         else:
             # Seen before: the update goes out at once and the read runs alongside it.
-            answered = await _move_with_known_seed(db, client, settings, body, seed, cid, timing)
+            answered = await _move_with_known_seed(db, client, settings, move, seed, cid, timing)
         if answered is not None:
             seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
             return _json(answered, timing)
-    deadline = time.monotonic() + _UPDATE_DEADLINE_S
     attempt = 0
     while True:
         attempt += 1
@@ -518,6 +631,8 @@ async def change_stage(
         seed = workflow_input(row, settings)
         seeds.put(db.tenant_id, cid, seed)
         current = Stage(row.campaign.stage)
+        if precondition is not None and not precondition.holds(current, row.campaign.stage_changed_at):
+            raise _precondition_failed(current, row.campaign.stage_changed_at)
         if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
             # A closed deal has no running workflow; its rules need no Temporal round trip
             # (a no-op answers 200, anything but reopening a lost deal is a 409).
@@ -528,30 +643,27 @@ async def change_stage(
             return _json(_public(row, _entries(history), settings), timing)
         try:
             with timing.measure("temporal"):
-                result = await _send(client, body, seed, settings)
+                result = await _send(client, move, seed, settings, deadline)
             break
         except (TimeoutError, RPCTimeoutOrCancelledError):
             log.warning("stage update of deal %s timed out (attempt %d); retrying", campaign_id, attempt)
-            if time.monotonic() > deadline:
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    detail="the stage change was not confirmed in time; retry",
-                    headers={"Retry-After": "1"},
-                ) from None
         except WorkflowUpdateFailedError as exc:
             raise _update_failed(exc, current, body.stage, campaign_id) from None
         except RPCError as exc:
             # The server caps in-flight updates per workflow (10 by default) and aborts the
             # updates in flight when a deal closes; both are worth another try, re-reading
             # the row so a deal that closed meanwhile gets its closed-deal answer.
-            if exc.status not in RETRYABLE_RPC or time.monotonic() > deadline:
+            if exc.status not in RETRYABLE_RPC:
                 log.error("Temporal refused the update of deal %s: %s", campaign_id, exc)
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    detail="Temporal is unreachable or overloaded; nothing was changed, retry",
-                    headers={"Retry-After": "1"},
-                ) from None
+                refused = await _give_up(db, client, settings, cid, request_id, "Temporal refused it")
+                return _json(refused, timing)
             await asyncio.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
+        if time.monotonic() >= deadline:
+            answered = await _give_up(
+                db, client, settings, cid, request_id, "the stage change was not confirmed in time"
+            )
+            seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
+            return _json(answered, timing)
     answered = _answer(row, history, result, settings)
     if answered is None:
         # Other moves interleaved: answer with one consistent snapshot of the row and its history.
@@ -559,6 +671,95 @@ async def change_stage(
             answered = await _load(db, campaign_id, settings)
     seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
     return _json(answered, timing)
+
+
+_SCOPE = "deal-stage"
+
+
+async def _begin_keyed(
+    db: TenantDbDep,
+    client: Client,
+    settings: Settings,
+    cid: uuid.UUID,
+    body: StageChange,
+    key: str,
+    deadline: float,
+) -> str | None:
+    """Registers this attempt under its Idempotency-Key; None when an earlier one was applied.
+
+    An earlier attempt still pending (its API gave up, died, or is still waiting) is fenced off
+    first: it can no longer land, so this attempt decides alone.
+    """
+    now = datetime.now(UTC)
+    async with db.tx() as session:
+        keyed = await begin_keyed_request(
+            session=session,
+            tenant_id=db.tenant_id,
+            idempotency_key=f"{_SCOPE}:{cid}:{key}",
+            fingerprint=fingerprint({"stage": body.stage.value, "reason": body.reason}),
+            entity_type="deal",
+            entity_id=str(cid),
+            expires_at=now + timedelta(seconds=settings.update_budget_seconds),
+            now=now,
+        )
+    if keyed.status == "mismatch":
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": "this Idempotency-Key was used for a different stage change of this deal",
+                    "type": "idempotency_key_reused",
+                }
+            ],
+        )
+    if keyed.status == "replay":
+        await _nudge(client, db.tenant_id, cid)
+        return None
+    assert keyed.request_id is not None
+    return keyed.request_id
+
+
+async def _give_up(
+    db: TenantDbDep, client: Client, settings: Settings, cid: uuid.UUID, request_id: str, why: str
+) -> DealPublic:
+    """Fences the request off (503: never applied), or finds that its write won (200)."""
+    outcome = None
+    for attempt in range(5):
+        try:
+            async with db.tx() as session:
+                outcome = await abandon_request(
+                    session=session,
+                    tenant_id=db.tenant_id,
+                    request_id=request_id,
+                    entity_type="deal",
+                    entity_id=str(cid),
+                )
+            break
+        except (OSError, SQLAlchemyError):
+            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
+            await asyncio.sleep(0.2 * 2**attempt)
+    if outcome is None:
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            detail="the outcome of the stage change is unknown; retry with the same Idempotency-Key",
+        )
+    if outcome == "abandoned":
+        raise _not_applied(why)
+    # The write landed, but the workflow never told us: it may have been written inside a
+    # workflow task the server lost. The workflow adopts the row on this nudge (and the
+    # maintenance workflow would find it anyway).
+    await _nudge(client, db.tenant_id, cid)
+    return await _load(db, str(cid), settings)
+
+
+async def _nudge(client: Client, tenant_id: uuid.UUID, cid: uuid.UUID) -> None:
+    """Asks the deal's workflow to re-read its row (best effort: a signal, bounded)."""
+    handle = client.get_workflow_handle(deal_workflow_id(str(tenant_id), str(cid)))
+    try:
+        await asyncio.wait_for(handle.signal(DealWorkflow.resync), timeout=2.0)
+    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError) as exc:
+        log.info("could not ask deal %s to resync: %s", cid, exc)
 
 
 def _reseed(seed: DealWorkflowInput, deal: DealPublic) -> DealWorkflowInput:
@@ -573,22 +774,30 @@ def _reseed(seed: DealWorkflowInput, deal: DealPublic) -> DealWorkflowInput:
 
 
 async def _send(
-    client: Client, body: StageChange, seed: DealWorkflowInput, settings: Settings
+    client: Client,
+    move: ChangeStageInput,
+    seed: DealWorkflowInput,
+    settings: Settings,
+    deadline: float | None = None,
 ) -> ChangeStageResult:
-    """One bounded update-with-start attempt.
+    """One bounded update-with-start attempt, with the request id as the update's id.
 
     Bounded because an update lost in a run that was closing would otherwise hold the request
-    open; a move is declarative ("be at X"), so a resend is safe.
+    open; a resend carries the same update id, so the server answers it once.
     """
+    timeout = _ATTEMPT_TIMEOUT_S
+    if deadline is not None:
+        timeout = max(0.05, min(timeout, deadline - time.monotonic()))
     return await asyncio.wait_for(
         client.execute_update_with_start_workflow(
             DealWorkflow.change_stage,
-            ChangeStageInput(stage=body.stage, reason=body.reason),
+            move,
+            id=move.request_id,
             start_workflow_operation=WithStartWorkflowOperation(
                 DealWorkflow.run, seed, **start_options(seed, settings)
             ),
         ),
-        timeout=_ATTEMPT_TIMEOUT_S,
+        timeout=timeout,
     )
 
 
@@ -596,7 +805,7 @@ async def _move_from_recent(
     db: TenantDbDep,
     client: Client,
     settings: Settings,
-    body: StageChange,
+    body: ChangeStageInput,
     seed: DealWorkflowInput,
     recent: DealPublic,
     cid: uuid.UUID,
@@ -638,7 +847,7 @@ async def _move_with_known_seed(
     db: TenantDbDep,
     client: Client,
     settings: Settings,
-    body: StageChange,
+    body: ChangeStageInput,
     seed: DealWorkflowInput,
     cid: uuid.UUID,
     timing: ServerTiming,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,7 +75,7 @@ async def release_claim(*, session: AsyncSession, request_id: str, claim: ClaimR
     if claim.outcome != "claimed":
         return
     if claim.inserted:
-        await session.execute(WriteRequest.__table__.delete().where(WriteRequest.request_id == request_id))
+        await session.execute(delete(WriteRequest).where(WriteRequest.request_id == request_id))
     else:
         await session.execute(
             update(WriteRequest)

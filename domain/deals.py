@@ -58,13 +58,27 @@ class DealState(BaseModel):
     stalled: bool = False
     moves_this_run: int = 0
     total_moves: int = 0
+    # The details search attributes and the live details are built from (they follow the row).
+    name: str | None = None
+    advertiser_id: str | None = None
+    show_id: str | None = None
+    value_usd: float | None = None
 
 
 class ChangeStageInput(BaseModel):
-    """A request to move a deal to another stage."""
+    """A request to move a deal to another stage.
+
+    `request_id` names the request (it is also the update's id): the stage write claims it in the
+    write fence, so a request the API gave up on is refused instead of applied late.
+    `expected_stage`/`expected_entered_at` (If-Match): move only if the deal is still in that
+    stage entry.
+    """
 
     stage: Stage
     reason: str | None = None
+    request_id: str | None = None
+    expected_stage: Stage | None = None
+    expected_entered_at: datetime | None = None
 
 
 class StageMove(BaseModel):
@@ -100,15 +114,19 @@ class RecordStageChangeInput(BaseModel):
     probability: int
     at: datetime
     idempotency_key: str
+    # The request this move answers (the write fence); None for writes no client waits for.
+    request_id: str | None = None
 
 
 class RecordStageChangeResult(BaseModel):
-    """What happened to the move: written now, written by an earlier attempt, or refused as stale.
+    """What happened to the move: written now, written by an earlier attempt, refused as stale, or
+    refused because the API gave up on its request (abandoned).
 
-    When stale, the row's actual stage entry is returned so the workflow can adopt it.
+    When stale (and when already applied by an earlier attempt of the same request), the row's
+    actual stage entry is returned so the workflow can adopt it.
     """
 
-    outcome: Literal["applied", "already_applied", "stale"]
+    outcome: Literal["applied", "already_applied", "stale", "abandoned"]
     stage: Stage | None = None
     stage_entered_at: datetime | None = None
     lost_reason: str | None = None
@@ -146,3 +164,12 @@ class LoadDealResult(BaseModel):
     stage_entered_at: datetime | None = None
     lost_reason: str | None = None
     stall_notified: bool = False
+    # The deal's details as the row has them (has_details is False in histories recorded before
+    # load_deal read them).
+    has_details: bool = False
+    name: str | None = None
+    advertiser_id: str | None = None
+    advertiser_name: str | None = None
+    show_id: str | None = None
+    show_name: str | None = None
+    value_usd: float | None = None

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         DealWorkflowInput,
         DealWorkflowResult,
         LoadDealInput,
+        LoadDealResult,
         RecordStageChangeInput,
         RecordStageChangeResult,
         RecordStallInput,
@@ -51,6 +52,10 @@ with workflow.unsafe.imports_passed_through():
 
 FORBIDDEN_TRANSITION = "ForbiddenTransition"
 INVALID_REQUEST = "InvalidStageRequest"
+# If-Match named a stage entry the deal has left.
+PRECONDITION_FAILED = "PreconditionFailed"
+# The API gave up on the request before its write; it is refused, never applied late.
+REQUEST_ABANDONED = "RequestAbandoned"
 
 _PERSIST_TIMEOUT = timedelta(seconds=10)
 _MAX_STALE_ROUNDS = 3
@@ -132,6 +137,7 @@ class DealWorkflow:
         self._total_moves = inp.total_moves
         self._synced = inp.synced
         self._gone = False
+        self._resyncs = 0
         # Stage updates run one at a time: each is decided against the stage the previous
         # one left, so the persisted history is a single chain.
         self._lock = asyncio.Lock()
@@ -167,20 +173,68 @@ class DealWorkflow:
     async def sync_with_record(self) -> None:
         """Adopts the row's stage entry: whoever started this run may have read a stale row."""
         async with self._lock:
-            row = await workflow.execute_local_activity_method(
-                DealActivities.load_deal,
-                LoadDealInput(tenant_id=self._inp.tenant_id, campaign_id=self._inp.campaign_id),
-                start_to_close_timeout=_PERSIST_TIMEOUT,
-                retry_policy=_PERSIST_RETRY,
-            )
-            if not row.exists:
-                self._gone = True
-            else:
-                assert row.stage is not None and row.stage_entered_at is not None
-                if (row.stage, row.stage_entered_at) != (self._stage, self._entered_at):
-                    self._enter(row.stage, row.stage_entered_at, row.lost_reason)
-                self._stall_notified = row.stall_notified
+            await self._adopt_record()
             self._synced = True
+
+    @workflow.signal
+    async def resync(self) -> None:
+        """Re-reads the row and adopts its stage entry and details.
+
+        Sent by the maintenance workflow when the row and this workflow disagree (a stage write
+        that committed inside a workflow task the server then lost), by the API when it finds a
+        request applied that it stopped waiting for, and by imports that change a deal's value,
+        advertiser, show or name.
+        """
+        await workflow.wait_condition(lambda: self._synced)
+        async with self._lock:
+            if self._gone or not is_open(self._stage):
+                return
+            self._resyncs += 1
+            await self._adopt_record()
+
+    async def _adopt_record(self) -> None:
+        row = await workflow.execute_local_activity_method(
+            DealActivities.load_deal,
+            LoadDealInput(tenant_id=self._inp.tenant_id, campaign_id=self._inp.campaign_id),
+            start_to_close_timeout=_PERSIST_TIMEOUT,
+            retry_policy=_PERSIST_RETRY,
+        )
+        if not row.exists:
+            self._gone = True
+            return
+        assert row.stage is not None and row.stage_entered_at is not None
+        if (row.stage, row.stage_entered_at) != (self._stage, self._entered_at):
+            self._enter(row.stage, row.stage_entered_at, row.lost_reason)
+        self._stall_notified = row.stall_notified
+        if row.has_details:
+            self._adopt_details(row)
+        self._describe()
+
+    def _adopt_details(self, row: LoadDealResult) -> None:
+        """Takes the row's name, value, advertiser and show; the search attributes follow."""
+        inp = self._inp
+        value = row.value_usd if row.value_usd is not None else inp.value_usd
+        advertiser_id = row.advertiser_id or inp.advertiser_id
+        wanted: dict[str, Any] = {
+            "name": row.name if row.name is not None else inp.name,
+            "advertiser_id": advertiser_id,
+            "advertiser_name": row.advertiser_name or inp.advertiser_name,
+            "show_id": row.show_id,
+            "show_name": row.show_name,
+            "value_usd": value,
+        }
+        if all(getattr(inp, k) == v for k, v in wanted.items()):
+            return
+        updates: list[Any] = []
+        if value != inp.value_usd:
+            updates.append(sa.DEAL_VALUE.value_set(float(value)))
+        if advertiser_id != inp.advertiser_id:
+            updates.append(sa.ADVERTISER_ID.value_set(advertiser_id))
+        if row.show_id != inp.show_id:
+            updates.append(sa.SHOW_ID.value_set(row.show_id) if row.show_id else sa.SHOW_ID.value_unset())
+        self._inp = inp.model_copy(update=wanted)
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
     async def wait_for_move_or_stall(self) -> None:
         """Waits for the next move; if none comes before the stage's limit, reports a stall."""
@@ -236,6 +290,7 @@ class DealWorkflow:
             # compare-and-set and decides again; a few rounds suffice since only this run writes.
             for _ in range(_MAX_STALE_ROUNDS):
                 current = self._stage
+                self._check_precondition(req)
                 if is_noop(current, req.stage):
                     return ChangeStageResult(changed=False, state=self.state())
                 try:
@@ -263,12 +318,28 @@ class DealWorkflow:
                         idempotency_key=_move_key(
                             self._inp.campaign_id, current, self._entered_at, req.stage
                         ),
+                        request_id=req.request_id,
                     ),
                 )
+                if result.outcome == "abandoned":
+                    raise ApplicationError(
+                        "the API gave up on this request before it was written; nothing was changed",
+                        type=REQUEST_ABANDONED,
+                        non_retryable=True,
+                    )
                 if result.outcome == "stale":
                     assert result.stage is not None and result.stage_entered_at is not None
                     self._enter(result.stage, result.stage_entered_at, result.lost_reason)
                     continue
+                if result.outcome == "already_applied" and req.request_id is not None:
+                    # An earlier attempt of this very request committed inside a workflow task
+                    # that was lost: the row is the truth, adopt it.
+                    assert result.stage is not None and result.stage_entered_at is not None
+                    if (result.stage, result.stage_entered_at) != (self._stage, self._entered_at):
+                        self._enter(result.stage, result.stage_entered_at, result.lost_reason)
+                    self._moves += 1
+                    self._total_moves += 1
+                    return ChangeStageResult(changed=True, state=self.state())
                 if result.outcome == "already_applied" and result.stage_entered_at is not None:
                     now = result.stage_entered_at
                 left = self._entered_at
@@ -314,10 +385,24 @@ class DealWorkflow:
         if not self._synced:
             # The seed may be stale; the handler decides once the row has been re-read.
             return
+        self._check_precondition(req)
         try:
             check_transition(self._stage, req.stage, req.reason)
         except ValueError as exc:
             raise _rejection(exc, self._stage) from None
+
+    def _check_precondition(self, req: ChangeStageInput) -> None:
+        """If-Match: the move stands only if the deal is still in the stage entry the client saw."""
+        if req.expected_stage is None:
+            return
+        if (req.expected_stage, req.expected_entered_at) != (self._stage, self._entered_at):
+            raise ApplicationError(
+                f"the deal moved meanwhile: it is now {self._stage.value} "
+                f"(since {self._entered_at.isoformat()})",
+                {"current": self._stage.value, "stage_entered_at": self._entered_at.isoformat()},
+                type=PRECONDITION_FAILED,
+                non_retryable=True,
+            )
 
     @workflow.query
     def state(self) -> DealState:
@@ -331,6 +416,10 @@ class DealWorkflow:
             stalled=self._stall_notified,
             moves_this_run=self._moves,
             total_moves=self._total_moves,
+            name=self._inp.name,
+            advertiser_id=self._inp.advertiser_id,
+            show_id=self._inp.show_id,
+            value_usd=self._inp.value_usd,
         )
 
     def _should_continue_as_new(self) -> bool:
@@ -351,9 +440,11 @@ class DealWorkflow:
     def _describe(self) -> None:
         since: datetime = self._entered_at
         stalled = " (stalled)" if self._stall_notified else ""
+        inp = self._inp
         workflow.set_current_details(
             f"Stage **{self._stage.value}**{stalled} since {since:%Y-%m-%d %H:%M} UTC, "
-            f"{probability(self._stage)}% likely"
+            f"{probability(self._stage)}% likely\n\n"
+            f"{deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd)}"
         )
 
 
