@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -93,12 +94,12 @@ def _wait_port(host: str, port: int, timeout: float, what: str, proc: subprocess
     raise SystemExit(f"{what} did not open {host}:{port} within {timeout:.0f}s")
 
 
-def _wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def _wait_ready(url: str, timeout: float, sup: Supervisor) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the API exited with code {proc.returncode}; see api.log under the data dir")
+        # A child that dies meanwhile (the API too) is restarted like any other.
+        sup.tick()
         try:
             r = httpx.get(f"{url}/readyz", timeout=2)
             if r.status_code == 200:
@@ -107,7 +108,7 @@ def _wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None
         except httpx.HTTPError as exc:
             last = str(exc)
         time.sleep(0.3)
-    raise SystemExit(f"the API was not ready within {timeout:.0f}s: {last}")
+    raise SystemExit(f"the API was not ready within {timeout:.0f}s: {last}; see api.log under the data dir")
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> str:
@@ -122,34 +123,197 @@ def _admin_token(settings: Settings, data_dir: Path) -> str:
     return token
 
 
+def exit_description(code: int) -> str:
+    """`code 1`, or `code -9 (SIGKILL)` for a child that a signal ended."""
+    if code < 0:
+        try:
+            return f"code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"code {code}"
+
+
+@dataclass
+class Backoff:
+    """Restart delays of one child: `initial` doubling up to `maximum`, reset after a long enough run."""
+
+    initial: float
+    maximum: float
+    reset_after: float
+    _next: float = 0.0
+
+    def after_exit(self, uptime: float) -> float:
+        """The delay before the next start of a child that ran `uptime` seconds before it died."""
+        if self._next == 0.0 or uptime >= self.reset_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux send the child SIGTERM when `up` dies without stopping it.
+
+    The children run in their own process group (so a terminal's Ctrl-C reaches only `up`,
+    which stops them in order); this keeps a SIGKILLed `up` from leaving them running.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # `up` died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+@dataclass
+class Child:
+    """One process `up` runs and restarts: its command, its log and its restart state."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    backoff: Backoff
+    # How long `up` waits after SIGTERM before it kills the child.
+    grace: float
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        """Starts the process, appending its output to its log."""
+        with self.log_path.open("ab") as log:  # the child holds its own descriptor
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                # Only a prctl call runs between fork and exec: no lock a thread could hold.
+                preexec_fn=_die_with_parent(),
+            )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def note(self, line: str) -> None:
+        """Prints a line on up's output and appends it to the child's log."""
+        print(line, flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self.log_path.open("a") as log:
+            log.write(f"{stamp} sponsorflow up: {line}\n")
+
+
+class Supervisor:
+    """Runs `up`'s children, restarts any that dies unasked, records their pids, stops them in order."""
+
+    def __init__(self, pids_path: Path) -> None:
+        self.children: list[Child] = []
+        self.pids_path = pids_path
+        self.stopping = False
+
+    def start(self, child: Child) -> Child:
+        """Starts a child and supervises it from now on."""
+        self.children.append(child)
+        child.start()
+        self.write_pids()
+        return child
+
+    def write_pids(self) -> None:
+        """`{name: pid}` of every running child, atomically (a fault injector reads it)."""
+        pids = {c.name: c.proc.pid for c in self.children if c.proc is not None}
+        tmp = self.pids_path.with_name(f".{self.pids_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(pids) + "\n")
+        os.replace(tmp, self.pids_path)
+
+    def tick(self) -> None:
+        """Notices children that died and starts those whose backoff has passed."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        changed = False
+        for c in self.children:
+            if c.proc is not None and c.proc.poll() is not None:
+                code = c.proc.returncode
+                delay = c.backoff.after_exit(now - c.started_at)
+                c.restarts += 1
+                c.proc = None
+                c.restart_at = now + delay
+                c.note(
+                    f"{c.name} exited with {exit_description(code)}; "
+                    f"restarting in {delay:g} s (restart {c.restarts})"
+                )
+                changed = True
+            elif c.proc is None and c.restart_at is not None and now >= c.restart_at:
+                c.start()
+                assert c.proc is not None
+                c.note(f"{c.name} restarted (pid {c.proc.pid})")
+                changed = True
+        if changed:
+            self.write_pids()
+
+    def stop(self) -> None:
+        """SIGTERM to the API and the workers, then to Temporal; waits for each, kills stragglers."""
+        self.stopping = True
+        apps = [c for c in self.children if c.name != "temporal"]
+        infra = [c for c in self.children if c.name == "temporal"]
+        # The workers drain first: a running activity still needs Temporal to report its result.
+        for group in (apps, infra):
+            signalled = time.monotonic()
+            for c in group:
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.terminate()
+            for c in group:
+                if c.proc is None:
+                    continue
+                try:
+                    code = c.proc.wait(timeout=max(0.0, signalled + c.grace - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"{c.name} did not stop in time; killing it", flush=True)
+                    c.proc.kill()
+                    c.proc.wait()
+                    continue
+                if code not in (0, -signal.SIGTERM):
+                    print(
+                        f"{c.name} exited with code {code} while stopping; see {c.log_path}",
+                        flush=True,
+                    )
+        self.pids_path.unlink(missing_ok=True)
+
+
 def up(settings: Settings) -> int:
     """Starts the whole dev stack in the foreground; Ctrl-C stops everything it started."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    stopping = False
+    sup = Supervisor(data_dir / "pids.json")
+    stopped = False
+
+    def backoff() -> Backoff:
+        return Backoff(
+            settings.up_restart_backoff_seconds,
+            settings.up_restart_backoff_max_seconds,
+            settings.up_restart_reset_seconds,
+        )
 
     def stop(*_: Any) -> None:
-        nonlocal stopping
-        if stopping:
+        nonlocal stopped
+        if stopped:
             return
-        stopping = True
+        stopped = True
         print("\nstopping ...", flush=True)
-        for _name, child in reversed(procs):
-            if child.poll() is None:
-                child.terminate()
-        for name, child in reversed(procs):
-            try:
-                code = child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                print(f"{name} did not stop in time; killing it", flush=True)
-                child.kill()
-                continue
-            if code not in (0, -signal.SIGTERM):
-                log_file = logs / f"{name}.log"
-                print(f"{name} exited with code {code} while stopping; see {log_file}", flush=True)
+        sup.stop()
         if db is not None and db.server is not None:
             db.server.cleanup()
 
@@ -170,53 +334,67 @@ def up(settings: Settings) -> int:
             print("starting the Temporal dev server ...", flush=True)
             from workflows.search_attributes import cli_flags
 
-            temporal = subprocess.Popen(
-                [
-                    _bin("temporal"),
-                    "server",
-                    "start-dev",
-                    "--db-filename",
-                    str(data_dir / "temporal.db"),
-                    "--port",
-                    str(settings.temporal_port),
-                    "--ui-port",
-                    str(settings.temporal_ui_port),
-                    "--namespace",
-                    settings.temporal_namespace,
-                    "--log-level",
-                    "warn",
-                    *(
-                        # WAL, still synced at every commit: faster, and as durable.
-                        ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
-                        if settings.temporal_dev_wal
-                        else []
-                    ),
-                    *cli_flags(),
-                ],
-                stdout=open(logs / "temporal.log", "ab"),  # noqa: SIM115 - lives as long as the child
-                stderr=subprocess.STDOUT,
+            # Restarted like the others if it dies: it reopens the same SQLite file, and the
+            # workers and the API reconnect by themselves.
+            temporal = sup.start(
+                Child(
+                    "temporal",
+                    [
+                        _bin("temporal"),
+                        "server",
+                        "start-dev",
+                        "--db-filename",
+                        str(data_dir / "temporal.db"),
+                        "--port",
+                        str(settings.temporal_port),
+                        "--ui-port",
+                        str(settings.temporal_ui_port),
+                        "--namespace",
+                        settings.temporal_namespace,
+                        "--log-level",
+                        "warn",
+                        *(
+                            # WAL, still synced at every commit: faster, and as durable.
+                            ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
+                            if settings.temporal_dev_wal
+                            else []
+                        ),
+                        *cli_flags(),
+                    ],
+                    logs / "temporal.log",
+                    backoff(),
+                    grace=15,
+                )
             )
-            procs.append(("temporal", temporal))
-            _wait_port("127.0.0.1", settings.temporal_port, 60, "the Temporal dev server", temporal)
+            assert temporal.proc is not None
+            _wait_port("127.0.0.1", settings.temporal_port, 60, "the Temporal dev server", temporal.proc)
             env["SPONSORFLOW_TEMPORAL_ADDRESS"] = f"127.0.0.1:{settings.temporal_port}"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker"],
-            env=env,
-            cwd=HERE,
-            stdout=open(logs / "worker.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
+        for n in range(1, settings.workers + 1):
+            # The first worker keeps the log name of the single-worker stack.
+            sup.start(
+                Child(
+                    f"worker-{n}",
+                    [sys.executable, "-m", "cli", "worker"],
+                    logs / ("worker.log" if n == 1 else f"worker-{n}.log"),
+                    backoff(),
+                    grace=settings.worker_shutdown_seconds + 10,
+                    env=env,
+                    cwd=HERE,
+                )
+            )
+        sup.start(
+            Child(
+                "api",
+                [sys.executable, "-m", "cli", "api", "--log-level", "warning"],
+                logs / "api.log",
+                backoff(),
+                grace=settings.api_shutdown_seconds + 5,
+                env=env,
+                cwd=HERE,
+            )
         )
-        procs.append(("worker", worker))
-        api = subprocess.Popen(
-            [sys.executable, "-m", "cli", "api", "--log-level", "warning"],
-            env=env,
-            cwd=HERE,
-            stdout=open(logs / "api.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(("api", api))
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        _wait_ready(api_url, 60, api)
+        _wait_ready(api_url, 60, sup)
         demo_key = None
         if settings.demo:
             from api.demo_seed import seed_demo
@@ -235,11 +413,8 @@ def up(settings: Settings) -> int:
             flush=True,
         )
         while True:
-            for name, p in procs:
-                if p.poll() is not None:
-                    print(f"{name} exited with code {p.returncode}; stopping", flush=True)
-                    return 1
-            time.sleep(0.5)
+            sup.tick()
+            time.sleep(0.2)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -496,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.api_host,
             port=settings.api_port,
             log_level=args.log_level,
+            # SIGTERM: stop accepting, finish requests in flight, then end what still runs (the
+            # web app's event streams never finish by themselves) and run the lifespan's shutdown.
+            timeout_graceful_shutdown=settings.api_shutdown_seconds,
         )
         exit_skipping_teardown(0)
     if args.command == "migrate":

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     worker_shutdown_seconds: float = Field(25.0, ge=0)
     # How long a workflow task may wait on the sticky queue of the worker that has the workflow
     # cached before any worker may take it: the delay a SIGKILLed worker's workflows see.
-    worker_sticky_timeout_seconds: float = Field(5.0, gt=0)
+    worker_sticky_timeout_seconds: float = Field(3.0, gt=0)
     # After SIGTERM the API finishes requests in flight (and ends open event streams) within this.
     api_shutdown_seconds: int = Field(8, ge=0)
     # `up` restarts a worker, API or Temporal dev server child that dies: after this delay,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -16,16 +15,22 @@ from temporalio.worker import Worker
 from activities.deals import DealActivities
 from activities.imports import ImportActivities
 from activities.io import IoActivities
+from activities.maintenance import (
+    MaintenanceActivities,
+    reconcile_deal_workflows,
+    reconcile_match_schedules,
+)
 from activities.matching import MatchActivities
-from db.deals import deal_seed, open_deals_page
-from db.engine import SessionMaker, make_engine, make_sessionmaker, tenant_tx
-from db.tenants import all_tenant_ids
+from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
-from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_workflow_id, start_deal_workflows
+from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
-from workflows.matching import MatchRecalculationWorkflow, ensure_match_schedule
+from workflows.maintenance import MaintenanceWorkflow, start_maintenance
+from workflows.matching import MatchRecalculationWorkflow
+
+# The maintenance singleton runs these (kept importable here for tests and ops scripts).
+__all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]
 
 log = logging.getLogger("sponsorflow.worker")
 
@@ -64,6 +69,16 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             imports.start_deal_workflows,
             imports.trigger_match_recalculation,
         ]
+    # Whatever the flags: its phases skip the features that are off.
+    maintenance = MaintenanceActivities(sm, settings)
+    workflows.append(MaintenanceWorkflow)
+    activities += [
+        maintenance.load_maintenance_config,
+        maintenance.reconcile_schedules,
+        maintenance.sweep_open_deals,
+        maintenance.repair_deal_drift,
+        maintenance.run_plugged_checks,
+    ]
     return workflows, activities
 
 
@@ -84,73 +99,37 @@ def build_worker(
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[*workflows, *extra_workflows],
         activities=activities,
+        # SIGTERM (a deploy, `docker compose stop`, Ctrl-C of `up`): stop polling, let running
+        # activities finish for this long, then cancel them; the sticky queue is released at once.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_seconds),
+        # A SIGKILLed worker cannot release its sticky queue: its cached workflows' next tasks wait
+        # this long before another worker replays and runs them (the SDK's default is 10 s).
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker_sticky_timeout_seconds),
     )
 
 
-async def reconcile_deal_workflows(
-    client: Client,
-    settings: Settings,
-    sm: SessionMaker,
-    *,
-    tenant_ids: Sequence[uuid.UUID] | None = None,
-    concurrency: int = 8,
-) -> dict[uuid.UUID, int]:
-    """Starts the workflow of every open deal that has none running; returns how many per tenant.
+async def keep_maintenance_running(client: Client, settings: Settings) -> None:
+    """Makes sure the deployment's maintenance singleton runs, from every worker, in the background.
 
-    POST /deals and imports start a deal's workflow, and a PATCH's update-with-start starts one on
-    first touch; a deal whose start failed (Temporal down at the time) would otherwise have no
-    stall timer until it is first moved. Visibility names the running ones; the rest are started
-    with USE_EXISTING, so a workflow started meanwhile (or not yet visible) is simply found.
+    USE_EXISTING: the first worker starts it, every other one finds it. A failure (Temporal
+    unreachable) is logged and retried with backoff; it never stops the worker. Once running,
+    it is checked again now and then, so a terminated singleton comes back.
     """
-    if not settings.enable_deal_pipeline:
-        return {}
-    out: dict[uuid.UUID, int] = {}
-    for tenant_id in await all_tenant_ids(sm=sm) if tenant_ids is None else tenant_ids:
-        query = (
-            f"WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' "
-            f"AND {sa.TENANT_ID.name} = '{tenant_id}'"
-        )
-        running = {wf.id async for wf in client.list_workflows(query, page_size=1000)}
-        started, after = 0, uuid.UUID(int=0)
-        while True:
-            async with tenant_tx(sm, tenant_id) as session:
-                page = await open_deals_page(session, after=after, limit=500)
-            if not page:
-                break
-            after = page[-1].campaign.id
-            seeds = [
-                deal_seed(row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
-                for row in page
-            ]
-            missing = [s for s in seeds if deal_workflow_id(s.tenant_id, s.campaign_id) not in running]
-            started += await start_deal_workflows(
-                client, missing, settings.temporal_task_queue, concurrency=concurrency
-            )
-        if started:
-            out[tenant_id] = started
-    return out
-
-
-async def _reconcile_in_background(client: Client, settings: Settings, sm: SessionMaker) -> None:
-    try:
-        started = await reconcile_deal_workflows(client, settings, sm)
-    except Exception:  # noqa: BLE001 - the worker runs on; the next start tries again
-        log.warning("starting the workflows of open deals that had none failed", exc_info=True)
-        return
-    for tenant_id, n in started.items():
-        log.info("started %d missing deal workflow(s) of tenant %s", n, tenant_id)
-
-
-async def reconcile_match_schedules(client: Client, settings: Settings, sm: SessionMaker) -> int:
-    """Makes sure every tenant has its recalculation schedule (once); returns how many were created."""
-    if not settings.enable_matchmaking:
-        return 0
-    created = 0
-    every = timedelta(hours=settings.match_recalc_every_hours)
-    for tenant_id in await all_tenant_ids(sm=sm):
-        if await ensure_match_schedule(client, str(tenant_id), settings.temporal_task_queue, every):
-            created += 1
-    return created
+    failures = 0
+    while True:
+        try:
+            handle = await start_maintenance(client, settings.temporal_task_queue)
+        except Exception:  # noqa: BLE001 - the worker polls on; the next attempt comes soon
+            failures += 1
+            delay = min(2.0**failures, settings.maintenance_ensure_seconds)
+            log.warning("the maintenance workflow could not be started; retrying in %gs", delay, exc_info=True)
+        else:
+            if failures or not handle.result_run_id:
+                pass
+            log.info("maintenance workflow %s running (run %s)", handle.id, handle.result_run_id)
+            failures = 0
+            delay = settings.maintenance_ensure_seconds
+        await asyncio.sleep(delay)
 
 
 async def run_worker(settings: Settings | None = None) -> None:
@@ -162,20 +141,33 @@ async def run_worker(settings: Settings | None = None) -> None:
     client = await connect_temporal(settings)
     sm = make_sessionmaker(engine)
     worker = build_worker(client, settings, sm)
-    created = await reconcile_match_schedules(client, settings, sm)
-    if created:
-        log.info("created %d missing match recalculation schedule(s)", created)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    drain_s = settings.worker_shutdown_seconds
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s: already draining", sig.name)
+            return
+        log.info(
+            "%s: draining; running activities get up to %gs to finish",
+            sig.name,
+            drain_s,
+        )
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
     async with worker:
-        # In the background: the worker polls at once, however many deals there are.
-        sweep = asyncio.create_task(_reconcile_in_background(client, settings, sm))
+        # In the background: the worker polls at once; schedules and the open-deal sweep are the
+        # singleton's rounds, not this start's.
+        maintenance = asyncio.create_task(keep_maintenance_running(client, settings))
         await stop.wait()
-        sweep.cancel()
+        maintenance.cancel()
+    # Only now: the activities that drained above still needed the engine.
     await engine.dispose()
+    log.info("worker stopped")
 
 
 def main() -> None:
