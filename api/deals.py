@@ -614,10 +614,12 @@ async def change_stage(
         if recent is not None:
             # Just answered about this deal: if the workflow's move starts where that answer
             # left it, the new answer is that one plus the move, no database round trip.
-            answered = await _move_from_recent(db, client, settings, move, seed, recent, cid, timing)
+            answered = await _move_from_recent(
+                db, client, settings, move, seed, recent, cid, timing, deadline
+            )
         else:
             # Seen before: the update goes out at once and the read runs alongside it.
-            answered = await _move_with_known_seed(db, client, settings, move, seed, cid, timing)
+            answered = await _move_with_known_seed(db, client, settings, move, seed, cid, timing, deadline)
         if answered is not None:
             seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
             return _json(answered, timing)
@@ -810,11 +812,12 @@ async def _move_from_recent(
     recent: DealPublic,
     cid: uuid.UUID,
     timing: ServerTiming,
+    deadline: float,
 ) -> DealPublic | None:
     """Sends the update and builds the answer on the previous one when they join up exactly."""
     try:
         with timing.measure("temporal"):
-            result = await _send(client, body, seed, settings)
+            result = await _send(client, body, seed, settings, deadline)
     except WorkflowUpdateFailedError as exc:
         raise _update_failed(exc, recent.stage, body.stage, str(cid)) from None
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
@@ -851,6 +854,7 @@ async def _move_with_known_seed(
     seed: DealWorkflowInput,
     cid: uuid.UUID,
     timing: ServerTiming,
+    deadline: float,
 ) -> DealPublic | None:
     """Sends the update with a cached seed while reading; None hands over to the careful path.
 
@@ -859,7 +863,7 @@ async def _move_with_known_seed(
     read = asyncio.create_task(_read(db, cid))
     try:
         with timing.measure("temporal"):
-            result = await _send(client, body, seed, settings)
+            result = await _send(client, body, seed, settings, deadline)
     except WorkflowUpdateFailedError as exc:
         row, _ = await read
         if row is None:

@@ -116,13 +116,11 @@ class KeyedRequest:
     """What an Idempotency-Key says about a new request.
 
     `new`: go ahead with `request_id` (registered pending); `replay`: an earlier request with this
-    key was applied (`request_id` is that one); `in_progress`: an earlier request with this key may
-    still land before `retry_after` seconds; `mismatch`: the key was used for a different request.
+    key was applied (`request_id` is that one); `mismatch`: the key was used for another request.
     """
 
-    status: Literal["new", "replay", "in_progress", "mismatch"]
+    status: Literal["new", "replay", "mismatch"]
     request_id: str | None = None
-    retry_after: float = 0.0
 
 
 async def begin_keyed_request(
@@ -136,41 +134,38 @@ async def begin_keyed_request(
     expires_at: datetime,
     now: datetime,
 ) -> KeyedRequest:
-    """Registers a new attempt under an Idempotency-Key, after fencing off expired earlier ones."""
+    """Registers a new attempt under an Idempotency-Key, after fencing off the earlier ones.
+
+    A retry means the client stopped listening to the earlier attempt (no answer, a dropped
+    connection, an API that died): that attempt is fenced as abandoned, so it can no longer land
+    behind this one's back; if it had already been applied, the retry answers it instead.
+    """
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
         {"k": f"{tenant_id}/{idempotency_key}"},
     )
-    # An earlier attempt whose API has given up (or died) can no longer be answered: fence it
-    # first, then look at what the earlier attempts became.
+    prints = (
+        await session.scalars(
+            select(WriteRequest.fingerprint).where(WriteRequest.idempotency_key == idempotency_key)
+        )
+    ).all()
+    if any(p != fingerprint for p in prints):
+        return KeyedRequest("mismatch")
     await session.execute(
         update(WriteRequest)
-        .where(
-            WriteRequest.idempotency_key == idempotency_key,
-            WriteRequest.state == "pending",
-            WriteRequest.expires_at <= now,
-        )
-        .values(state="abandoned", decided_at=func.now())
+        .where(WriteRequest.idempotency_key == idempotency_key, WriteRequest.state == "pending")
+        .values(state="abandoned", decided_at=now)
     )
     rows = (
         await session.execute(
-            select(
-                WriteRequest.request_id,
-                WriteRequest.state,
-                WriteRequest.fingerprint,
-                WriteRequest.expires_at,
-            ).where(WriteRequest.idempotency_key == idempotency_key)
+            select(WriteRequest.request_id, WriteRequest.state, WriteRequest.fingerprint).where(
+                WriteRequest.idempotency_key == idempotency_key
+            )
         )
     ).all()
-    if any(r.fingerprint != fingerprint for r in rows):
-        return KeyedRequest("mismatch")
     for r in rows:
         if r.state == "applied":
             return KeyedRequest("replay", request_id=r.request_id)
-    pending = [r for r in rows if r.state == "pending"]
-    if pending:
-        wait = max((r.expires_at - now).total_seconds() for r in pending)
-        return KeyedRequest("in_progress", request_id=pending[0].request_id, retry_after=max(1.0, wait))
     request_id = new_request_id()
     session.add(
         WriteRequest(
