@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     # Rows per committed import chunk, and how soon a killed import worker is noticed.
     import_chunk_rows: int = 10_000
     import_heartbeat_seconds: int = 30
+    # How long POST /etl/upload retries an ambiguous workflow start (same id, so never two runs)
+    # before it describes the workflow and decides 202 or 503 (at most 60: see domain.etl).
+    import_start_budget_seconds: float = Field(10.0, ge=0, le=60)
+    # An import still pending/running this long after its upload has its workflow described
+    # when its status is read (at most once per this interval per API process), so a workflow
+    # terminated or timed out in Temporal ends the import `failed` at once.
+    import_stale_after_seconds: float = Field(10.0, ge=0)
     # How long an API process trusts a verified API key before asking the database again.
     api_key_cache_seconds: float = 30.0
     # How long a write sent through Temporal (stage change, IO delivery, cancel, booking) is waited

@@ -9,22 +9,27 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeat import Heartbeat
 from db.deals import deal_seed, open_deals_page
 from db.engine import SessionMaker, set_tenant, tenant_tx
 from db.events import emit_event
 from db.imports import (
     UpsertOutcome,
+    close_open_import,
     ids_by_external_id,
     merge_downloads,
+    open_imports,
     stage_downloads,
     upsert_campaigns,
     upsert_catalog,
@@ -33,14 +38,19 @@ from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk
 from domain import events
 from domain.etl import (
     FILE_ERROR,
+    FINAL_STATUSES,
+    IMPORT_CLOSED,
     MAX_STORED_ROW_ERRORS,
     MarkImportInput,
     MarkImportResult,
+    RepairStuckImportsInput,
+    RepairStuckImportsResult,
     RunImportInput,
     RunImportResult,
     StartDealWorkflowsInput,
     StartDealWorkflowsResult,
     TriggerMatchesInput,
+    closes_import,
 )
 from domain.imports import (
     FileError,
@@ -56,13 +66,22 @@ from domain.imports import (
 )
 from domain.io import ReportDeliveryInput, UnitStatus
 
-FINAL = ("completed", "completed_with_errors", "failed")
+FINAL = FINAL_STATUSES
 MAX_WARNINGS = 50
 _READ_BLOCK = 1 << 20
+# Deal workflows told to re-read their row at once (signals are cheap; the server is shared).
+_RESYNC_CONCURRENCY = 20
 
 
 def _file_error(message: str) -> ApplicationError:
     return ApplicationError(message, type=FILE_ERROR, non_retryable=True)
+
+
+def _closed_error(imp: EtlImport) -> ApplicationError:
+    """The import was closed from outside (fenced start, repair, cancel): write nothing more."""
+    return ApplicationError(
+        imp.error or f"the import is {imp.status}", imp.status, type=IMPORT_CLOSED, non_retryable=True
+    )
 
 
 class ImportActivities:
@@ -89,11 +108,23 @@ class ImportActivities:
             if row is None:
                 raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
             if row.status in FINAL or row.status == inp.status:
-                return MarkImportResult(changed=False)
+                return MarkImportResult.model_validate(
+                    {"changed": False, "status": row.status, "error": row.error}
+                )
+            if inp.status == "cancelled":
+                closed = await close_open_import(
+                    session=session,
+                    tenant_id=uuid.UUID(inp.tenant_id),
+                    import_id=iid,
+                    closed_as="cancelled",
+                    at=now,
+                )
+                assert closed is not None  # locked above and open
+                return MarkImportResult(changed=True, status="cancelled", error=closed.error)
             row.status = inp.status
             if inp.status == "running":
                 row.started_at = row.started_at or now
-                return MarkImportResult(changed=True)
+                return MarkImportResult(changed=True, status="running")
             row.finished_at = now
             row.error = inp.error
             if inp.status == "failed":
@@ -128,19 +159,33 @@ class ImportActivities:
                     occurred_at=now,
                     idempotency_key=f"etl/{inp.import_id}/completed",
                 )
-        return MarkImportResult(changed=True)
+        return MarkImportResult(changed=True, status=inp.status, error=inp.error)
 
     @activity.defn(name="load_rows")
     async def load_rows(self, inp: RunImportInput) -> RunImportResult:
-        """Parses and upserts the stored file in chunks; each chunk commits with its checkpoint."""
+        """Parses and upserts the stored file in chunks; each chunk commits with its checkpoint.
+
+        It heartbeats in the background through every phase (the download of the stored
+        upload, opening the file, each chunk's staging and commit), with the last committed
+        row as details; a chunk commits only while the import is still `running`.
+        """
+        async with Heartbeat() as beat:
+            return await self._load_rows(inp, beat)
+
+    async def _load_rows(self, inp: RunImportInput, beat: Heartbeat) -> RunImportResult:
         iid = uuid.UUID(inp.import_id)
         tid = uuid.UUID(inp.tenant_id)
         async with tenant_tx(self._sm, tid) as session:
             imp = await session.get(EtlImport, iid)
             if imp is None:
                 raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
+            if imp.status in FINAL:
+                raise _closed_error(imp)
             checkpoint = dict(imp.checkpoint)
             filename = imp.filename
+        if checkpoint.get("resync"):
+            # An earlier attempt committed a chunk and may have died before telling its deals.
+            await self._resync(tid, iid, [uuid.UUID(c) for c in checkpoint["resync"]])
         fd, tmp = tempfile.mkstemp(prefix="sf-import-")
         os.close(fd)
         path = Path(tmp)
@@ -193,12 +238,12 @@ class ImportActivities:
                     except BaseException:
                         await following.session.close()
                         raise
-                    activity.heartbeat(previous.batch.last_row)
+                    beat.set(previous.batch.last_row)
                     staged = following
                 if staged is not None:
                     previous, staged = staged, None
                     await self._finish(tid, iid, inp.kind, previous, estimate)
-                    activity.heartbeat(previous.batch.last_row)
+                    beat.set(previous.batch.last_row)
             finally:
                 if staged is not None:
                     await staged.session.close()
@@ -213,12 +258,15 @@ class ImportActivities:
         async with tenant_tx(self._sm, tid) as session:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             assert imp is not None
+            if imp.status in FINAL:
+                raise _closed_error(imp)
             imp.rows_total = imp.rows_processed
             return RunImportResult(
                 rows_processed=imp.rows_processed,
                 rows_inserted=imp.rows_inserted,
                 rows_updated=imp.rows_updated,
                 rows_failed=imp.rows_failed,
+                workflows_resynced=int(imp.checkpoint.get("workflows_resynced", 0)),
             )
 
     async def _download(self, tid: uuid.UUID, iid: uuid.UUID, path: Path) -> int:
@@ -271,6 +319,10 @@ class ImportActivities:
         try:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             assert imp is not None
+            if imp.status in FINAL:
+                # Closed from outside while this chunk was on its way (cancelled, or failed by
+                # a repair after Temporal terminated the workflow): the counts stay as they are.
+                raise _closed_error(imp)
             if int(imp.checkpoint.get("row", 1)) >= (batch.last_row or 0):
                 return  # an earlier attempt committed this chunk
             if kind == "show_downloads":
@@ -315,10 +367,32 @@ class ImportActivities:
                 "errors_stored": stored + min(room, len(errors)),
                 "seen_data": staged.seen_any,
                 "rows_estimate": estimate,
+                "workflows_resynced": int(imp.checkpoint.get("workflows_resynced", 0)),
+                # Deals to tell after the commit; kept until they are told, so a retry does it.
+                "resync": [str(c) for c in outcome.resync],
             }
             await session.commit()
         finally:
             await session.close()  # rolls back whatever did not commit
+        if outcome.resync:
+            await self._resync(tid, iid, outcome.resync)
+
+    async def _resync(self, tid: uuid.UUID, iid: uuid.UUID, deal_ids: list[uuid.UUID]) -> None:
+        """Signals `resync` to the deals a committed chunk changed, then counts them once.
+
+        A retry may signal some twice, which is harmless (the workflow re-reads its row).
+        """
+        told = await resync_deal_workflows(activity.client(), tid, deal_ids)
+        pending = [str(c) for c in deal_ids]
+        async with tenant_tx(self._sm, tid) as session:
+            imp = await session.get(EtlImport, iid, with_for_update=True)
+            if imp is None or imp.checkpoint.get("resync") != pending:
+                return  # another attempt counted them already
+            imp.checkpoint = {
+                **imp.checkpoint,
+                "resync": [],
+                "workflows_resynced": int(imp.checkpoint.get("workflows_resynced", 0)) + told,
+            }
 
     @activity.defn(name="trigger_match_recalculation")
     async def trigger_match_recalculation(self, inp: TriggerMatchesInput) -> str:
@@ -331,13 +405,26 @@ class ImportActivities:
     @activity.defn(name="start_deal_workflows")
     async def start_deal_workflows(self, inp: StartDealWorkflowsInput) -> StartDealWorkflowsResult:
         """Starts (or finds running) the DealWorkflow of every open deal this import wrote."""
-        from workflows.deals import start_deal_workflows
 
         client = activity.client()
         iid = uuid.UUID(inp.import_id)
         after = activity.info().heartbeat_details[0] if activity.info().heartbeat_details else None
         started = int(after["started"]) if after else 0
         last_id = uuid.UUID(after["last_id"]) if after else uuid.UUID(int=0)
+        async with Heartbeat(*([after] if after else [])) as beat:
+            return await self._start_deal_workflows(inp, client, iid, started, last_id, beat)
+
+    async def _start_deal_workflows(
+        self,
+        inp: StartDealWorkflowsInput,
+        client: Client,
+        iid: uuid.UUID,
+        started: int,
+        last_id: uuid.UUID,
+        beat: Heartbeat,
+    ) -> StartDealWorkflowsResult:
+        from workflows.deals import start_deal_workflows
+
         while True:
             async with tenant_tx(self._sm, inp.tenant_id) as session:
                 page = await open_deals_page(session, after=last_id, limit=500, import_id=iid)
@@ -353,8 +440,101 @@ class ImportActivities:
                 await session.execute(
                     update(EtlImport).where(EtlImport.id == iid).values(workflows_started=started)
                 )
-            activity.heartbeat({"started": started, "last_id": str(last_id)})
+            beat.set({"started": started, "last_id": str(last_id)})
         return StartDealWorkflowsResult(started=started)
+
+    @activity.defn(name="repair_stuck_imports")
+    async def repair_stuck_imports(self, inp: RepairStuckImportsInput) -> RepairStuckImportsResult:
+        """Closes the tenant's open imports whose workflow ended without closing them."""
+        return await repair_stuck_imports(
+            sm=self._sm,
+            client=activity.client(),
+            tenant_id=uuid.UUID(inp.tenant_id),
+            older_than=timedelta(seconds=inp.older_than_seconds),
+            limit=inp.limit,
+        )
+
+
+async def resync_deal_workflows(client: Client, tenant_id: uuid.UUID, deal_ids: list[uuid.UUID]) -> int:
+    """Sends `resync` to each deal's workflow, a bounded number at a time; returns how many got it.
+
+    A deal without a running workflow (NOT_FOUND) is fine: whatever starts it next (the
+    maintenance sweep, an update-with-start) seeds it from the row.
+    """
+    from workflows.deals import deal_workflow_id
+
+    sem = asyncio.Semaphore(_RESYNC_CONCURRENCY)
+
+    async def tell(deal_id: uuid.UUID) -> bool:
+        async with sem:
+            try:
+                await client.get_workflow_handle(deal_workflow_id(str(tenant_id), str(deal_id))).signal(
+                    "resync"
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return False
+        return True
+
+    return sum(await asyncio.gather(*(tell(d) for d in deal_ids)))
+
+
+async def close_if_workflow_closed(
+    *, sm: SessionMaker, client: Client, tenant_id: uuid.UUID, import_id: uuid.UUID, age: timedelta
+) -> EtlImport | None:
+    """Describes an open import's workflow; if it closed without closing the import, closes it.
+
+    Returns the closed row, or None (still running, completed, or Temporal did not answer: then
+    nothing is decided). A workflow that is not found closes the import only once the import is
+    older than the start grace (the API may still be starting it).
+    """
+    from workflows.imports import import_workflow_closure, import_workflow_id
+
+    try:
+        closure = await import_workflow_closure(client, import_workflow_id(str(tenant_id), str(import_id)))
+    except RPCError:
+        return None
+    if closure is None:
+        return None
+    closed_as, detail = closure
+    if not closes_import(closed_as, age):
+        return None
+    async with tenant_tx(sm, tenant_id) as session:
+        return await close_open_import(
+            session=session,
+            tenant_id=tenant_id,
+            import_id=import_id,
+            closed_as=closed_as,
+            detail=detail,
+            at=datetime.now(UTC),
+        )
+
+
+async def repair_stuck_imports(
+    *, sm: SessionMaker, client: Client, tenant_id: uuid.UUID, older_than: timedelta, limit: int = 500
+) -> RepairStuckImportsResult:
+    """Checks every pending/running import of a tenant created more than `older_than` ago.
+
+    An import whose workflow was terminated, timed out, failed or was cancelled without running
+    its cleanup is marked `failed` (`cancelled`) with a reason naming what happened and the rows
+    that committed before; an import with no workflow at all, once past the start grace, is
+    marked `failed`. Idempotent: run it as often as you like (the maintenance round does).
+    """
+    now = datetime.now(UTC)
+    async with tenant_tx(sm, tenant_id) as session:
+        candidates = await open_imports(session=session, created_before=now - older_than, limit=limit)
+    sem = asyncio.Semaphore(_RESYNC_CONCURRENCY)
+
+    async def check(iid: uuid.UUID, created: datetime) -> bool:
+        async with sem:
+            closed = await close_if_workflow_closed(
+                sm=sm, client=client, tenant_id=tenant_id, import_id=iid, age=now - created
+            )
+        return closed is not None
+
+    closed = sum(await asyncio.gather(*(check(iid, created) for iid, created in candidates)))
+    return RepairStuckImportsResult(checked=len(candidates), closed=closed)
 
 
 class _Batch:

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 from temporalio import activity
 
+from activities.heartbeat import Heartbeat
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
 from db.matching import Features, MatchEncoder, load_features, open_generation, prune_generations
@@ -177,12 +178,21 @@ class MatchActivities:
             done = await session.scalar(select(Event.payload).where(Event.idempotency_key == key))
         if done is not None:
             return MatchRecalcResult.model_validate(done)
+        # Alive through every phase: the load, the writer lock waits (pruning, opening the
+        # generation), the COPY and the swap are single long awaits a chunk heartbeat misses.
+        async with Heartbeat({"phase": "load"}) as beat:
+            return await self._recalculate(inp, tid, key, beat)
+
+    async def _recalculate(
+        self, inp: RecalculateInput, tid: uuid.UUID, key: str, beat: Heartbeat
+    ) -> MatchRecalcResult:
         started = time.monotonic()
         phases = _Phases(started)
         today = datetime.now(UTC).date()
         async with tenant_tx(self._sm, tid) as session:
             features = await load_features(session, tid, today)
         phases.done("load")
+        beat.set({"phase": "score", "advertisers_scored": 0, "of": len(features.advertisers)})
         # The database drops rankings no reader needs any more while this process scores.
         pruning = asyncio.create_task(self._prune(tid, None))
         try:
@@ -191,9 +201,10 @@ class MatchActivities:
             for start in range(0, total, inp.chunk_advertisers):
                 end = min(total, start + inp.chunk_advertisers)
                 await asyncio.to_thread(ranker.add_chunk, start, end)
-                activity.heartbeat({"advertisers_scored": end, "of": total})
+                beat.set({"phase": "score", "advertisers_scored": end, "of": total})
             pairs = await asyncio.to_thread(ranker.pairs)
         finally:
+            beat.set({"phase": "waiting for the writer lock (pruning)"})
             await pruning
         phases.done("score")
         encoder = MatchEncoder(features)
@@ -203,6 +214,7 @@ class MatchActivities:
             free, past = ranker.facts(batch)
             return encoder.encode(batch.show_idx, batch.adv_idx, batch.scores, batch.signals, free, past)
 
+        beat.set({"phase": "waiting for the writer lock"})
         async with tenant_tx(self._sm, tid) as session:
             stage = await open_generation(session, tid)
             starts = range(0, len(pairs), _WRITE_BATCH)
@@ -217,8 +229,9 @@ class MatchActivities:
                     else None
                 )
                 await stage.copy(data)
-                activity.heartbeat({"written": min(len(pairs), lo + _WRITE_BATCH), "of": len(pairs)})
+                beat.set({"phase": "write", "written": min(len(pairs), lo + _WRITE_BATCH), "of": len(pairs)})
             phases.done("write")
+            beat.set({"phase": "swap"})
             generation = await stage.swap(
                 computed_on=today,
                 weights=features.weights,
@@ -248,6 +261,7 @@ class MatchActivities:
                 idempotency_key=key,
             )
         # Committed: the generation before the previous one has no reader left to wait for.
+        beat.set({"phase": "prune", "generation": generation})
         await self._prune(tid, generation - 1)
         return result
 

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
 from sqlalchemy import select
+from temporalio.client import Client
 from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
+from db.imports import close_open_import
 from db.models import EtlImport, EtlRowError, EtlUploadChunk
-from domain.etl import MAX_STORED_ROW_ERRORS, CsvImportInput
+from domain.etl import (
+    MAX_STORED_ROW_ERRORS,
+    OPEN_STATUSES,
+    CsvImportInput,
+    closes_import,
+    start_refused_reason,
+)
+from domain.etl import (
+    ImportStatus as ImportStatusValue,
+)
 from domain.imports import KINDS
-from workflows.imports import CsvImportWorkflow, import_workflow_id
+from settings import Settings
+from workflows.imports import import_workflow_closure, import_workflow_id, start_import_workflow
 
 log = logging.getLogger("sponsorflow.api.etl")
 
@@ -34,7 +48,7 @@ class ImportAccepted(BaseModel):
     """An import that was stored and whose workflow started."""
 
     import_id: str
-    status: str
+    status: ImportStatusValue
     workflow_id: str
 
 
@@ -53,13 +67,16 @@ class ImportStatus(BaseModel):
     import_id: str
     kind: str
     filename: str
-    status: str
+    status: ImportStatusValue
     rows_total: int | None
     rows_processed: int
     rows_inserted: int
     rows_updated: int
     rows_failed: int
     workflows_started: int
+    # Open deals the import changed (value, advertiser, show or name) whose workflow was told
+    # to re-read its row, so search attributes and summary follow.
+    workflows_resynced: int
     progress: float
     size_bytes: int
     warnings: list[str]
@@ -77,9 +94,10 @@ class ImportSummary(BaseModel):
     import_id: str
     kind: str
     filename: str
-    status: str
+    status: ImportStatusValue
     rows_processed: int
     rows_failed: int
+    error: str | None
     created_at: datetime
     finished_at: datetime | None
 
@@ -95,7 +113,10 @@ def _422(field: str, msg: str) -> HTTPException:
     "/upload",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ImportAccepted,
-    responses={413: {"description": "file larger than SPONSORFLOW_MAX_UPLOAD_MB"}},
+    responses={
+        413: {"description": "file larger than SPONSORFLOW_MAX_UPLOAD_MB"},
+        503: {"description": "the import could not be started; it is marked failed and never runs"},
+    },
 )
 async def upload(
     request: Request,
@@ -152,33 +173,90 @@ async def upload(
         imp = await session.get(EtlImport, import_id)
         assert imp is not None
         imp.size_bytes = size
-    try:
-        await client.start_workflow(
-            CsvImportWorkflow.run,
-            CsvImportInput(
-                tenant_id=str(db.tenant_id),
-                import_id=str(import_id),
-                kind=kind,  # checked against KINDS above
-                filename=filename,
-                chunk_rows=settings.import_chunk_rows,
-                heartbeat_seconds=settings.import_heartbeat_seconds,
-                trigger_matches=settings.enable_matchmaking,
-            ),
-            id=wid,
-            task_queue=settings.temporal_task_queue,
-            static_summary=f"Import: {filename} ({kind}, {size:,} bytes)",
-        )
-    except RPCError as exc:
-        log.error("import %s stored but its workflow did not start: %s", import_id, exc)
+    inp = CsvImportInput(
+        tenant_id=str(db.tenant_id),
+        import_id=str(import_id),
+        kind=kind,  # checked against KINDS above
+        filename=filename,
+        chunk_rows=settings.import_chunk_rows,
+        heartbeat_seconds=settings.import_heartbeat_seconds,
+        trigger_matches=settings.enable_matchmaking,
+    )
+    verdict, detail = await start_import_workflow(
+        client,
+        inp,
+        task_queue=settings.temporal_task_queue,
+        summary=f"Import: {filename} ({kind}, {size:,} bytes)",
+        budget=timedelta(seconds=settings.import_start_budget_seconds),
+    )
+    if verdict != "started":
+        # Not started, or nobody can tell: fence the import. Marked failed while still pending,
+        # it never runs (a workflow that starts late finds it failed and imports nothing); if a
+        # workflow already moved it to running, the start did happen and the answer is 202.
         async with db.tx() as session:
-            imp = await session.get(EtlImport, import_id)
-            if imp is not None:
-                imp.status = "failed"
-                imp.error = "the import could not be started (Temporal unreachable); upload it again"
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unreachable; upload again"
-        ) from None
+            fenced = await close_open_import(
+                session=session,
+                tenant_id=db.tenant_id,
+                import_id=import_id,
+                closed_as="not_found",
+                reason=start_refused_reason(detail),
+                at=datetime.now(UTC),
+                only_pending=True,
+            )
+        if fenced is not None:
+            log.error("import %s stored but its workflow did not start (%s): %s", import_id, verdict, detail)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"the import could not be started ({detail}); it was marked failed; upload again",
+            )
     return ImportAccepted(import_id=str(import_id), status="pending", workflow_id=wid)
+
+
+# When this process last described each open import's workflow (see _true_status).
+_checked: dict[uuid.UUID, float] = {}
+_CHECKED_MAX = 10_000
+
+
+async def _true_status(imp: EtlImport, db: TenantDbDep, client: Client, settings: Settings) -> EtlImport:
+    """An import the row says is open, checked against its workflow once it is old enough.
+
+    A workflow terminated or timed out in Temporal runs no more code, so its import would stay
+    `running` forever: when the row is open and older than SPONSORFLOW_IMPORT_STALE_AFTER_SECONDS,
+    the workflow is described (at most once per that interval per process) and a closed one
+    closes the import (`failed`, or `cancelled`), with the reason and the counts of what
+    committed. Temporal not answering decides nothing: the row is returned as it is.
+    """
+    if imp.status not in OPEN_STATUSES:
+        return imp
+    age = datetime.now(UTC) - imp.created_at
+    stale = settings.import_stale_after_seconds
+    now = time.monotonic()
+    if age.total_seconds() < stale or now - _checked.get(imp.id, -stale - 1) < stale:
+        return imp
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()
+    _checked[imp.id] = now
+    wid = imp.workflow_id or import_workflow_id(str(imp.tenant_id), str(imp.id))
+    try:
+        closure = await import_workflow_closure(client, wid)
+    except RPCError as exc:
+        log.warning("import %s: describing its workflow failed: %s", imp.id, exc)
+        return imp
+    if closure is None or not closes_import(closure[0], age):
+        return imp
+    async with db.tx() as session:
+        closed = await close_open_import(
+            session=session,
+            tenant_id=db.tenant_id,
+            import_id=imp.id,
+            closed_as=closure[0],
+            detail=closure[1],
+            at=datetime.now(UTC),
+        )
+        if closed is None:  # closed meanwhile by someone else: read what they wrote
+            closed = await session.get(EtlImport, imp.id, populate_existing=True)
+    _checked.pop(imp.id, None)
+    return closed or imp
 
 
 def _progress(imp: EtlImport) -> float:
@@ -190,13 +268,17 @@ def _progress(imp: EtlImport) -> float:
 
 
 @router.get("/status/{import_id}", response_model=ImportStatus)
-async def import_status(import_id: str, db: TenantDbDep) -> ImportStatus:
+async def import_status(
+    import_id: str, db: TenantDbDep, client: TemporalDep, settings: SettingsDep
+) -> ImportStatus:
     """Status, counts, progress, warnings and the first row errors of one import."""
     iid = parse_id(import_id, "import")
     async with db.tx() as session:
         imp = await session.get(EtlImport, iid)
         if imp is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"import {import_id!r} not found")
+    imp = await _true_status(imp, db, client, settings)
+    async with db.tx() as session:
         errors = (
             await session.scalars(
                 select(EtlRowError)
@@ -216,6 +298,7 @@ async def import_status(import_id: str, db: TenantDbDep) -> ImportStatus:
         rows_updated=imp.rows_updated,
         rows_failed=imp.rows_failed,
         workflows_started=imp.workflows_started,
+        workflows_resynced=int(imp.checkpoint.get("workflows_resynced", 0)),
         progress=_progress(imp),
         size_bytes=imp.size_bytes,
         warnings=list(imp.warnings),
@@ -233,12 +316,23 @@ async def import_status(import_id: str, db: TenantDbDep) -> ImportStatus:
 
 @router.get("/history", response_model=Page[ImportSummary])
 async def import_history(
-    db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
+    db: TenantDbDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
 ) -> Page[ImportSummary]:
-    """This tenant's imports, newest first."""
+    """This tenant's imports, newest first (open ones checked against their workflows)."""
     stmt = newest_first(select(EtlImport), EtlImport, cursor, limit)
     async with db.tx() as session:
         rows = list((await session.scalars(stmt)).all())
+    sem = asyncio.Semaphore(8)
+
+    async def checked(r: EtlImport) -> EtlImport:
+        async with sem:
+            return await _true_status(r, db, client, settings)
+
+    page = await asyncio.gather(*(checked(r) for r in rows[:limit]))
     items = [
         ImportSummary(
             import_id=str(r.id),
@@ -247,9 +341,10 @@ async def import_history(
             status=r.status,
             rows_processed=r.rows_processed,
             rows_failed=r.rows_failed,
+            error=r.error,
             created_at=r.created_at,
             finished_at=r.finished_at,
         )
-        for r in rows[:limit]
+        for r in page
     ]
     return Page(items=items, next_cursor=newest_next_cursor(rows, limit))

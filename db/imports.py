@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import literal_column, select, text
@@ -14,10 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.events import emit_event
-from db.models import Advertiser, Campaign, DealStageHistory, Show
+from db.models import Advertiser, Campaign, DealStageHistory, EtlImport, Show
 from domain import events
+from domain.etl import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
 from domain.io import DEFAULT_SLOTS
-from domain.stages import Stage, probability
+from domain.stages import OPEN_STAGES, Stage, probability
+
+_OPEN_STAGE_VALUES = frozenset(s.value for s in OPEN_STAGES)
 
 
 @dataclass
@@ -28,6 +32,9 @@ class UpsertOutcome:
     updated: int = 0
     repeated_keys: list[str] = field(default_factory=list)  # written earlier by this same import
     stage_kept: int = 0  # existing deals whose file stage differed (stages move through the pipeline)
+    # Existing open deals whose value, advertiser, show or name this chunk changed: their
+    # workflows hold those as search attributes and summary, and are told to re-read the row.
+    resync: list[uuid.UUID] = field(default_factory=list)
 
 
 _INSERTED: Any = literal_column("(xmax = 0)").label("inserted")
@@ -122,18 +129,34 @@ async def upsert_campaigns(
         return out
     out.repeated_keys = await _repeats(session, Campaign, import_id, [r["external_id"] for r in records])
     existing = {
-        r[0]: r[1]
+        r[0]: r[1:]
         for r in await session.execute(
-            select(Campaign.external_id, Campaign.stage).where(
-                Campaign.external_id.in_([r["external_id"] for r in records])
-            )
+            select(
+                Campaign.external_id,
+                Campaign.stage,
+                Campaign.id,
+                Campaign.advertiser_id,
+                Campaign.show_id,
+                Campaign.name,
+                Campaign.value_usd,
+            ).where(Campaign.external_id.in_([r["external_id"] for r in records]))
         )
     }
     rows = []
     for r in records:
         stage = Stage(r.get("stage") or Stage.LEAD.value)
-        if r["external_id"] in existing and existing[r["external_id"]] != stage.value:
-            out.stage_kept += 1
+        before = existing.get(r["external_id"])
+        if before is not None:
+            old_stage, cid, advertiser_id, show_id, name, value = before
+            if old_stage != stage.value:
+                out.stage_kept += 1
+            if old_stage in _OPEN_STAGE_VALUES and (
+                advertiser_id != r["advertiser_id"]
+                or show_id != r.get("show_id")
+                or name != r["name"]
+                or Decimal(value) != Decimal(str(r["value_usd"]))
+            ):
+                out.resync.append(cid)
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -244,3 +267,55 @@ async def merge_downloads(
         )
     ).one()
     return UpsertOutcome(inserted=int(counts[0]), updated=int(counts[1]))
+
+
+async def close_open_import(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    closed_as: ClosedAs,
+    at: datetime,
+    detail: str | None = None,
+    reason: str | None = None,
+    only_pending: bool = False,
+) -> EtlImport | None:
+    """Ends an import that is still open (pending/running) as failed or cancelled, with a reason.
+
+    Idempotent: an import that is already final is left alone (None is returned). The row is
+    locked first, so the counts named in the reason are exactly what committed: an import
+    activity commits a chunk only while holding the same lock and only while the import is
+    open, so nothing commits after this. `only_pending` fences a start: it closes the import
+    only if no workflow has moved it to `running` yet. Emits `etl.error` once.
+    """
+    row = await session.get(EtlImport, import_id, with_for_update=True, populate_existing=True)
+    allowed = ("pending",) if only_pending else OPEN_STATUSES
+    if row is None or row.status not in allowed:
+        return None
+    row.status = closed_import_status(closed_as)
+    row.error = reason or closed_import_reason(closed_as, row.rows_processed, detail)
+    row.finished_at = at
+    await emit_event(
+        session=session,
+        tenant_id=tenant_id,
+        type=events.ETL_ERROR,
+        entity_type="import",
+        entity_id=str(import_id),
+        payload={"kind": row.kind, "filename": row.filename, "status": row.status, "reason": row.error},
+        occurred_at=at,
+        idempotency_key=f"etl/{import_id}/{row.status}",
+    )
+    return row
+
+
+async def open_imports(
+    *, session: AsyncSession, created_before: datetime, limit: int
+) -> list[tuple[uuid.UUID, datetime]]:
+    """This tenant's pending/running imports created before a moment: (id, created_at), oldest first."""
+    rows = await session.execute(
+        select(EtlImport.id, EtlImport.created_at)
+        .where(EtlImport.status.in_(OPEN_STATUSES), EtlImport.created_at < created_before)
+        .order_by(EtlImport.created_at)
+        .limit(limit)
+    )
+    return [(r[0], r[1]) for r in rows]

@@ -2,16 +2,66 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 ImportKind = Literal["shows", "advertisers", "campaigns", "show_downloads", "deliveries"]
-ImportStatus = Literal["pending", "running", "completed", "completed_with_errors", "failed"]
+ImportStatus = Literal["pending", "running", "completed", "completed_with_errors", "failed", "cancelled"]
+# Statuses an import never leaves; `pending` and `running` are the open ones.
+FINAL_STATUSES: tuple[str, ...] = ("completed", "completed_with_errors", "failed", "cancelled")
+OPEN_STATUSES: tuple[str, ...] = ("pending", "running")
 
 # Errors kept per import (all are counted); the status shows them, first ones first.
 MAX_STORED_ROW_ERRORS = 1000
 FILE_ERROR = "ImportFileError"
+# Raised by an import activity that finds its import already closed (failed or cancelled from
+# outside the workflow): nothing more is written, and the workflow ends without marking anything.
+IMPORT_CLOSED = "ImportClosed"
+
+# An open import whose workflow Temporal does not know is closed only after this long: the API
+# may still be starting it (its start budget, SPONSORFLOW_IMPORT_START_BUDGET_SECONDS, is at most
+# 60 s). Closing one too early is still safe: a workflow that starts later finds its import
+# closed and imports nothing.
+UNSTARTED_GRACE = timedelta(minutes=2)
+
+# How a closed Temporal execution ends an import that was still open in PostgreSQL.
+ClosedAs = Literal["terminated", "timed_out", "cancelled", "failed", "not_found"]
+
+
+def closes_import(closed_as: ClosedAs, age: timedelta) -> bool:
+    """Whether an open import of this age is closed because its workflow ended this way."""
+    return closed_as != "not_found" or age >= UNSTARTED_GRACE
+
+
+def closed_import_status(closed_as: ClosedAs) -> ImportStatus:
+    """The import status for a workflow that closed without marking its import: cancelled or failed."""
+    return "cancelled" if closed_as == "cancelled" else "failed"
+
+
+def closed_import_reason(closed_as: ClosedAs, rows_committed: int, detail: str | None = None) -> str:
+    """The sentence a person reads on an import whose workflow ended without finishing it.
+
+    It says what happened, that nothing more will be imported, and how much committed before
+    (committed chunks stay: every chunk is a complete, consistent upsert).
+    """
+    what = {
+        "terminated": "the import workflow was terminated in Temporal",
+        "timed_out": "the import workflow timed out in Temporal",
+        "cancelled": "the import was cancelled",
+        "failed": "the import workflow failed in Temporal",
+        "not_found": "the import workflow never started (or no longer exists in Temporal)",
+    }[closed_as]
+    if detail:
+        what = f"{what} ({detail})"
+    rows = "1 row was" if rows_committed == 1 else f"{rows_committed:,} rows were"
+    return f"{what}; nothing more will be imported; {rows} committed before"
+
+
+def start_refused_reason(detail: str) -> str:
+    """The reason on an import whose workflow could not be started (the API answered 503)."""
+    return f"the import could not be started ({detail}); nothing was imported; upload it again"
 
 
 class CsvImportInput(BaseModel):
@@ -38,6 +88,9 @@ class CsvImportResult(BaseModel):
     rows_updated: int = 0
     rows_failed: int = 0
     workflows_started: int = 0
+    # Open deals whose value, advertiser, show or name the import changed, whose running
+    # workflow was told to re-read its row (the `resync` signal).
+    workflows_resynced: int = 0
     error: str | None = None
 
 
@@ -57,6 +110,7 @@ class RunImportResult(BaseModel):
     rows_inserted: int
     rows_updated: int
     rows_failed: int
+    workflows_resynced: int = 0
 
 
 class MarkImportInput(BaseModel):
@@ -69,9 +123,14 @@ class MarkImportInput(BaseModel):
 
 
 class MarkImportResult(BaseModel):
-    """Whether this call changed the row (false: an earlier attempt already had)."""
+    """Whether this call changed the row (false: an earlier attempt already had, or it was closed)."""
 
     changed: bool
+    # The row's status after the call (None in results recorded before it was reported): a
+    # `failed` or `cancelled` here when marking `running` means the import was closed from
+    # outside (an ambiguous start the API fenced, a repair) and the workflow must not import.
+    status: ImportStatus | None = None
+    error: str | None = None
 
 
 class StartDealWorkflowsInput(BaseModel):
@@ -94,3 +153,19 @@ class TriggerMatchesInput(BaseModel):
 
     tenant_id: str
     task_queue: str
+
+
+class RepairStuckImportsInput(BaseModel):
+    """A tenant's open imports to check against Temporal (the maintenance round calls it)."""
+
+    tenant_id: str
+    # Only imports created at least this long ago: younger ones may still be starting.
+    older_than_seconds: float = Field(default=60.0, ge=0)
+    limit: int = Field(default=500, ge=1, le=10_000)
+
+
+class RepairStuckImportsResult(BaseModel):
+    """How many open imports were checked, and how many were closed (failed or cancelled)."""
+
+    checked: int
+    closed: int
