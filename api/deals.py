@@ -367,6 +367,15 @@ def _update_failed(
     )
 
 
+def _workflow_stage(exc: WorkflowUpdateFailedError) -> Stage | None:
+    """The stage a forbidden-move rejection was judged from (None for any other failure)."""
+    cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type == FORBIDDEN_TRANSITION and cause.details:
+        current = cause.details[0].get("current")
+        return Stage(current) if current else None
+    return None
+
+
 def _not_applied(why: str) -> HTTPException:
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -624,6 +633,7 @@ async def change_stage(
             seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
             return _json(answered, timing)
     attempt = 0
+    nudged = False
     while True:
         attempt += 1
         with timing.measure("read"):
@@ -650,6 +660,13 @@ async def change_stage(
         except (TimeoutError, RPCTimeoutOrCancelledError):
             log.warning("stage update of deal %s timed out (attempt %d); retrying", campaign_id, attempt)
         except WorkflowUpdateFailedError as exc:
+            seen = _workflow_stage(exc)
+            if seen is not None and seen is not current and not nudged:
+                # The workflow judged the move from a stage the row has left (a write it never
+                # learned of): let it adopt the row, then ask again.
+                nudged = True
+                await _nudge(client, db.tenant_id, cid)
+                continue
             raise _update_failed(exc, current, body.stage, campaign_id) from None
         except RPCError as exc:
             # The server caps in-flight updates per workflow (10 by default) and aborts the
@@ -819,6 +836,10 @@ async def _move_from_recent(
         with timing.measure("temporal"):
             result = await _send(client, body, seed, settings, deadline)
     except WorkflowUpdateFailedError as exc:
+        if _workflow_stage(exc) is not None:
+            # Judged from the workflow's stage, which the last answer cannot vouch for (a write
+            # behind its back): the careful path reads the row, repairs and answers.
+            return None
         raise _update_failed(exc, recent.stage, body.stage, str(cid)) from None
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
         return None
@@ -868,6 +889,8 @@ async def _move_with_known_seed(
         row, _ = await read
         if row is None:
             raise _not_found(str(cid)) from None
+        if _workflow_stage(exc) not in (None, Stage(row.campaign.stage)):
+            return None  # the workflow and the row disagree: the careful path repairs and retries
         raise _update_failed(exc, Stage(row.campaign.stage), body.stage, str(cid)) from None
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
         await asyncio.gather(read, return_exceptions=True)

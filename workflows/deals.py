@@ -138,6 +138,9 @@ class DealWorkflow:
         self._synced = inp.synced
         self._gone = False
         self._resyncs = 0
+        # While a resync re-reads the row, the validator cannot judge a move (it would judge from
+        # the stage the row may have left); the handler decides once the row is adopted.
+        self._resyncing = False
         # Stage updates run one at a time: each is decided against the stage the previous
         # one left, so the persisted history is a single chain.
         self._lock = asyncio.Lock()
@@ -186,11 +189,15 @@ class DealWorkflow:
         advertiser, show or name.
         """
         await workflow.wait_condition(lambda: self._synced)
-        async with self._lock:
-            if self._gone or not is_open(self._stage):
-                return
-            self._resyncs += 1
-            await self._adopt_record()
+        self._resyncing = True
+        try:
+            async with self._lock:
+                if self._gone or not is_open(self._stage):
+                    return
+                self._resyncs += 1
+                await self._adopt_record()
+        finally:
+            self._resyncing = False
 
     async def _adopt_record(self) -> None:
         row = await workflow.execute_local_activity_method(
@@ -382,7 +389,7 @@ class DealWorkflow:
     @change_stage.validator
     def validate_change_stage(self, req: ChangeStageInput) -> None:
         """Rejects a forbidden move before anything is written to history."""
-        if not self._synced:
+        if not self._synced or self._resyncing:
             # The seed may be stale; the handler decides once the row has been re-read.
             return
         self._check_precondition(req)

@@ -429,3 +429,34 @@ async def test_the_fence_decides_once(sm: SessionMaker, stack: Stack) -> None:
         c, a = await asyncio.gather(claim(), abandon())
         assert (c, a) in {("claimed", "applied"), ("abandoned", "abandoned")}, (c, a)
         assert (await claim()) in {"applied", "abandoned"}
+
+
+async def test_a_move_judged_from_a_missed_write_is_repaired_and_retried(api_only: Stack) -> None:
+    """The workflow missed a write (row: proposal, workflow: qualified); `won` is allowed from the
+    row's stage: the API sees the workflow judge from another stage, has it resync, and retries."""
+    stack = api_only
+    tenant, h, deal = await _setup(stack)
+    row = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
+    entered = datetime.fromisoformat(row["stage_changed_at"])
+    await DealActivities(stack.sm).record_stage_change(
+        RecordStageChangeInput(
+            tenant_id=str(tenant.id),
+            campaign_id=deal["id"],
+            from_stage=Stage.QUALIFIED,
+            from_entered_at=entered,
+            to_stage=Stage.PROPOSAL,
+            probability=probability(Stage.PROPOSAL),
+            at=datetime.now(UTC),
+            idempotency_key=f"deal/{deal['id']}/missed",
+        )
+    )
+    async with _worker(stack):
+        r = await move(stack.http, h, deal["id"], "won")
+        assert r.status_code == 200, r.text
+        assert r.json()["stage"] == "won"
+    assert await _moves(stack, tenant.id, deal["id"]) == [
+        (None, "lead"),
+        ("lead", "qualified"),
+        ("qualified", "proposal"),
+        ("proposal", "won"),
+    ]
