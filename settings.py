@@ -105,6 +105,21 @@ class Settings(BaseSettings):
     io_reports_per_run: int = 500
     # How often each tenant's Temporal Schedule recalculates its matches.
     match_recalc_every_hours: float = 24.0
+    # The maintenance singleton (workflows/maintenance.py): seconds between its rounds (a durable
+    # timer), rounds per run before it continues as new, and every how many rounds it reconciles
+    # the match schedules and sweeps open deals for missing workflows (also on its first round).
+    maintenance_seconds: float = Field(30.0, ge=1)
+    maintenance_rounds_per_run: int = Field(100, ge=1)
+    maintenance_schedules_every_rounds: int = Field(10, ge=1)
+    maintenance_sweep_every_rounds: int = Field(20, ge=1)
+    # Deal drift: rows changed since the last round are compared with their workflows, except the
+    # last few seconds (a move in flight); each window overlaps the previous one by this much,
+    # and looks back at most this far (also the first window of a fresh singleton).
+    maintenance_drift_settle_seconds: float = Field(5.0, ge=0)
+    maintenance_drift_overlap_seconds: float = Field(120.0, ge=0)
+    maintenance_drift_max_lookback_hours: float = Field(24.0, gt=0)
+    # How often each worker makes sure the singleton runs (and retries after a failed start).
+    maintenance_ensure_seconds: float = Field(300.0, gt=0)
 
     enable_etl_csv_upload: bool = Field(True, validation_alias=_flag("ENABLE_ETL_CSV_UPLOAD"))
     enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))

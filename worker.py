@@ -115,20 +115,19 @@ async def keep_maintenance_running(client: Client, settings: Settings) -> None:
     unreachable) is logged and retried with backoff; it never stops the worker. Once running,
     it is checked again now and then, so a terminated singleton comes back.
     """
-    failures = 0
+    failures, seen_run = 0, None
     while True:
         try:
             handle = await start_maintenance(client, settings.temporal_task_queue)
         except Exception:  # noqa: BLE001 - the worker polls on; the next attempt comes soon
             failures += 1
             delay = min(2.0**failures, settings.maintenance_ensure_seconds)
-            log.warning("the maintenance workflow could not be started; retrying in %gs", delay, exc_info=True)
+            log.warning("maintenance workflow not started; retrying in %gs", delay, exc_info=True)
         else:
-            if failures or not handle.result_run_id:
-                pass
-            log.info("maintenance workflow %s running (run %s)", handle.id, handle.result_run_id)
-            failures = 0
-            delay = settings.maintenance_ensure_seconds
+            if handle.result_run_id != seen_run:
+                log.info("maintenance workflow %s running (run %s)", handle.id, handle.result_run_id)
+                seen_run = handle.result_run_id
+            failures, delay = 0, settings.maintenance_ensure_seconds
         await asyncio.sleep(delay)
 
 

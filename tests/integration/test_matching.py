@@ -234,9 +234,10 @@ async def test_each_tenant_gets_one_schedule_that_runs_the_recalculation(stack: 
     assert desc.schedule.spec.intervals[0].every.total_seconds() == 24 * 3600
     # A worker start reconciles every tenant: nothing is duplicated, a missing one is created.
     await handle.delete()
-    created = await reconcile_match_schedules(stack.client, stack.settings, stack.sm)
-    assert created >= 1
-    assert await reconcile_match_schedules(stack.client, stack.settings, stack.sm) == 0
+    first = await reconcile_match_schedules(stack.client, stack.settings, stack.sm)
+    assert first.created >= 1 and first.failed == []
+    again = await reconcile_match_schedules(stack.client, stack.settings, stack.sm)
+    assert again.created == 0 and again.updated == 0 and again.unchanged == again.tenants
     ids = [s.id async for s in await stack.client.list_schedules()]
     assert ids.count(match_schedule_id(tenant_id)) == 1
 

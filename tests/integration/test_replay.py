@@ -26,6 +26,7 @@ from tests.factories import deal_input, seed_deal
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
+from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
@@ -104,6 +105,7 @@ WORKFLOWS = {
     "csv_import_workflow": CsvImportWorkflow,
     "io_booking_workflow": IoBookingWorkflow,
     "match_recalculation_workflow": MatchRecalculationWorkflow,
+    "maintenance_workflow": MaintenanceWorkflow,
 }
 
 
