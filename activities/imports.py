@@ -489,11 +489,11 @@ async def close_if_workflow_closed(
     nothing is decided). A workflow that is not found closes the import only once the import is
     older than the start grace (the API may still be starting it).
     """
-    from workflows.imports import import_workflow_closure, import_workflow_id
+    from workflows.imports import TEMPORAL_ERRORS, import_workflow_closure, import_workflow_id
 
     try:
         closure = await import_workflow_closure(client, import_workflow_id(str(tenant_id), str(import_id)))
-    except RPCError:
+    except TEMPORAL_ERRORS:
         return None
     if closure is None:
         return None

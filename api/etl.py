@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from pydantic import BaseModel
 from sqlalchemy import select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
@@ -31,7 +30,12 @@ from domain.etl import (
 )
 from domain.imports import KINDS
 from settings import Settings
-from workflows.imports import import_workflow_closure, import_workflow_id, start_import_workflow
+from workflows.imports import (
+    TEMPORAL_ERRORS,
+    import_workflow_closure,
+    import_workflow_id,
+    start_import_workflow,
+)
 
 log = logging.getLogger("sponsorflow.api.etl")
 
@@ -239,7 +243,7 @@ async def _true_status(imp: EtlImport, db: TenantDbDep, client: Client, settings
     wid = imp.workflow_id or import_workflow_id(str(imp.tenant_id), str(imp.id))
     try:
         closure = await import_workflow_closure(client, wid)
-    except RPCError as exc:
+    except TEMPORAL_ERRORS as exc:
         log.warning("import %s: describing its workflow failed: %s", imp.id, exc)
         return imp
     if closure is None or not closes_import(closure[0], age):

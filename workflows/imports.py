@@ -179,6 +179,10 @@ class CsvImportWorkflow:
 
 # Outside the sandbox: starting an import and learning how its workflow ended.
 
+_DESCRIBE_TIMEOUT = timedelta(seconds=5)
+# What a call to an unreachable Temporal raises: an RPC error, or, from a client that connects
+# lazily (the API's), a RuntimeError from the connection attempt (then nothing was sent).
+TEMPORAL_ERRORS: tuple[type[Exception], ...] = (RPCError, RuntimeError)
 _CLOSED_AS: dict[WorkflowExecutionStatus, ClosedAs] = {
     WorkflowExecutionStatus.TERMINATED: "terminated",
     WorkflowExecutionStatus.TIMED_OUT: "timed_out",
@@ -192,11 +196,11 @@ async def import_workflow_closure(client: Client, workflow_id: str) -> tuple[Clo
 
     None: running, completed (it marked its import itself) or continued. `not_found`: Temporal
     has no such workflow. `failed` comes with the failure's message. RPC errors other than
-    NOT_FOUND propagate: then nobody knows, and nothing may be decided.
+    NOT_FOUND (and TEMPORAL_ERRORS) propagate: then nobody knows, and nothing may be decided.
     """
     handle = client.get_workflow_handle(workflow_id)
     try:
-        desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
+        desc = await handle.describe(rpc_timeout=_DESCRIBE_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return ("not_found", None)
@@ -207,7 +211,7 @@ async def import_workflow_closure(client: Client, workflow_id: str) -> tuple[Clo
     detail = None
     if closed_as == "failed":
         try:
-            await handle.result(rpc_timeout=timedelta(seconds=5))
+            await handle.result(rpc_timeout=_DESCRIBE_TIMEOUT)
         except WorkflowFailureError as exc:
             detail = str(exc.cause or exc)[:300]
         except Exception:  # noqa: BLE001 - the message is a nicety; the status is what counts
@@ -289,14 +293,18 @@ async def start_import_workflow(
         except TimeoutError:
             ambiguous = True
             last = "Temporal did not answer in time"
+        except RuntimeError as exc:  # the lazy client could not connect: nothing was sent
+            last = f"Temporal is unreachable: {str(exc)[:200]}"
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 2.0)
     try:
         await client.get_workflow_handle(import_workflow_id(inp.tenant_id, inp.import_id)).describe(
-            rpc_timeout=attempt_timeout
+            rpc_timeout=_DESCRIBE_TIMEOUT
         )
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return ("not_started", last)
+        return ("unknown", f"{last}; describing the workflow failed too")
+    except RuntimeError:
         return ("unknown", f"{last}; describing the workflow failed too")
     return ("started", "found after an ambiguous start")
