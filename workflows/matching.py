@@ -169,7 +169,8 @@ def _schedule(tenant_id: str, task_queue: str, every: timedelta) -> Schedule:
             overlap=ScheduleOverlapPolicy.SKIP,
             # After a longer outage, the missed runs are skipped (the next one is due soon
             # enough) instead of every tenant firing its backlog at once when Temporal returns.
-            catchup_window=min(every, _CATCHUP_WINDOW),
+            # (Temporal's floor for a catch-up window is 10 s.)
+            catchup_window=max(min(every, _CATCHUP_WINDOW), timedelta(seconds=10)),
         ),
         state=ScheduleState(note="Recalculates this tenant's advertiser-show matches (sponsorflow)."),
     )
