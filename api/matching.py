@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -15,7 +17,7 @@ from sqlalchemy.orm import aliased
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag
+from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
@@ -84,6 +86,19 @@ class Weights(BaseModel):
         return self
 
 
+async def _running_recalculation(temporal: Any, tenant: str) -> RecalculationAccepted | None:
+    """The on-demand run of this tenant if it is running (a start that landed unanswered)."""
+    try:
+        desc = await asyncio.wait_for(
+            temporal.get_workflow_handle(match_workflow_id(tenant)).describe(), timeout=5.0
+        )
+    except (RPCError, TimeoutError):
+        return None
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return None
+    return RecalculationAccepted(workflow_id=desc.id, run_id=desc.run_id, status="running")
+
+
 @router.post(
     "/api/match/recalculate",
     status_code=status.HTTP_202_ACCEPTED,
@@ -91,17 +106,43 @@ class Weights(BaseModel):
     responses={503: {"description": "Temporal is unreachable"}},
 )
 async def recalculate(db: TenantDbDep, temporal: TemporalDep, settings: SettingsDep) -> RecalculationAccepted:
-    """Starts this tenant's recalculation, or joins the one already running (never two at once)."""
-    try:
-        handle = await start_recalculation(
-            temporal, str(db.tenant_id), settings.temporal_task_queue, "manual"
-        )
-        desc = await handle.describe()
-    except RPCError as exc:
-        log.error("could not start the match recalculation of %s: %s", db.tenant_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unreachable; retry"
-        ) from None
+    """Starts this tenant's recalculation, or joins the one already running (never two at once).
+
+    Starting is idempotent (USE_EXISTING on one id), so an unanswered start is simply sent again
+    within the update budget; before a 503 the run is looked up, so a start that did land after
+    all is answered 202 instead of "retry".
+    """
+    tenant = str(db.tenant_id)
+    deadline = time.monotonic() + settings.update_budget_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            handle = await asyncio.wait_for(
+                start_recalculation(temporal, tenant, settings.temporal_task_queue, "manual"),
+                timeout=max(0.1, min(5.0, deadline - time.monotonic())),
+            )
+            desc = await handle.describe()
+            break
+        except (RPCError, TimeoutError) as exc:
+            if isinstance(exc, RPCError) and exc.status not in RETRYABLE_RPC | {
+                RPCStatusCode.DEADLINE_EXCEEDED
+            }:
+                log.error("could not start the match recalculation of %s: %s", tenant, exc)
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal refused the recalculation; retry"
+                ) from None
+            if time.monotonic() >= deadline:
+                landed = await _running_recalculation(temporal, tenant)
+                if landed is not None:
+                    return landed
+                log.error("could not start the match recalculation of %s: %s", tenant, exc)
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="Temporal is unreachable; no recalculation was started, retry",
+                    headers={"Retry-After": "1"},
+                ) from None
+            await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
     return RecalculationAccepted(
         workflow_id=handle.id,
         run_id=desc.run_id,
