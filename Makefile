@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint bench clean
+.PHONY: install up test lint bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.import_throughput
 	$(BIN)/python -m bench.match_recalc
 	$(BIN)/python -m bench.dashboard
+
+# The fault suite: real processes, faults injected, the HTTP contract checked (tests/faults/).
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
