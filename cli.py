@@ -461,7 +461,7 @@ def tenant_create(settings: Settings, name: str) -> int:
     return 0
 
 
-_IMPORT_DONE = ("completed", "completed_with_errors", "failed")
+_IMPORT_DONE = ("completed", "completed_with_errors", "failed", "cancelled")
 _IMPORT_SHOWN_ERRORS = 20
 
 
@@ -544,8 +544,8 @@ def _print_import_result(st: dict[str, Any], out: TextIO) -> None:
         for r in rows:
             padded = "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True))
             print(f"  {padded}  {r[3]}", file=out)
-    if st["status"] == "failed":
-        print(f"error: {st.get('error') or 'the import failed'}", file=out)
+    if st["status"] in ("failed", "cancelled"):
+        print(f"error: {st.get('error') or 'the import ' + st['status']}", file=out)
 
 
 def import_file(api: str, key: str | None, path: Path, kind: str, out: TextIO, err: TextIO) -> int:

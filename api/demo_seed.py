@@ -47,7 +47,7 @@ def _import(http: httpx.Client, kind: str, path: Path) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status = http.get(f"/api/v1/etl/status/{import_id}").json()
-        if status["status"] in ("completed", "completed_with_errors", "failed"):
+        if status["status"] in ("completed", "completed_with_errors", "failed", "cancelled"):
             if status["status"] != "completed":
                 raise RuntimeError(f"demo import of {path.name} ended {status['status']}: {status}")
             return dict(status)

@@ -3,7 +3,7 @@
 import { api, app, csrf, dateTime, empty, errorText, flashBox, h, label, mount, num, qs, signIn, statusBadge, thead } from "../lib.js";
 
 const KINDS = ["shows", "advertisers", "campaigns", "show_downloads", "deliveries"];
-const TERMINAL = new Set(["completed", "completed_with_errors", "failed"]);
+const TERMINAL = new Set(["completed", "completed_with_errors", "failed", "cancelled"]);
 
 export default function imports() {
   const flash = flashBox();
