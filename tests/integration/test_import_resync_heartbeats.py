@@ -59,6 +59,7 @@ CAMPAIGNS = (
     "c-2,adv-1,show-1,Q2 flight,5000,lead,\n"
     "c-3,adv-1,show-1,Old,4000,lost,Budget cut\n"
     "c-4,adv-1,,Ledger,3000,qualified,\n"
+    "c-5,adv-1,show-1,Same,1000,negotiation,\n"
 )
 
 
@@ -68,24 +69,28 @@ async def test_a_reimport_resyncs_exactly_the_open_deals_it_changed(stack: Stack
     await _import(stack, h, "advertisers", b"external_id,name\nadv-1,Acme\nadv-2,Ledgerly\n")
     await _import(stack, h, "shows", b"external_id,name,avg_downloads\nshow-1,Grind,85000\n")
     first = await _import(stack, h, "campaigns", CAMPAIGNS.encode())
-    assert (first["status"], first["rows_inserted"], first["workflows_resynced"]) == ("completed", 4, 0)
+    assert (first["status"], first["rows_inserted"], first["workflows_resynced"]) == ("completed", 5, 0)
     deals = {d["name"]: d["id"] for d in (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]}
-
-    # c-1: new value; c-2: the same row again; c-3: closed (lost); c-4: another advertiser.
-    changed = (
-        CAMPAIGNS.replace("Q1 flight,12000", "Q1 flight,25000")
-        .replace("Old,4000", "Old,4500")
-        .replace("c-4,adv-1,", "c-4,adv-2,")
-    )
-    again = await _import(stack, h, "campaigns", changed.encode())
-    assert (again["status"], again["rows_updated"], again["workflows_resynced"]) == ("completed", 4, 2), again
 
     def handle(name: str) -> WorkflowHandle[Any, Any]:
         return stack.client.get_workflow_handle(deal_workflow_id(str(t.id), deals[name]))
 
+    # c-2's workflow is gone (an operator terminated it): its signal finds nothing, which is fine.
+    await handle("Q2 flight").terminate(reason="test")
+    # c-1: new value; c-2: new value, no workflow; c-3: closed (lost); c-4: another advertiser;
+    # c-5: the same row again.
+    changed = (
+        CAMPAIGNS.replace("Q1 flight,12000", "Q1 flight,25000")
+        .replace("Q2 flight,5000", "Q2 flight,6000")
+        .replace("Old,4000", "Old,4500")
+        .replace("c-4,adv-1,", "c-4,adv-2,")
+    )
+    again = await _import(stack, h, "campaigns", changed.encode())
+    assert (again["status"], again["rows_updated"], again["workflows_resynced"]) == ("completed", 5, 2), again
+
     assert await _signals(handle("Q1 flight")) == ["resync"]
     assert await _signals(handle("Ledger")) == ["resync"]
-    assert await _signals(handle("Q2 flight")) == []
+    assert await _signals(handle("Same")) == []
     if hasattr(DealWorkflow, "resync"):
         # The deal workflow adopts the row: its search attributes follow the import.
         for _ in range(100):
