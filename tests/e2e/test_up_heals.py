@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from tests.e2e.test_up import Up, _free_port
@@ -70,8 +76,10 @@ def _leftovers(data: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("heal")
+def stack() -> Iterator[Stack]:
+    # Not under pytest's basetemp: a concurrent pytest run resets /tmp/pytest-of-<user> to 0700,
+    # and the embedded PostgreSQL's server user could then no longer reach its data to stop it.
+    tmp = Path(tempfile.mkdtemp(prefix="sf-e2e-heal-"))
     ports = {k: str(_free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPONSORFLOW_")}
     env.update(
@@ -115,6 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert not (data / "pids.json").exists(), "pids.json outlived the stack"
     left = _leftovers(data)
     assert not left, f"processes of the stack survived Ctrl-C:\n{left}"
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _move(s: Stack, deal: str, stage: str) -> tuple[httpx.Response, float]:
@@ -207,14 +216,62 @@ def test_sigkilled_api_comes_back(stack: Stack) -> None:
 def test_sigtermed_worker_drains_exits_zero_and_is_restarted(stack: Stack) -> None:
     s = stack
     before = s.pids()
-    os.kill(before["worker-2"], signal.SIGTERM)
-    s.wait_for(
-        "worker-2's clean exit noticed",
-        lambda: f"worker-2 exited with code 0; restarting in {BACKOFF_S} s" in s.output(),
-        timeout=40,
+    # The worker that has not been restarted yet, so its backoff is the first one.
+    name = next(n for n in ("worker-1", "worker-2") if f"{n} exited" not in s.output())
+    os.kill(before[name], signal.SIGTERM)
+    line = f"{name} exited with code 0; restarting in {BACKOFF_S} s (restart 1)"
+    s.wait_for(f"{name}'s clean exit noticed", lambda: line in s.output(), timeout=40)
+    log = (s.data / "logs" / ("worker.log" if name == "worker-1" else f"{name}.log")).read_text(
+        errors="replace"
     )
-    log = (s.data / "logs" / "worker-2.log").read_text(errors="replace")
-    assert "SIGTERM: draining" in log and "worker stopped" in log
-    s.wait_for("worker-2 restarted", lambda: s.pids().get("worker-2") not in (None, before["worker-2"]))
+    assert "SIGTERM: draining" in log and "worker stopped" in log and line in log
+    s.wait_for(f"{name} restarted", lambda: s.pids().get(name) not in (None, before[name]))
     r, _ = _move(s, s.deals[1], "negotiation")
     assert r.status_code == 200, r.text
+
+
+async def _polling_pids(s: Stack) -> set[int]:
+    """The pids of the workers polling the task queue for workflow tasks, as Temporal sees them."""
+    client = await Client.connect(s.temporal)
+    got = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace="default",
+            task_queue=TaskQueue(name="sponsorflow"),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return {int(p.identity.split("@", 1)[0]) for p in got.pollers}
+
+
+async def _wait_workers_polling(s: Stack, timeout: float = 45) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = {k: v for k, v in s.pids().items() if k.startswith("worker-")}
+        if len(workers) == 2 and set(workers.values()) <= await _polling_pids(s):
+            return workers
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"both workers polling within {timeout:.0f}s; up printed:\n{s.output()}")
+
+
+async def test_sigkilled_temporal_is_restarted_on_its_file(stack: Stack) -> None:
+    s = stack
+    # Workers restarted by the tests before may still be starting (and would need Temporal).
+    workers = await _wait_workers_polling(s)
+    before = s.pids()
+    os.kill(before["temporal"], signal.SIGKILL)
+    line = f"temporal exited with code -9 (SIGKILL); restarting in {BACKOFF_S} s (restart 1)"
+    s.wait_for("Temporal's exit noticed", lambda: line in s.output(), timeout=10)
+    assert "temporal" not in s.pids()
+    s.wait_for("Temporal restarted", lambda: s.pids().get("temporal") not in (None, before["temporal"]))
+
+    # The workers and the API reconnect by themselves; the deal's workflow is still there.
+    def moved() -> bool:
+        r, _ = _move(s, s.deals[2], "negotiation")
+        return r.status_code == 200 and r.json()["stage"] == "negotiation"
+
+    await asyncio.to_thread(s.wait_for, "a move through the restarted Temporal", moved, 45)
+    r = httpx.get(f"{s.api}/api/v1/deals/{s.deals[2]}", headers=s.auth)
+    assert [h["to"] for h in r.json()["history"]] == ["lead", "qualified", "proposal", "negotiation"]
+    # Nothing else was restarted: the workers polled on through the outage.
+    assert await _wait_workers_polling(s) == workers
+    assert s.pids()["api"] == before["api"]
