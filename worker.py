@@ -47,6 +47,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
         io = IoActivities(sm)
         workflows.append(IoBookingWorkflow)
         activities += [
+            io.reserve_io,
             io.load_io,
             io.mark_aired,
             io.record_delivery,

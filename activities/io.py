@@ -1,30 +1,42 @@
 """IO side effects: each persists what IoBookingWorkflow decided, in one idempotent transaction.
 
 Every event key names the decision it reports (`io.ad_aired/{unit}`), so an activity that runs
-twice finds its own event and writes nothing new.
+twice finds its own event and writes nothing new. The writes an API request asked for (booking,
+delivery, cancel) also claim the request in the write fence (db/fences.py) in their transaction:
+a request the API gave up on (and answered 503) is never written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from db.io import IoRecord, load_io, next_free_day
+from db.fences import claim_request
+from db.io import IoRecord, io_statuses, load_io, next_free_day, reserve_booking
 from db.models import AdUnit, IoBooking, PromoCode, Show
 from domain import events
 from domain.io import (
     AdFormat,
+    BookingRefused,
     BookMakegoodInput,
     BookMakegoodResult,
+    CancelIoResult,
     CancelUnitsInput,
     CompleteIoInput,
     Insertion,
+    IoDrift,
     IoSnapshot,
     IoStatus,
     LoadIoInput,
@@ -32,10 +44,14 @@ from domain.io import (
     Placement,
     PricingModel,
     RecordDeliveryInput,
+    RecordDeliveryResult,
+    ReserveIoInput,
+    ReserveIoResult,
     UnderdeliveryPolicy,
     UnitState,
     UnitStatus,
 )
+from workflows.search_attributes import IO_STATUS
 
 IO_NOT_COMMITTED = "IoNotCommitted"
 # Make-good units get ids derived from the unit they make good: one make-good per unit, and a
@@ -91,11 +107,79 @@ def snapshot_of(record: IoRecord, tenant_id: str) -> IoSnapshot:
     )
 
 
+async def _claim(session: AsyncSession, tenant_id: str, request_id: str | None, io_id: str) -> str:
+    """The fence's answer for this write: `claimed` (write it), `applied` (written) or `abandoned`."""
+    if request_id is None:
+        return "claimed"  # the import's signals and older histories carry no request
+    claim = await claim_request(
+        session=session, tenant_id=tenant_id, request_id=request_id, entity_type="io", entity_id=io_id
+    )
+    return claim.outcome
+
+
+async def _emit_scheduled(session: AsyncSession, snap: IoSnapshot, at: Any) -> None:
+    await emit_event(
+        session=session,
+        tenant_id=snap.tenant_id,
+        type=events.IO_SCHEDULED,
+        entity_type="io",
+        entity_id=snap.io_id,
+        payload={
+            "campaign_id": snap.campaign_id,
+            "advertiser_id": snap.advertiser_id,
+            "total_usd": str(snap.total_usd),
+            "units": len(snap.units),
+            "promo_code": snap.promo_code,
+            "vanity_url": snap.vanity_url,
+            "first_air_date": min(u.air_date for u in snap.units).isoformat(),
+        },
+        occurred_at=at,
+        idempotency_key=f"io.scheduled/{snap.io_id}",
+    )
+
+
 class IoActivities:
     """Activities of IoBookingWorkflow, bound to the worker's session factory."""
 
     def __init__(self, sessionmaker: SessionMaker) -> None:
         self._sm = sessionmaker
+
+    @activity.defn(name="reserve_io")
+    async def reserve_io(self, inp: ReserveIoInput) -> ReserveIoResult:
+        """Books the IO's rows in one transaction with its fence claim, and emits io.scheduled.
+
+        A refusal (no free slot, promo code or vanity path taken, ...) is a non-retryable
+        ApplicationError carrying the HTTP detail, with nothing written; a database outage retries.
+        """
+        io_id = uuid.UUID(inp.io_id)
+        try:
+            async with tenant_tx(self._sm, inp.tenant_id) as session:
+                claim = await _claim(session, inp.tenant_id, inp.booking.request_id, inp.io_id)
+                if claim == "abandoned":
+                    return ReserveIoResult(applied=False)
+                existing = await load_io(session, io_id)
+                if existing is None:
+                    if claim == "applied":
+                        # Claimed by an attempt whose rows are gone: nothing to follow, say so.
+                        raise ApplicationError(
+                            f"IO {inp.io_id} was claimed but has no rows",
+                            type="IoBookingLost",
+                            non_retryable=True,
+                        )
+                    await reserve_booking(
+                        session,
+                        tenant_id=inp.tenant_id,
+                        io_id=io_id,
+                        booking=inp.booking,
+                        choice=secrets.choice,
+                    )
+                    existing = await load_io(session, io_id)
+                    assert existing is not None
+                snap = snapshot_of(existing, inp.tenant_id)
+                await _emit_scheduled(session, snap, inp.at)
+        except BookingRefused as exc:
+            raise ApplicationError(exc.message, exc.detail, type=exc.kind, non_retryable=True) from None
+        return ReserveIoResult(applied=True, snapshot=snap)
 
     @activity.defn(name="load_io")
     async def load_io(self, inp: LoadIoInput) -> IoSnapshot:
@@ -113,24 +197,7 @@ class IoActivities:
                     non_retryable=attempt >= inp.give_up_after_attempts,
                 )
             snap = snapshot_of(record, inp.tenant_id)
-            await emit_event(
-                session=session,
-                tenant_id=inp.tenant_id,
-                type=events.IO_SCHEDULED,
-                entity_type="io",
-                entity_id=inp.io_id,
-                payload={
-                    "campaign_id": snap.campaign_id,
-                    "advertiser_id": snap.advertiser_id,
-                    "total_usd": str(snap.total_usd),
-                    "units": len(snap.units),
-                    "promo_code": snap.promo_code,
-                    "vanity_url": snap.vanity_url,
-                    "first_air_date": min(u.air_date for u in snap.units).isoformat(),
-                },
-                occurred_at=inp.at,
-                idempotency_key=f"io.scheduled/{inp.io_id}",
-            )
+            await _emit_scheduled(session, snap, inp.at)
         return snap
 
     @activity.defn(name="mark_aired")
@@ -172,9 +239,15 @@ class IoActivities:
                 )
 
     @activity.defn(name="record_delivery")
-    async def record_delivery(self, inp: RecordDeliveryInput) -> None:
-        """Stores a unit's delivered impressions to date and emits io.delivery_reported."""
+    async def record_delivery(self, inp: RecordDeliveryInput) -> RecordDeliveryResult | None:
+        """Stores a unit's delivered impressions to date and emits io.delivery_reported.
+
+        Returns `applied=False` (nothing written) when the API had given up on the request.
+        """
         async with tenant_tx(self._sm, inp.tenant_id) as session:
+            claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
+            if claim != "claimed":
+                return RecordDeliveryResult(applied=claim == "applied")
             await session.execute(
                 update(AdUnit)
                 .where(AdUnit.id == uuid.UUID(inp.ad_unit_id))
@@ -197,6 +270,7 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.delivery_reported/{inp.ad_unit_id}/{inp.seq}",
             )
+        return RecordDeliveryResult(applied=True)
 
     @activity.defn(name="book_makegood")
     async def book_makegood(self, inp: BookMakegoodInput) -> BookMakegoodResult:
@@ -274,10 +348,16 @@ class IoActivities:
             return BookMakegoodResult(unit=unit_state(unit, show.name))
 
     @activity.defn(name="cancel_io")
-    async def cancel_io(self, inp: CancelUnitsInput) -> None:
-        """Cancels units not yet aired (freeing their slots), voids the promo code, emits io.cancelled."""
+    async def cancel_io(self, inp: CancelUnitsInput) -> CancelIoResult | None:
+        """Cancels units not yet aired (freeing their slots), voids the promo code, emits io.cancelled.
+
+        Returns `applied=False` (nothing written) when the API had given up on the request.
+        """
         io_id = uuid.UUID(inp.io_id)
         async with tenant_tx(self._sm, inp.tenant_id) as session:
+            claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
+            if claim != "claimed":
+                return CancelIoResult(applied=claim == "applied")
             if inp.unit_ids:
                 await session.execute(
                     update(AdUnit)
@@ -312,6 +392,7 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.cancelled/{inp.io_id}",
             )
+        return CancelIoResult(applied=True)
 
     @activity.defn(name="complete_io")
     async def complete_io(self, inp: CompleteIoInput) -> None:
@@ -351,3 +432,85 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.completed/{inp.io_id}",
             )
+
+
+# Queries and describes in flight at once while checking a tenant's IOs for drift.
+_DRIFT_CONCURRENCY = 8
+
+
+async def io_drift(
+    client: Client, sm: SessionMaker, tenant_id: uuid.UUID | str, *, query_running: bool = True
+) -> list[IoDrift]:
+    """Returns the IOs of a tenant whose row, workflow state and IoStatus search attribute disagree.
+
+    One visibility listing finds each IO's workflow and search attribute; a running workflow is
+    also asked for its `snapshot` (`query_running`). Visibility lags, so every IO that looks
+    drifted is checked again from the strongly consistent side (the row re-read, `describe`, the
+    query) and reported only if it still disagrees. Row statuses only (not units): IO writes are
+    regular activities, so the workflow learns each write in the task that upserts its status.
+    """
+    from workflows.io import IoBookingWorkflow, io_workflow_id  # workflows import activities
+
+    tid = str(tenant_id)
+    async with tenant_tx(sm, tid) as session:
+        rows = await io_statuses(session)
+    if not rows:
+        return []
+    listed: dict[str, tuple[str | None, bool]] = {}
+    query = f"WorkflowType = 'IoBookingWorkflow' AND TenantId = '{tid}'"
+    async for wf in client.list_workflows(query, page_size=1000):
+        running = wf.status == WorkflowExecutionStatus.RUNNING
+        if wf.id in listed and listed[wf.id][1] and not running:
+            continue  # a continued-as-new run listed after its running successor
+        listed[wf.id] = (wf.typed_search_attributes.get(IO_STATUS), running)
+    sem = asyncio.Semaphore(_DRIFT_CONCURRENCY)
+
+    async def observe(io_id: uuid.UUID, confirm: bool) -> IoDrift | None:
+        wid = io_workflow_id(tid, str(io_id))
+        row_status = rows[io_id]
+        sa_status, running = listed.get(wid, (None, False))
+        found = wid in listed
+        async with sem:
+            if confirm:
+                async with tenant_tx(sm, tid) as session:
+                    row_status = (
+                        await session.scalar(select(IoBooking.status).where(IoBooking.id == io_id))
+                        or row_status
+                    )
+                try:
+                    desc = await client.get_workflow_handle(wid).describe()
+                except RPCError:
+                    found, sa_status, running = False, None, False
+                else:
+                    found = True
+                    sa_status = desc.typed_search_attributes.get(IO_STATUS)
+                    running = desc.status == WorkflowExecutionStatus.RUNNING
+            wf_status: str | None = None
+            if found and running and query_running:
+                try:
+                    snap = await client.get_workflow_handle(wid).query(IoBookingWorkflow.snapshot)
+                except RPCError:
+                    snap = None
+                wf_status = snap.status.value if snap is not None else None
+        if not found:
+            reason = "no workflow for this IO"
+        elif sa_status != row_status:
+            reason = f"IoStatus search attribute {sa_status!r} but the row says {row_status!r}"
+        elif query_running and running and wf_status != row_status:
+            reason = f"the workflow says {wf_status!r} but the row says {row_status!r}"
+        else:
+            return None
+        return IoDrift(
+            io_id=str(io_id),
+            workflow_id=wid,
+            row_status=row_status,
+            workflow_status=wf_status,
+            search_attribute_status=sa_status,
+            running=running,
+            reason=reason,
+        )
+
+    first = await asyncio.gather(*(observe(i, confirm=False) for i in rows))
+    suspects = [uuid.UUID(d.io_id) for d in first if d is not None]
+    confirmed = await asyncio.gather(*(observe(i, confirm=True) for i in suspects))
+    return [d for d in confirmed if d is not None]

@@ -4,40 +4,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import time
 import uuid
-from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.io_documents import DocumentUnit, IoDocument, render_pdf, render_xlsx
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
+from db.fences import (
+    KeyedRequest,
+    abandon_request,
+    begin_keyed_request,
+    fingerprint,
+    new_request_id,
+)
 from db.io import (
     IoRecord,
     booked_per_day,
-    claim_promo_code,
+    booking_facts,
+    io_of_request,
+    io_with_idempotency_key,
     load_io,
-    lock_slots,
-    lock_vanity_domain,
-    slot_usage,
-    taken_vanity_paths,
 )
 from db.models import AdUnit, Advertiser, Campaign, IoBooking, Show, Tenant
 from domain.io import (
+    BOOKING_CONFLICT,
+    BOOKING_INVALID,
+    BOOKING_REFUSALS,
     PROMO_CODE_PATTERN,
     VANITY_PATH_PATTERN,
     AdFormat,
+    BookingRefused,
+    BookIoInput,
+    BookIoResult,
     CancelIoInput,
     Insertion,
     Invoice,
@@ -47,19 +63,17 @@ from domain.io import (
     PricingModel,
     ReportDeliveryInput,
     UnderdeliveryPolicy,
+    UnitRequest,
     UnitStatus,
-    generate_promo_code,
-    io_summary,
+    booking_summary,
     slot_capacity,
-    slugify,
-    unit_price,
 )
-from domain.stages import Stage
 from settings import Settings
 from workflows.io import (
     INVALID_REQUEST,
     IO_ABANDONED,
     IO_CLOSED,
+    REQUEST_ABANDONED,
     UNIT_CANCELLED,
     UNIT_NOT_AIRED,
     UNKNOWN_UNIT,
@@ -314,13 +328,158 @@ async def _read(db: TenantDbDep, io_id: uuid.UUID, settings: Settings) -> IoPubl
     return _public(record, db.tenant_id, settings)
 
 
+# The bound of one attempt within a write's budget (settings.update_budget_seconds, after which
+# the API fences the request off: 503, never applied later). A resend carries the same update id,
+# so it joins the update already sent instead of adding one.
+ATTEMPT_TIMEOUT_S = 5.0
+
+_NOT_APPLIED = "{what} was not applied, and it never will be; retry"
+
+
+def _booking_input(body: IoCreate, idempotency_key: str | None, request_id: str) -> BookIoInput:
+    return BookIoInput(
+        campaign_id=str(body.campaign_id),
+        ad_units=[UnitRequest.model_validate(u.model_dump(mode="json")) for u in body.ad_units],
+        promo_code=body.promo_code,
+        vanity_path=body.vanity_path,
+        payment_terms_days=body.payment_terms_days,
+        underdelivery_policy=body.underdelivery_policy,
+        measurement_window_days=body.measurement_window_days,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+    )
+
+
+def _refused(kind: str, detail: Any) -> HTTPException:
+    """The HTTP answer of a booking refusal (domain.io BookingRefused kinds)."""
+    code = {
+        BOOKING_CONFLICT: status.HTTP_409_CONFLICT,
+        BOOKING_INVALID: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    }.get(kind, status.HTTP_503_SERVICE_UNAVAILABLE)
+    return HTTPException(code, detail=detail)
+
+
+def _key_mismatch() -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[
+            {
+                "loc": ["header", "Idempotency-Key"],
+                "msg": "this Idempotency-Key was used for a different request; use a new key",
+                "type": "idempotency_key_reused",
+            }
+        ],
+    )
+
+
+async def _begin_keyed(
+    db: TenantDbDep, settings: Settings, *, scope: str, key: str, payload: Any, entity_id: str
+) -> KeyedRequest:
+    """Registers this attempt under its Idempotency-Key, fencing off an earlier pending one.
+
+    A retry means the client stopped listening to the earlier attempt: that one can no longer
+    land behind this one's back (db.fences.begin_keyed_request); if it was applied, it answers.
+    """
+    now = datetime.now(UTC)
+    async with db.tx() as session:
+        return await begin_keyed_request(
+            session=session,
+            tenant_id=db.tenant_id,
+            idempotency_key=f"{scope}:{key}",
+            fingerprint=fingerprint(payload),
+            entity_type="io",
+            entity_id=entity_id,
+            expires_at=now + timedelta(seconds=settings.update_budget_seconds),
+            now=now,
+        )
+
+
+async def _give_up(db: TenantDbDep, request_id: str, io_id: uuid.UUID, what: str) -> None:
+    """Fences a request the API stops waiting for: 503 when that wins, returns when the write did."""
+    outcome = None
+    for attempt in range(5):
+        try:
+            async with db.tx() as session:
+                outcome = await abandon_request(
+                    session=session,
+                    tenant_id=db.tenant_id,
+                    request_id=request_id,
+                    entity_type="io",
+                    entity_id=str(io_id),
+                )
+            break
+        except (OSError, SQLAlchemyError):
+            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
+            await asyncio.sleep(0.2 * 2**attempt)
+    if outcome is None:
+        # Neither fenced nor known to be applied: a 503 would not be true. Say what is.
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            detail=(
+                f"{what} was not confirmed and its outcome is unknown; retry with the same "
+                "Idempotency-Key to learn it"
+            ),
+            headers={"Retry-After": "1"},
+        )
+    if outcome == "abandoned":
+        log.warning("gave up on request %s of IO %s: fenced off, answering 503", request_id, io_id)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=_NOT_APPLIED.format(what=what),
+            headers={"Retry-After": "1"},
+        )
+    log.info("request %s of IO %s landed before the API gave up on it", request_id, io_id)
+
+
+_Answer = TypeVar("_Answer")
+
+
+async def _send_within_budget(
+    send: Callable[[], Awaitable[_Answer]], what: str, budget_s: float
+) -> _Answer | None:
+    """Sends (and resends, same update id) until answered; None when the budget ran out.
+
+    A Temporal refusal (WorkflowUpdateFailedError) and a non-retryable RPCError propagate.
+    """
+    deadline = time.monotonic() + budget_s
+    attempt = 0
+    while (remaining := deadline - time.monotonic()) > 0:
+        attempt += 1
+        try:
+            return await asyncio.wait_for(send(), timeout=min(ATTEMPT_TIMEOUT_S, remaining))
+        except (TimeoutError, RPCTimeoutOrCancelledError):
+            log.warning("%s: no answer from Temporal (attempt %d)", what, attempt)
+        except RPCError as exc:
+            if exc.status not in RETRYABLE_RPC:
+                raise
+            log.warning("%s: Temporal answered %s (attempt %d); retrying", what, exc.status.name, attempt)
+            await asyncio.sleep(min(0.05 * 2 ** min(attempt, 5), max(remaining - 0.05, 0)))
+    return None
+
+
+def _replayed(response: Response) -> None:
+    response.headers["Idempotent-Replayed"] = "true"
+
+
+_IDEMPOTENCY_KEY = Header(
+    alias="Idempotency-Key",
+    max_length=200,
+    description=(
+        "a retry with the same key (and body) is safe: it answers what the first attempt did, "
+        "with Idempotent-Replayed: true"
+    ),
+)
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=IoPublic,
     responses={
         409: {"description": "the deal is not won, a slot is full, or the promo code / vanity path is taken"},
-        422: {"description": "invalid units, unknown deal or show, or a past air date"},
+        422: {"description": "invalid units, unknown deal or show, a past air date, or a reused key"},
+        503: {"description": "not booked, and it never will be (nothing was written); retry"},
+        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
     },
 )
 async def book_io(
@@ -328,230 +487,110 @@ async def book_io(
     db: TenantDbDep,
     temporal: TemporalDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key", max_length=200, description="a retried POST returns the IO it booked"
-        ),
-    ] = None,
+    response: Response,
+    idempotency_key: Annotated[str | None, _IDEMPOTENCY_KEY] = None,
 ) -> IoPublic:
-    """Books an IO for a won deal: slots, promo code and vanity URL in one transaction, then its workflow."""
-    if idempotency_key:
-        existing = await _by_idempotency_key(db, idempotency_key)
-        if existing is not None:
-            return await _read(db, existing, settings)
+    """Books an IO for a won deal: its workflow's first step, sent with update-with-start.
+
+    The workflow's `book` update books slots, promo code and vanity URL in one transaction of
+    its activity (no lock is held across a Temporal call); a refusal ends the run, nothing booked.
+    """
     io_id = uuid.uuid4()
+    request_id = new_request_id()
+    if idempotency_key:
+        keyed = await _begin_keyed(
+            db,
+            settings,
+            scope="io-booking",
+            key=idempotency_key,
+            payload=body.model_dump(mode="json"),
+            entity_id=str(io_id),
+        )
+        if keyed.status == "mismatch":
+            raise _key_mismatch()
+        assert keyed.request_id is not None
+        async with db.tx() as session:
+            if keyed.status == "replay":
+                booked = await io_of_request(session, keyed.request_id)
+            else:
+                # Bookings made before the write fence carry their key on the row only.
+                booked = await io_with_idempotency_key(session, idempotency_key)
+        if booked is not None:
+            _replayed(response)
+            return await _read(db, booked, settings)
+        request_id = keyed.request_id
+    booking = _booking_input(body, idempotency_key, request_id)
     try:
         async with db.tx() as session:
-            record_args = await _reserve(session, db.tenant_id, io_id, body, idempotency_key)
-            # Started inside the transaction: if the start fails nothing is booked; if the
-            # commit fails after it, the workflow finds no row and ends as abandoned.
-            await _start_workflow(temporal, settings, db.tenant_id, io_id, *record_args)
-    except IntegrityError as exc:
-        if idempotency_key and "uq_io_bookings_idempotency" in str(exc.orig):
-            existing = await _by_idempotency_key(db, idempotency_key)
-            if existing is not None:
-                return await _read(db, existing, settings)
-        raise
-    except RPCError as exc:
-        log.error("could not start the workflow of IO %s: %s", io_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="Temporal did not accept the IO's workflow; nothing was booked, retry",
-        ) from None
+            facts = await booking_facts(session, booking)
+        facts.check(booking)
+    except BookingRefused as exc:
+        raise _refused(exc.kind, exc.detail) from None
+    advertiser = facts.advertiser
+    assert advertiser is not None
+    ordered = sorted(booking.ad_units, key=lambda u: u.air_date)
+    tid = str(db.tenant_id)
+
+    async def send() -> BookIoResult:
+        start = WithStartWorkflowOperation(
+            IoBookingWorkflow.run,
+            IoWorkflowInput(
+                tenant_id=tid,
+                io_id=str(io_id),
+                reports_per_run=settings.io_reports_per_run,
+                book_via_update=True,
+            ),
+            id=io_workflow_id(tid, str(io_id)),
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # One run per IO id: a resend after the run ended unbooked must not start another.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=io_search_attributes(
+                tid, str(advertiser.id), ordered[0].show_id, IoStatus.BOOKING
+            ),
+            static_summary=booking_summary(advertiser.name, booking.ad_units),
+        )
+        try:
+            return await temporal.execute_update_with_start_workflow(
+                IoBookingWorkflow.book, booking, start_workflow_operation=start, id=request_id
+            )
+        except BaseException:
+            # An attempt cut short hands its error to the start operation too: take it there,
+            # or asyncio logs "Future exception was never retrieved" for every resend.
+            taken = asyncio.ensure_future(start.workflow_handle())
+            taken.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
+
+    what = "the booking"
+    try:
+        answer = await _send_within_budget(send, what, settings.update_budget_seconds)
+    except WorkflowUpdateFailedError as exc:
+        raise _booking_failed(exc, what) from None
+    except (RPCError, WorkflowAlreadyStartedError) as exc:
+        log.error("Temporal did not take the booking of IO %s: %s", io_id, exc)
+        answer = None
+    if answer is None:
+        await _give_up(db, request_id, io_id, what)
     return await _read(db, io_id, settings)
 
 
-async def _by_idempotency_key(db: TenantDbDep, key: str) -> uuid.UUID | None:
-    async with db.tx() as session:
-        found: uuid.UUID | None = await session.scalar(
-            select(IoBooking.id).where(IoBooking.idempotency_key == key)
-        )
-    return found
-
-
-async def _reserve(
-    session: Any, tenant_id: uuid.UUID, io_id: uuid.UUID, body: IoCreate, idempotency_key: str | None
-) -> tuple[str, str, list[str], Decimal, date]:
-    """Checks the deal, locks and counts the slots, claims the codes, writes the rows."""
-    campaign = await session.get(Campaign, body.campaign_id)
-    if campaign is None:
-        raise _unprocessable(
-            ["campaign_id"], f"deal {body.campaign_id} not found in this tenant", "not_found"
-        )
-    if campaign.stage != Stage.WON.value:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail={
-                "message": (
-                    f"deal {campaign.id} is in stage {campaign.stage!r}; only a won deal can be booked"
-                ),
-                "stage": campaign.stage,
-            },
-        )
-    advertiser = await session.get(Advertiser, campaign.advertiser_id)
-    show_ids = {u.show_id for u in body.ad_units}
-    shows = {s.id: s for s in (await session.scalars(select(Show).where(Show.id.in_(show_ids))))}
-    for i, u in enumerate(body.ad_units):
-        if u.show_id not in shows:
-            raise _unprocessable(
-                ["ad_units", i, "show_id"], f"show {u.show_id} not found in this tenant", "not_found"
+def _booking_failed(exc: WorkflowUpdateFailedError, what: str) -> HTTPException:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        if cause.type in BOOKING_REFUSALS:
+            return _refused(cause.type, cause.details[0] if cause.details else cause.message)
+        if cause.type == REQUEST_ABANDONED:
+            return HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=_NOT_APPLIED.format(what=what),
+                headers={"Retry-After": "1"},
             )
-
-    await lock_slots(session, tenant_id, [(u.show_id, u.air_date) for u in body.ad_units])
-    usage = await slot_usage(session, [(u.show_id, u.air_date, u.placement.value) for u in body.ad_units])
-    wanted: Counter[tuple[uuid.UUID, date, str]] = Counter()
-    conflicts: list[dict[str, Any]] = []
-    for i, u in enumerate(body.ad_units):
-        key = (u.show_id, u.air_date, u.placement.value)
-        wanted[key] += 1
-        show = shows[u.show_id]
-        capacity = slot_capacity(show.slots, u.placement)
-        booked = usage.get(key, 0)
-        if booked + wanted[key] > capacity:
-            conflicts.append(
-                {
-                    "ad_unit": i,
-                    "show_id": str(u.show_id),
-                    "show_name": show.name,
-                    "air_date": u.air_date.isoformat(),
-                    "placement": u.placement.value,
-                    "capacity": capacity,
-                    "booked": booked,
-                }
-            )
-    if conflicts:
-        first = conflicts[0]
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail={
-                "message": (
-                    f"ad_units[{first['ad_unit']}]: {first['show_name']} has no free "
-                    f"{first['placement']} slot on {first['air_date']} "
-                    f"({first['booked']} of {first['capacity']} booked)"
-                ),
-                "conflicts": conflicts,
-            },
-        )
-
-    vanity_domain = advertiser.domain
-    vanity_path: str | None = None
-    if vanity_domain:
-        await lock_vanity_domain(session, tenant_id, vanity_domain)
-        if body.vanity_path:
-            taken = await taken_vanity_paths(session, domain=vanity_domain, prefix=body.vanity_path)
-            if body.vanity_path.lower() in taken:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    detail=(
-                        f"vanity URL https://{vanity_domain}/{body.vanity_path} is already used by another IO"
-                    ),
-                )
-            vanity_path = body.vanity_path
-        else:
-            base = slugify(shows[body.ad_units[0].show_id].name)
-            taken = await taken_vanity_paths(session, domain=vanity_domain, prefix=base)
-            vanity_path = base
-            n = 2
-            while vanity_path in taken:
-                vanity_path, n = f"{base}-{n}", n + 1
-    elif body.vanity_path:
-        raise _unprocessable(
-            ["vanity_path"], f"advertiser {advertiser.name!r} has no domain; set one to use a vanity URL"
-        )
-
-    prices = [
-        unit_price(
-            u.pricing_model, cpm_usd=u.cpm_usd, impressions_goal=u.impressions_goal, flat_usd=u.flat_usd
-        )
-        for u in body.ad_units
-    ]
-    total = sum(prices, Decimal("0"))
-    io = IoBooking(
-        id=io_id,
-        tenant_id=tenant_id,
-        campaign_id=campaign.id,
-        status=IoStatus.SCHEDULED.value,
-        payment_terms_days=body.payment_terms_days,
-        underdelivery_policy=body.underdelivery_policy.value,
-        measurement_window_days=body.measurement_window_days,
-        total_usd=total,
-        idempotency_key=idempotency_key,
-        vanity_domain=vanity_domain if vanity_path else None,
-        vanity_path=vanity_path,
-        vanity_url=f"https://{vanity_domain}/{vanity_path}" if vanity_path else None,
-    )
-    session.add(io)
-    await session.flush()
-
-    if body.promo_code:
-        if not await claim_promo_code(session, tenant_id=tenant_id, code=body.promo_code, io_id=io_id):
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                detail=(
-                    f"promo code {body.promo_code!r} is already in use in this network (codes ignore case)"
-                ),
-            )
-        io.promo_code = body.promo_code
-    else:
-        for _ in range(50):
-            code = generate_promo_code(advertiser.name, secrets.choice)
-            if await claim_promo_code(session, tenant_id=tenant_id, code=code, io_id=io_id):
-                io.promo_code = code
-                break
-        else:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, detail="could not find a free promo code; retry"
-            )
-
-    for u, price in zip(body.ad_units, prices, strict=True):
-        session.add(
-            AdUnit(
-                tenant_id=tenant_id,
-                io_id=io_id,
-                show_id=u.show_id,
-                placement=u.placement.value,
-                format=u.format.value,
-                insertion=u.insertion.value,
-                air_date=u.air_date,
-                duration_s=u.duration_s,
-                pricing_model=u.pricing_model.value,
-                cpm_usd=u.cpm_usd,
-                impressions_goal=u.impressions_goal,
-                flat_usd=u.flat_usd,
-                price_usd=price,
-                status=UnitStatus.SCHEDULED.value,
-            )
-        )
-    await session.flush()
-    ordered = sorted(body.ad_units, key=lambda u: u.air_date)
-    distinct_shows = list(dict.fromkeys(str(u.show_id) for u in ordered))
-    return advertiser.name, str(advertiser.id), distinct_shows, total, ordered[0].air_date
-
-
-async def _start_workflow(
-    temporal: Client,
-    settings: Settings,
-    tenant_id: uuid.UUID,
-    io_id: uuid.UUID,
-    advertiser_name: str,
-    advertiser_id: str,
-    show_ids: list[str],
-    total: Decimal,
-    first_air: date,
-) -> None:
-    await temporal.start_workflow(
-        IoBookingWorkflow.run,
-        IoWorkflowInput(
-            tenant_id=str(tenant_id), io_id=str(io_id), reports_per_run=settings.io_reports_per_run
-        ),
-        id=io_workflow_id(str(tenant_id), str(io_id)),
-        task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        search_attributes=io_search_attributes(
-            str(tenant_id), advertiser_id, show_ids[0], IoStatus.SCHEDULED
-        ),
-        static_summary=io_summary(advertiser_name, len(show_ids), total, first_air),
+    # The run refused or failed the booking (nothing was written, and the run has ended).
+    log.error("booking failed: %s", exc)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=_NOT_APPLIED.format(what=what),
+        headers={"Retry-After": "1"},
     )
 
 
@@ -669,20 +708,29 @@ _UPDATE_STATUS = {
     UNIT_NOT_AIRED: status.HTTP_409_CONFLICT,
     IO_CLOSED: status.HTTP_409_CONFLICT,
     IO_ABANDONED: status.HTTP_404_NOT_FOUND,
+    REQUEST_ABANDONED: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 
 async def _update(
     db: TenantDbDep,
     temporal: Client,
+    settings: Settings,
     io_id: uuid.UUID,
     update: Any,
-    arg: Any,
+    make_arg: Callable[[str], Any],
     *,
+    what: str,
+    scope: str,
+    payload: Any,
+    idempotency_key: str | None,
     done_if: IoStatus | None = None,
-) -> None:
-    """Sends an update to the IO's workflow and maps its rejection to an HTTP error.
+) -> bool:
+    """Sends a fenced update to the IO's workflow and maps its rejection to an HTTP error.
 
+    The update carries a fresh request id (its update id too), resent within the budget; when
+    the budget runs out the request is fenced off (503: never applied) unless its write won.
+    Returns True when an Idempotency-Key's earlier attempt answers instead (a replay).
     `done_if`: a finished workflow whose IO is already in this status means the request was
     already carried out (a retried cancel), which is answered as success.
     """
@@ -692,36 +740,57 @@ async def _update(
         ).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"IO {str(io_id)!r} not found")
+    request_id = new_request_id()
+    if idempotency_key:
+        keyed = await _begin_keyed(
+            db,
+            settings,
+            scope=f"{scope}:{io_id}",
+            key=idempotency_key,
+            payload=payload,
+            entity_id=str(io_id),
+        )
+        if keyed.status == "replay":
+            return True
+        if keyed.status == "mismatch":
+            raise _key_mismatch()
+        assert keyed.request_id is not None
+        request_id = keyed.request_id
     handle = temporal.get_workflow_handle(io_workflow_id(str(db.tenant_id), str(io_id)))
-    for attempt in range(6):
-        try:
-            await handle.execute_update(update, arg)
-            return
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.type in _UPDATE_STATUS:
-                if cause.type == UNKNOWN_UNIT:
-                    raise _unprocessable(["ad_unit_id"], cause.message, "not_found") from None
-                raise HTTPException(_UPDATE_STATUS[cause.type], detail=cause.message) from None
+    try:
+        answer = await _send_within_budget(
+            lambda: handle.execute_update(update, make_arg(request_id), id=request_id),
+            what,
+            settings.update_budget_seconds,
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type in _UPDATE_STATUS:
+            if cause.type == UNKNOWN_UNIT:
+                raise _unprocessable(["ad_unit_id"], cause.message, "not_found") from None
+            headers = {"Retry-After": "1"} if cause.type == REQUEST_ABANDONED else None
+            raise HTTPException(_UPDATE_STATUS[cause.type], detail=cause.message, headers=headers) from None
+        log.error("update of IO %s failed: %s", io_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=_NOT_APPLIED.format(what=what),
+            headers={"Retry-After": "1"},
+        ) from None
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
             log.error("update of IO %s failed: %s", io_id, exc)
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, detail="the IO could not be updated; retry"
-            ) from None
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                if done_if is not None and row[0] == done_if.value:
-                    return
-                # The workflow has finished: the IO was invoiced (or cancelled with nothing aired).
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    detail=f"IO {io_id} is {row[0]}; its workflow has finished and takes no more changes",
-                ) from None
-            if exc.status not in RETRYABLE_RPC or attempt == 5:
-                log.error("update of IO %s failed: %s", io_id, exc)
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unavailable; retry"
-                ) from None
-            await asyncio.sleep(0.05 * 2**attempt)
+            await _give_up(db, request_id, io_id, what)
+            return False
+        if done_if is not None and row[0] == done_if.value:
+            return False
+        # The workflow has finished: the IO was invoiced (or cancelled with nothing aired).
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"IO {io_id} is {row[0]}; its workflow has finished and takes no more changes",
+        ) from None
+    if answer is None:
+        await _give_up(db, request_id, io_id, what)
+    return False
 
 
 @router.post(
@@ -730,44 +799,81 @@ async def _update(
     responses={
         404: {"description": "unknown IO"},
         409: {"description": "the unit is cancelled or has not aired, or the IO is invoiced"},
-        422: {"description": "unknown ad unit or a negative count"},
+        422: {"description": "unknown ad unit, a negative count, or a reused Idempotency-Key"},
+        503: {"description": "not applied, and it never will be; retry"},
+        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
     },
 )
 async def report_delivery(
-    io_id: str, body: DeliveryReport, db: TenantDbDep, temporal: TemporalDep, settings: SettingsDep
+    io_id: str,
+    body: DeliveryReport,
+    db: TenantDbDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, _IDEMPOTENCY_KEY] = None,
 ) -> IoPublic:
     """Reports an ad unit's delivered impressions to date (an update with a validator)."""
     iid = parse_id(io_id, "IO")
-    await _update(
+    replayed = await _update(
         db,
         temporal,
+        settings,
         iid,
         IoBookingWorkflow.report_delivery,
-        ReportDeliveryInput(
-            ad_unit_id=str(body.ad_unit_id), impressions=body.impressions, source=body.source
+        lambda request_id: ReportDeliveryInput(
+            ad_unit_id=str(body.ad_unit_id),
+            impressions=body.impressions,
+            source=body.source,
+            request_id=request_id,
         ),
+        what="the delivery report",
+        scope="io-delivery",
+        payload=body.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
     )
+    if replayed:
+        _replayed(response)
     return await _read(db, iid, settings)
 
 
 @router.post(
     "/{io_id}/cancel",
     response_model=IoPublic,
-    responses={404: {"description": "unknown IO"}, 409: {"description": "the IO is already invoiced"}},
+    responses={
+        404: {"description": "unknown IO"},
+        409: {"description": "the IO is already invoiced"},
+        422: {"description": "no reason, or a reused Idempotency-Key"},
+        503: {"description": "not applied, and it never will be; retry"},
+        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
+    },
 )
 async def cancel_io(
-    io_id: str, body: IoCancel, db: TenantDbDep, temporal: TemporalDep, settings: SettingsDep
+    io_id: str,
+    body: IoCancel,
+    db: TenantDbDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, _IDEMPOTENCY_KEY] = None,
 ) -> IoPublic:
     """Cancels what has not aired: slots freed, promo code voided; aired units are still billed."""
     iid = parse_id(io_id, "IO")
-    await _update(
+    replayed = await _update(
         db,
         temporal,
+        settings,
         iid,
         IoBookingWorkflow.cancel,
-        CancelIoInput(reason=body.reason),
+        lambda request_id: CancelIoInput(reason=body.reason, request_id=request_id),
+        what="the cancellation",
+        scope="io-cancel",
+        payload=body.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
         done_if=IoStatus.CANCELLED,
     )
+    if replayed:
+        _replayed(response)
     return await _read(db, iid, settings)
 
 

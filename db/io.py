@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AdUnit, Advertiser, Campaign, IoBooking, PromoCode, Show
-from domain.io import UnitStatus, slot_capacity
+from db.models import AdUnit, Advertiser, Campaign, IoBooking, PromoCode, Show, WriteRequest
+from domain.io import (
+    PROMO_CODE_TRIES,
+    BookIoInput,
+    IoStatus,
+    UnitStatus,
+    check_booking,
+    generate_promo_code,
+    next_vanity_path,
+    no_free_slot,
+    promo_exhausted,
+    promo_taken,
+    slot_capacity,
+    slot_conflicts,
+    slugify,
+    vanity_taken,
+)
 
 SlotKey = tuple[uuid.UUID, date, str]
 
@@ -175,3 +191,154 @@ async def load_io(session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None:
         units=[(u, name) for u, name in units],
         promo_status=promo_status,
     )
+
+
+@dataclass
+class BookingFacts:
+    """What a booking is checked against: its deal, the deal's advertiser and the units' shows."""
+
+    campaign: Campaign | None
+    advertiser: Advertiser | None
+    shows: dict[str, Show]
+
+    def check(self, booking: BookIoInput) -> None:
+        """Raises BookingRefused: a missing or unwon deal, an unknown show, a vanity path without domain."""
+        check_booking(
+            booking,
+            deal_stage=self.campaign.stage if self.campaign is not None else None,
+            advertiser_name=self.advertiser.name if self.advertiser is not None else "",
+            advertiser_domain=self.advertiser.domain if self.advertiser is not None else None,
+            known_show_ids=set(self.shows),
+        )
+
+
+async def booking_facts(session: AsyncSession, booking: BookIoInput) -> BookingFacts:
+    """Reads the deal, advertiser and shows of a booking (the session's tenant, RLS)."""
+    campaign = await session.get(Campaign, uuid.UUID(booking.campaign_id))
+    advertiser = await session.get(Advertiser, campaign.advertiser_id) if campaign is not None else None
+    ids = {uuid.UUID(u.show_id) for u in booking.ad_units}
+    shows = {str(s.id): s for s in await session.scalars(select(Show).where(Show.id.in_(ids)))}
+    return BookingFacts(campaign=campaign, advertiser=advertiser, shows=shows)
+
+
+async def reserve_booking(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID | str,
+    io_id: uuid.UUID,
+    booking: BookIoInput,
+    choice: Callable[[str], str],
+) -> None:
+    """Writes a booking's rows, or raises BookingRefused with nothing written (the caller rolls back).
+
+    Slots are counted under their locks (held until the caller's transaction ends), then the IO,
+    its promo code (given, or generated with `choice`) and vanity path, then its units.
+    """
+    tid = uuid.UUID(str(tenant_id))
+    facts = await booking_facts(session, booking)
+    facts.check(booking)
+    assert facts.campaign is not None and facts.advertiser is not None
+    advertiser = facts.advertiser
+    units = booking.ad_units
+
+    await lock_slots(session, tid, [(uuid.UUID(u.show_id), u.air_date) for u in units])
+    usage = await slot_usage(session, [(uuid.UUID(u.show_id), u.air_date, u.placement.value) for u in units])
+    conflicts = slot_conflicts(
+        units,
+        shows={sid: (s.name, s.slots) for sid, s in facts.shows.items()},
+        usage={(str(k[0]), k[1], k[2]): n for k, n in usage.items()},
+    )
+    if conflicts:
+        raise no_free_slot(conflicts)
+
+    domain = advertiser.domain
+    vanity_path: str | None = None
+    if domain:
+        await lock_vanity_domain(session, tid, domain)
+        if booking.vanity_path:
+            if booking.vanity_path.lower() in await taken_vanity_paths(
+                session, domain=domain, prefix=booking.vanity_path
+            ):
+                raise vanity_taken(domain, booking.vanity_path)
+            vanity_path = booking.vanity_path
+        else:
+            base = slugify(facts.shows[units[0].show_id].name)
+            vanity_path = next_vanity_path(
+                base, await taken_vanity_paths(session, domain=domain, prefix=base)
+            )
+
+    prices = [u.price for u in units]
+    io = IoBooking(
+        id=io_id,
+        tenant_id=tid,
+        campaign_id=facts.campaign.id,
+        status=IoStatus.SCHEDULED.value,
+        payment_terms_days=booking.payment_terms_days,
+        underdelivery_policy=booking.underdelivery_policy.value,
+        measurement_window_days=booking.measurement_window_days,
+        total_usd=sum(prices, Decimal("0")),
+        idempotency_key=booking.idempotency_key,
+        vanity_domain=domain if vanity_path else None,
+        vanity_path=vanity_path,
+        vanity_url=f"https://{domain}/{vanity_path}" if vanity_path else None,
+    )
+    session.add(io)
+    await session.flush()
+
+    if booking.promo_code:
+        if not await claim_promo_code(session, tenant_id=tid, code=booking.promo_code, io_id=io_id):
+            raise promo_taken(booking.promo_code)
+        io.promo_code = booking.promo_code
+    else:
+        for _ in range(PROMO_CODE_TRIES):
+            code = generate_promo_code(advertiser.name, choice)
+            if await claim_promo_code(session, tenant_id=tid, code=code, io_id=io_id):
+                io.promo_code = code
+                break
+        else:
+            raise promo_exhausted()
+
+    for u, price in zip(units, prices, strict=True):
+        session.add(
+            AdUnit(
+                tenant_id=tid,
+                io_id=io_id,
+                show_id=uuid.UUID(u.show_id),
+                placement=u.placement.value,
+                format=u.format.value,
+                insertion=u.insertion.value,
+                air_date=u.air_date,
+                duration_s=u.duration_s,
+                pricing_model=u.pricing_model.value,
+                cpm_usd=u.cpm_usd,
+                impressions_goal=u.impressions_goal,
+                flat_usd=u.flat_usd,
+                price_usd=price,
+                status=UnitStatus.SCHEDULED.value,
+            )
+        )
+    await session.flush()
+
+
+async def io_of_request(session: AsyncSession, request_id: str) -> uuid.UUID | None:
+    """The IO a fenced request was about (the write fence's entity), or None."""
+    entity = await session.scalar(
+        select(WriteRequest.entity_id).where(
+            WriteRequest.request_id == request_id, WriteRequest.entity_type == "io"
+        )
+    )
+    return uuid.UUID(entity) if entity else None
+
+
+async def io_with_idempotency_key(session: AsyncSession, key: str) -> uuid.UUID | None:
+    """The IO booked with this Idempotency-Key (kept on the row; older bookings have only this)."""
+    found: uuid.UUID | None = await session.scalar(
+        select(IoBooking.id).where(IoBooking.idempotency_key == key)
+    )
+    return found
+
+
+async def io_statuses(session: AsyncSession) -> dict[uuid.UUID, str]:
+    """Every IO of the session's tenant with its status."""
+    rows = await session.execute(select(IoBooking.id, IoBooking.status))
+    return {r[0]: r[1] for r in rows}

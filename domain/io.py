@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -60,7 +62,11 @@ class IoStatus(StrEnum):
     MEASURING = "measuring"  # every unit aired; waiting out the measurement window
     COMPLETED = "completed"  # reconciled and invoiced
     CANCELLED = "cancelled"  # cancelled; what aired is still reconciled and invoiced
-    ABANDONED = "abandoned"  # the booking transaction never committed (workflow only)
+    ABANDONED = "abandoned"  # nothing was booked: never committed, or given up by the API (workflow only)
+    BOOKING = "booking"  # the workflow started and its booking is being decided (workflow only)
+    REJECTED = (
+        "rejected"  # the booking was refused (no slot, code or path taken): nothing booked (workflow only)
+    )
 
 
 class UnitStatus(StrEnum):
@@ -244,6 +250,13 @@ class IoWorkflowInput(BaseModel):
     reports_per_run: int = 500
     # How many times the first load retries before deciding the booking never committed.
     load_attempts: int = 6
+    # True: the booking is this workflow's first step, its `book` update (update-with-start).
+    # False (runs started before that, and their histories): the API booked, the run loads it.
+    book_via_update: bool = False
+    # How long a run started for a booking waits for its `book` update before it ends unbooked.
+    booking_wait_seconds: float = 300.0
+    # The request that booked the IO (carried across continue-as-new for the `book` validator).
+    booked_by: str | None = None
 
 
 class IoWorkflowResult(BaseModel):
@@ -261,12 +274,92 @@ class ReportDeliveryInput(BaseModel):
     # Checked by the workflow's validator (not here) so a bad count gets a named rejection.
     impressions: int
     source: str | None = None
+    # The API's request id (also the update id), fenced by the write; None for the import's signals.
+    request_id: str | None = None
 
 
 class CancelIoInput(BaseModel):
     """Cancels what has not aired."""
 
     reason: str
+    # The API's request id (also the update id), fenced by the write; None in older histories.
+    request_id: str | None = None
+
+
+class UnitRequest(BaseModel):
+    """One ad unit a booking asks for, as the API validated it."""
+
+    show_id: str
+    placement: Placement
+    format: AdFormat
+    insertion: Insertion
+    air_date: date
+    duration_s: int
+    pricing_model: PricingModel
+    cpm_usd: Decimal | None = None
+    impressions_goal: int | None = None
+    flat_usd: Decimal | None = None
+
+    @property
+    def price(self) -> Decimal:
+        """The unit's booked price."""
+        return unit_price(
+            self.pricing_model,
+            cpm_usd=self.cpm_usd,
+            impressions_goal=self.impressions_goal,
+            flat_usd=self.flat_usd,
+        )
+
+
+class BookIoInput(BaseModel):
+    """The `book` update of IoBookingWorkflow: what the IO books, as the API validated it."""
+
+    campaign_id: str
+    ad_units: list[UnitRequest]
+    promo_code: str | None = None
+    vanity_path: str | None = None
+    payment_terms_days: int = 30
+    underdelivery_policy: UnderdeliveryPolicy = UnderdeliveryPolicy.MAKEGOOD
+    measurement_window_days: int = 30
+    # The client's Idempotency-Key, kept on the IO row.
+    idempotency_key: str | None = None
+    # The API's request id (also the update id), fenced by the booking's write.
+    request_id: str | None = None
+
+
+class BookIoResult(BaseModel):
+    """A booked IO: its id and status (scheduled)."""
+
+    io_id: str
+    status: IoStatus
+
+
+class ReserveIoInput(BaseModel):
+    """Books an IO's rows: slots counted under their locks, promo code, vanity path, io.scheduled."""
+
+    tenant_id: str
+    io_id: str
+    booking: BookIoInput
+    at: datetime
+
+
+class ReserveIoResult(BaseModel):
+    """The booked IO, or `applied=False` when the API had given up on the request (nothing written)."""
+
+    applied: bool
+    snapshot: IoSnapshot | None = None
+
+
+class RecordDeliveryResult(BaseModel):
+    """Whether a delivery report was written (False: the API had given up on it, nothing written)."""
+
+    applied: bool = True
+
+
+class CancelIoResult(BaseModel):
+    """Whether a cancellation was written (False: the API had given up on it, nothing written)."""
+
+    applied: bool = True
 
 
 class LoadIoInput(BaseModel):
@@ -301,6 +394,8 @@ class RecordDeliveryInput(BaseModel):
     source: str | None
     seq: int
     at: datetime
+    # Claimed in the write's transaction (the write fence); None skips the fence.
+    request_id: str | None = None
 
 
 class BookMakegoodInput(BaseModel):
@@ -329,6 +424,8 @@ class CancelUnitsInput(BaseModel):
     unit_ids: list[str]
     reason: str
     at: datetime
+    # Claimed in the write's transaction (the write fence); None skips the fence.
+    request_id: str | None = None
 
 
 class CompleteIoInput(BaseModel):
@@ -452,6 +549,186 @@ def build_invoice(
         total_usd=cents(sum((line.amount_usd for line in lines), Decimal("0"))),
     )
     return invoice, statuses
+
+
+# ---------------------------------------------------------------------------------------------
+# Booking rules: what refuses a booking, and with which answer. The API checks what it can before
+# any Temporal call; the booking activity checks everything again under the slot locks.
+
+BOOKING_CONFLICT = "IoBookingConflict"  # HTTP 409: not won, no free slot, promo code or vanity path taken
+BOOKING_INVALID = "IoBookingInvalid"  # HTTP 422: an unknown deal or show, a vanity path without a domain
+BOOKING_UNAVAILABLE = "IoBookingUnavailable"  # HTTP 503: no free generated promo code found; retry
+BOOKING_REFUSALS = (BOOKING_CONFLICT, BOOKING_INVALID, BOOKING_UNAVAILABLE)
+# Generated promo codes tried before the booking gives up (a collision per try is rare).
+PROMO_CODE_TRIES = 50
+
+
+class BookingRefused(Exception):
+    """A booking that cannot be made: `kind` is one of BOOKING_REFUSALS, `detail` the HTTP detail."""
+
+    def __init__(self, kind: str, detail: Any) -> None:
+        message = detail if isinstance(detail, str) else str(_message_of(detail))
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
+        self.message = message
+
+
+def _message_of(detail: Any) -> Any:
+    if isinstance(detail, dict):
+        return detail.get("message", detail)
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        return detail[0].get("msg", detail)
+    return detail
+
+
+def _invalid(loc: list[Any], msg: str, kind: str = "value_error") -> BookingRefused:
+    return BookingRefused(BOOKING_INVALID, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+
+def unknown_deal(campaign_id: str) -> BookingRefused:
+    """The deal is not in this tenant."""
+    return _invalid(["campaign_id"], f"deal {campaign_id} not found in this tenant", "not_found")
+
+
+def deal_not_won(campaign_id: str, stage: str) -> BookingRefused:
+    """Only a won deal can be booked."""
+    return BookingRefused(
+        BOOKING_CONFLICT,
+        {
+            "message": f"deal {campaign_id} is in stage {stage!r}; only a won deal can be booked",
+            "stage": stage,
+        },
+    )
+
+
+def unknown_show(index: int, show_id: str) -> BookingRefused:
+    """A unit's show is not in this tenant."""
+    return _invalid(["ad_units", index, "show_id"], f"show {show_id} not found in this tenant", "not_found")
+
+
+def no_vanity_domain(advertiser_name: str) -> BookingRefused:
+    """A vanity path needs the advertiser's domain."""
+    return _invalid(
+        ["vanity_path"], f"advertiser {advertiser_name!r} has no domain; set one to use a vanity URL"
+    )
+
+
+def vanity_taken(domain: str, path: str) -> BookingRefused:
+    """The vanity path is another IO's on this domain."""
+    return BookingRefused(
+        BOOKING_CONFLICT, f"vanity URL https://{domain}/{path} is already used by another IO"
+    )
+
+
+def promo_taken(code: str) -> BookingRefused:
+    """The promo code is in use in this tenant (codes ignore case)."""
+    return BookingRefused(
+        BOOKING_CONFLICT, f"promo code {code!r} is already in use in this network (codes ignore case)"
+    )
+
+
+def promo_exhausted() -> BookingRefused:
+    """No generated promo code was free (retrying draws new ones)."""
+    return BookingRefused(BOOKING_UNAVAILABLE, "could not find a free promo code; retry")
+
+
+def check_booking(
+    booking: BookIoInput,
+    *,
+    deal_stage: str | None,
+    advertiser_name: str,
+    advertiser_domain: str | None,
+    known_show_ids: set[str],
+) -> None:
+    """Refuses a booking for a missing or unwon deal, an unknown show, or a vanity path without domain."""
+    if deal_stage is None:
+        raise unknown_deal(booking.campaign_id)
+    if deal_stage != "won":
+        raise deal_not_won(booking.campaign_id, deal_stage)
+    for i, u in enumerate(booking.ad_units):
+        if u.show_id not in known_show_ids:
+            raise unknown_show(i, u.show_id)
+    if booking.vanity_path and not advertiser_domain:
+        raise no_vanity_domain(advertiser_name)
+
+
+SlotKey = tuple[str, date, str]
+
+
+def slot_conflicts(
+    units: Sequence[UnitRequest],
+    *,
+    shows: Mapping[str, tuple[str, dict[str, int] | None]],
+    usage: Mapping[SlotKey, int],
+) -> list[dict[str, Any]]:
+    """Every unit that would overbook its episode: `shows` maps id to (name, slots), `usage` counts."""
+    wanted: Counter[SlotKey] = Counter()
+    conflicts: list[dict[str, Any]] = []
+    for i, u in enumerate(units):
+        key = (u.show_id, u.air_date, u.placement.value)
+        wanted[key] += 1
+        name, slots = shows[u.show_id]
+        capacity = slot_capacity(slots, u.placement)
+        booked = usage.get(key, 0)
+        if booked + wanted[key] > capacity:
+            conflicts.append(
+                {
+                    "ad_unit": i,
+                    "show_id": u.show_id,
+                    "show_name": name,
+                    "air_date": u.air_date.isoformat(),
+                    "placement": u.placement.value,
+                    "capacity": capacity,
+                    "booked": booked,
+                }
+            )
+    return conflicts
+
+
+def no_free_slot(conflicts: list[dict[str, Any]]) -> BookingRefused:
+    """The 409 of a booking that would overbook, naming the first full episode."""
+    first = conflicts[0]
+    return BookingRefused(
+        BOOKING_CONFLICT,
+        {
+            "message": (
+                f"ad_units[{first['ad_unit']}]: {first['show_name']} has no free "
+                f"{first['placement']} slot on {first['air_date']} "
+                f"({first['booked']} of {first['capacity']} booked)"
+            ),
+            "conflicts": conflicts,
+        },
+    )
+
+
+def next_vanity_path(base: str, taken: set[str]) -> str:
+    """The first of `base`, `base-2`, `base-3`, ... not in `taken` (lower-cased paths)."""
+    path, n = base, 2
+    while path in taken:
+        path, n = f"{base}-{n}", n + 1
+    return path
+
+
+def booking_summary(advertiser: str, units: Sequence[UnitRequest]) -> str:
+    """The static summary of a booking's workflow (see io_summary)."""
+    ordered = sorted(units, key=lambda u: u.air_date)
+    shows = list(dict.fromkeys(u.show_id for u in ordered))
+    total = sum((u.price for u in units), Decimal("0"))
+    return io_summary(advertiser, len(shows), total, ordered[0].air_date)
+
+
+class IoDrift(BaseModel):
+    """An IO whose PostgreSQL row and workflow disagree (found by activities.io.io_drift)."""
+
+    io_id: str
+    workflow_id: str
+    row_status: str
+    # The workflow's `snapshot` query (running workflows only), and its IoStatus search attribute.
+    workflow_status: str | None = None
+    search_attribute_status: str | None = None
+    running: bool = False
+    reason: str
 
 
 def io_summary(advertiser: str, show_count: int, total_usd: Decimal, next_air: date | None) -> str:

@@ -1,7 +1,9 @@
 """IoBookingWorkflow: one insertion order from booking to invoice.
 
-The booking itself (slots, promo code, vanity URL) commits in the API's transaction; this
-workflow follows the IO from there: a durable timer per air date, delivery reports, the
+The booking is the workflow's first step: the API sends the `book` update with update-with-start,
+and its activity books slots, promo code and vanity URL in one transaction (a refusal ends the
+run with nothing booked). Runs started before that (`book_via_update=False`) load what the API
+booked. From there it follows the IO: a durable timer per air date, delivery reports, the
 measurement window, make-goods or pro-rata for shortfalls, the invoice. Cancellation stops what
 has not aired and still bills what has.
 """
@@ -19,6 +21,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.io import IoActivities
     from domain.io import (
+        BOOKING_REFUSALS,
+        BookIoInput,
+        BookIoResult,
         BookMakegoodInput,
         CancelIoInput,
         CancelUnitsInput,
@@ -32,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         PricingModel,
         RecordDeliveryInput,
         ReportDeliveryInput,
+        ReserveIoInput,
         UnitState,
         UnitStatus,
         air_moment,
@@ -47,6 +53,13 @@ UNIT_NOT_AIRED = "AdUnitNotAired"
 IO_CLOSED = "IoClosed"
 IO_ABANDONED = "IoAbandoned"
 INVALID_REQUEST = "InvalidIoRequest"
+# The API gave up on the request (and answered 503) before its write: it was not applied.
+REQUEST_ABANDONED = "RequestAbandoned"
+# A `book` update for an IO that is booked by another request, or whose run ended unbooked.
+IO_ALREADY_BOOKED = "IoAlreadyBooked"
+BOOKING_CLOSED = "IoBookingClosed"
+# Any other failure of the booking activity: nothing was booked, and the run ends.
+BOOKING_FAILED = "IoBookingFailed"
 
 _WRITE_TIMEOUT = timedelta(seconds=30)
 # Writes retry until the database answers: an IO must never skip a step because of an outage.
@@ -76,6 +89,15 @@ def _reject(message: str, kind: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+def _request_key(req: BookIoInput) -> str:
+    return req.request_id or "-"
+
+
+def _not_applied(what: str) -> ApplicationError:
+    """The update's failure when its API had given up first: the write fence refused it."""
+    return _reject(f"{what} was not applied, and it never will be; retry", REQUEST_ABANDONED)
+
+
 @workflow.defn
 class IoBookingWorkflow:
     """An insertion order, alive until every unit is aired, reconciled and invoiced, or cancelled."""
@@ -85,6 +107,10 @@ class IoBookingWorkflow:
         self._inp = inp
         self._io: IoSnapshot | None = inp.snapshot
         self._abandoned = False
+        # The booking path: the request whose `book` update is booking this IO, and how a run
+        # that booked nothing ended (abandoned or rejected).
+        self._booking_request: str | None = inp.booked_by
+        self._unbooked: IoStatus | None = None
         # Bumped by a cancellation: the main loop re-plans its next timer.
         self._changes = 0
         self._reports = 0
@@ -94,13 +120,19 @@ class IoBookingWorkflow:
     @workflow.run
     async def run(self, inp: IoWorkflowInput) -> IoWorkflowResult:
         """Follows the IO: air dates, measurement window, make-goods, invoice."""
-        if self._io is None and not await self.load_booking():
-            return IoWorkflowResult(io_id=inp.io_id, status=IoStatus.ABANDONED)
+        if self._io is None:
+            if inp.book_via_update:
+                if not await self.wait_for_booking():
+                    return IoWorkflowResult(io_id=inp.io_id, status=self._unbooked or IoStatus.ABANDONED)
+            elif not await self.load_booking():
+                return IoWorkflowResult(io_id=inp.io_id, status=IoStatus.ABANDONED)
         self._describe()
         while True:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(inp.model_copy(update={"snapshot": self._io}))
+                workflow.continue_as_new(
+                    inp.model_copy(update={"snapshot": self._io, "booked_by": self._booking_request})
+                )
             step = self._next_step()
             if step is None:
                 break
@@ -143,6 +175,26 @@ class IoBookingWorkflow:
             self._abandoned = True
             workflow.upsert_search_attributes([sa.IO_STATUS.value_set(IoStatus.ABANDONED.value)])
             workflow.set_current_details("The booking transaction never committed: nothing to follow.")
+            return False
+        return True
+
+    async def wait_for_booking(self) -> bool:
+        """Waits for the `book` update to book the IO; False if the run ends with nothing booked."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._booking_request is not None or self._io is not None,
+                timeout=timedelta(seconds=self._inp.booking_wait_seconds),
+                timeout_summary="booking request",
+            )
+        except TimeoutError:
+            if self._booking_request is None and self._io is None:
+                # The request's API has given up long since: end, and refuse a late `book`.
+                self._end_unbooked(IoStatus.ABANDONED, "No booking request arrived: nothing was booked.")
+                return False
+            # A `book` started in the very task the timer fired in: its outcome decides.
+        await workflow.wait_condition(lambda: self._io is not None or self._unbooked is not None)
+        if self._io is None:
+            await workflow.wait_condition(workflow.all_handlers_finished)
             return False
         return True
 
@@ -230,6 +282,48 @@ class IoBookingWorkflow:
     # Handlers
 
     @workflow.update
+    async def book(self, req: BookIoInput) -> BookIoResult:
+        """Books the IO (slots, promo code, vanity URL, units) in one activity: the run's first step."""
+        self._check_bookable(req)
+        if self._io is not None:
+            # This very request, sent again to a later run: it booked the IO.
+            return BookIoResult(io_id=self._inp.io_id, status=self._io.status)
+        self._booking_request = _request_key(req)
+        try:
+            result = await workflow.execute_activity_method(
+                IoActivities.reserve_io,
+                ReserveIoInput(
+                    tenant_id=self._inp.tenant_id, io_id=self._inp.io_id, booking=req, at=workflow.now()
+                ),
+                start_to_close_timeout=_WRITE_TIMEOUT,
+                retry_policy=_WRITE_RETRY,
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type in BOOKING_REFUSALS:
+                self._end_unbooked(IoStatus.REJECTED, f"Booking refused: {cause.message}")
+                raise ApplicationError(
+                    cause.message, *cause.details, type=cause.type, non_retryable=True
+                ) from None
+            self._end_unbooked(IoStatus.REJECTED, "The booking failed: nothing was booked.")
+            raise _reject("the booking failed and nothing was booked; retry", BOOKING_FAILED) from None
+        if not result.applied or result.snapshot is None:
+            self._end_unbooked(
+                IoStatus.ABANDONED,
+                "The API gave up on this booking before it was written: nothing was booked.",
+            )
+            raise _not_applied("the booking")
+        self._io = result.snapshot
+        # Booked: visibility learns it in the task that learns the write.
+        workflow.upsert_search_attributes([sa.IO_STATUS.value_set(self._io.status.value)])
+        return BookIoResult(io_id=self._inp.io_id, status=self._io.status)
+
+    @book.validator
+    def validate_book(self, req: BookIoInput) -> None:
+        """Rejects a booking of an IO booked by another request, or whose run ended unbooked."""
+        self._check_bookable(req)
+
+    @workflow.update
     async def report_delivery(self, req: ReportDeliveryInput) -> UnitState:
         """Records a unit's delivered impressions to date (the latest report wins)."""
         await self._wait_loaded()
@@ -271,7 +365,7 @@ class IoBookingWorkflow:
             self._check_open()
             now = workflow.now()
             pending = [u for u in io.units if u.status is UnitStatus.SCHEDULED]
-            await workflow.execute_activity_method(
+            written = await workflow.execute_activity_method(
                 IoActivities.cancel_io,
                 CancelUnitsInput(
                     tenant_id=io.tenant_id,
@@ -279,10 +373,13 @@ class IoBookingWorkflow:
                     unit_ids=[u.id for u in pending],
                     reason=req.reason,
                     at=now,
+                    request_id=req.request_id,
                 ),
                 start_to_close_timeout=_WRITE_TIMEOUT,
                 retry_policy=_WRITE_RETRY,
             )
+            if written is not None and not written.applied:
+                raise _not_applied("the cancellation")
             for u in pending:
                 u.status = UnitStatus.CANCELLED
             io.cancel_reason = req.reason
@@ -335,6 +432,24 @@ class IoBookingWorkflow:
         except TimeoutError:
             return True
 
+    def _check_bookable(self, req: BookIoInput) -> None:
+        if self._unbooked is not None:
+            raise _reject(
+                f"IO {self._inp.io_id} ended {self._unbooked.value} with nothing booked; book it again",
+                BOOKING_CLOSED,
+            )
+        if self._booking_request is not None and self._booking_request != _request_key(req):
+            raise _reject(f"IO {self._inp.io_id} is booked by another request", IO_ALREADY_BOOKED)
+        if self._io is not None and self._booking_request is None:
+            raise _reject(f"IO {self._inp.io_id} is booked already", IO_ALREADY_BOOKED)
+
+    def _end_unbooked(self, status: IoStatus, details: str) -> None:
+        """Ends the booking path with nothing booked: handlers waiting for the IO are refused."""
+        self._unbooked = status
+        self._abandoned = True
+        workflow.upsert_search_attributes([sa.IO_STATUS.value_set(status.value)])
+        workflow.set_current_details(details)
+
     def _check_open(self) -> None:
         io = self._snapshot()
         if io.invoice is not None:
@@ -365,7 +480,7 @@ class IoBookingWorkflow:
             elif status is UnitStatus.DELIVERED and req.impressions < unit.impressions_goal:
                 status = UnitStatus.AIRED  # a corrected, lower figure
         io = self._snapshot()
-        await workflow.execute_activity_method(
+        written = await workflow.execute_activity_method(
             IoActivities.record_delivery,
             RecordDeliveryInput(
                 tenant_id=io.tenant_id,
@@ -377,10 +492,13 @@ class IoBookingWorkflow:
                 source=req.source,
                 seq=unit.delivery_reports + 1,
                 at=workflow.now(),
+                request_id=req.request_id,
             ),
             start_to_close_timeout=_WRITE_TIMEOUT,
             retry_policy=_WRITE_RETRY,
         )
+        if written is not None and not written.applied:
+            raise _not_applied("the delivery report")
         unit.delivery_reports += 1
         unit.delivered_impressions = req.impressions
         unit.status = status

@@ -33,6 +33,7 @@ from domain.io import (
 )
 from tests.conftest import Stack, start_stack
 from tests.factories import ad_unit, book_io, make_deal
+from worker import build_worker
 
 TODAY = datetime.now(UTC).date()
 NOW = datetime.now(UTC)
@@ -46,19 +47,21 @@ async def api_only(database: EmbeddedDatabase, client: Client, sm: SessionMaker)
 
 
 async def _booked(stack: Stack) -> tuple[NewTenant, dict[str, Any]]:
+    """An IO booked through the API; the worker runs only for the booking (its workflow's first step)."""
     tenant = await stack.new_tenant()
     h = stack.auth(tenant)
-    deal = await make_deal(stack.http, h, stage="won")
-    r = await book_io(
-        stack.http,
-        h,
-        deal["id"],
-        [
-            ad_unit(deal["show_id"], TODAY + timedelta(days=1)),
-            ad_unit(deal["show_id"], TODAY + timedelta(days=2)),
-        ],
-        promo_code=f"P{uuid.uuid4().hex[:6]}",
-    )
+    async with build_worker(stack.client, stack.settings, stack.sm):
+        deal = await make_deal(stack.http, h, stage="won")
+        r = await book_io(
+            stack.http,
+            h,
+            deal["id"],
+            [
+                ad_unit(deal["show_id"], TODAY + timedelta(days=1)),
+                ad_unit(deal["show_id"], TODAY + timedelta(days=2)),
+            ],
+            promo_code=f"P{uuid.uuid4().hex[:6]}",
+        )
     assert r.status_code == 201, r.text
     return tenant, r.json()
 

@@ -267,12 +267,42 @@ async def test_a_retried_post_with_an_idempotency_key_books_once(stack: Stack, t
     deal, _ = await _won_deal(stack, h)
     headers = h | {"Idempotency-Key": f"io-{uuid.uuid4()}"}
     body = {"campaign_id": deal["id"], "ad_units": [ad_unit(deal["show_id"], SOON)]}
+    first = await stack.http.post("/api/v1/io", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert "Idempotent-Replayed" not in first.headers
+    # The retries (the answer was lost, say) answer the IO the first one booked.
+    for _ in range(2):
+        again = await stack.http.post("/api/v1/io", json=body, headers=headers)
+        assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+    assert await _counts(stack, tenant) == (1, 1, 1)
+    # The same key for another booking is refused, naming the header; nothing is written.
+    other = body | {"payment_terms_days": 60}
+    r = await stack.http.post("/api/v1/io", json=other, headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert await _counts(stack, tenant) == (1, 1, 1)
+
+
+async def test_concurrent_twins_with_one_idempotency_key_book_at_most_once(
+    stack: Stack, tenant: NewTenant
+) -> None:
+    h = stack.auth(tenant)
+    deal, _ = await _won_deal(stack, h)
+    headers = h | {"Idempotency-Key": f"io-{uuid.uuid4()}"}
+    body = {"campaign_id": deal["id"], "ad_units": [ad_unit(deal["show_id"], SOON)]}
     results = await asyncio.gather(
         *(stack.http.post("/api/v1/io", json=body, headers=headers) for _ in range(3))
     )
-    assert {r.status_code for r in results} == {201}
-    assert len({r.json()["id"] for r in results}) == 1
+    # A twin fences off the attempt it replaces: that one answers 503 (never applied); every 2xx
+    # names the one IO that was booked.
+    codes = sorted(r.status_code for r in results)
+    assert set(codes) <= {201, 503} and 201 in codes, codes
+    assert len({r.json()["id"] for r in results if r.status_code == 201}) == 1
+    assert all("never will be" in r.json()["detail"] for r in results if r.status_code == 503)
     assert await _counts(stack, tenant) == (1, 1, 1)
+    booked = next(r for r in results if r.status_code == 201).json()["id"]
+    again = await stack.http.post("/api/v1/io", json=body, headers=headers)
+    assert again.status_code == 201 and again.json()["id"] == booked
 
 
 async def test_delivery_is_refused_for_unknown_unaired_or_negative(stack: Stack, tenant: NewTenant) -> None:
