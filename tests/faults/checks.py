@@ -73,6 +73,7 @@ def check_moves(
     requests: list[Request],
     histories: dict[str, list[dict[str, Any]]],
     events: dict[str, list[dict[str, Any]]],
+    wall0: float | None = None,
 ) -> Findings:
     """Every 2xx move in its deal's history once, no 503'd move ever, one chain, one event per move.
 
@@ -173,6 +174,7 @@ def check_moves(
         elif r.outcome == "503":
             if got:
                 deal_id, i, h = got[0]
+                at = _ts(h.get("at"))
                 f.violation(
                     "ghost_move",
                     tag=r.tag,
@@ -180,6 +182,7 @@ def check_moves(
                     phase=r.phase,
                     stage=r.stage,
                     answered_503_at=r.answered_at,
+                    landed_at_s=round(at.timestamp() - wall0, 2) if at and wall0 else None,
                     landed_as=h,
                     history_index=i,
                     detail="answered 503 (not applied, never will be) and in the history anyway",

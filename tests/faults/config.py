@@ -75,6 +75,8 @@ class Config:
     import_heartbeat_s: int = 10
     import_timeout_s: float = 120.0
     workers: int = 2
+    # The checkout whose `cli up` runs (default: this one), e.g. an older commit to compare with.
+    app_dir: Path = ROOT
     output: Path = field(default_factory=lambda: ROOT / "test-output")
 
     @classmethod
@@ -109,5 +111,6 @@ class Config:
             import_heartbeat_s=_int(p + "IMPORT_HEARTBEAT_S", d.import_heartbeat_s),
             import_timeout_s=_float(p + "IMPORT_TIMEOUT_S", d.import_timeout_s),
             workers=_int(p + "WORKERS", d.workers),
+            app_dir=Path(os.environ.get(p + "APP_DIR") or d.app_dir).resolve(),
             output=Path(out) if out else d.output,
         )

@@ -104,6 +104,7 @@ class FaultSuite:
                 "SPONSORFLOW_IMPORT_CHUNK_ROWS": str(self.cfg.import_chunk_rows),
                 "SPONSORFLOW_IMPORT_HEARTBEAT_SECONDS": str(self.cfg.import_heartbeat_s),
             },
+            app_dir=self.cfg.app_dir,
         )
         self.log("starting sponsorflow up", api=self.up.api_url, workers=self.cfg.workers)
         self.up.start()
@@ -560,7 +561,9 @@ class FaultSuite:
                 events[deal] = await self._pages(
                     http, "/api/v1/events", type="deal.stage_changed", entity_id=deal
                 )
-            self.findings.merge(checks.check_moves(self.load.requests, histories, events))
+            self.findings.merge(
+                checks.check_moves(self.load.requests, histories, events, self.timeline.wall0)
+            )
             io_rows, io_events = {}, {}
             for io_id in self.ios:
                 r = await http.get(f"/api/v1/io/{io_id}")

@@ -252,7 +252,8 @@ class Children:
 class Up:
     """`sponsorflow up` against the suite's PostgreSQL and Temporal: it runs the workers and the API."""
 
-    def __init__(self, root: Path, logs: Path, *, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, logs: Path, *, env: dict[str, str], app_dir: Path = ROOT) -> None:
+        self.app_dir = app_dir
         self.data_dir = root / "data"
         self.log = logs / "up.log"
         self.api_port = free_ports(1)[0]
@@ -270,9 +271,10 @@ class Up:
         with self.log.open("ab") as fh:
             fh.write(f"\n==== start at {time.strftime('%H:%M:%S')} ====\n".encode())
         self.proc = subprocess.Popen(
-            [str(BIN / "sponsorflow"), "up"],
+            # `-m cli` from the app dir: that checkout's code, whichever the virtualenv installed.
+            [sys.executable, "-m", "cli", "up"],
             env=env,
-            cwd=ROOT,
+            cwd=self.app_dir,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

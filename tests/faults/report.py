@@ -24,6 +24,7 @@ COLUMNS = (
     ("lost 2xx", "lost_2xx"),
     ("rec max s", "recovery_max_s"),
     ("rec med s", "recovery_median_s"),
+    ("unrec", "unrecovered"),
     ("gap max s", "longest_2xx_gap_s"),
     ("p50 ms", "latency_p50_ms"),
     ("p99 ms", "latency_p99_ms"),
@@ -48,6 +49,7 @@ def fault_rows(
             {
                 "fault": w.name,
                 **moves,
+                "unrecovered": len(moves["not_recovered_in_quiet"]),
                 "ghost": by_phase[("ghost_move", w.name)],
                 "lost_2xx": by_phase[("lost_2xx_move", w.name)],
                 "deliveries": f"{deliv['2xx']}/{deliv['503']}/{deliv['no_answer']}",
