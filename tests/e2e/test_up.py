@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -83,6 +86,15 @@ def _printed(text: str, label: str) -> str:
     return found[-1]
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Not under pytest's basetemp: a concurrent pytest run resets /tmp/pytest-of-<user> to 0700,
+    and the embedded PostgreSQL's server user could then no longer reach its data to stop it."""
+    path = Path(tempfile.mkdtemp(prefix="sf-e2e-up-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
     ports = {k: str(_free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
     env = dict(os.environ)
@@ -101,6 +113,10 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
     first = Up(env, log)
     try:
         text = first.wait_until_up()
+        # One worker by default, named like the first of many; its log keeps the old name.
+        pids = json.loads((tmp_path / "data" / "pids.json").read_text())
+        assert set(pids) == {"temporal", "api", "worker-1"}
+        assert (tmp_path / "data" / "logs" / "worker.log").stat().st_size > 0
         assert f"{api}/docs" in text and f"http://127.0.0.1:{ports['TEMPORAL_UI']}" in text
         key = _printed(text, "demo API key")
         admin = _printed(text, "admin token")
@@ -156,6 +172,7 @@ def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
     finally:
         assert second.stop() == 0
     assert temporal_db.read_bytes()[18:20] == b"\x02\x02"
+    assert not (tmp_path / "data" / "pids.json").exists()
     out = _cli(env, "migrate")
     assert "latest migration" in out.stdout
     leftovers = subprocess.run(
