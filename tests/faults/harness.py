@@ -601,9 +601,12 @@ class FaultSuite:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+        # Ctrl-C and SIGTERM end the run through the cleanup (also when started with SIGINT ignored).
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
         try:
-            await asyncio.to_thread(self.start_processes)
+            # Not in a thread: a Ctrl-C meanwhile waits for it, so the cleanup sees every process.
+            self.start_processes()
             self.client = await Client.connect(self.temporal.address, data_converter=pydantic_data_converter)
             await self.setup_data()
         except (SetupError, RuntimeError) as exc:

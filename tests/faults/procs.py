@@ -262,9 +262,12 @@ class Up:
         self.proc: subprocess.Popen[bytes] | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.seen_children: set[int] = set()
+        self.closed = False
 
     def start(self) -> None:
-        """Starts `up` (again) with the same data dir and ports."""
+        """Starts `up` (again) with the same data dir and ports (not once `stop` has begun)."""
+        if self.closed:
+            raise RuntimeError("the stack is being stopped")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPONSORFLOW_", "ENABLE_"))}
         env.update(self.env)
         env.update(SPONSORFLOW_DATA_DIR=str(self.data_dir), SPONSORFLOW_API_PORT=str(self.api_port))
@@ -280,6 +283,8 @@ class Up:
             start_new_session=True,
         )
         self.procs.append(self.proc)
+        if self.closed:  # stop() ran while this started: it must not outlive the run
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def running(self) -> bool:
         """True while `up` itself runs."""
@@ -344,6 +349,7 @@ class Up:
 
     def stop(self, timeout: float = 40) -> int | None:
         """SIGINT to `up` (it stops its children); SIGKILL to its process group after `timeout`."""
+        self.closed = True
         code = None
         for proc in self.procs:
             if proc.poll() is None:
