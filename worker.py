@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -13,10 +14,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deals import DealActivities
-from activities.imports import ImportActivities
+from activities.imports import ImportActivities, repair_stuck_imports
 from activities.io import IoActivities
 from activities.maintenance import (
     MaintenanceActivities,
+    plug_check,
     reconcile_deal_workflows,
     reconcile_match_schedules,
 )
@@ -33,6 +35,16 @@ from workflows.matching import MatchRecalculationWorkflow
 __all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]
 
 log = logging.getLogger("sponsorflow.worker")
+
+
+async def _close_stuck_imports(
+    client: Client, settings: Settings, sm: SessionMaker, tenant_id: uuid.UUID
+) -> int:
+    """Maintenance check: imports whose workflow ended without closing them are closed with a reason."""
+    found = await repair_stuck_imports(
+        sm=sm, client=client, tenant_id=tenant_id, older_than=timedelta(seconds=60)
+    )
+    return found.closed
 
 
 def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], list[Any]]:
@@ -69,7 +81,9 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             imports.load_rows,
             imports.start_deal_workflows,
             imports.trigger_match_recalculation,
+            imports.repair_stuck_imports,
         ]
+        plug_check("stuck_imports", _close_stuck_imports)
     # Whatever the flags: its phases skip the features that are off.
     maintenance = MaintenanceActivities(sm, settings)
     workflows.append(MaintenanceWorkflow)
