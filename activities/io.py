@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -28,6 +29,7 @@ from db.io import IoRecord, io_statuses, load_io, next_free_day, reserve_booking
 from db.models import AdUnit, IoBooking, PromoCode, Show
 from domain import events
 from domain.io import (
+    BOOKING_CONFLICT,
     AdFormat,
     BookingRefused,
     BookMakegoodInput,
@@ -179,6 +181,12 @@ class IoActivities:
                 await _emit_scheduled(session, snap, inp.at)
         except BookingRefused as exc:
             raise ApplicationError(exc.message, exc.detail, type=exc.kind, non_retryable=True) from None
+        except IntegrityError as exc:
+            # The locks and checks above make this unreachable; should a unique key still say
+            # no, retrying would only say it again: refuse the booking (nothing was written).
+            constraint = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
+            message = f"the booking conflicts with another IO ({constraint or 'a unique key'}); retry"
+            raise ApplicationError(message, message, type=BOOKING_CONFLICT, non_retryable=True) from None
         return ReserveIoResult(applied=True, snapshot=snap)
 
     @activity.defn(name="load_io")

@@ -6,6 +6,7 @@ files only when a change is meant to be compatible with running workflows.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from db.engine import SessionMaker
 from domain.deals import ChangeStageInput
 from domain.stages import Stage
 from tests.conftest import Stack, new_worker
-from tests.factories import deal_input, seed_deal
+from tests.factories import ad_unit, book_io, deal_input, make_deal, make_show, seed_deal
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
@@ -98,6 +99,56 @@ async def test_replay_an_import_history(stack: Stack) -> None:
     )
     if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
         (HISTORIES / "csv_import_workflow_v1.json").write_text(history.to_json())
+
+
+async def test_replay_an_io_booked_through_update_with_start(stack: Stack) -> None:
+    """The booking path: book (update-with-start), air, a fenced delivery and cancel; a refused booking."""
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    today = datetime.now(UTC).date()
+    deal = await make_deal(stack.http, h, stage="won")
+    show = await make_show(stack.http, h, slots={"mid_roll": 1})
+    r = await book_io(
+        stack.http,
+        h,
+        deal["id"],
+        [ad_unit(show["id"], today), ad_unit(show["id"], today + timedelta(days=5))],
+        measurement_window_days=1,
+    )
+    assert r.status_code == 201, r.text
+    io = r.json()
+    handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
+    for _ in range(100):
+        snap = await handle.query(IoBookingWorkflow.snapshot)
+        if snap is not None and snap.units[0].status.value == "aired":
+            break
+        await asyncio.sleep(0.1)
+    first = io["ad_units"][0]["id"]
+    r = await stack.http.post(
+        f"/api/v1/io/{io['id']}/delivery", json={"ad_unit_id": first, "impressions": 3000}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    refused = await book_io(stack.http, h, deal["id"], [ad_unit(show["id"], today)])
+    assert refused.status_code == 409, refused.text
+    r = await stack.http.post(f"/api/v1/io/{io['id']}/cancel", json={"reason": "replay"}, headers=h)
+    assert r.status_code == 200, r.text
+    booked = await handle.fetch_history()
+    query = f"TenantId = '{t.id}' AND IoStatus = 'rejected'"
+    for _ in range(100):
+        found = [wf.id async for wf in stack.client.list_workflows(query)]
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    (rejected_id,) = found
+    rejected = await stack.client.get_workflow_handle(rejected_id).fetch_history()
+    replayer = Replayer(workflows=[IoBookingWorkflow], data_converter=pydantic_data_converter)
+    for history, name in (
+        (booked, "io_booking_workflow_v2_update_with_start.json"),
+        (rejected, "io_booking_workflow_v2_rejected.json"),
+    ):
+        await replayer.replay_workflow(history)
+        if os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not (HISTORIES / name).exists():
+            (HISTORIES / name).write_text(history.to_json())
 
 
 WORKFLOWS = {
