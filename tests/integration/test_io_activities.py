@@ -18,9 +18,12 @@ from temporalio.testing import ActivityEnvironment
 from activities.io import IO_NOT_COMMITTED, IoActivities
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
+from db.fences import abandon_request, new_request_id, request_state
 from db.models import AdUnit, Event, IoBooking, PromoCode
 from db.tenants import NewTenant
 from domain.io import (
+    BOOKING_CONFLICT,
+    BookIoInput,
     BookMakegoodInput,
     CancelUnitsInput,
     CompleteIoInput,
@@ -28,6 +31,8 @@ from domain.io import (
     LoadIoInput,
     MarkAiredInput,
     RecordDeliveryInput,
+    ReserveIoInput,
+    UnitRequest,
     UnitStatus,
     build_invoice,
 )
@@ -163,3 +168,111 @@ async def test_load_io_retries_until_the_booking_commits_then_gives_up(sm: Sessi
     with pytest.raises(ApplicationError) as late:
         await env.run(acts.load_io, missing)
     assert late.value.non_retryable
+
+
+async def _abandoned(sm: SessionMaker, tenant: NewTenant, entity_id: str) -> str:
+    """A request the API gave up on (fenced as abandoned before any write)."""
+    request_id = new_request_id()
+    async with tenant_tx(sm, tenant.id) as s:
+        assert (
+            await abandon_request(
+                session=s, tenant_id=tenant.id, request_id=request_id, entity_type="io", entity_id=entity_id
+            )
+            == "abandoned"
+        )
+    return request_id
+
+
+async def test_reserve_io_books_once_and_never_for_an_abandoned_request(
+    api_only: Stack, sm: SessionMaker
+) -> None:
+    tenant = await api_only.new_tenant()
+    h = api_only.auth(tenant)
+    deal = await make_deal(api_only.http, h, stage="won")
+    acts = IoActivities(sm)
+    env = ActivityEnvironment()
+    tid = str(tenant.id)
+
+    def booking(request_id: str, **kw: Any) -> BookIoInput:
+        spec = ad_unit(deal["show_id"], TODAY + timedelta(days=3))
+        return BookIoInput(
+            campaign_id=deal["id"], ad_units=[UnitRequest(**spec)], request_id=request_id, **kw
+        )
+
+    io_id = str(uuid.uuid4())
+    first_req = ReserveIoInput(tenant_id=tid, io_id=io_id, booking=booking(new_request_id()), at=NOW)
+    # Run twice (a retried activity): one IO, one io.scheduled, the same snapshot.
+    first = await env.run(acts.reserve_io, first_req)
+    again = await env.run(acts.reserve_io, first_req)
+    assert first.applied and again.applied and first.snapshot is not None
+    assert first.snapshot == again.snapshot and first.snapshot.io_id == io_id
+    assert first.snapshot.status is IoStatus.SCHEDULED and first.snapshot.promo_code
+    assert await _count(sm, tenant, IoBooking) == 1 and await _count(sm, tenant, AdUnit) == 1
+    assert await _count(sm, tenant, Event, type="io.scheduled") == 1
+
+    # The API gave up first: nothing is written, and the activity says so.
+    other = str(uuid.uuid4())
+    rid = await _abandoned(sm, tenant, other)
+    out = await env.run(
+        acts.reserve_io, ReserveIoInput(tenant_id=tid, io_id=other, booking=booking(rid), at=NOW)
+    )
+    assert not out.applied and out.snapshot is None
+    assert await _count(sm, tenant, IoBooking) == 1 and await _count(sm, tenant, PromoCode) == 1
+
+    # A refusal is non-retryable, carries the 409's detail, and leaves nothing (not even a claim).
+    rid = new_request_id()
+    taken = booking(rid, promo_code=first.snapshot.promo_code.lower())
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(
+            acts.reserve_io, ReserveIoInput(tenant_id=tid, io_id=str(uuid.uuid4()), booking=taken, at=NOW)
+        )
+    assert refused.value.type == BOOKING_CONFLICT and refused.value.non_retryable
+    assert "already in use" in refused.value.details[0]
+    async with tenant_tx(sm, tenant.id) as s:
+        assert await request_state(session=s, request_id=rid) is None
+    assert await _count(sm, tenant, IoBooking) == 1 and await _count(sm, tenant, AdUnit) == 1
+
+
+async def test_delivery_and_cancel_write_nothing_for_an_abandoned_request(
+    api_only: Stack, sm: SessionMaker
+) -> None:
+    tenant, io = await _booked(api_only)
+    tid, iid = str(tenant.id), io["id"]
+    a = io["ad_units"][0]["id"]
+    acts = IoActivities(sm)
+    env = ActivityEnvironment()
+    report = RecordDeliveryInput(
+        tenant_id=tid,
+        io_id=iid,
+        ad_unit_id=a,
+        impressions=4000,
+        impressions_goal=10000,
+        unit_status=UnitStatus.AIRED,
+        source="test",
+        seq=1,
+        at=NOW,
+        request_id=await _abandoned(sm, tenant, iid),
+    )
+    out = await env.run(acts.record_delivery, report)
+    assert out is not None and not out.applied
+    assert await _count(sm, tenant, Event, type="io.delivery_reported") == 0
+    assert await _count(sm, tenant, AdUnit, id=uuid.UUID(a), delivered_impressions=0) == 1
+    cancel = CancelUnitsInput(
+        tenant_id=tid,
+        io_id=iid,
+        unit_ids=[u["id"] for u in io["ad_units"]],
+        reason="ghost",
+        at=NOW,
+        request_id=await _abandoned(sm, tenant, iid),
+    )
+    out_c = await env.run(acts.cancel_io, cancel)
+    assert out_c is not None and not out_c.applied
+    assert await _count(sm, tenant, Event, type="io.cancelled") == 0
+    assert await _count(sm, tenant, IoBooking, status="scheduled") == 1
+    assert await _count(sm, tenant, PromoCode, status="active") == 1
+    # The same writes with a live request are applied, and a retry of it writes nothing more.
+    live = report.model_copy(update={"request_id": new_request_id()})
+    for _ in range(2):
+        written = await env.run(acts.record_delivery, live)
+        assert written is not None and written.applied
+    assert await _count(sm, tenant, Event, type="io.delivery_reported") == 1

@@ -195,8 +195,10 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     await Replayer(workflows=[IoBookingWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
-    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
-        (HISTORIES / "io_booking_workflow_v1.json").write_text(history.to_json())
+    # This life is booked through update-with-start now: never overwrite v1 (the load_io path).
+    recorded = HISTORIES / "io_booking_workflow_v2_full_life.json"
+    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
+        recorded.write_text(history.to_json())
 
 
 async def test_full_life_prorata(ts_stack: Stack, time_skipping_env: WorkflowEnvironment) -> None:

@@ -140,7 +140,9 @@ async def test_replay_an_io_booked_through_update_with_start(stack: Stack) -> No
             break
         await asyncio.sleep(0.1)
     (rejected_id,) = found
-    rejected = await stack.client.get_workflow_handle(rejected_id).fetch_history()
+    refused_run = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, rejected_id)
+    assert (await refused_run.result()).status.value == "rejected"
+    rejected = await refused_run.fetch_history()
     replayer = Replayer(workflows=[IoBookingWorkflow], data_converter=pydantic_data_converter)
     for history, name in (
         (booked, "io_booking_workflow_v2_update_with_start.json"),
