@@ -197,6 +197,8 @@ class Child:
                 self.argv,
                 env=self.env,
                 cwd=self.cwd,
+                # Out of the terminal's foreground group: a read from it would stop the child.
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 process_group=0,
@@ -255,7 +257,13 @@ class Supervisor:
                 )
                 changed = True
             elif c.proc is None and c.restart_at is not None and now >= c.restart_at:
-                c.start()
+                try:
+                    c.start()
+                except OSError as exc:
+                    delay = c.backoff.after_exit(0)
+                    c.restart_at = now + delay
+                    c.note(f"{c.name} could not be started ({exc}); retrying in {delay:g} s")
+                    continue
                 assert c.proc is not None
                 c.note(f"{c.name} restarted (pid {c.proc.pid})")
                 changed = True

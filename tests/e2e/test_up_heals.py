@@ -151,11 +151,12 @@ async def test_sigkilled_worker_is_restarted_and_moves_go_on(stack: Stack) -> No
         r, _ = _move(s, deal, "qualified")
         assert r.status_code == 200, r.text
     pids = s.pids()
-    assert set(pids) == {"temporal", "api", "worker-1", "worker-2"}
+    assert set(pids) == {"temporal", "api", "worker-1", "worker-2"}, s.output()
     # Kill the worker that holds deal 0 in its cache: its next task sits on that worker's sticky
     # queue until Temporal gives it to the survivor.
     holder = await _last_task_worker_pid(s, s.deals[0])
-    name = next(n for n, p in pids.items() if p == holder)
+    name = next((n for n, p in pids.items() if p == holder), None)
+    assert name, f"deal 0's last task ran on pid {holder}, none of {pids}"
     survivor = next(n for n in ("worker-1", "worker-2") if n != name)
     os.kill(holder, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -171,7 +172,8 @@ async def test_sigkilled_worker_is_restarted_and_moves_go_on(stack: Stack) -> No
     assert time.monotonic() - killed_at < BACKOFF_S, f"the first move took {took:.1f}s"
     # The bound: a workflow cached on the dead worker waits out the sticky queue timeout once.
     assert took < 3 + 2.5, f"the move of a deal cached on the killed worker took {took:.1f}s"
-    assert name not in s.pids() and moved_by == pids[survivor]
+    assert name not in s.pids(), s.output()
+    assert moved_by == pids[survivor], (moved_by, pids, s.output())
     print(
         f"\nmove of a deal cached on the killed worker: {took:.2f}s; others: "
         f"max {max(t for _, t in others):.2f}s"
@@ -180,11 +182,11 @@ async def test_sigkilled_worker_is_restarted_and_moves_go_on(stack: Stack) -> No
     assert httpx.get(f"{s.api}/healthz").status_code == 200
 
     line = f"{name} exited with code -9 (SIGKILL); restarting in {BACKOFF_S} s (restart 1)"
-    assert line in s.output()
+    assert line in s.output(), s.output()
     log = s.data / "logs" / ("worker.log" if name == "worker-1" else f"{name}.log")
     assert line in log.read_text(errors="replace")
     new_pid = s.wait_for(f"{name} restarted", lambda: (p := s.pids().get(name)) and p != holder and p)
-    assert s.pids()[survivor] == pids[survivor]
+    assert s.pids()[survivor] == pids[survivor], s.output()
     assert f"{name} restarted (pid {new_pid})" in s.output()
     r, _ = _move(s, s.deals[0], "negotiation")
     assert r.status_code == 200 and r.json()["stage"] == "negotiation", r.text
@@ -207,7 +209,9 @@ def test_sigkilled_api_comes_back(stack: Stack) -> None:
     s.wait_for("the API answering again", ready)
     after = s.pids()
     assert after["api"] != before["api"]
-    assert {k: v for k, v in after.items() if k != "api"} == {k: v for k, v in before.items() if k != "api"}
+    assert {k: v for k, v in after.items() if k != "api"} == {
+        k: v for k, v in before.items() if k != "api"
+    }, s.output()
     r = httpx.get(f"{s.api}/api/v1/deals", headers=s.auth)
     assert r.status_code == 200 and len(r.json()["items"]) == len(s.deals)
     assert s.up.proc.poll() is None
