@@ -17,14 +17,23 @@ import pytest
 from sqlalchemy import func, select, update
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.io import io_drift
+from activities.io import IoActivities, io_drift
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import AdUnit, Event, IoBooking, PromoCode, WriteRequest
 from db.tenants import NewTenant
-from domain.io import IoSnapshot, IoStatus
-from tests.conftest import Stack, start_stack
+from domain.io import (
+    BookIoInput,
+    BookIoResult,
+    IoSnapshot,
+    IoStatus,
+    IoWorkflowInput,
+    ReserveIoInput,
+    UnitRequest,
+)
+from tests.conftest import Stack, new_worker, start_stack
 from tests.factories import ad_unit, book_io, make_deal, make_show
 from worker import build_worker
 from workflows import search_attributes as sa
@@ -289,3 +298,78 @@ async def test_io_drift_finds_a_row_its_workflow_disagrees_with(stack: Stack, ow
     assert "row says 'live'" in drift.reason
     # Another tenant's IOs are not this tenant's drift.
     assert await io_drift(stack.client, stack.sm, (await stack.new_tenant()).id) == []
+
+
+async def test_a_booking_whose_write_won_the_race_is_answered_201_and_adopted(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    async for stack in start_stack(
+        database, client, sm, worker=False, update_budget_seconds=4.0, worker_sticky_timeout_seconds=1.0
+    ):
+        tenant = await stack.new_tenant()
+        h = stack.auth(tenant)
+        async with _worker(stack):
+            deal = await make_deal(stack.http, h, stage="won")
+        key = f"w-{uuid.uuid4()}"
+        body = {"campaign_id": deal["id"], "ad_units": [ad_unit(deal["show_id"], SOON)]}
+        posted = asyncio.create_task(
+            stack.http.post("/api/v1/io", json=body, headers=h | {"Idempotency-Key": key})
+        )
+
+        async def registered(stack: Stack = stack, tenant: NewTenant = tenant) -> bool:
+            async with tenant_tx(stack.sm, tenant.id) as s:
+                return bool(await s.scalar(select(func.count()).select_from(WriteRequest)))
+
+        await _until(registered)
+        async with tenant_tx(stack.sm, tenant.id) as s:
+            pending = (await s.scalars(select(WriteRequest))).one()
+        # The booking's write commits while the API still waits (a worker that answers late).
+        spec = ad_unit(deal["show_id"], SOON)
+        booking = BookIoInput(
+            campaign_id=deal["id"],
+            ad_units=[UnitRequest(**spec)],
+            idempotency_key=key,
+            request_id=pending.request_id,
+        )
+        wrote = await ActivityEnvironment().run(
+            IoActivities(sm).reserve_io,
+            ReserveIoInput(
+                tenant_id=str(tenant.id), io_id=pending.entity_id, booking=booking, at=datetime.now(UTC)
+            ),
+        )
+        assert wrote.applied
+        r = await posted
+        # The API's fence found the write: it answers what happened, not a 503.
+        assert r.status_code == 201, r.text
+        assert r.json()["id"] == pending.entity_id
+        async with _worker(stack):
+            # The queued update reaches the workflow, which adopts the booking it finds written.
+            handle = stack.client.get_workflow_handle(io_workflow_id(str(tenant.id), pending.entity_id))
+            adopted = handle.get_update_handle(pending.request_id, result_type=BookIoResult)
+            outcome = await asyncio.wait_for(adopted.result(), 60)
+            assert outcome.io_id == pending.entity_id and outcome.status is IoStatus.SCHEDULED
+
+            async def agrees(stack: Stack = stack, tenant: NewTenant = tenant) -> bool:
+                return await io_drift(stack.client, stack.sm, tenant.id) == []
+
+            await _until(agrees)
+            assert await _count(stack, tenant, IoBooking) == 1
+            assert await _count(stack, tenant, Event, type="io.scheduled") == 1
+
+
+async def test_a_run_that_no_booking_reaches_ends_abandoned(
+    time_skipping_env: WorkflowEnvironment, sm: SessionMaker
+) -> None:
+    env = time_skipping_env
+    tenant = uuid.uuid4()
+    async with new_worker(env.client, IoBookingWorkflow, activities=[IoActivities(sm).reserve_io]) as w:
+        handle = await env.client.start_workflow(
+            IoBookingWorkflow.run,
+            IoWorkflowInput(tenant_id=str(tenant), io_id=str(uuid.uuid4()), book_via_update=True),
+            id=f"io/{tenant}/{uuid.uuid4()}",
+            task_queue=w.task_queue,
+        )
+        result = await handle.result()
+        assert result.status is IoStatus.ABANDONED
+        desc = await handle.describe()
+        assert desc.typed_search_attributes.get(sa.IO_STATUS) == "abandoned"

@@ -28,6 +28,7 @@ from tests.conftest import Stack, new_worker, start_stack
 from tests.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
 from tests.integration.test_replay import HISTORIES
 from workflows.io import IoBookingWorkflow
+from workflows.search_attributes import IO_STATUS
 
 TODAY = datetime.now(UTC).date()
 
@@ -405,7 +406,10 @@ async def test_many_delivery_reports_continue_as_new_with_the_state(
         await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
         for n in (1000, 2000, 3000, 4000, 5000, 6000, 7000):
             await _deliver(stack, h, io["id"], a, n)
-        assert (await handle.describe()).run_id != first_run
+        desc = await handle.describe()
+        assert desc.run_id != first_run
+        # The new run carries the IoStatus search attribute on: it still agrees with the row.
+        assert desc.typed_search_attributes.get(IO_STATUS) == (await _io(stack, h, io["id"]))["status"]
         # The new run still follows the rest of the timeline: b airs, then the invoice.
         await _sleep_to(env, 2.5)
         got = await _until(stack, h, io["id"], lambda x: x["ad_units"][1]["status"] == "aired")
