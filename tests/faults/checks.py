@@ -236,8 +236,18 @@ def check_deal_state(
             problems.append(f"workflow says {st['stage']} since {st['stage_entered_at']}")
         if vis is None:
             problems.append("no running workflow in visibility")
-        elif vis.get("DealStage") != stage or not same_instant(vis.get("StageEnteredAt"), at):
-            problems.append(f"search attributes say {vis.get('DealStage')} since {vis.get('StageEnteredAt')}")
+        else:
+            if vis.get("DealStage") != stage or not same_instant(vis.get("StageEnteredAt"), at):
+                problems.append(
+                    f"search attributes say {vis.get('DealStage')} since {vis.get('StageEnteredAt')}"
+                )
+            for name, want in (
+                ("DealValue", row.get("value_usd")),
+                ("AdvertiserId", row.get("advertiser_id")),
+                ("ShowId", row.get("show_id")),
+            ):
+                if name in vis and want is not None and vis[name] != want:
+                    problems.append(f"{name} says {vis[name]!r}, the row {want!r}")
         if problems:
             drift.append({"deal": deal_id, "row": [stage, at], "detail": "; ".join(problems)})
     return drift

@@ -31,7 +31,14 @@ from tests.faults.load import (
     upload_import,
 )
 from tests.faults.procs import Postgres, TemporalDev, Up, alive, processes_mentioning, signal_pid
-from workflows.search_attributes import DEAL_STAGE, IO_STATUS, STAGE_ENTERED_AT
+from workflows.search_attributes import (
+    ADVERTISER_ID,
+    DEAL_STAGE,
+    DEAL_VALUE,
+    IO_STATUS,
+    SHOW_ID,
+    STAGE_ENTERED_AT,
+)
 
 
 class SetupError(RuntimeError):
@@ -460,6 +467,9 @@ class FaultSuite:
                 "DealStage": sa.get(DEAL_STAGE),
                 "StageEnteredAt": entered.isoformat() if entered else None,
                 "IoStatus": sa.get(IO_STATUS),
+                "DealValue": sa.get(DEAL_VALUE),
+                "AdvertiserId": sa.get(ADVERTISER_ID),
+                "ShowId": sa.get(SHOW_ID),
             }
         return found
 

@@ -43,7 +43,9 @@ class Request:
     client: str
     tag: str
     target: str  # deal id or IO id
-    phase: str  # the fault (or "baseline") running when it was first sent
+    # The fault (or "baseline") going on when its final answer came (or the client gave up):
+    # a request sent just before a fault and answered during it counts for that fault.
+    phase: str
     stage: str | None = None  # move: the requested stage; its stage before, as the client believed
     believed: str | None = None
     unit: str | None = None  # delivery: the ad unit and the cumulative figure
@@ -53,6 +55,7 @@ class Request:
     # its figure on the unit)? False means a 2xx no-op.
     applied: bool | None = None
     answered_stage: str | None = None
+    sent_phase: str = ""
 
     @property
     def final(self) -> int | None:
@@ -90,6 +93,7 @@ class Request:
             "tag": self.tag,
             "target": self.target,
             "phase": self.phase,
+            "sent_phase": self.sent_phase,
             "stage": self.stage,
             "believed": self.believed,
             "unit": self.unit,
@@ -150,7 +154,9 @@ class Load:
     ) -> httpx.Response | None:
         """Sends the request; after no answer, sends it again (same key, same body) a few times."""
         self.requests.append(req)
+        req.sent_phase = req.phase
         headers = {"Idempotency-Key": f"{self.run_id}-{req.tag}"}
+        resp: httpx.Response | None = None
         for attempt in range(self.cfg.no_answer_retries + 1):
             if attempt:
                 await asyncio.sleep(min(5.0, self.cfg.retry_backoff_s * attempt))
@@ -162,8 +168,9 @@ class Load:
                 continue
             detail = None if resp.status_code < 300 else resp.text[:300]
             req.attempts.append(Attempt(t0, self.timeline.now(), resp.status_code, None, detail))
-            return resp
-        return None
+            break
+        req.phase = self.timeline.phase
+        return resp
 
     async def read(
         self, http: httpx.AsyncClient, path: str, patience_s: float = 90.0

@@ -98,21 +98,24 @@ def test_deal_state_drift_and_a_running_closed_deal() -> None:
         "drift": {"stage": "proposal", "stage_changed_at": T},
         "sa": {"stage": "lead", "stage_changed_at": T},
         "won": {"stage": "won", "stage_changed_at": T},
+        "val": {"stage": "lead", "stage_changed_at": T, "value_usd": 12000.0},
     }
     states = {
         "ok": {"stage": "proposal", "stage_entered_at": "2026-12-01T09:00:00.0004Z"},
         "drift": {"stage": "negotiation", "stage_entered_at": T},
         "sa": {"stage": "lead", "stage_entered_at": T},
         "won": {"stage": "won", "stage_entered_at": T},
+        "val": {"stage": "lead", "stage_entered_at": T},
     }
     vis = {
         "ok": {"DealStage": "proposal", "StageEnteredAt": T},
         "drift": {"DealStage": "proposal", "StageEnteredAt": T},
         "sa": {"DealStage": "qualified", "StageEnteredAt": T},
         "won": {"DealStage": "won", "StageEnteredAt": T},
+        "val": {"DealStage": "lead", "StageEnteredAt": T, "DealValue": 9000.0},
     }
     drift = checks.check_deal_state(rows, states, vis)
-    assert sorted(d["deal"] for d in drift) == ["drift", "sa", "won"]
+    assert sorted(d["deal"] for d in drift) == ["drift", "sa", "val", "won"]
 
 
 def test_io_state_drift() -> None:
