@@ -93,7 +93,7 @@ def test_no_answer_may_land_and_a_500_is_a_violation() -> None:
 
 
 def test_deal_state_drift_and_a_running_closed_deal() -> None:
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         "ok": {"stage": "proposal", "stage_changed_at": T},
         "drift": {"stage": "proposal", "stage_changed_at": T},
         "sa": {"stage": "lead", "stage_changed_at": T},
@@ -107,7 +107,7 @@ def test_deal_state_drift_and_a_running_closed_deal() -> None:
         "won": {"stage": "won", "stage_entered_at": T},
         "val": {"stage": "lead", "stage_entered_at": T},
     }
-    vis = {
+    vis: dict[str, dict[str, Any]] = {
         "ok": {"DealStage": "proposal", "StageEnteredAt": T},
         "drift": {"DealStage": "proposal", "StageEnteredAt": T},
         "sa": {"DealStage": "qualified", "StageEnteredAt": T},
