@@ -27,7 +27,6 @@ from db.tenants import NewTenant
 from domain.io import (
     BookIoInput,
     BookIoResult,
-    IoSnapshot,
     IoStatus,
     IoWorkflowInput,
     ReserveIoInput,
@@ -102,7 +101,7 @@ async def _booked(stack: Stack, tenant: NewTenant, air: Any, **extra: Any) -> di
             handle = stack.client.get_workflow_handle(io["workflow_id"])
 
             async def aired() -> bool:
-                snap = await handle.query(IoBookingWorkflow.snapshot, result_type=IoSnapshot)
+                snap = await handle.query(IoBookingWorkflow.snapshot)
                 return snap is not None and snap.units[0].status.value == "aired"
 
             await _until(aired)
@@ -130,7 +129,7 @@ async def test_a_delivery_answered_503_never_lands(api_only: Stack) -> None:
     async with _worker(stack):
         await _refused_when_the_worker_returns(stack, io["workflow_id"], fenced.request_id)
         handle = stack.client.get_workflow_handle(io["workflow_id"])
-        snap = await handle.query(IoBookingWorkflow.snapshot, result_type=IoSnapshot)
+        snap = await handle.query(IoBookingWorkflow.snapshot)
         assert snap is not None
         assert snap.units[0].delivered_impressions == 0 and snap.units[0].delivery_reports == 0
         got = (await stack.http.get(f"/api/v1/io/{io['id']}", headers=h)).json()
@@ -163,7 +162,7 @@ async def test_a_cancel_answered_503_never_lands(api_only: Stack) -> None:
         assert got["promo_code_status"] == "active"
         assert await _count(stack, tenant, Event, type="io.cancelled") == 0
         handle = stack.client.get_workflow_handle(io["workflow_id"])
-        snap = await handle.query(IoBookingWorkflow.snapshot, result_type=IoSnapshot)
+        snap = await handle.query(IoBookingWorkflow.snapshot)
         assert snap is not None and snap.status is IoStatus.SCHEDULED
         desc = await handle.describe()
         assert desc.typed_search_attributes.get(sa.IO_STATUS) == "scheduled"
