@@ -444,6 +444,7 @@ class IoActivities:
 
 # Queries and describes in flight at once while checking a tenant's IOs for drift.
 _DRIFT_CONCURRENCY = 8
+_FINAL_ROW_STATUSES = frozenset({IoStatus.COMPLETED.value, IoStatus.CANCELLED.value})
 
 
 async def io_drift(
@@ -454,8 +455,10 @@ async def io_drift(
     One visibility listing finds each IO's workflow and search attribute; a running workflow is
     also asked for its `snapshot` (`query_running`). Visibility lags, so every IO that looks
     drifted is checked again from the strongly consistent side (the row re-read, `describe`, the
-    query) and reported only if it still disagrees. Row statuses only (not units): IO writes are
-    regular activities, so the workflow learns each write in the task that upserts its status.
+    query) and reported only if it still disagrees. A completed or cancelled IO without a
+    workflow is not drift (closed workflows leave with the namespace's retention). Row statuses
+    only (not units): IO writes are regular activities, so the workflow learns each write in the
+    task that upserts its status.
     """
     from workflows.io import IoBookingWorkflow, io_workflow_id  # workflows import activities
 
@@ -500,6 +503,8 @@ async def io_drift(
                 except RPCError:
                     snap = None
                 wf_status = snap.status.value if snap is not None else None
+        if not found and row_status in _FINAL_ROW_STATUSES:
+            return None  # a closed workflow past the namespace's retention is gone, rightly
         if not found:
             reason = "no workflow for this IO"
         elif sa_status != row_status:
