@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities.deals import DealActivities
 from activities.imports import ImportActivities, repair_stuck_imports
-from activities.io import IoActivities
+from activities.io import IoActivities, io_drift
 from activities.maintenance import (
     MaintenanceActivities,
     plug_check,
@@ -47,6 +47,15 @@ async def _close_stuck_imports(
     return found.closed
 
 
+async def _report_io_drift(client: Client, settings: Settings, sm: SessionMaker, tenant_id: uuid.UUID) -> int:
+    """Maintenance check: IOs whose row, workflow and IoStatus disagree (logged for ops; IO writes are
+    regular activities, so this is expected to stay at 0)."""
+    drifted = await io_drift(client, sm, tenant_id)
+    for d in drifted:
+        log.warning("IO %s drifted: %s", d.workflow_id, d.reason)
+    return len(drifted)
+
+
 def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], list[Any]]:
     """Returns the workflows and activities this worker runs, honouring the feature flags."""
     workflows: list[type] = []
@@ -67,6 +76,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             io.cancel_io,
             io.complete_io,
         ]
+        plug_check("io_drift", _report_io_drift)
     if settings.enable_matchmaking:
         matching = MatchActivities(sm)
         workflows.append(MatchRecalculationWorkflow)
