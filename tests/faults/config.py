@@ -48,6 +48,8 @@ class Config:
     """One run's knobs (the defaults keep the whole suite near 5 minutes on a 2-core machine)."""
 
     faults: tuple[str, ...] = FAULTS
+    # The fault list this many times over (a longer soak; the import runs in the first round only).
+    rounds: int = 1
     # Load: clients moving their own deal, clients reporting deliveries on their own IO.
     deal_clients: int = 12
     delivery_clients: int = 3
@@ -90,6 +92,7 @@ class Config:
             raise SystemExit(f"{p}IMPORT_FAULT: unknown fault {import_fault!r}; known: {', '.join(FAULTS)}")
         return cls(
             faults=_list(p + "LIST", d.faults),
+            rounds=max(1, _int(p + "ROUNDS", d.rounds)),
             deal_clients=_int(p + "DEAL_CLIENTS", d.deal_clients),
             delivery_clients=_int(p + "DELIVERY_CLIENTS", d.delivery_clients),
             think_s=_float(p + "THINK_S", d.think_s),

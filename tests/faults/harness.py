@@ -411,11 +411,11 @@ class FaultSuite:
         await self._wait_children("api", api, 1, w)
         self.log("API back", pid=self.up.children().pids.get("api"))
 
-    async def run_fault(self, name: str) -> None:
+    async def run_fault(self, name: str, label: str) -> None:
         """One fault: (the import if this is its fault), inject, wait for the process, then a quiet period."""
-        self.timeline.phase = name
-        w = FaultWindow(name, self.timeline.now(), 0.0, 0.0)
-        if name == self.cfg.import_fault:
+        self.timeline.phase = label
+        w = FaultWindow(label, self.timeline.now(), 0.0, 0.0)
+        if label == self.cfg.import_fault:
             assert self.load is not None
             await upload_import(self.load, self.imp)
             self.log(
@@ -637,9 +637,11 @@ class FaultSuite:
         self.log("load started", deal_clients=len(self.deals), delivery_clients=len(self.ios))
         await asyncio.sleep(self.cfg.baseline_s)
         self.windows.append(FaultWindow("baseline", t_base, t_base, self.timeline.now()))
-        for name in self.cfg.faults:
-            self.log(f"fault {name}")
-            await self.run_fault(name)
+        for round_ in range(self.cfg.rounds):
+            for name in self.cfg.faults:
+                label = name if round_ == 0 else f"{name}#{round_ + 1}"
+                self.log(f"fault {label}")
+                await self.run_fault(name, label)
         self.timeline.phase = "drain"
         self.load.stop.set()
         self.log("stopping the load (in-flight requests and their retries finish)")
