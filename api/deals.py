@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -25,7 +25,16 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import (
+    DATABASE_UNAVAILABLE,
+    RETRYABLE_RPC,
+    SettingsDep,
+    TemporalDep,
+    TenantDbDep,
+    feature_flag,
+    parse_id,
+    read_back,
+)
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
 from db.deals import DealRow, HistoryRow, deal_seed, deals_query, get_deal, get_history, insert_deal
@@ -606,7 +615,8 @@ async def change_stage(
         request_id = await _begin_keyed(db, client, settings, cid, body, idempotency_key, deadline)
         if request_id is None:
             # An earlier request with this key was applied: answer what it did.
-            return _json(await _load(db, campaign_id, settings), timing, replayed=True)
+            replay = await read_back(lambda: _load(db, campaign_id, settings), what="the stage change")
+            return _json(replay, timing, replayed=True)
     else:
         request_id = new_request_id()
     move = ChangeStageInput(
@@ -618,7 +628,10 @@ async def change_stage(
     )
     seeds: SeedCache = request.app.state.deal_seeds
     seed = seeds.get(db.tenant_id, cid)
+    # Once the update has been sent it may land: from then on nothing but the fence may say 503.
+    sent = False
     if seed is not None and is_open(seed.stage) and not (precondition and precondition.unmatchable):
+        sent = True
         recent = seeds.recent(db.tenant_id, cid, _ANSWER_TTL_S)
         if recent is not None:
             # Just answered about this deal: if the workflow's move starts where that answer
@@ -636,8 +649,17 @@ async def change_stage(
     nudged = False
     while True:
         attempt += 1
-        with timing.measure("read"):
-            row, history = await _read(db, cid)
+        try:
+            with timing.measure("read"):
+                row, history = await _read(db, cid)
+        except DATABASE_UNAVAILABLE:
+            if not sent:
+                raise  # nothing sent: the generic 503 is true
+            if time.monotonic() >= deadline:
+                answered = await _give_up(db, client, settings, cid, request_id, "the database is away")
+                return _json(answered, timing)
+            await asyncio.sleep(0.2)
+            continue
         if row is None:
             raise _not_found(campaign_id)
         seed = workflow_input(row, settings)
@@ -654,6 +676,7 @@ async def change_stage(
                 raise _conflict(exc) from None
             return _json(_public(row, _entries(history), settings), timing)
         try:
+            sent = True
             with timing.measure("temporal"):
                 result = await _send(client, move, seed, settings, deadline)
             break
@@ -687,7 +710,7 @@ async def change_stage(
     if answered is None:
         # Other moves interleaved: answer with one consistent snapshot of the row and its history.
         with timing.measure("reread"):
-            answered = await _load(db, campaign_id, settings)
+            answered = await read_back(lambda: _load(db, campaign_id, settings), what="the stage change")
     seeds.put(db.tenant_id, cid, _reseed(seed, answered), answered)
     return _json(answered, timing)
 
@@ -755,7 +778,7 @@ async def _give_up(
                     entity_id=str(cid),
                 )
             break
-        except (OSError, SQLAlchemyError):
+        except DATABASE_UNAVAILABLE:
             log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
             await asyncio.sleep(0.2 * 2**attempt)
     if outcome is None:
@@ -769,7 +792,7 @@ async def _give_up(
     # workflow task the server lost. The workflow adopts the row on this nudge (and the
     # maintenance workflow would find it anyway).
     await _nudge(client, db.tenant_id, cid)
-    return await _load(db, str(cid), settings)
+    return await read_back(lambda: _load(db, str(cid), settings), what="the stage change")
 
 
 async def _nudge(client: Client, tenant_id: uuid.UUID, cid: uuid.UUID) -> None:
@@ -853,7 +876,7 @@ async def _move_from_recent(
     else:
         # Someone else moved the deal since: read it.
         with timing.measure("reread"):
-            return await _load(db, str(cid), settings)
+            return await read_back(lambda: _load(db, str(cid), settings), what="the stage change")
     return recent.model_copy(
         update={
             "stage": state.stage,
@@ -895,7 +918,11 @@ async def _move_with_known_seed(
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
         await asyncio.gather(read, return_exceptions=True)
         return None
-    row, history = await read
+    try:
+        row, history = await read
+    except DATABASE_UNAVAILABLE:
+        # The move is applied; the read that ran alongside it met a database that is away.
+        row, history = await read_back(lambda: _read(db, cid), what="the stage change")
     if row is None:
         raise _not_found(str(cid))
     return _answer(row, history, result, settings)

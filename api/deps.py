@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import asyncpg
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode
@@ -53,6 +56,35 @@ async def get_sessionmaker(request: Request) -> SessionMaker:
 RETRYABLE_RPC = frozenset(
     {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED}
 )
+
+# What a database that is away (restarting, failing over, unreachable) raises: SQLAlchemy wraps
+# most of it, but a refused or missing socket at connect time comes through as a plain OSError.
+DATABASE_UNAVAILABLE = (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+T = TypeVar("T")
+
+
+async def read_back(read: Callable[[], Awaitable[T]], *, what: str, budget_s: float = 10.0) -> T:
+    """Reads an entity after its write was applied through Temporal.
+
+    A database that is briefly away (a restart) is waited for; one that stays away is a 504
+    saying the write was applied, never the generic 503, which would claim it was not.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.1
+    while True:
+        try:
+            return await read()
+        except DATABASE_UNAVAILABLE:
+            if time.monotonic() + delay > deadline:
+                raise HTTPException(
+                    status.HTTP_504_GATEWAY_TIMEOUT,
+                    detail=f"{what} was applied, but it could not be read back (the database is "
+                    "unavailable); read it again",
+                ) from None
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -25,7 +24,16 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import (
+    DATABASE_UNAVAILABLE,
+    RETRYABLE_RPC,
+    SettingsDep,
+    TemporalDep,
+    TenantDbDep,
+    feature_flag,
+    parse_id,
+    read_back,
+)
 from api.io_documents import DocumentUnit, IoDocument, render_pdf, render_xlsx
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.fences import (
@@ -408,7 +416,7 @@ async def _give_up(db: TenantDbDep, request_id: str, io_id: uuid.UUID, what: str
                     entity_id=str(io_id),
                 )
             break
-        except (OSError, SQLAlchemyError):
+        except DATABASE_UNAVAILABLE:
             log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
             await asyncio.sleep(0.2 * 2**attempt)
     if outcome is None:
@@ -517,7 +525,7 @@ async def book_io(
                 booked = await io_with_idempotency_key(session, idempotency_key)
         if booked is not None:
             _replayed(response)
-            return await _read(db, booked, settings)
+            return await read_back(lambda: _read(db, booked, settings), what="the booking")
         request_id = keyed.request_id
     booking = _booking_input(body, idempotency_key, request_id)
     try:
@@ -571,7 +579,7 @@ async def book_io(
         answer = None
     if answer is None:
         await _give_up(db, request_id, io_id, what)
-    return await _read(db, io_id, settings)
+    return await read_back(lambda: _read(db, io_id, settings), what=what)
 
 
 def _booking_failed(exc: WorkflowUpdateFailedError, what: str) -> HTTPException:
@@ -834,7 +842,7 @@ async def report_delivery(
     )
     if replayed:
         _replayed(response)
-    return await _read(db, iid, settings)
+    return await read_back(lambda: _read(db, iid, settings), what="the change")
 
 
 @router.post(
@@ -874,7 +882,7 @@ async def cancel_io(
     )
     if replayed:
         _replayed(response)
-    return await _read(db, iid, settings)
+    return await read_back(lambda: _read(db, iid, settings), what="the change")
 
 
 @router.get(

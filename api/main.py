@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
 
 from api import catalog, dashboard, deals, etl, events, health, io, keys, matching, tenants
-from api.deps import KeyCache
+from api.deps import DATABASE_UNAVAILABLE, KeyCache
 from api.web import pages
 from db.engine import make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, get_settings
@@ -58,13 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": errors})
 
-    @app.exception_handler(DBAPIError)
-    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database error on %s %s: %r", request.method, request.url.path, exc)
         return JSONResponse(
             status_code=503,
-            content={"detail": "the database rejected or dropped the request; retry"},
+            content={"detail": "the database is unavailable or dropped the request; retry"},
+            headers={"Retry-After": "1"},
         )
+
+    # A write sent through Temporal reads its answer with deps.read_back, which turns a database
+    # that stays away into a 504 ("applied"); anything reaching these handlers changed nothing
+    # that went through Temporal.
+    for kind in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(kind, database_error)
 
     for module in (health, tenants, keys, catalog, deals, io, etl, matching, dashboard, events, pages):
         app.include_router(module.router)

@@ -269,7 +269,7 @@ async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[
     rows = await _rows(
         session,
         """
-        SELECT id, kind, filename, status, rows_processed, rows_failed, created_at, finished_at
+        SELECT id, kind, filename, status, rows_processed, rows_failed, error, created_at, finished_at
         FROM etl_imports WHERE tenant_id = :t ORDER BY created_at DESC, id LIMIT 5
         """,
         {"t": q.tenant_id},
@@ -282,6 +282,7 @@ async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[
             "status": r.status,
             "rows_processed": int(r.rows_processed),
             "rows_failed": int(r.rows_failed),
+            "error": r.error,
             "created_at": r.created_at,
             "finished_at": r.finished_at,
         }
