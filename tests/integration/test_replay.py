@@ -10,18 +10,22 @@ import asyncio
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from temporalio.client import Client, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.deals import DealActivities
-from db.engine import SessionMaker
-from domain.deals import ChangeStageInput
-from domain.stages import Stage
+from db.engine import SessionMaker, tenant_tx
+from db.fences import abandon_request
+from db.models import Campaign
+from domain.deals import ChangeStageInput, RecordStageChangeInput
+from domain.stages import Stage, probability
 from tests.conftest import Stack, new_worker
 from tests.factories import ad_unit, book_io, deal_input, make_deal, make_show, seed_deal
 from workflows.deals import DealWorkflow
@@ -74,6 +78,98 @@ async def test_replay_a_history_with_a_stall(
     if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
         (HISTORIES / "deal_workflow_v1.json").write_text(history.to_json())
+
+
+async def _a_deal_under_faults(client: Client, sm: SessionMaker) -> WorkflowHistory:
+    """A fenced update, an update that adopts its own orphaned write, a resync, a value change."""
+    acts = DealActivities(sm)
+    tenant_id, campaign = await seed_deal(sm)
+    cid = str(campaign.id)
+
+    async def orphan(frm: Stage, to: Stage, entered: datetime, request_id: str | None) -> datetime:
+        at = datetime.now(UTC)
+        await acts.record_stage_change(
+            RecordStageChangeInput(
+                tenant_id=str(tenant_id),
+                campaign_id=cid,
+                from_stage=frm,
+                from_entered_at=entered,
+                to_stage=to,
+                probability=probability(to),
+                at=at,
+                idempotency_key=f"deal/{cid}/{frm.value}@{entered.isoformat()}->{to.value}",
+                request_id=request_id,
+            )
+        )
+        return at
+
+    async with new_worker(
+        client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
+    ) as w:
+        handle = await client.start_workflow(
+            DealWorkflow.run,
+            deal_input(tenant_id, campaign),
+            id=f"deal/replay/{uuid.uuid4()}",
+            task_queue=w.task_queue,
+        )
+        moved = await handle.execute_update(
+            DealWorkflow.change_stage,
+            ChangeStageInput(stage=Stage.QUALIFIED, request_id="req-r1"),
+            id="req-r1",
+        )
+        # The API gave up on req-r2 before a worker ran it: refused, nothing written.
+        async with tenant_tx(sm, tenant_id) as s:
+            await abandon_request(
+                session=s, tenant_id=tenant_id, request_id="req-r2", entity_type="deal", entity_id=cid
+            )
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                DealWorkflow.change_stage,
+                ChangeStageInput(stage=Stage.PROPOSAL, request_id="req-r2"),
+                id="req-r2",
+            )
+        # req-r3's write committed in a workflow task that was lost; the update comes again.
+        await orphan(Stage.QUALIFIED, Stage.NEGOTIATION, moved.state.stage_entered_at, "req-r3")
+        await handle.execute_update(
+            DealWorkflow.change_stage,
+            ChangeStageInput(stage=Stage.NEGOTIATION, request_id="req-r3"),
+            id="req-r3",
+        )
+        # A write nobody is waiting for, and an import's value change: resync adopts both.
+        state = await handle.query(DealWorkflow.state)
+        await orphan(Stage.NEGOTIATION, Stage.PROPOSAL, state.stage_entered_at, None)
+        async with tenant_tx(sm, tenant_id) as s:
+            await s.execute(
+                update(Campaign).where(Campaign.id == campaign.id).values(value_usd=Decimal("30000"))
+            )
+        await handle.signal(DealWorkflow.resync)
+        for _ in range(100):
+            state = await handle.query(DealWorkflow.state)
+            if state.stage is Stage.PROPOSAL and state.value_usd == 30000:
+                break
+            await asyncio.sleep(0.05)
+        assert state.stage is Stage.PROPOSAL and state.value_usd == 30000
+        # If-Match against the entry it left: refused by the handler after the resync.
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                DealWorkflow.change_stage,
+                ChangeStageInput(
+                    stage=Stage.LEAD,
+                    expected_stage=Stage.NEGOTIATION,
+                    expected_entered_at=state.stage_entered_at,
+                ),
+            )
+        await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.WON))
+        await handle.result()
+        return await handle.fetch_history()
+
+
+async def test_replay_a_deal_under_faults(client: Client, sm: SessionMaker) -> None:
+    history = await _a_deal_under_faults(client, sm)
+    await _replay(history)
+    name = "deal_workflow_v2_faults.json"
+    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not (HISTORIES / name).exists():
+        (HISTORIES / name).write_text(history.to_json())
 
 
 async def test_replay_an_import_history(stack: Stack) -> None:
