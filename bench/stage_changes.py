@@ -6,7 +6,9 @@ negotiation -> lead ... in two ways:
 
   http   PATCH /api/v1/deals/{id}/stage (update-with-start behind the API), sent with a lean
          keep-alive HTTP/1.1 client (bench/lean_http.py), so the figure is the API's
-  sdk    client.get_workflow_handle(workflow_id).execute_update(DealWorkflow.change_stage, ...)
+  sdk    client.get_workflow_handle(workflow_id).execute_update(DealWorkflow.change_stage, ...),
+         with a request id as its update id, as the API sends (the stage write claims it in the
+         write fence)
   httpx  the same PATCH sent with httpx, sequentially, for context: httpx's own per-request cost
          (measured on GET /healthz against the lean client in the same run) is printed too
 
@@ -30,6 +32,7 @@ import platform
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,8 +143,14 @@ def http_mover(http: httpx.AsyncClient | LeanClient) -> Mover:
 def sdk_mover(client: Any) -> Mover:
     async def move(deal: Deal) -> None:
         target = deal.next_stage()
+        # Like the API (and any client of the write contract), the anchor names its request: the
+        # update id, which the stage write claims in the write fence. Both paths do the same work
+        # in the workflow and the database; the ratio is the API's own cost.
+        request_id = f"req-{uuid.uuid4().hex}"
         result = await client.get_workflow_handle(deal.workflow_id).execute_update(
-            DealWorkflow.change_stage, ChangeStageInput(stage=target, reason=None)
+            DealWorkflow.change_stage,
+            ChangeStageInput(stage=target, reason=None, request_id=request_id),
+            id=request_id,
         )
         if not result.changed or result.state.stage is not target:
             raise RuntimeError(f"update of {deal.workflow_id} -> {target} returned {result!r}")
