@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint bench faults clean
+.PHONY: install browser up test lint bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,32 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/sponsorflow up
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
+# cannot work here). Nothing to do when a chromium is on PATH or SPONSORFLOW_CHROMIUM names one;
+# otherwise apt-get installs it, as root or through `sudo -n`, or the target stops and says how.
+CHROMIUM_PKGS := chromium fonts-liberation
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(CHROMIUM_PKGS)
+
+browser:
+	@if [ -n "$$SPONSORFLOW_CHROMIUM" ] && [ -x "$$SPONSORFLOW_CHROMIUM" ]; then exit 0; fi; \
+	if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then SUDO="sudo -n"; \
+	else SUDO="none"; fi; \
+	if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test needs Chromium for the browser tests (tests/e2e/test_web_app.py) and cannot install it:" >&2; \
+	  echo "not root, no passwordless sudo, or no apt-get. Install it once, as root on Debian:" >&2; \
+	  echo "    apt-get install -y --no-install-recommends $(CHROMIUM_PKGS)" >&2; \
+	  echo "(or point SPONSORFLOW_CHROMIUM at a Chromium binary), then run make test again." >&2; \
+	  exit 1; \
+	fi; \
+	echo "installing Debian's $(CHROMIUM_PKGS) for the browser tests ..."; \
+	$$SUDO env $(APT_INSTALL) \
+	  || { $$SUDO apt-get update -q && $$SUDO env $(APT_INSTALL); } || exit 1; \
+	command -v chromium >/dev/null 2>&1 \
+	  || { echo "apt-get installed $(CHROMIUM_PKGS) but no chromium is on PATH" >&2; exit 1; }
+
+test: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

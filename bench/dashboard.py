@@ -28,9 +28,8 @@ from typing import Any
 import httpx
 
 from bench.import_throughput import PgTarget
-from bench.stack import ROOT, Stack, env_int
+from bench.stack import Stack, env_int, results_path
 
-RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 TARGET_P99_MS = 100.0
 
 SEED_SQL = [
@@ -209,10 +208,11 @@ def main() -> int:
         )
         result = asyncio.run(measure(stack, tenant["api_key"], n))
     except Exception:
-        print(stack.log_tail(), file=sys.stderr)
+        print(f"{stack.log_tail()}\nits data and logs are kept in {stack.tmp}", file=sys.stderr)
         raise
     finally:
         stack.stop()
+    stack.discard()
     a, p = result["anchor"], result["product"]
     sample = result.pop("sample")
     for label, m in (("anchor  GET /api/v1/deals?limit=1", a), ("product GET /api/v1/dashboard    ", p)):
@@ -225,8 +225,7 @@ def main() -> int:
         f"(sanity: {sum(counts.values()):,} deals on the dashboard, {sample['stalled']['count']:,} stalled, "
         f"{sample['underdelivering']['count']:,} IOs behind pace)"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"deals": deals, "requests": n, **result}, indent=2))
+    results_path("dashboard").write_text(json.dumps({"deals": deals, "requests": n, **result}, indent=2))
     return 0
 
 

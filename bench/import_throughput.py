@@ -50,10 +50,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.stack import Stack, env_int
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "import_throughput.json"
+from bench.stack import Stack, env_int, results_path
 
 SHOWS = 100
 COUNTRIES = ("US", "GB", "CA", "")
@@ -69,10 +66,6 @@ API_RSS_MAX_MB = 200.0
 RSS_GROWTH_MAX_PCT = 20.0
 
 MB = 1024 * 1024
-
-
-# ---------------------------------------------------------------------------- the stack
-# (copied from bench/stage_changes.py so this bench does not depend on its imports)
 
 
 # ---------------------------------------------------------------------------- the files
@@ -111,28 +104,6 @@ def write_shows_csv(path: Path) -> None:
 # ---------------------------------------------------------------------------- processes
 
 
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:
-        return []
-
-
-def find_processes(up_pid: int) -> dict[str, psutil.Process]:
-    """The API (`python -m uvicorn --factory api.main:app_factory`) and worker (`python -m worker`)."""
-    found: dict[str, psutil.Process] = {}
-    for child in psutil.Process(up_pid).children(recursive=True):
-        cmd = _cmdline(child)
-        if "uvicorn" in cmd and "api.main:app_factory" in cmd:
-            found["api"] = child
-        elif cmd[1:3] == ["-m", "worker"]:
-            found["worker"] = child
-    missing = {"api", "worker"} - set(found)
-    if missing:
-        raise RuntimeError(f"could not find the {', '.join(sorted(missing))} process(es) under pid {up_pid}")
-    return found
-
-
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
     """The postmaster of the stack's PostgreSQL and its backends."""
     pid_file = pgdata / "postmaster.pid"
@@ -168,7 +139,7 @@ class Sampler(threading.Thread):
     @staticmethod
     def _cpu(p: psutil.Process) -> float:
         t = p.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def _sample_pg(self) -> None:
         try:
@@ -475,7 +446,9 @@ async def measure(stack: Stack, files: Files, timeout_s: float) -> dict[str, Any
     assert stack.proc is not None
     pgdata = stack.tmp / "data" / "pg"
     pg = PgTarget.of(pgdata)
-    procs = find_processes(stack.proc.pid)
+    # The API and worker by `up`'s pids.json; the same pids at the end, or a restart skewed the figures.
+    pids = stack.pids()
+    procs = stack.app_processes()
     print(
         f"api pid {procs['api'].pid}, worker pid {procs['worker'].pid}, PostgreSQL at {pg.host}", flush=True
     )
@@ -509,6 +482,8 @@ async def measure(stack: Stack, files: Files, timeout_s: float) -> dict[str, Any
             )
             run["ratio"] = run["product"]["rows_per_s"] / run["anchor"]["rows_per_s"]
             results[label] = run
+    if stack.pids() != pids:
+        raise RuntimeError(f"a child of `up` restarted during the run: {pids} then {stack.pids()}")
     small_peak, large_peak = (
         results["small"]["product"]["peak_rss_mb"],
         results["large"]["product"]["peak_rss_mb"],
@@ -565,9 +540,9 @@ def main() -> int:
     out = {"meta": meta, "results": results, "targets": targets}
     print()
     print(render(meta, results, targets))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    results_file = results_path("import_throughput")
+    results_file.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {results_file}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Benchmark: a tenant's match recalculation against the bare NumPy kernel it is built on.
 
 A synthetic tenant of BENCH_MATCH_SHOWS shows (default 10,000) and BENCH_MATCH_ADVERTISERS
-advertisers (default 1,000): 10M pairs. In the same run:
+advertisers (default 1,000): 10M pairs; (b) scores BENCH_MATCH_REFERENCE_PAIRS (default 100,000).
+In the same run:
 
   (a) anchor     the bare kernel in-process: ShowMatrix + score_batch over every pair in chunks
                  of 64 advertisers, keeping the top 50 per advertiser and per show (activities.
@@ -28,7 +29,6 @@ import random
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,14 +36,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.matching import Ranker
-from bench.import_throughput import find_processes, vm_hwm_mb
-from bench.stack import Stack, env_int
+from bench.import_throughput import vm_hwm_mb
+from bench.stack import Stack, env_int, results_path
 from db.matching import Features
 from domain.catalog import AGE_BANDS, GARM_CATEGORIES
 from domain.scoring import DEFAULT_WEIGHTS, HORIZON_DAYS, AdvertiserFeatures, ShowFeatures, score_pair
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "match_recalc.json"
 COUNTRIES = ("US", "GB", "CA", "AU", "DE", "FR", "IE", "NZ", "IN", "BR")
 CATEGORIES = (
     "Business",
@@ -164,15 +162,15 @@ def anchor(feats: Features) -> float:
     return time.perf_counter() - started
 
 
-def reference(feats: Features) -> float:
-    """(b): the reference scorer on REFERENCE_PAIRS random pairs, extrapolated to every pair."""
+def reference(feats: Features, n_pairs: int) -> float:
+    """(b): the reference scorer on n_pairs random pairs, extrapolated to every pair."""
     rng = random.Random(7)
-    pairs = [(rng.choice(feats.shows), rng.choice(feats.advertisers)) for _ in range(REFERENCE_PAIRS)]
+    pairs = [(rng.choice(feats.shows), rng.choice(feats.advertisers)) for _ in range(n_pairs)]
     started = time.perf_counter()
     for show, adv in pairs:
         score_pair(show, adv, feats.weights)
     elapsed = time.perf_counter() - started
-    return elapsed * (len(feats.shows) * len(feats.advertisers)) / REFERENCE_PAIRS
+    return elapsed * (len(feats.shows) * len(feats.advertisers)) / n_pairs
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
@@ -267,8 +265,8 @@ def product(
             ),
         )
         asyncio.run(_idle(stack.temporal_port, f"match/{tenant['id']}"))
-        assert stack.proc is not None
-        worker = find_processes(stack.proc.pid)["worker"]
+        pids = stack.pids()
+        worker = stack.app_processes()["worker"]
         started = time.perf_counter()
         r = http.post("/api/match/recalculate")
         r.raise_for_status()
@@ -293,18 +291,21 @@ def product(
         )
         if not page["items"] or page["items"][0]["generation"] != result["generation"]:
             raise RuntimeError("the matches were not readable after the recalculation")
+        if stack.pids() != pids:
+            raise RuntimeError(f"a child of `up` restarted during the run: {pids} then {stack.pids()}")
         return elapsed, vm_hwm_mb(worker), result
 
 
 def main() -> int:
     n_shows = env_int("BENCH_MATCH_SHOWS", 10_000)
     n_adv = env_int("BENCH_MATCH_ADVERTISERS", 1_000)
+    n_ref = env_int("BENCH_MATCH_REFERENCE_PAIRS", REFERENCE_PAIRS)
     print(f"match_recalc: {n_shows:,} shows x {n_adv:,} advertisers = {n_shows * n_adv:,} pairs", flush=True)
     shows, advertisers = synthesize(n_shows, n_adv)
     feats = features(shows, advertisers)
     a = anchor(feats)
     print(f"(a) anchor: bare NumPy kernel + top {TOP_N}    {a:8.2f} s", flush=True)
-    b = reference(feats)
+    b = reference(feats, n_ref)
     print(f"(b) reference scorer, extrapolated     {b:8.1f} s", flush=True)
     stack = Stack()
     try:
@@ -312,10 +313,11 @@ def main() -> int:
         stack.wait_ready()
         c, rss, result = product(stack, shows, advertisers)
     except Exception:
-        print(stack.log_tail(), file=sys.stderr)
+        print(f"{stack.log_tail()}\nits data and logs are kept in {stack.tmp}", file=sys.stderr)
         raise
     finally:
         stack.stop()
+    stack.discard()
     ratio = c / a
     print(
         f"(c) product: POST -> matches readable  {c:8.2f} s   ({result['matches_written']:,} matches written)"
@@ -325,8 +327,7 @@ def main() -> int:
     verdict = "PASS" if rss is not None and rss <= 1024 else "FAIL"
     print(f"worker peak RSS {rss_text} (target <= 1024 MB): {verdict}")
     print(f"(b)/(c) = {b / c:.1f}x: how much the vectorised scorer saves over the reference one")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results_path("match_recalc").write_text(
         json.dumps(
             {
                 "shows": n_shows,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -19,12 +20,14 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deals import DealActivities
+from bench.stack import results_path
 from db.deals import insert_deal
 from db.embedded import ensure_database, start_server
 from db.engine import make_engine, make_sessionmaker, tenant_tx
@@ -37,7 +40,6 @@ from workflows.deals import DealWorkflow
 from workflows.search_attributes import ALL_KEYS
 
 CYCLE = [Stage.QUALIFIED, Stage.PROPOSAL, Stage.NEGOTIATION, Stage.LEAD]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -120,8 +122,9 @@ async def main() -> None:
     await env.shutdown()
     await engine.dispose()
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
-    out = {}
+    out: dict[str, Any] = {}
     print(f"stage write: local activity vs regular activity, {moves} sequential updates each")
     print(f"{'mode':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
     for mode, xs in timings.items():
@@ -131,8 +134,7 @@ async def main() -> None:
     ratio = out["local"]["p50"] / out["activity"]["p50"]
     out["ratio_p50_local_over_activity"] = ratio
     print(f"ratio p50 local/activity = {ratio:.2f} (below 1 means the local activity is faster)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "persist_activity.json").write_text(json.dumps(out, indent=2))
+    results_path("persist_activity").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

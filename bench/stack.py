@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,10 +15,22 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+
+
+def results_path(name: str) -> Path:
+    """Where a benchmark writes its figures: bench/results/<name>.json, or under BENCH_RESULTS_DIR.
+
+    The smoke tests point BENCH_RESULTS_DIR elsewhere so a tiny run never overwrites real figures.
+    """
+    base = os.environ.get("BENCH_RESULTS_DIR")
+    directory = Path(base) if base else ROOT / "bench" / "results"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.json"
 
 
 def env_int(name: str, default: int) -> int:
@@ -117,6 +131,40 @@ class Stack:
                     pass
                 self.proc.wait()
         return self.proc.returncode
+
+    def discard(self) -> None:
+        """Removes the stack's data dir and logs (after a run that succeeded; a failed one keeps them)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def pids(self) -> dict[str, int]:
+        """`{child name: pid}` as `up` last wrote them to <data_dir>/pids.json (rewritten on restarts)."""
+        path = self.tmp / "data" / "pids.json"
+        try:
+            return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"`up` has not written {path} ({exc})") from exc
+
+    def app_processes(self) -> dict[str, psutil.Process]:
+        """The API and worker processes of this stack, by `up`'s pids.json: {"api": ..., "worker": ...}.
+
+        A benchmark that samples one worker needs exactly one; each pid is checked to still be a
+        `python -m cli api|worker` (a pid reused after a restart would measure something else).
+        """
+        pids = self.pids()
+        workers = sorted(name for name in pids if name.startswith("worker-"))
+        if "api" not in pids or workers != ["worker-1"]:
+            raise RuntimeError(f"expected an api and one worker-1 in pids.json, found {sorted(pids)}")
+        found: dict[str, psutil.Process] = {}
+        for role, name in (("api", "api"), ("worker", "worker-1")):
+            try:
+                proc = psutil.Process(pids[name])
+                cmd = proc.cmdline()
+            except psutil.Error as exc:
+                raise RuntimeError(f"{name} (pid {pids[name]}) is not running: {exc}") from exc
+            if cmd[1:4] != ["-m", "cli", role]:
+                raise RuntimeError(f"pid {pids[name]} of {name} runs {cmd!r}, not `python -m cli {role}`")
+            found[role] = proc
+        return found
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []

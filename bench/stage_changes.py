@@ -36,20 +36,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.lean_http import LeanClient
-from bench.stack import Stack, env_int
+from bench.stack import Stack, env_int, results_path
 from domain.deals import ChangeStageInput
 from domain.stages import Stage
 from settings import Settings, connect_temporal
 from workflows.deals import DealWorkflow
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "stage_changes.json"
 CYCLE: tuple[Stage, ...] = (Stage.LEAD, Stage.QUALIFIED, Stage.PROPOSAL, Stage.NEGOTIATION)
 
 P50_RATIO_MAX = 1.15
@@ -451,9 +448,9 @@ def main() -> int:
     out["targets"] = targets
     print()
     print(render(out["meta"], out["results"], targets))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    results_file = results_path("stage_changes")
+    results_file.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {results_file}")
     return 0
 
 

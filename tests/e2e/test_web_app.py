@@ -52,7 +52,7 @@ def _chromium() -> str:
     if not Path(path).exists():
         pytest.fail(
             "Debian's chromium is needed for the browser tests: `apt-get install chromium` "
-            "(.ci/run does this), or point SPONSORFLOW_CHROMIUM at a Chromium binary"
+            "(`make test` does this when it can), or point SPONSORFLOW_CHROMIUM at a Chromium binary"
         )
     return path
 
