@@ -23,6 +23,9 @@ from db.models import WriteRequest
 
 Claim = Literal["claimed", "applied", "abandoned"]
 
+# How long the API's side of the fence waits for a write that holds the request's key.
+FENCE_LOCK_TIMEOUT_MS = 2000
+
 
 def new_request_id() -> str:
     """A fresh request id (also the Temporal update id of the request)."""
@@ -87,7 +90,12 @@ async def release_claim(*, session: AsyncSession, request_id: str, claim: ClaimR
 async def abandon_request(
     *, session: AsyncSession, tenant_id: uuid.UUID | str, request_id: str, entity_type: str, entity_id: str
 ) -> Literal["abandoned", "applied"]:
-    """Claims a request as abandoned (the API gives up on it); returns `applied` if its write won."""
+    """Claims a request as abandoned (the API gives up on it); returns `applied` if its write won.
+
+    A write frozen mid-transaction (a stopped worker) holds the request's key: the wait is bounded
+    (lock_timeout), and the caller answers "unknown" rather than hang with a pooled connection.
+    """
+    await session.execute(text(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'"))
     stmt = (
         insert(WriteRequest)
         .values(
@@ -140,6 +148,7 @@ async def begin_keyed_request(
     connection, an API that died): that attempt is fenced as abandoned, so it can no longer land
     behind this one's back; if it had already been applied, the retry answers it instead.
     """
+    await session.execute(text(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'"))
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
         {"k": f"{tenant_id}/{idempotency_key}"},

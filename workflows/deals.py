@@ -62,6 +62,14 @@ _MAX_STALE_ROUNDS = 3
 _PERSIST_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_attempts=8
 )
+# Reads of the row and the stall event wait out a database outage however long it lasts: failing
+# them would fail the whole workflow (they run in the main loop and in signal handlers). The
+# stage write stays bounded, so its update fails (and the API asks the fence) instead of hanging.
+_PATIENT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+)
 
 
 def deal_workflow_id(tenant_id: str, campaign_id: str) -> str:
@@ -140,7 +148,7 @@ class DealWorkflow:
         self._resyncs = 0
         # While a resync re-reads the row, the validator cannot judge a move (it would judge from
         # the stage the row may have left); the handler decides once the row is adopted.
-        self._resyncing = False
+        self._resyncing = 0
         # Stage updates run one at a time: each is decided against the stage the previous
         # one left, so the persisted history is a single chain.
         self._lock = asyncio.Lock()
@@ -189,7 +197,7 @@ class DealWorkflow:
         advertiser, show or name.
         """
         await workflow.wait_condition(lambda: self._synced)
-        self._resyncing = True
+        self._resyncing += 1
         try:
             async with self._lock:
                 if self._gone or not is_open(self._stage):
@@ -197,14 +205,14 @@ class DealWorkflow:
                 self._resyncs += 1
                 await self._adopt_record()
         finally:
-            self._resyncing = False
+            self._resyncing -= 1
 
     async def _adopt_record(self) -> None:
         row = await workflow.execute_local_activity_method(
             DealActivities.load_deal,
             LoadDealInput(tenant_id=self._inp.tenant_id, campaign_id=self._inp.campaign_id),
             start_to_close_timeout=_PERSIST_TIMEOUT,
-            retry_policy=_PERSIST_RETRY,
+            retry_policy=_PATIENT_RETRY,
         )
         if not row.exists:
             self._gone = True
@@ -248,7 +256,7 @@ class DealWorkflow:
         entered = self._entered_at
 
         def moved_or_rolling() -> bool:
-            return self._entered_at != entered or self._should_continue_as_new()
+            return self._entered_at != entered or self._gone or self._should_continue_as_new()
 
         limit = stall_limit(self._stage, self._inp.stall_days)
         if self._stall_notified or limit is None:
@@ -281,7 +289,7 @@ class DealWorkflow:
                     at=workflow.now(),
                 ),
                 start_to_close_timeout=_PERSIST_TIMEOUT,
-                retry_policy=_PERSIST_RETRY,
+                retry_policy=_PATIENT_RETRY,
             )
             self._stall_notified = True
             self._describe()
