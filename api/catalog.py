@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from api.bodies import with_strict_numbers
 from api.deps import TenantDbDep, parse_id
+from api.openapi import invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.models import Advertiser, Show
 from domain.catalog import AdvertiserFields, RiskLevel, ShowFields, Tolerance
@@ -17,6 +19,24 @@ from domain.catalog import AdvertiserFields, RiskLevel, ShowFields, Tolerance
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
 
 M = TypeVar("M", Show, Advertiser)
+
+_EXISTS = problem(
+    "the external_id is taken in this tenant", "external_id 'show-42' already exists in this tenant"
+)
+_CURSOR = invalid_cursor()
+
+
+# The request bodies: the shared fields, with JSON numbers only (see api.bodies).
+if TYPE_CHECKING:
+    ShowCreate = ShowFields
+    AdvertiserCreate = AdvertiserFields
+else:
+    ShowCreate = with_strict_numbers(
+        ShowFields, "ShowCreate", "A new show (the columns of the `shows` import)."
+    )
+    AdvertiserCreate = with_strict_numbers(
+        AdvertiserFields, "AdvertiserCreate", "A new advertiser (the columns of the `advertisers` import)."
+    )
 
 
 class ShowPublic(ShowFields):
@@ -91,21 +111,29 @@ async def _page(db: TenantDbDep, model: type[M], limit: int, cursor: str | None)
         return list((await session.scalars(stmt)).all())
 
 
-@router.post("/shows", status_code=status.HTTP_201_CREATED, response_model=ShowPublic)
-async def create_show(body: ShowFields, db: TenantDbDep) -> ShowPublic:
+@router.post(
+    "/shows",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShowPublic,
+    operation_id="createShow",
+    responses={409: _EXISTS},
+)
+async def create_show(body: ShowCreate, db: TenantDbDep) -> ShowPublic:
     """Creates a show."""
     values = body.model_dump(mode="json", exclude_none=True)
     return _public_show(await _create(db, Show, values))
 
 
-@router.get("/shows", response_model=Page[ShowPublic])
+@router.get("/shows", response_model=Page[ShowPublic], operation_id="listShows", responses={422: _CURSOR})
 async def list_shows(db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None) -> Page[ShowPublic]:
     """Lists this tenant's shows, newest first."""
     rows = await _page(db, Show, limit, cursor)
     return Page(items=[_public_show(r) for r in rows[:limit]], next_cursor=newest_next_cursor(rows, limit))
 
 
-@router.get("/shows/{show_id}", response_model=ShowPublic)
+@router.get(
+    "/shows/{show_id}", response_model=ShowPublic, operation_id="getShow", responses={404: not_found("show")}
+)
 async def get_show(show_id: str, db: TenantDbDep) -> ShowPublic:
     """Returns one show."""
     async with db.tx() as session:
@@ -115,15 +143,26 @@ async def get_show(show_id: str, db: TenantDbDep) -> ShowPublic:
     return _public_show(row)
 
 
-@router.post("/advertisers", status_code=status.HTTP_201_CREATED, response_model=AdvertiserPublic)
-async def create_advertiser(body: AdvertiserFields, db: TenantDbDep) -> AdvertiserPublic:
+@router.post(
+    "/advertisers",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdvertiserPublic,
+    operation_id="createAdvertiser",
+    responses={409: _EXISTS},
+)
+async def create_advertiser(body: AdvertiserCreate, db: TenantDbDep) -> AdvertiserPublic:
     """Creates an advertiser."""
     values = body.model_dump(exclude_none=True)
     values["brand_safety_tolerance"] = body.brand_safety_tolerance.value
     return _public_advertiser(await _create(db, Advertiser, values))
 
 
-@router.get("/advertisers", response_model=Page[AdvertiserPublic])
+@router.get(
+    "/advertisers",
+    response_model=Page[AdvertiserPublic],
+    operation_id="listAdvertisers",
+    responses={422: _CURSOR},
+)
 async def list_advertisers(
     db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
 ) -> Page[AdvertiserPublic]:
@@ -134,7 +173,12 @@ async def list_advertisers(
     )
 
 
-@router.get("/advertisers/{advertiser_id}", response_model=AdvertiserPublic)
+@router.get(
+    "/advertisers/{advertiser_id}",
+    response_model=AdvertiserPublic,
+    operation_id="getAdvertiser",
+    responses={404: not_found("advertiser")},
+)
 async def get_advertiser(advertiser_id: str, db: TenantDbDep) -> AdvertiserPublic:
     """Returns one advertiser."""
     async with db.tx() as session:

@@ -134,7 +134,7 @@ class Dashboard(BaseModel):
     stage_movement: StageMovement
 
 
-@router.get("", response_model=Dashboard)
+@router.get("", response_model=Dashboard, operation_id="getDashboard")
 async def get_dashboard(
     db: TenantDbDep,
     settings: SettingsDep,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import (
@@ -23,7 +23,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import (
     DATABASE_UNAVAILABLE,
@@ -34,6 +34,19 @@ from api.deps import (
     feature_flag,
     parse_id,
     read_back,
+)
+from api.openapi import (
+    ETAG_HEADER,
+    REPLAYED_HEADER,
+    invalid,
+    invalid_cursor,
+    key_reused,
+    not_applied,
+    not_found,
+    outcome_unknown,
+    precondition_failed,
+    problem,
+    transition_conflict,
 )
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
@@ -100,6 +113,13 @@ class StageChange(BaseModel):
 
     stage: Stage
     reason: Reason | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("reason must not contain NUL characters")
+        return v
 
     @model_validator(mode="after")
     def _lost_needs_reason(self) -> StageChange:
@@ -255,7 +275,7 @@ def parse_if_match(value: str | None) -> Precondition | None:
     stage_name, _, micros = tag.rpartition(".")
     try:
         return Precondition(stage=Stage(stage_name), entered_at=_EPOCH + timedelta(microseconds=int(micros)))
-    except ValueError:
+    except (ValueError, OverflowError):
         return Precondition(unmatchable=True)
 
 
@@ -442,7 +462,27 @@ async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPu
     return _public(row, _entries(history), settings)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DealPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DealPublic,
+    operation_id="createDeal",
+    responses={
+        409: problem(
+            "the external_id is taken in this tenant", "external_id 'crm-1042' already exists in this tenant"
+        ),
+        422: invalid(
+            "invalid fields, an advertiser or show not in this tenant, or a lost deal without lost_reason",
+            [
+                {
+                    "loc": ["body", "advertiser_id"],
+                    "msg": "advertiser c0ffee00-0000-4000-8000-000000000000 not found in this tenant",
+                    "type": "not_found",
+                }
+            ],
+        ),
+    },
+)
 async def create_deal(
     body: DealCreate,
     db: TenantDbDep,
@@ -478,8 +518,9 @@ async def create_deal(
     if is_open(body.stage):
         try:
             await start_deal_workflow(client, row, settings)
-        except RPCError as exc:
-            # The row is the record; the first stage PATCH starts the workflow lazily
+        except (RPCError, RuntimeError) as exc:
+            # RuntimeError: the lazy client could not connect. The row is the record; the first
+            # stage PATCH starts the workflow lazily
             # (update-with-start), so the deal is not lost if Temporal blips here.
             log.warning("deal %s saved but its workflow did not start: %s", row.campaign.id, exc)
     return await _load(db, str(row.campaign.id), settings)
@@ -537,7 +578,7 @@ async def _insert(body: DealCreate, db: TenantDbDep, idempotency_key: str | None
     return row
 
 
-@router.get("", response_model=Page[DealSummary])
+@router.get("", response_model=Page[DealSummary], operation_id="listDeals", responses={422: invalid_cursor()})
 async def get_deals(
     db: TenantDbDep,
     stage: Stage | None = None,
@@ -555,7 +596,12 @@ async def get_deals(
     return Page(items=[_summary(c) for c in rows[:limit]], next_cursor=next_cursor)
 
 
-@router.get("/{campaign_id}", response_model=DealPublic)
+@router.get(
+    "/{campaign_id}",
+    response_model=DealPublic,
+    operation_id="getDeal",
+    responses={200: {"headers": ETAG_HEADER}, 404: not_found("deal")},
+)
 async def read_deal(
     campaign_id: str, db: TenantDbDep, settings: SettingsDep, response: Response
 ) -> DealPublic:
@@ -572,13 +618,28 @@ async def read_deal(
 @router.patch(
     "/{campaign_id}/stage",
     response_model=DealPublic,
+    operation_id="changeDealStage",
     responses={
-        404: {"description": "unknown deal"},
-        409: {"description": "forbidden move; detail names the allowed stages"},
-        412: {"description": "If-Match named a stage entry the deal has left; nothing was changed"},
-        422: {"description": "unknown stage, lost without a reason, or an Idempotency-Key reused"},
-        503: {"description": "not applied, and it never will be (Temporal or the worker too slow); retry"},
-        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
+        200: {
+            "description": "applied and in the deal's history (or a no-op: the deal was already there)",
+            "headers": {**ETAG_HEADER, **REPLAYED_HEADER},
+        },
+        404: not_found("deal"),
+        409: transition_conflict(),
+        412: precondition_failed(),
+        422: invalid(
+            "unknown stage, lost without a reason, or an Idempotency-Key sent again with another move",
+            [
+                {
+                    "loc": ["body"],
+                    "msg": "Value error, reason is required to move a deal to lost",
+                    "type": "value_error",
+                }
+            ],
+            key_reused("stage change of this deal"),
+        ),
+        503: not_applied("the stage change"),
+        504: outcome_unknown("the stage change"),
     },
 )
 async def change_stage(
@@ -666,14 +727,20 @@ async def change_stage(
         seeds.put(db.tenant_id, cid, seed)
         current = Stage(row.campaign.stage)
         if precondition is not None and not precondition.holds(current, row.campaign.stage_changed_at):
-            raise _precondition_failed(current, row.campaign.stage_changed_at)
+            refusal = _precondition_failed(current, row.campaign.stage_changed_at)
+            return _json(
+                await _refuse_unless_applied(db, client, settings, cid, request_id, sent, refusal), timing
+            )
         if not is_open(current) and not (current is Stage.LOST and body.stage is Stage.LEAD):
             # A closed deal has no running workflow; its rules need no Temporal round trip
             # (a no-op answers 200, anything but reopening a lost deal is a 409).
             try:
                 check_transition(current, body.stage, body.reason)
             except TransitionError as exc:
-                raise _conflict(exc) from None
+                refused = await _refuse_unless_applied(
+                    db, client, settings, cid, request_id, sent, _conflict(exc)
+                )
+                return _json(refused, timing)
             return _json(_public(row, _entries(history), settings), timing)
         try:
             sent = True
@@ -690,7 +757,16 @@ async def change_stage(
                 nudged = True
                 await _nudge(client, db.tenant_id, cid)
                 continue
-            raise _update_failed(exc, current, body.stage, campaign_id) from None
+            failure = _update_failed(exc, current, body.stage, campaign_id)
+            if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and not _abandoned(exc):
+                # The write itself failed (its activity ran out of attempts): its last attempt may
+                # still have committed, so only the fence can say which.
+                answered = await _give_up(db, client, settings, cid, request_id, "the write failed")
+                return _json(answered, timing)
+            if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+                raise failure from None
+            refused = await _refuse_unless_applied(db, client, settings, cid, request_id, sent, failure)
+            return _json(refused, timing)
         except RPCError as exc:
             # The server caps in-flight updates per workflow (10 by default) and aborts the
             # updates in flight when a deal closes; both are worth another try, re-reading
@@ -716,6 +792,48 @@ async def change_stage(
 
 
 _SCOPE = "deal-stage"
+
+
+def _abandoned(exc: WorkflowUpdateFailedError) -> bool:
+    cause = exc.cause
+    return isinstance(cause, ApplicationError) and cause.type == REQUEST_ABANDONED
+
+
+async def _refuse_unless_applied(
+    db: TenantDbDep,
+    client: Client,
+    settings: Settings,
+    cid: uuid.UUID,
+    request_id: str,
+    sent: bool,
+    refusal: HTTPException,
+) -> DealPublic:
+    """Refuses the request, unless an earlier attempt of it, sent before, was applied after all.
+
+    A refusal judged after an unanswered attempt may be about the deal that attempt moved (its
+    write committed, its answer was lost): the fence says whether it was applied (then the answer
+    is 200) and, if not, fences it off so it cannot land after this refusal.
+    """
+    if not sent:
+        raise refusal
+    try:
+        async with db.tx() as session:
+            outcome = await abandon_request(
+                session=session,
+                tenant_id=db.tenant_id,
+                request_id=request_id,
+                entity_type="deal",
+                entity_id=str(cid),
+            )
+    except DATABASE_UNAVAILABLE:
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            detail="the outcome of the stage change is unknown; retry with the same Idempotency-Key",
+        ) from None
+    if outcome == "abandoned":
+        raise refusal
+    await _nudge(client, db.tenant_id, cid)
+    return await read_back(lambda: _load(db, str(cid), settings), what="the stage change")
 
 
 async def _begin_keyed(
@@ -800,7 +918,7 @@ async def _nudge(client: Client, tenant_id: uuid.UUID, cid: uuid.UUID) -> None:
     handle = client.get_workflow_handle(deal_workflow_id(str(tenant_id), str(cid)))
     try:
         await asyncio.wait_for(handle.signal(DealWorkflow.resync), timeout=2.0)
-    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError) as exc:
+    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError, RuntimeError) as exc:
         log.info("could not ask deal %s to resync: %s", cid, exc)
 
 
@@ -830,6 +948,16 @@ async def _send(
     timeout = _ATTEMPT_TIMEOUT_S
     if deadline is not None:
         timeout = max(0.05, min(timeout, deadline - time.monotonic()))
+    try:
+        return await _send_once(client, move, seed, settings, timeout)
+    except RuntimeError as exc:
+        # The process's lazy client could not connect (Temporal down since the API started).
+        raise RPCError(str(exc), RPCStatusCode.UNAVAILABLE, b"") from exc
+
+
+async def _send_once(
+    client: Client, move: ChangeStageInput, seed: DealWorkflowInput, settings: Settings, timeout: float
+) -> ChangeStageResult:
     return await asyncio.wait_for(
         client.execute_update_with_start_workflow(
             DealWorkflow.change_stage,
@@ -863,7 +991,10 @@ async def _move_from_recent(
             # Judged from the workflow's stage, which the last answer cannot vouch for (a write
             # behind its back): the careful path reads the row, repairs and answers.
             return None
-        raise _update_failed(exc, recent.stage, body.stage, str(cid)) from None
+        failure = _update_failed(exc, recent.stage, body.stage, str(cid))
+        if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and not _abandoned(exc):
+            return None  # the write failed: the careful path asks the fence
+        raise failure from None
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
         return None
     move, state = result.move, result.state
@@ -914,7 +1045,10 @@ async def _move_with_known_seed(
             raise _not_found(str(cid)) from None
         if _workflow_stage(exc) not in (None, Stage(row.campaign.stage)):
             return None  # the workflow and the row disagree: the careful path repairs and retries
-        raise _update_failed(exc, Stage(row.campaign.stage), body.stage, str(cid)) from None
+        failure = _update_failed(exc, Stage(row.campaign.stage), body.stage, str(cid))
+        if failure.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and not _abandoned(exc):
+            return None  # the write failed: the careful path asks the fence
+        raise failure from None
     except (TimeoutError, RPCTimeoutOrCancelledError, RPCError):
         await asyncio.gather(read, return_exceptions=True)
         return None

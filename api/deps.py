@@ -231,6 +231,10 @@ async def require_admin(creds: Credentials, settings: SettingsDep) -> None:
         )
 
 
+# Every feature-flag dependency and the env var it reads (the OpenAPI document documents their 404).
+FEATURE_FLAGS: dict[Callable[..., Any], str] = {}
+
+
 def feature_flag(attr: str, env_name: str) -> Callable[..., Any]:
     """Returns a dependency that answers 404 naming the flag while the feature is off."""
 
@@ -240,6 +244,7 @@ def feature_flag(attr: str, env_name: str) -> Callable[..., Any]:
                 status.HTTP_404_NOT_FOUND, detail=f"this feature is disabled ({env_name}=false)"
             )
 
+    FEATURE_FLAGS[check] = env_name
     return check
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.imports import close_open_import
 from db.models import EtlImport, EtlRowError, EtlUploadChunk
@@ -117,9 +118,26 @@ def _422(field: str, msg: str) -> HTTPException:
     "/upload",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ImportAccepted,
+    operation_id="uploadImport",
     responses={
-        413: {"description": "file larger than SPONSORFLOW_MAX_UPLOAD_MB"},
-        503: {"description": "the import could not be started; it is marked failed and never runs"},
+        413: problem(
+            "the file is larger than SPONSORFLOW_MAX_UPLOAD_MB", "file: larger than the 200 MB limit"
+        ),
+        422: invalid(
+            "an unknown kind, or a file that is empty or has no name",
+            [
+                {
+                    "loc": ["body", "kind"],
+                    "msg": "unknown kind 'podcasts'; expected one of shows, advertisers, campaigns, "
+                    "show_downloads, deliveries",
+                    "type": "value_error",
+                }
+            ],
+        ),
+        503: problem(
+            "the import could not be started: it is marked failed and never runs; upload again",
+            "the import could not be started (Temporal is unavailable); it was marked failed; upload again",
+        ),
     },
 )
 async def upload(
@@ -271,7 +289,12 @@ def _progress(imp: EtlImport) -> float:
     return round(min(0.99, done / total), 4) if total > 0 else 0.0
 
 
-@router.get("/status/{import_id}", response_model=ImportStatus)
+@router.get(
+    "/status/{import_id}",
+    response_model=ImportStatus,
+    operation_id="getImportStatus",
+    responses={404: not_found("import")},
+)
 async def import_status(
     import_id: str, db: TenantDbDep, client: TemporalDep, settings: SettingsDep
 ) -> ImportStatus:
@@ -318,7 +341,12 @@ async def import_status(
     )
 
 
-@router.get("/history", response_model=Page[ImportSummary])
+@router.get(
+    "/history",
+    response_model=Page[ImportSummary],
+    operation_id="listImports",
+    responses={422: invalid_cursor()},
+)
 async def import_history(
     db: TenantDbDep,
     client: TemporalDep,

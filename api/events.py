@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.deps import TenantDbDep
+from api.openapi import invalid, invalid_cursor
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.models import Event
 from domain.events import EVENT_TYPES
@@ -52,7 +53,12 @@ def _check_type(type: str | None) -> None:
         )
 
 
-@router.get("", response_model=Page[EventPublic])
+@router.get(
+    "",
+    response_model=Page[EventPublic],
+    operation_id="listEvents",
+    responses={422: invalid_cursor("an unknown event type")},
+)
 async def list_events(
     db: TenantDbDep,
     type: Annotated[str | None, Query(max_length=60, description="e.g. deal.stage_changed")] = None,
@@ -91,7 +97,17 @@ def _frame(e: Event) -> str:
 @router.get(
     "/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+    operation_id="streamEvents",
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events: `id: <event id>` and `data: <the event as JSON>` per message",
+        },
+        422: invalid(
+            "an unknown event type, a Last-Event-ID that is not an event id, or an invalid parameter",
+            "Last-Event-ID: not an event id",
+        ),
+    },
 )
 async def stream_events(
     request: Request,

@@ -9,17 +9,22 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SessionMakerDep, TemporalDep
+from api.openapi import NotReady
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="getLiveness")
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is down; detail names it"}})
+@router.get(
+    "/readyz",
+    operation_id="getReadiness",
+    responses={503: {"model": NotReady, "description": "a dependency is down; detail and checks name it"}},
+)
 async def readyz(sm: SessionMakerDep, client: TemporalDep) -> JSONResponse:
     """Ready when both PostgreSQL and Temporal answer; 503 naming what is down otherwise."""
     checks: dict[str, str] = {}

@@ -35,6 +35,17 @@ from api.deps import (
     read_back,
 )
 from api.io_documents import DocumentUnit, IoDocument, render_pdf, render_xlsx
+from api.openapi import (
+    REPLAYED_HEADER,
+    booking_conflict,
+    invalid,
+    invalid_cursor,
+    key_reused,
+    not_applied,
+    not_found,
+    outcome_unknown,
+    problem,
+)
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.fences import (
     KeyedRequest,
@@ -42,6 +53,7 @@ from db.fences import (
     begin_keyed_request,
     fingerprint,
     new_request_id,
+    request_state,
 )
 from db.io import (
     IoRecord,
@@ -111,10 +123,12 @@ class AdUnitCreate(BaseModel):
     format: AdFormat
     insertion: Insertion
     air_date: date
-    duration_s: int = Field(ge=15, le=120, multiple_of=15, description="15 to 120 seconds in steps of 15")
+    duration_s: int = Field(
+        ge=15, le=120, multiple_of=15, strict=True, description="15 to 120 seconds in steps of 15"
+    )
     pricing_model: PricingModel
     cpm_usd: Money | None = None
-    impressions_goal: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    impressions_goal: int | None = Field(default=None, ge=1, le=10_000_000_000, strict=True)
     flat_usd: Money | None = None
 
     @field_validator("air_date")
@@ -149,9 +163,9 @@ class IoCreate(BaseModel):
     ad_units: list[AdUnitCreate] = Field(min_length=1, max_length=200)
     promo_code: str | None = Field(default=None, pattern=PROMO_CODE_PATTERN)
     vanity_path: str | None = Field(default=None, pattern=VANITY_PATH_PATTERN)
-    payment_terms_days: int = Field(default=30, ge=0, le=365)
+    payment_terms_days: int = Field(default=30, ge=0, le=365, strict=True)
     underdelivery_policy: UnderdeliveryPolicy = UnderdeliveryPolicy.MAKEGOOD
-    measurement_window_days: int = Field(default=30, ge=0, le=365)
+    measurement_window_days: int = Field(default=30, ge=0, le=365, strict=True)
 
     @field_validator("vanity_path", mode="before")
     @classmethod
@@ -165,8 +179,15 @@ class DeliveryReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ad_unit_id: uuid.UUID
-    impressions: int = Field(ge=0, le=10_000_000_000)
+    impressions: int = Field(ge=0, le=10_000_000_000, strict=True)
     source: str | None = Field(default=None, max_length=200)
+
+    @field_validator("source")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("source must not contain NUL characters")
+        return v
 
 
 class IoCancel(BaseModel):
@@ -175,6 +196,13 @@ class IoCancel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     reason: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("reason must not contain NUL characters")
+        return v
 
 
 class AdUnitPublic(BaseModel):
@@ -455,7 +483,8 @@ async def _send_within_budget(
         attempt += 1
         try:
             return await asyncio.wait_for(send(), timeout=min(ATTEMPT_TIMEOUT_S, remaining))
-        except (TimeoutError, RPCTimeoutOrCancelledError):
+        except (TimeoutError, RPCTimeoutOrCancelledError, RuntimeError):
+            # RuntimeError: the process's lazy client could not connect (Temporal down).
             log.warning("%s: no answer from Temporal (attempt %d)", what, attempt)
         except RPCError as exc:
             if exc.status not in RETRYABLE_RPC:
@@ -483,11 +512,27 @@ _IDEMPOTENCY_KEY = Header(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=IoPublic,
+    operation_id="bookIo",
     responses={
-        409: {"description": "the deal is not won, a slot is full, or the promo code / vanity path is taken"},
-        422: {"description": "invalid units, unknown deal or show, a past air date, or a reused key"},
-        503: {"description": "not booked, and it never will be (nothing was written); retry"},
-        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
+        201: {
+            "description": "booked: slots, promo code and vanity URL held, and the IO's workflow running",
+            "headers": REPLAYED_HEADER,
+        },
+        409: booking_conflict(),
+        422: invalid(
+            "invalid units (pricing fields, a past air date), a deal or show not in this tenant, a vanity "
+            "path for an advertiser without domain, or an Idempotency-Key sent again with another booking",
+            [
+                {
+                    "loc": ["body", "ad_units", 0, "show_id"],
+                    "msg": "show 5eed0000-0000-4000-8000-000000000000 not found in this tenant",
+                    "type": "not_found",
+                }
+            ],
+            key_reused("request; use a new key"),
+        ),
+        503: not_applied("the booking"),
+        504: outcome_unknown("the booking"),
     },
 )
 async def book_io(
@@ -602,7 +647,7 @@ def _booking_failed(exc: WorkflowUpdateFailedError, what: str) -> HTTPException:
     )
 
 
-@router.get("", response_model=Page[IoSummary])
+@router.get("", response_model=Page[IoSummary], operation_id="listIos", responses={422: invalid_cursor()})
 async def list_ios(
     db: TenantDbDep,
     campaign_id: Annotated[uuid.UUID | None, Query(description="only this deal's IOs")] = None,
@@ -667,7 +712,12 @@ class Availability(BaseModel):
     days: list[DayAvailability]
 
 
-@router.get("/availability", response_model=Availability, responses={404: {"description": "unknown show"}})
+@router.get(
+    "/availability",
+    response_model=Availability,
+    operation_id="getIoAvailability",
+    responses={404: not_found("show")},
+)
 async def availability(
     db: TenantDbDep,
     show_id: Annotated[str, Query(max_length=64)],
@@ -703,7 +753,7 @@ async def availability(
     )
 
 
-@router.get("/{io_id}", response_model=IoPublic, responses={404: {"description": "unknown IO"}})
+@router.get("/{io_id}", response_model=IoPublic, operation_id="getIo", responses={404: not_found("IO")})
 async def read_io(io_id: str, db: TenantDbDep, settings: SettingsDep) -> IoPublic:
     """Returns the IO with its units, delivery against goal and invoice."""
     return await _read(db, parse_id(io_id, "IO"), settings)
@@ -791,6 +841,11 @@ async def _update(
             return False
         if done_if is not None and row[0] == done_if.value:
             return False
+        # The workflow has ended. An earlier attempt of this request may be what ended it (a
+        # cancellation with nothing aired): the fence says whether it was applied.
+        async with db.tx() as session:
+            if await request_state(session=session, request_id=request_id) == "applied":
+                return False
         # The workflow has finished: the IO was invoiced (or cancelled with nothing aired).
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -804,12 +859,28 @@ async def _update(
 @router.post(
     "/{io_id}/delivery",
     response_model=IoPublic,
+    operation_id="reportIoDelivery",
     responses={
-        404: {"description": "unknown IO"},
-        409: {"description": "the unit is cancelled or has not aired, or the IO is invoiced"},
-        422: {"description": "unknown ad unit, a negative count, or a reused Idempotency-Key"},
-        503: {"description": "not applied, and it never will be; retry"},
-        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
+        200: {"description": "applied and in the IO's history", "headers": REPLAYED_HEADER},
+        404: not_found("IO"),
+        409: problem(
+            "the unit is cancelled or has not aired, or the IO is invoiced",
+            "ad unit 5eed0000-0000-4000-8000-000000000000 has not aired yet (air date 2031-03-02)",
+        ),
+        422: invalid(
+            "an ad unit not in this IO, a negative count, or an Idempotency-Key sent again with "
+            "another report",
+            [
+                {
+                    "loc": ["body", "ad_unit_id"],
+                    "msg": "ad_unit_id 5eed0000-0000-4000-8000-000000000000 is not a unit of this IO",
+                    "type": "not_found",
+                }
+            ],
+            key_reused("request; use a new key"),
+        ),
+        503: not_applied("the delivery report"),
+        504: outcome_unknown("the delivery report"),
     },
 )
 async def report_delivery(
@@ -848,12 +919,24 @@ async def report_delivery(
 @router.post(
     "/{io_id}/cancel",
     response_model=IoPublic,
+    operation_id="cancelIo",
     responses={
-        404: {"description": "unknown IO"},
-        409: {"description": "the IO is already invoiced"},
-        422: {"description": "no reason, or a reused Idempotency-Key"},
-        503: {"description": "not applied, and it never will be; retry"},
-        504: {"description": "outcome unknown (the fence could not be reached); retry with the same key"},
+        200: {
+            "description": "cancelled (or already cancelled): what had not aired is released",
+            "headers": REPLAYED_HEADER,
+        },
+        404: not_found("IO"),
+        409: problem(
+            "the IO is already invoiced",
+            "IO c0ffee00-0000-4000-8000-000000000000 is completed; its workflow "
+            "has finished and takes no more changes",
+        ),
+        422: invalid(
+            "no reason, or an Idempotency-Key sent again with another cancellation",
+            key_reused("request; use a new key"),
+        ),
+        503: not_applied("the cancellation"),
+        504: outcome_unknown("the cancellation"),
     },
 )
 async def cancel_io(
@@ -887,6 +970,7 @@ async def cancel_io(
 
 @router.get(
     "/{io_id}/document",
+    operation_id="getIoDocument",
     responses={
         200: {
             "content": {
@@ -895,7 +979,7 @@ async def cancel_io(
             },
             "description": "the IO document",
         },
-        404: {"description": "unknown IO"},
+        404: not_found("IO"),
     },
 )
 async def io_document(

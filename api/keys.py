@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from api.deps import Credentials, KeyCache, SettingsDep, TenantDbDep, get_key_cache, parse_id, presented_key
+from api.openapi import not_found, problem
 from api.pagination import Page
 from db.models import ApiKey
 from db.tenants import new_api_key
@@ -60,7 +61,7 @@ def _public(k: ApiKey, current: str | None) -> KeyPublic:
     )
 
 
-@router.get("", response_model=Page[KeyPublic])
+@router.get("", response_model=Page[KeyPublic], operation_id="listKeys")
 async def list_keys(db: TenantDbDep, current: CurrentHash) -> Page[KeyPublic]:
     """This tenant's keys, active first, newest first (a handful, so one page)."""
     async with db.tx() as session:
@@ -72,7 +73,7 @@ async def list_keys(db: TenantDbDep, current: CurrentHash) -> Page[KeyPublic]:
     return Page(items=[_public(k, current) for k in rows], next_cursor=None)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated, operation_id="createKey")
 async def create_key(body: KeyCreate, db: TenantDbDep, current: CurrentHash) -> KeyCreated:
     """Adds a key (for a new integration, or to rotate: add, switch, revoke the old one)."""
     key, prefix, key_hash = new_api_key()
@@ -87,7 +88,14 @@ async def create_key(body: KeyCreate, db: TenantDbDep, current: CurrentHash) -> 
 @router.post(
     "/{key_id}/revoke",
     response_model=KeyPublic,
-    responses={404: {"description": "unknown key"}, 409: {"description": "the tenant's last active key"}},
+    operation_id="revokeKey",
+    responses={
+        404: not_found("key"),
+        409: problem(
+            "the tenant's last active key",
+            "this is the tenant's last active key; create another before revoking it",
+        ),
+    },
 )
 async def revoke_key(
     key_id: str,

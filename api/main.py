@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import catalog, dashboard, deals, etl, events, health, io, keys, matching, tenants
+from api import catalog, dashboard, deals, etl, events, health, io, keys, matching, openapi, tenants
 from api.deps import DATABASE_UNAVAILABLE, KeyCache
 from api.web import pages
 from db.engine import make_engine, make_sessionmaker
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Durable deal and insertion-order orchestration for podcast sponsorships.",
         lifespan=lifespan,
+        # Schema names follow the operation ids (e.g. Body_uploadImport), not the Python names.
+        generate_unique_id_function=lambda route: route.operation_id or route.name,
     )
     app.state.settings = settings
     app.state.key_cache = KeyCache(ttl=settings.api_key_cache_seconds)
@@ -56,6 +60,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"detail": errors})
+
+    allow = openapi.allowed_methods(app)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # A 405 names every method of the resource (RFC 9110), not those of one of its routes.
+            headers = {**(exc.headers or {}), "Allow": allow(request.url.path)}
+            exc = StarletteHTTPException(405, detail=exc.detail, headers=headers)
+        return await http_exception_handler(request, exc)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("database error on %s %s: %r", request.method, request.url.path, exc)
@@ -71,9 +85,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for kind in DATABASE_UNAVAILABLE:
         app.add_exception_handler(kind, database_error)
 
+    @app.exception_handler(RuntimeError)
+    async def temporal_unreachable(request: Request, exc: RuntimeError) -> JSONResponse:
+        # The process's Temporal client is lazy: until Temporal first answers, every call raises
+        # "Failed client connect" before anything is sent, so a 503 is true for any route.
+        if "client connect" not in str(exc).lower():
+            log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(status_code=500, content={"detail": "internal error"})
+        log.error("Temporal unreachable on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "Temporal is unreachable; nothing was changed through it, retry"},
+            headers={"Retry-After": "1"},
+        )
+
     for module in (health, tenants, keys, catalog, deals, io, etl, matching, dashboard, events, pages):
         app.include_router(module.router)
     app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
+    openapi.install(app)
     return app
 
 

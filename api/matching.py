@@ -18,6 +18,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag
+from api.openapi import invalid, invalid_cursor, problem
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
 from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
@@ -72,12 +73,12 @@ class Weights(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    geo: float = Field(default=DEFAULT_WEIGHTS["geo"], ge=0, le=100)
-    demographic: float = Field(default=DEFAULT_WEIGHTS["demographic"], ge=0, le=100)
-    topic: float = Field(default=DEFAULT_WEIGHTS["topic"], ge=0, le=100)
-    lift: float = Field(default=DEFAULT_WEIGHTS["lift"], ge=0, le=100)
-    inventory: float = Field(default=DEFAULT_WEIGHTS["inventory"], ge=0, le=100)
-    brand_safety: float = Field(default=DEFAULT_WEIGHTS["brand_safety"], ge=0, le=100)
+    geo: float = Field(default=DEFAULT_WEIGHTS["geo"], ge=0, le=100, strict=True)
+    demographic: float = Field(default=DEFAULT_WEIGHTS["demographic"], ge=0, le=100, strict=True)
+    topic: float = Field(default=DEFAULT_WEIGHTS["topic"], ge=0, le=100, strict=True)
+    lift: float = Field(default=DEFAULT_WEIGHTS["lift"], ge=0, le=100, strict=True)
+    inventory: float = Field(default=DEFAULT_WEIGHTS["inventory"], ge=0, le=100, strict=True)
+    brand_safety: float = Field(default=DEFAULT_WEIGHTS["brand_safety"], ge=0, le=100, strict=True)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> Weights:
@@ -103,7 +104,13 @@ async def _running_recalculation(temporal: Any, tenant: str) -> RecalculationAcc
     "/api/match/recalculate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RecalculationAccepted,
-    responses={503: {"description": "Temporal is unreachable"}},
+    operation_id="startRecalculation",
+    responses={
+        503: problem(
+            "Temporal is unreachable or refused: no recalculation was started; retry",
+            "Temporal is unreachable; no recalculation was started, retry",
+        )
+    },
 )
 async def recalculate(db: TenantDbDep, temporal: TemporalDep, settings: SettingsDep) -> RecalculationAccepted:
     """Starts this tenant's recalculation, or joins the one already running (never two at once).
@@ -203,7 +210,8 @@ def _ranking(g: MatchGeneration) -> RankingPublic:
 @router.get(
     "/api/match/recalculate",
     response_model=RecalculationStatus,
-    responses={503: {"description": "Temporal is unreachable"}},
+    operation_id="getRecalculationStatus",
+    responses={503: problem("Temporal is unreachable; retry", "Temporal is unreachable; retry")},
 )
 async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> RecalculationStatus:
     """This tenant's recalculations: the ones running now, its schedule, the current ranking."""
@@ -258,7 +266,12 @@ async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> Recalc
     )
 
 
-@router.get("/api/v1/match/recalculations", response_model=Page[RankingPublic])
+@router.get(
+    "/api/v1/match/recalculations",
+    response_model=Page[RankingPublic],
+    operation_id="listRankings",
+    responses={422: invalid_cursor()},
+)
 async def list_rankings(
     db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
 ) -> Page[RankingPublic]:
@@ -276,7 +289,12 @@ async def list_rankings(
     return Page(items=[_ranking(g) for g in rows[:limit]], next_cursor=next_cursor)
 
 
-@router.get("/api/v1/matches", response_model=Page[MatchPublic])
+@router.get(
+    "/api/v1/matches",
+    response_model=Page[MatchPublic],
+    operation_id="listMatches",
+    responses={422: invalid_cursor()},
+)
 async def list_matches(
     db: TenantDbDep,
     advertiser_id: Annotated[uuid.UUID | None, Query(description="only this advertiser's best shows")] = None,
@@ -358,7 +376,7 @@ async def list_matches(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/api/v1/match/weights", response_model=Weights)
+@router.get("/api/v1/match/weights", response_model=Weights, operation_id="getMatchWeights")
 async def read_weights(db: TenantDbDep) -> Weights:
     """This tenant's signal weights (the documented defaults unless changed)."""
     async with db.tx() as session:
@@ -366,7 +384,23 @@ async def read_weights(db: TenantDbDep) -> Weights:
     return Weights(**weights_of(settings))
 
 
-@router.put("/api/v1/match/weights", response_model=Weights)
+@router.put(
+    "/api/v1/match/weights",
+    response_model=Weights,
+    operation_id="setMatchWeights",
+    responses={
+        422: invalid(
+            "a weight out of 0-100, an unknown signal, or every weight 0",
+            [
+                {
+                    "loc": ["body"],
+                    "msg": "Value error, at least one weight must be above 0",
+                    "type": "value_error",
+                }
+            ],
+        )
+    },
+)
 async def write_weights(body: Weights, db: TenantDbDep) -> Weights:
     """Sets this tenant's signal weights; the next recalculation uses them."""
     async with db.tx() as session:

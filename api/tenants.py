@@ -36,6 +36,7 @@ class TenantCreated(BaseModel):
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TenantCreated,
+    operation_id="createTenant",
     dependencies=[Depends(require_admin)],
 )
 async def post_tenant(
