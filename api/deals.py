@@ -25,6 +25,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.bodies import JsonBody
 from api.deps import (
     DATABASE_UNAVAILABLE,
     RETRYABLE_RPC,
@@ -84,7 +85,7 @@ router = APIRouter(
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
-class DealCreate(BaseModel):
+class DealCreate(JsonBody):
     """A new deal for an advertiser, optionally on one show."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -106,7 +107,7 @@ class DealCreate(BaseModel):
         return self
 
 
-class StageChange(BaseModel):
+class StageChange(JsonBody):
     """A requested stage move; `reason` is required for `lost` and becomes the lost_reason."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)

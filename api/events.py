@@ -68,6 +68,10 @@ async def list_events(
 ) -> Page[EventPublic]:
     """Pages the tenant's events oldest first, filtered by type and entity."""
     _check_type(type)
+    if entity_id is not None and "\x00" in entity_id:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="entity_id: must not contain NUL (U+0000)"
+        )
     after = decode_cursor(cursor, ("id",))
     stmt = select(Event).order_by(Event.id).limit(limit + 1)
     if after:

@@ -24,6 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.bodies import JsonBody
 from api.deps import (
     DATABASE_UNAVAILABLE,
     RETRYABLE_RPC,
@@ -113,7 +114,7 @@ router = APIRouter(
 Money = Annotated[Decimal, Field(gt=0, le=Decimal("999999999.99"), decimal_places=2)]
 
 
-class AdUnitCreate(BaseModel):
+class AdUnitCreate(JsonBody):
     """One placement to book: a show's episode on an air date, and its price."""
 
     model_config = ConfigDict(extra="forbid")
@@ -154,7 +155,7 @@ class AdUnitCreate(BaseModel):
         return self
 
 
-class IoCreate(BaseModel):
+class IoCreate(JsonBody):
     """An insertion order for a won deal."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -173,7 +174,7 @@ class IoCreate(BaseModel):
         return v.strip().strip("/") if isinstance(v, str) else v
 
 
-class DeliveryReport(BaseModel):
+class DeliveryReport(JsonBody):
     """Delivered impressions of one ad unit to date (cumulative: a later report replaces it)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -190,7 +191,7 @@ class DeliveryReport(BaseModel):
         return v
 
 
-class IoCancel(BaseModel):
+class IoCancel(JsonBody):
     """Why the IO is cancelled."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)

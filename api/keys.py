@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from api.bodies import JsonBody
 from api.deps import Credentials, KeyCache, SettingsDep, TenantDbDep, get_key_cache, parse_id, presented_key
 from api.openapi import not_found, problem
 from api.pagination import Page
@@ -18,7 +19,7 @@ from db.tenants import new_api_key
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(JsonBody):
     """A new key's label, e.g. who or what uses it."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)

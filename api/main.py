@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import catalog, dashboard, deals, etl, events, health, io, keys, matching, openapi, tenants
@@ -78,6 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"detail": "the database is unavailable or dropped the request; retry"},
             headers={"Retry-After": "1"},
         )
+
+    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+        # SQLSTATE class 22 (a value the column cannot hold): the input is wrong, retrying cannot help.
+        log.warning("data error on %s %s: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=422,
+            content={"detail": "a value in the request cannot be stored (too long, out of range, or NUL)"},
+        )
+
+    app.add_exception_handler(DataError, data_error)
 
     # A write sent through Temporal reads its answer with deps.read_back, which turns a database
     # that stays away into a 504 ("applied"); anything reaching these handlers changed nothing

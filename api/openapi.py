@@ -491,7 +491,8 @@ SCHEMA_REFINEMENTS: dict[str, dict[str, dict[str, Any]]] = {
         "target_geo": {"items": _COUNTRY},
         "target_age": {"items": {"type": "string", "enum": list(AGE_BANDS)}},
     },
-    "Body_uploadImport": {"kind": {"enum": list(KINDS)}},
+    # A file part is bytes, whatever they look like (OpenAPI's `format: binary`).
+    "Body_uploadImport": {"kind": {"enum": list(KINDS)}, "file": {"format": "binary"}},
 }
 
 # Parameters the routes check themselves: {(operationId, parameter): what to add to its schema}.

@@ -8,6 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.bodies import JsonBody
 from api.deps import SessionMakerDep, SettingsDep, TemporalDep, require_admin
 from db.tenants import create_tenant
 from workflows.matching import ensure_match_schedule
@@ -17,7 +18,7 @@ log = logging.getLogger("sponsorflow.api.tenants")
 router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
 
 
-class TenantCreate(BaseModel):
+class TenantCreate(JsonBody):
     """A new tenant: a podcast network."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
