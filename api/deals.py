@@ -88,7 +88,21 @@ Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 class DealCreate(JsonBody):
     """A new deal for an advertiser, optionally on one show."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "advertiser_id": "c0ffee00-0000-4000-8000-000000000000",
+                    "show_id": "5eed0000-0000-4000-8000-000000000000",
+                    "name": "Q3 host-read flight",
+                    "value_usd": 12000,
+                    "expected_close": "2031-06-30",
+                }
+            ]
+        },
+    )
 
     advertiser_id: uuid.UUID
     show_id: uuid.UUID | None = None
@@ -110,7 +124,13 @@ class DealCreate(JsonBody):
 class StageChange(JsonBody):
     """A requested stage move; `reason` is required for `lost` and becomes the lost_reason."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"stage": "proposal"}, {"stage": "lost", "reason": "budget moved to Q4"}]
+        },
+    )
 
     stage: Stage
     reason: Reason | None = None

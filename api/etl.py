@@ -160,8 +160,6 @@ async def upload(
     filename = (file.filename or "").strip()
     if not filename:
         raise _422("file", "the file has no name")
-    if "\x00" in filename:
-        raise _422("file", "the file name contains a NUL (U+0000) character")
     if len(filename) > 500:
         raise _422("file", "the file name is longer than 500 characters")
     import_id = uuid.uuid4()

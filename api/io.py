@@ -158,7 +158,32 @@ class AdUnitCreate(JsonBody):
 class IoCreate(JsonBody):
     """An insertion order for a won deal."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign_id": "c0ffee00-0000-4000-8000-000000000000",
+                    "ad_units": [
+                        {
+                            "show_id": "5eed0000-0000-4000-8000-000000000000",
+                            "placement": "mid_roll",
+                            "format": "host_read",
+                            "insertion": "baked_in",
+                            "air_date": "2031-03-02",
+                            "duration_s": 60,
+                            "pricing_model": "cpm",
+                            "cpm_usd": 25,
+                            "impressions_goal": 40000,
+                        }
+                    ],
+                    "promo_code": "GRIND20",
+                    "vanity_path": "grind",
+                }
+            ]
+        },
+    )
 
     campaign_id: uuid.UUID
     ad_units: list[AdUnitCreate] = Field(min_length=1, max_length=200)
@@ -194,7 +219,11 @@ class DeliveryReport(JsonBody):
 class IoCancel(JsonBody):
     """Why the IO is cancelled."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"reason": "the advertiser pulled the campaign"}]},
+    )
 
     reason: str = Field(min_length=1, max_length=2000)
 
