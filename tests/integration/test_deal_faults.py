@@ -292,7 +292,7 @@ async def test_if_match_moves_only_an_unmoved_deal(stack: Stack) -> None:
     assert r.status_code == 412, r.text
     assert r.json()["detail"]["current_stage"] == "qualified"
     assert r.json()["detail"]["etag"] == new_tag
-    for garbage in ('"nonsense"', '"lead.x"', '"qualified.1", "lead.2"'):
+    for garbage in ('"nonsense"', '"lead.x"', '"qualified.1", "lead.2"', '"lead.300000000000000000"'):
         r = await stack.http.patch(
             f"/api/v1/deals/{deal['id']}/stage",
             json={"stage": "proposal"},
@@ -460,3 +460,72 @@ async def test_a_move_judged_from_a_missed_write_is_repaired_and_retried(api_onl
         ("qualified", "proposal"),
         ("proposal", "won"),
     ]
+
+
+async def test_if_match_on_a_move_that_landed_unanswered_is_200_not_412(api_only: Stack) -> None:
+    """The attempt's write committed but its answer was lost: the next look at the row fails the
+    If-Match, yet the move is this request's own, so the fence turns the 412 into a 200."""
+    stack = api_only
+    tenant, h, deal = await _setup(stack)
+    got = await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)
+    key = f"k-{uuid.uuid4()}"
+    patch = asyncio.create_task(
+        stack.http.patch(
+            f"/api/v1/deals/{deal['id']}/stage",
+            json={"stage": "proposal"},
+            headers={**h, "Idempotency-Key": key, "If-Match": got.headers["ETag"]},
+        )
+    )
+    request_id = None
+    for _ in range(50):
+        async with tenant_tx(stack.sm, tenant.id) as s:
+            request_id = await s.scalar(
+                select(WriteRequest.request_id).where(WriteRequest.idempotency_key.like(f"%:{key}"))
+            )
+        if request_id:
+            break
+        await asyncio.sleep(0.02)
+    assert request_id is not None
+    entered = datetime.fromisoformat(got.json()["stage_changed_at"])
+    await DealActivities(stack.sm).record_stage_change(
+        RecordStageChangeInput(
+            tenant_id=str(tenant.id),
+            campaign_id=deal["id"],
+            from_stage=Stage.QUALIFIED,
+            from_entered_at=entered,
+            to_stage=Stage.PROPOSAL,
+            probability=probability(Stage.PROPOSAL),
+            at=datetime.now(UTC),
+            idempotency_key=f"deal/{deal['id']}/qualified@{entered.isoformat()}->proposal",
+            request_id=request_id,
+        )
+    )
+    r = await patch
+    assert r.status_code == 200, r.text
+    assert r.json()["stage"] == "proposal"
+
+
+async def test_a_nul_in_the_reason_is_a_422(stack: Stack) -> None:
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    deal = await make_deal(stack.http, h)
+    r = await move(stack.http, h, deal["id"], "lost", "budget\x00cut")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "reason"]
+
+
+async def test_temporal_never_reached_is_a_503_not_a_500(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    """An API whose Temporal has been down since it started (its lazy client never connected)."""
+    async for stack in start_stack(
+        database, client, sm, worker=False, temporal_address="127.0.0.1:1", update_budget_seconds=1.0
+    ):
+        tenant = await stack.new_tenant()
+        h = stack.auth(tenant)
+        deal = await make_deal(stack.http, h)  # the row is the record: 201 without Temporal
+        r = await move(stack.http, h, deal["id"], "qualified")
+        assert r.status_code == 503, r.text
+        assert "never will be" in r.json()["detail"]
+        stored = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
+        assert stored["stage"] == "lead"
