@@ -372,6 +372,23 @@ HEADERS: dict[str, Any] = {
     },
 }
 
+CONVENTIONS = """\
+**Authentication.** Send a tenant API key as `Authorization: Bearer <key>` (scheme `ApiKey`). The web
+app's session cookie `sf_session` works too; a write made with it must carry `X-CSRF-Token`.
+`POST /api/v1/tenants` takes the admin token instead. `/healthz` and `/readyz` need nothing.
+
+**Errors** are JSON `{"detail": ...}`: a sentence (`Problem`); for 422 a list of
+`{"loc", "msg", "type"}` naming each field, or a sentence starting with the parameter's name
+(`ValidationProblem`); a 409 stage move or a 412 carries an object (`TransitionConflict`,
+`PreconditionFailed`). Text never holds NUL (U+0000): such a field is a 422.
+
+**Writes through Temporal** (stage change, IO booking, delivery, cancel): `2xx` applied and in the
+history; `503` not applied and it never will be (`Retry-After`); `504` outcome unknown. A retry with
+the same `Idempotency-Key` is safe and answers what happened (`Idempotent-Replayed: true`). A stage
+change sent with `If-Match: <the deal's ETag>` moves the deal only if nobody moved it since (412).
+Ids are opaque strings; an id that is not one is simply not found (404).
+"""
+
 _UNAUTHORIZED = "missing or invalid API key (send Authorization: Bearer <key>, or sign in at /signin)"
 _DATABASE_AWAY = "the database is unavailable or dropped the request; retry"
 
@@ -583,7 +600,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title,
         version=app.version,
         summary="Deals, insertion orders, imports and matchmaking for podcast ad sales.",
-        description=app.description,
+        description=f"{app.description}\n\n{CONVENTIONS}",
         routes=app.routes,
         tags=app.openapi_tags,
     )
