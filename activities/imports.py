@@ -30,6 +30,7 @@ from db.imports import (
     ids_by_external_id,
     merge_downloads,
     open_imports,
+    stage_campaigns,
     stage_downloads,
     upsert_campaigns,
     upsert_catalog,
@@ -63,6 +64,7 @@ from domain.imports import (
     parse_row,
     read_header,
     sniff_format,
+    with_normalised_warning,
 )
 from domain.io import ReportDeliveryInput, UnitStatus
 
@@ -305,6 +307,8 @@ class ImportActivities:
             records = await _resolve(session, kind, batch.records, errors)
             if kind == "show_downloads":
                 await stage_downloads(session=session, records=records)
+            elif kind == "campaigns":
+                await stage_campaigns(session=session, records=records)
         except BaseException:
             await session.close()
             raise
@@ -357,7 +361,8 @@ class ImportActivities:
                     f"{outcome.stage_kept} existing deal(s) kept their stage: stages change through "
                     "the pipeline (PATCH /api/v1/deals/{id}/stage), not by import"
                 )
-            imp.warnings = warnings
+            normalised = int(imp.checkpoint.get("rows_normalised", 0)) + batch.normalised
+            imp.warnings = with_normalised_warning(warnings, normalised)
             imp.rows_processed += batch.rows
             imp.rows_inserted += outcome.inserted
             imp.rows_updated += outcome.updated
@@ -368,6 +373,7 @@ class ImportActivities:
                 "seen_data": staged.seen_any,
                 "rows_estimate": estimate,
                 "workflows_resynced": int(imp.checkpoint.get("workflows_resynced", 0)),
+                "rows_normalised": normalised,
                 # Deals to tell after the commit; kept until they are told, so a retry does it.
                 "resync": [str(c) for c in outcome.resync],
             }
@@ -546,6 +552,8 @@ class _Batch:
         self.rows = 0
         self.last_row: int | None = None
         self.in_chunk_repeats: list[str] = []
+        # Good rows whose geo/age shares were scaled to 1 from rounding (one warning per file).
+        self.normalised = 0
 
 
 @dataclass
@@ -585,8 +593,11 @@ def _next_batch(
         batch.last_row = row_number
         record = fast(cells) if fast is not None else None
         errors: list[RowError] = []
+        normalised: list[str] = []
         if record is None:
-            record, errors = parse_row(kind, header, cells, row_number)
+            record, errors = parse_row(kind, header, cells, row_number, normalised)
+        if normalised:
+            batch.normalised += 1
         if record is None and not errors:
             continue  # a blank line
         batch.rows += 1
@@ -657,7 +668,8 @@ async def _upsert(
         return await upsert_catalog(
             session=session, model=Advertiser, tenant_id=tid, import_id=iid, records=records, at=now
         )
-    return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, records=records, at=now)
+    # Staged by COPY in `_stage`, on this same connection and transaction.
+    return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, at=now)
 
 
 async def _resolve_deliveries(

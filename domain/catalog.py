@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -52,14 +54,48 @@ ExternalId = Annotated[str, Field(min_length=1, max_length=200)]
 Label = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-def _shares(v: dict[str, float], what: str) -> dict[str, float]:
+# Rounding is not an error. Audience shares come out of ad-ops spreadsheets with two decimals
+# (0.62, or 62%), so a distribution that really sums to 1 is written summing to a little more. Rounding
+# half-up moves each share by at most 0.005; 0.01 per listed share (a full unit in the last place)
+# also covers exporters that round up or round an already rounded figure, while any real mistake
+# (a share typed twice, 0.6 for 0.06, a column summed into a row) overshoots it by far. So shares that
+# add up to at most 1 + 0.01 x (number of shares listed) are taken as rounding and scaled down
+# proportionally to add up to exactly 1; a larger excess is an error naming the field. A sum below 1
+# stays as it is: a distribution need not list every country or band.
+SHARE_ROUNDING_PER_SHARE = Decimal("0.01")
+# A sum this close to 1 is 1: floats divided by their sum add up to 1 within a few ulps.
+_ONE_AND_NOISE = Decimal("1.000000001")
+
+
+def share_excess_allowed(count: int) -> Decimal:
+    """The largest sum of `count` shares still taken as rounding (and normalised to 1)."""
+    return 1 + SHARE_ROUNDING_PER_SHARE * count
+
+
+def normalise_shares(v: dict[str, float], what: str) -> tuple[dict[str, float], bool]:
+    """Checks a share map and scales a rounded one down to sum to 1: (shares, whether it was scaled).
+
+    Raises ValueError naming `what` when a share is out of range or the sum is more than rounding.
+    """
     for key, share in v.items():
-        if not 0 <= share <= 1:
+        if not (math.isfinite(share) and 0 <= share <= 1):
             raise ValueError(f"{what} share for {key!r} must be between 0 and 1, got {share}")
-    total = sum(v.values())
-    if total > 1.0001:
-        raise ValueError(f"{what} shares add up to {total:.4f}, more than 1")
-    return v
+    # Summed as the decimals that were written (0.51 is 0.51, not its binary neighbour), so the
+    # bound is exact: 0.51 + 0.51 is within the 1.02 allowed for two shares.
+    total = sum((Decimal(repr(float(share))) for share in v.values()), Decimal(0))
+    if total <= _ONE_AND_NOISE:
+        return v, False
+    allowed = share_excess_allowed(len(v))
+    if total > allowed:
+        raise ValueError(
+            f"{what} shares add up to {total:.4f}, more than 1 "
+            f"(up to {allowed:.2f} for {len(v)} share(s) is taken as rounding and scaled to 1)"
+        )
+    return {key: float(Decimal(repr(float(share))) / total) for key, share in v.items()}, True
+
+
+def _shares(v: dict[str, float], what: str) -> dict[str, float]:
+    return normalise_shares(v, what)[0]
 
 
 def _country(code: str) -> str:

@@ -56,7 +56,15 @@ import openpyxl
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from domain.catalog import AGE_BANDS, GARM_CATEGORIES, AdvertiserFields, RiskLevel, ShowFields, Tolerance
+from domain.catalog import (
+    AGE_BANDS,
+    GARM_CATEGORIES,
+    SHARE_ROUNDING_PER_SHARE,
+    AdvertiserFields,
+    RiskLevel,
+    ShowFields,
+    Tolerance,
+)
 from domain.stages import Stage
 
 KINDS: tuple[str, ...] = ("shows", "advertisers", "campaigns", "show_downloads", "deliveries")
@@ -599,9 +607,18 @@ def _pydantic_message(error: ErrorDetails) -> str:
 
 
 def parse_row(
-    kind: str, header: Header, cells: Sequence[object], row_number: int
+    kind: str,
+    header: Header,
+    cells: Sequence[object],
+    row_number: int,
+    normalised: list[str] | None = None,
 ) -> tuple[dict[str, object] | None, list[RowError]]:
-    """Parses and validates one data row: (record, []) when good, (None, every error) when not."""
+    """Parses and validates one data row: (record, []) when good, (None, every error) when not.
+
+    A share map (geo, age) whose sum is over 1 by no more than rounding (catalog.normalise_shares)
+    comes back scaled to sum to 1; the names of such columns of a good row are appended to
+    `normalised`, so a caller can count the rows and warn once per file (`normalised_warning`).
+    """
     spec = _spec(kind)
     if all(_is_empty(c) for c in cells):
         return None, []
@@ -659,7 +676,7 @@ def parse_row(
         # Validate what parsed, so one bad cell does not hide the problems of the others.
         candidate = {k: v for k, v in record.items() if k not in bad}
         try:
-            model.model_validate(candidate)
+            validated = model.model_validate(candidate)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = error.get("loc", ())
@@ -668,11 +685,53 @@ def parse_row(
                     continue
                 value = raw.get(where) if where else None
                 errors.append(RowError(row_number, where, value, _pydantic_message(error)))
+        else:
+            adjusted = _take_normalised_shares(record, validated)
+            if adjusted and not errors and normalised is not None:
+                normalised.extend(adjusted)
     if errors:
         # Left to right as the user sees the sheet; row-level problems first.
         errors.sort(key=lambda e: -1 if e.column is None else index_of.get(e.column, len(cells)))
         return None, errors
     return record, []
+
+
+_SHARE_COLUMNS = ("geo", "age")
+_NORMALISED_PREFIX = "shares normalised to 1: "
+
+
+def _take_normalised_shares(record: dict[str, object], validated: BaseModel) -> list[str]:
+    """Replaces each share map that validation scaled to 1 by the scaled one; returns their columns."""
+    adjusted: list[str] = []
+    for column in _SHARE_COLUMNS:
+        shares = record.get(column)
+        if not isinstance(shares, dict):
+            continue
+        checked = getattr(validated, column, shares)
+        if checked != shares:
+            record[column] = checked
+            adjusted.append(column)
+    return adjusted
+
+
+def normalised_warning(rows: int) -> str:
+    """The one warning of a file in which `rows` rows had share maps scaled down from rounding."""
+    allowed = f"1 + {SHARE_ROUNDING_PER_SHARE} per share listed"
+    return (
+        f"{_NORMALISED_PREFIX}{rows} row(s) had geo or age shares adding up to a little more than 1 "
+        f"(at most {allowed}: rounding); they were scaled down proportionally and stored summing to 1"
+    )
+
+
+def with_normalised_warning(warnings: list[str], rows: int) -> list[str]:
+    """`warnings` with the file's normalisation warning saying `rows` (replaced in place, else appended)."""
+    if rows <= 0:
+        return list(warnings)
+    text = normalised_warning(rows)
+    out = [text if w.startswith(_NORMALISED_PREFIX) else w for w in warnings]
+    if text not in out:
+        out.append(text)
+    return out
 
 
 def natural_key(kind: str, record: dict[str, object]) -> tuple[object, ...]:

@@ -532,7 +532,10 @@ def test_model_validation_errors_name_the_column() -> None:
     )
     assert record is None
     by_column = errors_by_column(errors)
-    assert by_column["geo"].message == "geo shares add up to 1.2000, more than 1"
+    assert by_column["geo"].message == (
+        "geo shares add up to 1.2000, more than 1 "
+        "(up to 1.02 for 2 share(s) is taken as rounding and scaled to 1)"
+    )
     assert by_column["geo"].value == "US:0.7;GB:0.5"
     assert by_column["cpm_usd"].message == "Input should be less than or equal to 10000"
 
