@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.events import emit_event
-from db.models import Advertiser, Campaign, DealStageHistory, EtlImport, Show
+from db.models import Advertiser, EtlImport, Show
 from domain import events
 from domain.etl import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
 from domain.io import DEFAULT_SLOTS
@@ -112,117 +112,143 @@ async def ids_by_external_id(
     return {str(r[0]): r[1] for r in rows}
 
 
+async def stage_campaigns(*, session: AsyncSession, records: list[dict[str, Any]]) -> None:
+    """COPYs a chunk of resolved campaign rows into this connection's staging table.
+
+    The chunk's deals, their first history entries and their `deal.created` events are then
+    written by a fixed number of set-based statements (`upsert_campaigns`), whatever the chunk
+    size: one COPY, one read of the deals that exist, one upsert with history and events.
+    """
+    raw = await raw_connection(session)
+    await raw.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sf_campaign_stage (ord int, external_id text, advertiser_id uuid, "
+        "show_id uuid, name text, value_usd numeric(14, 2), stage text, probability int, lost_reason text, "
+        "expected_close date, owner_email text) ON COMMIT DELETE ROWS"
+    )
+    if not records:
+        return
+    rows = []
+    for i, r in enumerate(records):
+        stage = Stage(r.get("stage") or Stage.LEAD.value)
+        rows.append(
+            (
+                i,
+                r["external_id"],
+                r["advertiser_id"],
+                r.get("show_id"),
+                r["name"],
+                Decimal(str(r["value_usd"])),
+                stage.value,
+                probability(stage),
+                r.get("lost_reason") if stage is Stage.LOST else None,
+                r.get("expected_close"),
+                r.get("owner_email"),
+            )
+        )
+    await raw.copy_records_to_table("sf_campaign_stage", records=rows, columns=_CAMPAIGN_STAGE_COLUMNS)
+
+
+_CAMPAIGN_STAGE_COLUMNS = [
+    "ord",
+    "external_id",
+    "advertiser_id",
+    "show_id",
+    "name",
+    "value_usd",
+    "stage",
+    "probability",
+    "lost_reason",
+    "expected_close",
+    "owner_email",
+]
+
+# The staged rows that meet an existing deal: written earlier by this import (an in-file
+# repeat), a stage the file disagrees with (kept), or an open deal whose workflow must re-read.
+_CAMPAIGNS_EXISTING = text(
+    """
+    SELECT s.external_id, c.id, c.last_import_id IS NOT DISTINCT FROM :import_id AS repeated,
+           c.stage <> s.stage AS stage_differs,
+           c.stage = ANY(:open_stages) AND (
+             c.advertiser_id IS DISTINCT FROM s.advertiser_id OR c.show_id IS DISTINCT FROM s.show_id
+             OR c.name IS DISTINCT FROM s.name OR c.value_usd IS DISTINCT FROM s.value_usd
+           ) AS resync
+    FROM sf_campaign_stage s JOIN campaigns c ON c.tenant_id = :tenant_id AND c.external_id = s.external_id
+    ORDER BY s.ord
+    """
+)
+
+# One statement: the upsert, then for the rows it inserted their history entry and event. A
+# chunk retried after a rollback writes them again from scratch; the idempotency keys make a
+# duplicate impossible even if a chunk were ever written twice.
+_CAMPAIGNS_UPSERT = text(
+    """
+    WITH up AS (
+      INSERT INTO campaigns (id, tenant_id, external_id, advertiser_id, show_id, name, value_usd, stage,
+                             stage_changed_at, probability, lost_reason, expected_close, owner_email,
+                             last_import_id, created_at, updated_at)
+      SELECT gen_random_uuid(), :tenant_id, external_id, advertiser_id, show_id, name, value_usd, stage,
+             :at, probability, lost_reason, expected_close, owner_email, :import_id, :at, :at
+      FROM sf_campaign_stage ORDER BY ord
+      ON CONFLICT (tenant_id, external_id) DO UPDATE SET
+        advertiser_id = EXCLUDED.advertiser_id, show_id = EXCLUDED.show_id, name = EXCLUDED.name,
+        value_usd = EXCLUDED.value_usd, expected_close = EXCLUDED.expected_close,
+        owner_email = EXCLUDED.owner_email, last_import_id = EXCLUDED.last_import_id,
+        updated_at = EXCLUDED.updated_at
+      RETURNING id, external_id, stage, name, value_usd, (xmax = 0) AS inserted
+    ),
+    created AS (
+      SELECT up.*, s.ord FROM up JOIN sf_campaign_stage s USING (external_id) WHERE up.inserted
+    ),
+    history AS (
+      INSERT INTO deal_stage_history (tenant_id, campaign_id, from_stage, to_stage, reason, changed_at,
+                                      idempotency_key)
+      SELECT :tenant_id, id, NULL, stage, 'imported', :at, 'deal.created/' || id FROM created ORDER BY ord
+      ON CONFLICT (idempotency_key) DO NOTHING
+    ),
+    emitted AS (
+      INSERT INTO events (tenant_id, type, entity_type, entity_id, payload, occurred_at, idempotency_key)
+      SELECT :tenant_id, :event_type, 'deal', id::text,
+             jsonb_build_object('name', name, 'stage', stage, 'value_usd', value_usd::float8,
+                                'import_id', CAST(:import_text AS text)),
+             :at, 'deal.created/' || id
+      FROM created ORDER BY ord
+      ON CONFLICT (idempotency_key) DO NOTHING
+    )
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
+    """
+)
+
+
 async def upsert_campaigns(
     *,
     session: AsyncSession,
     tenant_id: uuid.UUID,
     import_id: uuid.UUID,
-    records: list[dict[str, Any]],
     at: datetime,
 ) -> UpsertOutcome:
-    """Inserts new deals (with their first history entry and deal.created) or updates existing ones.
+    """Inserts the staged deals (with their first history entry and deal.created) or updates them.
 
     An existing deal keeps its stage: stages move through DealWorkflow, never behind its back.
+    Reads the rows `stage_campaigns` put in this connection's staging table.
     """
     out = UpsertOutcome()
-    if not records:
-        return out
-    out.repeated_keys = await _repeats(session, Campaign, import_id, [r["external_id"] for r in records])
-    existing = {
-        r[0]: r[1:]
-        for r in await session.execute(
-            select(
-                Campaign.external_id,
-                Campaign.stage,
-                Campaign.id,
-                Campaign.advertiser_id,
-                Campaign.show_id,
-                Campaign.name,
-                Campaign.value_usd,
-            ).where(Campaign.external_id.in_([r["external_id"] for r in records]))
-        )
-    }
-    rows = []
-    for r in records:
-        stage = Stage(r.get("stage") or Stage.LEAD.value)
-        before = existing.get(r["external_id"])
-        if before is not None:
-            old_stage, cid, advertiser_id, show_id, name, value = before
-            if old_stage != stage.value:
-                out.stage_kept += 1
-            if old_stage in _OPEN_STAGE_VALUES and (
-                advertiser_id != r["advertiser_id"]
-                or show_id != r.get("show_id")
-                or name != r["name"]
-                or Decimal(value) != Decimal(str(r["value_usd"]))
-            ):
-                out.resync.append(cid)
-        rows.append(
-            {
-                "id": uuid.uuid4(),
-                "tenant_id": tenant_id,
-                "external_id": r["external_id"],
-                "advertiser_id": r["advertiser_id"],
-                "show_id": r.get("show_id"),
-                "name": r["name"],
-                "value_usd": r["value_usd"],
-                "stage": stage.value,
-                "stage_changed_at": at,
-                "probability": probability(stage),
-                "lost_reason": r.get("lost_reason") if stage is Stage.LOST else None,
-                "expected_close": r.get("expected_close"),
-                "owner_email": r.get("owner_email"),
-                "last_import_id": import_id,
-                "created_at": at,
-                "updated_at": at,
-            }
-        )
-    mutable = ["advertiser_id", "show_id", "name", "value_usd", "expected_close", "owner_email"]
-    created = []
-    for part in _slices(rows):
-        stmt = insert(Campaign).values(part)
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[Campaign.tenant_id, Campaign.external_id],
-            set_={**{c: stmt.excluded[c] for c in mutable}, "last_import_id": import_id, "updated_at": at},
-        ).returning(Campaign.id, Campaign.stage, Campaign.name, Campaign.value_usd, _INSERTED)
-        for cid, stage, name, value, inserted in await session.execute(upsert):
-            if inserted:
-                out.inserted += 1
-                created.append((cid, stage, name, value))
-            else:
-                out.updated += 1
-    history = [
-        {
-            "tenant_id": tenant_id,
-            "campaign_id": cid,
-            "from_stage": None,
-            "to_stage": stage,
-            "reason": "imported",
-            "changed_at": at,
-            "idempotency_key": f"deal.created/{cid}",
-        }
-        for cid, stage, _, _ in created
-    ]
-    for part in _slices(history):
+    params = {"tenant_id": tenant_id, "import_id": import_id}
+    for external_id, cid, repeated, stage_differs, resync in await session.execute(
+        _CAMPAIGNS_EXISTING, {**params, "open_stages": sorted(_OPEN_STAGE_VALUES)}
+    ):
+        if repeated:
+            out.repeated_keys.append(str(external_id))
+        if stage_differs:
+            out.stage_kept += 1
+        if resync:
+            out.resync.append(cid)
+    counts = (
         await session.execute(
-            insert(DealStageHistory).values(part).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            _CAMPAIGNS_UPSERT,
+            {**params, "at": at, "event_type": events.DEAL_CREATED, "import_text": str(import_id)},
         )
-        for cid, stage, name, value in created:
-            await emit_event(
-                session=session,
-                tenant_id=tenant_id,
-                type=events.DEAL_CREATED,
-                entity_type="deal",
-                entity_id=str(cid),
-                payload={
-                    "name": name,
-                    "stage": stage,
-                    "value_usd": float(value),
-                    "import_id": str(import_id),
-                },
-                occurred_at=at,
-                idempotency_key=f"deal.created/{cid}",
-            )
+    ).one()
+    out.inserted, out.updated = int(counts[0]), int(counts[1])
     return out
 
 
