@@ -116,8 +116,16 @@ class ShowFields(BaseModel):
     avg_downloads: int = Field(ge=0, le=1_000_000_000)
     episodes_per_month: int | None = Field(default=None, ge=0, le=200)
     cpm_usd: float | None = Field(default=None, ge=0, le=10_000)
-    geo: dict[str, float] = Field(default_factory=dict)
-    age: dict[str, float] = Field(default_factory=dict)
+    geo: dict[str, float] = Field(
+        default_factory=dict,
+        description="Audience share by ISO 3166-1 alpha-2 country, each 0..1. Shares adding up to at most "
+        "1 + 0.01 per share listed are taken as rounding and stored scaled down to sum to 1; "
+        "a larger sum is refused. A sum below 1 is kept.",
+    )
+    age: dict[str, float] = Field(
+        default_factory=dict,
+        description="Audience share by age band, each 0..1; the same rounding rule as geo.",
+    )
     female_share: float | None = Field(default=None, ge=0, le=1)
     brand_safety: dict[str, RiskLevel] = Field(default_factory=dict)
     rss_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://\S+$")

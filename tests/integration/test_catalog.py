@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.conftest import Stack
@@ -129,3 +131,49 @@ async def test_paging_visits_every_row_once(stack: Stack) -> None:
     assert r.status_code == 422 and "cursor" in r.json()["detail"]
     r = await stack.http.get("/api/v1/advertisers?limit=0", headers=h)
     assert r.status_code == 422
+
+
+async def test_rounded_shares_are_accepted_and_stored_normalised(stack: Stack) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    body = {
+        "name": "Rounded",
+        "avg_downloads": 100,
+        "geo": {"US": 0.62, "GB": 0.2, "CA": 0.19},  # 1.01: two-decimal rounding
+        "age": {"18-24": 0.51, "25-34": 0.51},  # 1.02: the bound for two shares
+    }
+    r = await stack.http.post("/api/v1/shows", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    got = (await stack.http.get(f"/api/v1/shows/{created['id']}", headers=h)).json()
+    for shown in (created, got):
+        assert math.isclose(math.fsum(shown["geo"].values()), 1.0, abs_tol=1e-12)
+        assert math.isclose(shown["geo"]["US"], 0.62 / 1.01)
+        assert shown["age"] == {"18-24": 0.5, "25-34": 0.5}
+    # A sum below 1 is kept as sent.
+    r = await stack.http.post(
+        "/api/v1/shows", json={"name": "Partial", "avg_downloads": 1, "geo": {"US": 0.5}}, headers=h
+    )
+    assert r.status_code == 201 and r.json()["geo"] == {"US": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("field", "shares", "total"),
+    [
+        ("geo", {"US": 0.62, "GB": 0.41}, "1.0300"),
+        ("age", {"18-24": 0.6, "25-34": 0.3, "35-44": 0.14}, "1.0400"),
+    ],
+)
+async def test_an_excess_beyond_rounding_is_a_422_naming_the_field(
+    stack: Stack, field: str, shares: dict[str, float], total: str
+) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    r = await stack.http.post(
+        "/api/v1/shows", json={"name": "S", "avg_downloads": 1, field: shares}, headers=h
+    )
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"][-1] == field
+    assert f"{field} shares add up to {total}, more than 1" in error["msg"]
+    assert (await stack.http.get("/api/v1/shows", headers=h)).json()["items"] == []
