@@ -515,6 +515,16 @@ def _progress_line(st: dict[str, Any], elapsed: float) -> str:
         eta = "--:--"
     filled = int(p * 30)
     rows = f"{done:,}/{int(total):,}" if total else f"{done:,}"
+    to_start = st.get("workflows_to_start")
+    if st.get("phase") == "workflows" and to_start is not None:
+        # Second phase: every row is committed; the open deals' workflows are being started.
+        started = int(st.get("workflows_started") or 0)
+        q = min(started / int(to_start), 1.0) if int(to_start) else 1.0
+        bar = int(q * 30)
+        return (
+            f"rows {rows} committed  workflows [{'#' * bar}{'-' * (30 - bar)}] {q:6.1%}  "
+            f"{started:,}/{int(to_start):,} started  ({st.get('status')})"
+        )
     return (
         f"[{'#' * filled}{'-' * (30 - filled)}] {p:6.1%}  {rows} rows  {rate:,.0f} rows/s  "
         f"ETA {eta}  ({st.get('status')})"
@@ -527,7 +537,8 @@ def _print_import_result(st: dict[str, Any], out: TextIO) -> None:
     print(
         f"{st['rows_processed']:,} rows processed: {st['rows_inserted']:,} inserted, "
         f"{st['rows_updated']:,} updated, {st['rows_failed']:,} failed; "
-        f"{st['workflows_started']:,} workflows started",
+        f"{st['workflows_started']:,} workflows started"
+        + (f" of {st['workflows_to_start']:,}" if st.get("workflows_to_start") is not None else ""),
         file=out,
     )
     if st.get("warnings"):

@@ -27,6 +27,7 @@ from db.events import emit_event
 from db.imports import (
     UpsertOutcome,
     close_open_import,
+    count_open_deals_written,
     ids_by_external_id,
     merge_downloads,
     open_imports,
@@ -157,6 +158,10 @@ class ImportActivities:
                         "rows_updated": row.rows_updated,
                         "rows_failed": row.rows_failed,
                         "workflows_started": row.workflows_started,
+                        # The two phases: rows committed (inserted or updated), then the open
+                        # deals' workflows started (campaigns; 0 for the other kinds).
+                        "rows_committed": row.rows_inserted + row.rows_updated,
+                        "workflows_to_start": int(row.checkpoint.get("workflows_to_start", 0)),
                     },
                     occurred_at=now,
                     idempotency_key=f"etl/{inp.import_id}/completed",
@@ -263,7 +268,13 @@ class ImportActivities:
             if imp.status in FINAL:
                 raise _closed_error(imp)
             imp.rows_total = imp.rows_processed
+            to_start = 0
+            if inp.count_workflows_to_start:
+                # The rows phase is over: the status now reports the workflows phase.
+                to_start = await count_open_deals_written(session=session, import_id=iid)
+                imp.checkpoint = {**imp.checkpoint, "workflows_to_start": to_start}
             return RunImportResult(
+                workflows_to_start=to_start,
                 rows_processed=imp.rows_processed,
                 rows_inserted=imp.rows_inserted,
                 rows_updated=imp.rows_updated,

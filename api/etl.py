@@ -23,7 +23,9 @@ from domain.etl import (
     MAX_STORED_ROW_ERRORS,
     OPEN_STATUSES,
     CsvImportInput,
+    ImportPhase,
     closes_import,
+    import_phase,
     start_refused_reason,
 )
 from domain.etl import (
@@ -78,7 +80,14 @@ class ImportStatus(BaseModel):
     rows_inserted: int
     rows_updated: int
     rows_failed: int
+    # Two phases: the rows commit first (rows_processed), then a campaigns import starts its
+    # open deals' workflows (bounded by Temporal). `phase` says which one runs;
+    # `workflows_to_start` is known once the rows are in (null before, and for other kinds),
+    # `workflows_pending` is how many of them are not started yet.
+    phase: ImportPhase
     workflows_started: int
+    workflows_to_start: int | None
+    workflows_pending: int | None
     # Open deals the import changed (value, advertiser, show or name) whose workflow was told
     # to re-read its row, so search attributes and summary follow.
     workflows_resynced: int
@@ -314,6 +323,8 @@ async def import_status(
                 .limit(MAX_STORED_ROW_ERRORS)
             )
         ).all()
+    raw_to_start = imp.checkpoint.get("workflows_to_start")
+    to_start = None if raw_to_start is None else int(raw_to_start)
     return ImportStatus(
         import_id=str(imp.id),
         kind=imp.kind,
@@ -324,7 +335,10 @@ async def import_status(
         rows_inserted=imp.rows_inserted,
         rows_updated=imp.rows_updated,
         rows_failed=imp.rows_failed,
+        phase=import_phase(imp.status, imp.kind, to_start),
         workflows_started=imp.workflows_started,
+        workflows_to_start=to_start,
+        workflows_pending=None if to_start is None else max(0, to_start - imp.workflows_started),
         workflows_resynced=int(imp.checkpoint.get("workflows_resynced", 0)),
         progress=_progress(imp),
         size_bytes=imp.size_bytes,

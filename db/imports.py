@@ -9,13 +9,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import literal_column, select, text
+from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.events import emit_event
-from db.models import Advertiser, EtlImport, Show
+from db.models import Advertiser, Campaign, EtlImport, Show
 from domain import events
 from domain.etl import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
 from domain.io import DEFAULT_SLOTS
@@ -250,6 +250,16 @@ async def upsert_campaigns(
     ).one()
     out.inserted, out.updated = int(counts[0]), int(counts[1])
     return out
+
+
+async def count_open_deals_written(*, session: AsyncSession, import_id: uuid.UUID) -> int:
+    """How many open deals this import wrote: the deal workflows its second phase starts."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Campaign)
+        .where(Campaign.last_import_id == import_id, Campaign.stage.in_(sorted(_OPEN_STAGE_VALUES)))
+    )
+    return int(count or 0)
 
 
 async def stage_downloads(*, session: AsyncSession, records: list[dict[str, Any]]) -> None:

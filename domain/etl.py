@@ -101,6 +101,9 @@ class RunImportInput(BaseModel):
     import_id: str
     kind: ImportKind
     chunk_rows: int
+    # Whether the workflow starts the open deals' workflows after the rows (campaigns): then
+    # the rows phase ends by counting them, so the status can say how many are still to start.
+    count_workflows_to_start: bool = False
 
 
 class RunImportResult(BaseModel):
@@ -111,6 +114,7 @@ class RunImportResult(BaseModel):
     rows_updated: int
     rows_failed: int
     workflows_resynced: int = 0
+    workflows_to_start: int = 0
 
 
 class MarkImportInput(BaseModel):
@@ -169,3 +173,19 @@ class RepairStuckImportsResult(BaseModel):
 
     checked: int
     closed: int
+
+
+ImportPhase = Literal["rows", "workflows", "done"]
+
+
+def import_phase(status: str, kind: str, workflows_to_start: int | None) -> ImportPhase:
+    """Which of an import's two phases it is in: committing rows, or starting deal workflows.
+
+    Rows commit at full speed; the open deals' workflows are started afterwards (bounded by
+    Temporal), so a campaigns import shows `workflows` from its last row's commit until it is final.
+    """
+    if status not in OPEN_STATUSES:
+        return "done"
+    if kind != "campaigns" or workflows_to_start is None:
+        return "rows"
+    return "workflows"

@@ -108,6 +108,7 @@ class CsvImportWorkflow:
                     import_id=inp.import_id,
                     kind=inp.kind,
                     chunk_rows=inp.chunk_rows,
+                    count_workflows_to_start=inp.kind == "campaigns" and inp.start_deal_workflows,
                 ),
                 start_to_close_timeout=timedelta(hours=6),
                 # A killed worker is noticed within the heartbeat timeout; the retry resumes

@@ -80,3 +80,22 @@ async def test_crm_campaigns_exact_counts_and_two_phases(stack: Stack) -> None:
         )
         created_all = await s.scalar(select(func.count()).where(Event.type == "deal.created"))
     assert (deals, history, created, created_all) == (ROWS, ROWS, ROWS, ROWS)
+
+    # Two phases: every row committed (and said so) while workflows were still being started.
+    assert status["phase"] == "done" and status["workflows_to_start"] == n_open
+    assert status["workflows_pending"] == 0
+    assert all(
+        s["phase"] == "rows" and s["workflows_to_start"] is None for s in seen if s["rows_processed"] < ROWS
+    )
+    second = [s for s in seen if s["phase"] == "workflows"]
+    assert second, "the workflows phase was never visible"
+    assert all(s["rows_processed"] == ROWS and s["workflows_to_start"] == n_open for s in second)
+    assert any(s["workflows_started"] < n_open for s in second)
+    assert all(s["workflows_pending"] == n_open - s["workflows_started"] for s in second)
+    done = (await stack.http.get("/api/v1/events?type=etl.import_completed", headers=h)).json()["items"][-1]
+    payload = done["payload"]
+    assert (payload["rows_committed"], payload["workflows_to_start"], payload["workflows_started"]) == (
+        ROWS,
+        n_open,
+        n_open,
+    )
