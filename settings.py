@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     deal_moves_per_run: int = 200
     # Continue-as-new after this many delivery reports in one IO run.
     io_reports_per_run: int = 500
+    # Hours between reminders (io.delivery_reminder) while an IO awaits a CPM delivery report.
+    io_delivery_reminder_hours: float = Field(72.0, gt=0)
     # How often each tenant's Temporal Schedule recalculates its matches.
     match_recalc_every_hours: float = 24.0
     # The maintenance singleton (workflows/maintenance.py): seconds between its rounds (a durable

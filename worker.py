@@ -74,6 +74,8 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             io.record_delivery,
             io.book_makegood,
             io.cancel_io,
+            io.record_delivery_overdue,
+            io.close_delivery,
             io.complete_io,
         ]
         plug_check("io_drift", _report_io_drift)

@@ -36,7 +36,10 @@ from domain.io import (
     BookMakegoodResult,
     CancelIoResult,
     CancelUnitsInput,
+    CloseDeliveryResult,
+    CloseDeliveryUnitsInput,
     CompleteIoInput,
+    DeliveryOverdueInput,
     Insertion,
     IoDrift,
     IoSnapshot,
@@ -401,6 +404,100 @@ class IoActivities:
                 idempotency_key=f"io.cancelled/{inp.io_id}",
             )
         return CancelIoResult(applied=True)
+
+    @activity.defn(name="record_delivery_overdue")
+    async def record_delivery_overdue(self, inp: DeliveryOverdueInput) -> None:
+        """Moves the IO to awaiting_delivery and emits io.delivery_overdue, or the n-th reminder.
+
+        One event per overdue round (keyed by the window's end) and per reminder number, so a
+        retried activity writes nothing new.
+        """
+        io_id = uuid.UUID(inp.io_id)
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            await session.execute(
+                update(IoBooking)
+                .where(
+                    IoBooking.id == io_id,
+                    IoBooking.status != IoStatus.CANCELLED.value,
+                    IoBooking.invoice.is_(None),
+                )
+                .values(status=inp.io_status.value, updated_at=inp.at)
+            )
+            rows = await session.execute(
+                select(AdUnit.id, Show.name, AdUnit.air_date, AdUnit.impressions_goal)
+                .join(Show, Show.id == AdUnit.show_id)
+                .where(AdUnit.id.in_([uuid.UUID(u) for u in inp.unit_ids]))
+                .order_by(AdUnit.air_date, AdUnit.id)
+            )
+            units = [
+                {
+                    "ad_unit_id": str(unit_id),
+                    "show_name": show_name,
+                    "air_date": air_date.isoformat(),
+                    "impressions_goal": goal,
+                }
+                for unit_id, show_name, air_date, goal in rows
+            ]
+            due = inp.due_at.strftime("%Y%m%dT%H%M%S")
+            payload: dict[str, Any] = {
+                "units": units,
+                "window_ended_at": inp.due_at.isoformat(),
+                "reminder_hours": inp.reminder_hours,
+            }
+            if inp.reminder == 0:
+                kind, key = events.IO_DELIVERY_OVERDUE, f"io.delivery_overdue/{inp.io_id}/{due}"
+            else:
+                payload["reminder"] = inp.reminder
+                kind = events.IO_DELIVERY_REMINDER
+                key = f"io.delivery_reminder/{inp.io_id}/{due}/{inp.reminder}"
+            await emit_event(
+                session=session,
+                tenant_id=inp.tenant_id,
+                type=kind,
+                entity_type="io",
+                entity_id=inp.io_id,
+                payload=payload,
+                occurred_at=inp.at,
+                idempotency_key=key,
+            )
+
+    @activity.defn(name="close_delivery")
+    async def close_delivery(self, inp: CloseDeliveryUnitsInput) -> CloseDeliveryResult:
+        """Writes an operator's figure for each unreported unit (io.delivery_reported each).
+
+        Returns `applied=False` (nothing written) when the API had given up on the request.
+        """
+        async with tenant_tx(self._sm, inp.tenant_id) as session:
+            claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
+            if claim != "claimed":
+                return CloseDeliveryResult(applied=claim == "applied")
+            for unit_id, (impressions, unit_status, seq) in inp.units.items():
+                goal = await session.scalar(
+                    select(AdUnit.impressions_goal).where(AdUnit.id == uuid.UUID(unit_id))
+                )
+                await session.execute(
+                    update(AdUnit)
+                    .where(AdUnit.id == uuid.UUID(unit_id))
+                    .values(delivered_impressions=impressions, status=unit_status.value)
+                )
+                await emit_event(
+                    session=session,
+                    tenant_id=inp.tenant_id,
+                    type=events.IO_DELIVERY_REPORTED,
+                    entity_type="io",
+                    entity_id=inp.io_id,
+                    payload={
+                        "ad_unit_id": unit_id,
+                        "impressions": impressions,
+                        "impressions_goal": goal,
+                        "delivered_share": round(impressions / goal, 4) if goal else None,
+                        "source": f"operator: bill as {inp.bill_as.value}",
+                        "billed_as": inp.bill_as.value,
+                    },
+                    occurred_at=inp.at,
+                    idempotency_key=f"io.delivery_reported/{unit_id}/{seq}",
+                )
+        return CloseDeliveryResult(applied=True)
 
     @activity.defn(name="complete_io")
     async def complete_io(self, inp: CompleteIoInput) -> None:

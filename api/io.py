@@ -72,10 +72,12 @@ from domain.io import (
     PROMO_CODE_PATTERN,
     VANITY_PATH_PATTERN,
     AdFormat,
+    BillAs,
     BookingRefused,
     BookIoInput,
     BookIoResult,
     CancelIoInput,
+    CloseDeliveryInput,
     Insertion,
     Invoice,
     IoStatus,
@@ -94,6 +96,7 @@ from workflows.io import (
     INVALID_REQUEST,
     IO_ABANDONED,
     IO_CLOSED,
+    NOT_AWAITING_DELIVERY,
     REQUEST_ABANDONED,
     UNIT_CANCELLED,
     UNIT_NOT_AIRED,
@@ -233,6 +236,16 @@ class IoCancel(JsonBody):
         if "\x00" in v:
             raise ValueError("reason must not contain NUL characters")
         return v
+
+
+class DeliveryClose(JsonBody):
+    """How to bill the CPM units of an IO awaiting delivery that nobody reported delivery for."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"bill_as": "zero"}]})
+
+    bill_as: BillAs = Field(
+        description="`zero`: bill them as 0 impressions delivered; `goal`: bill them as their goal delivered"
+    )
 
 
 class AdUnitPublic(BaseModel):
@@ -622,6 +635,7 @@ async def book_io(
                 io_id=str(io_id),
                 reports_per_run=settings.io_reports_per_run,
                 book_via_update=True,
+                delivery_reminder_hours=settings.io_delivery_reminder_hours,
             ),
             id=io_workflow_id(tid, str(io_id)),
             task_queue=settings.temporal_task_queue,
@@ -795,6 +809,7 @@ _UPDATE_STATUS = {
     UNIT_CANCELLED: status.HTTP_409_CONFLICT,
     UNIT_NOT_AIRED: status.HTTP_409_CONFLICT,
     IO_CLOSED: status.HTTP_409_CONFLICT,
+    NOT_AWAITING_DELIVERY: status.HTTP_409_CONFLICT,
     IO_ABANDONED: status.HTTP_404_NOT_FOUND,
     REQUEST_ABANDONED: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
@@ -992,6 +1007,61 @@ async def cancel_io(
         payload=body.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         done_if=IoStatus.CANCELLED,
+    )
+    if replayed:
+        _replayed(response)
+    return await read_back(lambda: _read(db, iid, settings), what="the change")
+
+
+@router.post(
+    "/{io_id}/close-delivery",
+    response_model=IoPublic,
+    operation_id="closeIoDelivery",
+    responses={
+        200: {
+            "description": "closed: the unreported units are billed as asked and the IO reconciled",
+            "headers": REPLAYED_HEADER,
+        },
+        404: not_found("IO"),
+        409: problem(
+            "the IO is not awaiting a delivery report (or is invoiced)",
+            "IO c0ffee00-0000-4000-8000-000000000000 is measuring, not awaiting a delivery report; "
+            "nothing to close",
+        ),
+        422: invalid(
+            "bill_as is not zero or goal, or an Idempotency-Key sent again with another close",
+            key_reused("request; use a new key"),
+        ),
+        503: not_applied("closing the delivery"),
+        504: outcome_unknown("closing the delivery"),
+    },
+)
+async def close_io_delivery(
+    io_id: str,
+    body: DeliveryClose,
+    db: TenantDbDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, _IDEMPOTENCY_KEY] = None,
+) -> IoPublic:
+    """Closes the missing delivery of an IO in `awaiting_delivery`: bill the units as 0 or goal.
+
+    The CPM units nobody reported delivery for are billed as `bill_as` says (never made good),
+    and the IO reconciles at once: make-goods for other shortfalls, or the invoice.
+    """
+    iid = parse_id(io_id, "IO")
+    replayed = await _update(
+        db,
+        temporal,
+        settings,
+        iid,
+        IoBookingWorkflow.close_delivery,
+        lambda request_id: CloseDeliveryInput(bill_as=body.bill_as, request_id=request_id),
+        what="closing the delivery",
+        scope="io-close-delivery",
+        payload=body.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
     )
     if replayed:
         _replayed(response)

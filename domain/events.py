@@ -9,6 +9,9 @@ IO_SCHEDULED = "io.scheduled"
 IO_AD_AIRED = "io.ad_aired"
 IO_DELIVERY_REPORTED = "io.delivery_reported"
 IO_MAKEGOOD_SCHEDULED = "io.makegood_scheduled"
+# The measurement window ended with a CPM unit unreported (once per window), then reminders.
+IO_DELIVERY_OVERDUE = "io.delivery_overdue"
+IO_DELIVERY_REMINDER = "io.delivery_reminder"
 IO_COMPLETED = "io.completed"
 IO_CANCELLED = "io.cancelled"
 ETL_IMPORT_COMPLETED = "etl.import_completed"
@@ -24,6 +27,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         IO_AD_AIRED,
         IO_DELIVERY_REPORTED,
         IO_MAKEGOOD_SCHEDULED,
+        IO_DELIVERY_OVERDUE,
+        IO_DELIVERY_REMINDER,
         IO_COMPLETED,
         IO_CANCELLED,
         ETL_IMPORT_COMPLETED,

@@ -60,6 +60,9 @@ class IoStatus(StrEnum):
     SCHEDULED = "scheduled"  # booked, nothing aired yet
     LIVE = "live"  # some units aired, others still to air
     MEASURING = "measuring"  # every unit aired; waiting out the measurement window
+    # The window ended and a CPM unit has no delivery report: no invoice until it has one (or an
+    # operator closes it with close_delivery).
+    AWAITING_DELIVERY = "awaiting_delivery"
     COMPLETED = "completed"  # reconciled and invoiced
     CANCELLED = "cancelled"  # cancelled; what aired is still reconciled and invoiced
     ABANDONED = "abandoned"  # nothing was booked: never committed, or given up by the API (workflow only)
@@ -67,6 +70,13 @@ class IoStatus(StrEnum):
     REJECTED = (
         "rejected"  # the booking was refused (no slot, code or path taken): nothing booked (workflow only)
     )
+
+
+class BillAs(StrEnum):
+    """How an operator closes a CPM unit nobody reported delivery for."""
+
+    ZERO = "zero"  # billed as 0 impressions delivered
+    GOAL = "goal"  # billed as its goal delivered
 
 
 class UnitStatus(StrEnum):
@@ -177,6 +187,19 @@ class UnitState(BaseModel):
     delivery_reports: int = 0
     # Set when a make-good was due but no slot was free within the horizon: prorated instead.
     makegood_unavailable: bool = False
+    # Set when an operator closed the unit's missing delivery (close_delivery): billed this way,
+    # never made good.
+    billed_as: BillAs | None = None
+
+    @property
+    def awaits_report(self) -> bool:
+        """True for an aired CPM unit nobody reported delivery for (no invoice until it has one)."""
+        return (
+            self.pricing_model is PricingModel.CPM
+            and self.status in (UnitStatus.AIRED, UnitStatus.DELIVERED)
+            and self.delivery_reports == 0
+            and self.billed_as is None
+        )
 
     @property
     def is_makegood(self) -> bool:
@@ -204,6 +227,14 @@ class IoSnapshot(BaseModel):
     # True once the make-good round ran: make-goods are booked once, never for a make-good.
     makegoods_booked: bool = False
     invoice: Invoice | None = None
+    # When the measurement window ended with a CPM unit unreported (io.delivery_overdue), and how
+    # many reminders went out since; cleared once the IO reconciles.
+    delivery_overdue_at: datetime | None = None
+    delivery_reminders: int = 0
+
+    def units_awaiting_report(self) -> list[UnitState]:
+        """The aired CPM units without a delivery figure."""
+        return [u for u in self.units if u.awaits_report]
 
 
 class InvoiceLine(BaseModel):
@@ -257,6 +288,9 @@ class IoWorkflowInput(BaseModel):
     booking_wait_seconds: float = 300.0
     # The request that booked the IO (carried across continue-as-new for the `book` validator).
     booked_by: str | None = None
+    # Hours between io.delivery_reminder events while the IO awaits a delivery report
+    # (SPONSORFLOW_IO_DELIVERY_REMINDER_HOURS, fixed at booking so the timeline is deterministic).
+    delivery_reminder_hours: float = 72.0
 
 
 class IoWorkflowResult(BaseModel):
@@ -283,6 +317,14 @@ class CancelIoInput(BaseModel):
 
     reason: str
     # The API's request id (also the update id), fenced by the write; None in older histories.
+    request_id: str | None = None
+
+
+class CloseDeliveryInput(BaseModel):
+    """An operator closes the missing delivery of an IO awaiting it: bill those units as 0 or goal."""
+
+    bill_as: BillAs
+    # The API's request id (also the update id), fenced by the write.
     request_id: str | None = None
 
 
@@ -428,6 +470,40 @@ class CancelUnitsInput(BaseModel):
     request_id: str | None = None
 
 
+class DeliveryOverdueInput(BaseModel):
+    """Moves the IO to awaiting_delivery and emits io.delivery_overdue (reminder 0) or a reminder."""
+
+    tenant_id: str
+    io_id: str
+    unit_ids: list[str]
+    # When the measurement window ended: names this overdue round in the event keys.
+    due_at: datetime
+    # 0: the first notice (io.delivery_overdue); n: the n-th io.delivery_reminder.
+    reminder: int = 0
+    reminder_hours: float
+    # awaiting_delivery (a cancelled IO stays cancelled).
+    io_status: IoStatus
+    at: datetime
+
+
+class CloseDeliveryUnitsInput(BaseModel):
+    """Writes the operator's figure (0 or the goal) for each unreported unit, fenced by its request."""
+
+    tenant_id: str
+    io_id: str
+    bill_as: BillAs
+    # Unit id -> (impressions written, the unit's new status, the report's sequence number).
+    units: dict[str, tuple[int, UnitStatus, int]]
+    at: datetime
+    request_id: str | None = None
+
+
+class CloseDeliveryResult(BaseModel):
+    """Whether the close was written (False: the API had given up on it, nothing written)."""
+
+    applied: bool = True
+
+
 class CompleteIoInput(BaseModel):
     """Writes the invoice and final unit statuses; emits io.completed."""
 
@@ -451,12 +527,17 @@ def makegoods_due(units: Sequence[UnitState], policy: UnderdeliveryPolicy) -> li
     for u in units:
         if u.is_makegood or u.pricing_model is not PricingModel.CPM or u.status is UnitStatus.CANCELLED:
             continue
+        if u.billed_as is not None:
+            continue  # an operator closed it: billed as they said, never made good
         if u.status is UnitStatus.SCHEDULED:
             continue
         goal = u.impressions_goal or 0
         if u.delivered_impressions < goal:
             due.append(Makegood(unit_id=u.id, shortfall=goal - u.delivered_impressions))
     return due
+
+
+_BILLED_AS = {BillAs.ZERO: "0 delivered", BillAs.GOAL: "the goal delivered"}
 
 
 def _line(u: UnitState, *, quantity: int, rate: Decimal, amount: Decimal, note: str) -> InvoiceLine:
@@ -512,6 +593,19 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
             continue
         assert u.cpm_usd is not None and u.impressions_goal is not None
         goal = u.impressions_goal
+        if u.billed_as is not None:
+            billed = goal if u.billed_as is BillAs.GOAL else 0
+            lines.append(
+                _line(
+                    u,
+                    quantity=billed,
+                    rate=cents(u.cpm_usd),
+                    amount=cpm_amount(u.cpm_usd, billed),
+                    note=f"no delivery report; an operator closed it, billed as {_BILLED_AS[u.billed_as]}",
+                )
+            )
+            statuses[u.id] = UnitStatus.DELIVERED
+            continue
         made_good = [m for m in by_original.get(u.id, []) if m.status is not UnitStatus.CANCELLED]
         counted = u.delivered_impressions + sum(m.delivered_impressions for m in made_good)
         billed = min(counted, goal)

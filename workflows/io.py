@@ -22,12 +22,16 @@ with workflow.unsafe.imports_passed_through():
     from activities.io import IoActivities
     from domain.io import (
         BOOKING_REFUSALS,
+        BillAs,
         BookIoInput,
         BookIoResult,
         BookMakegoodInput,
         CancelIoInput,
         CancelUnitsInput,
+        CloseDeliveryInput,
+        CloseDeliveryUnitsInput,
         CompleteIoInput,
+        DeliveryOverdueInput,
         IoSnapshot,
         IoStatus,
         IoWorkflowInput,
@@ -60,6 +64,12 @@ IO_ALREADY_BOOKED = "IoAlreadyBooked"
 BOOKING_CLOSED = "IoBookingClosed"
 # Any other failure of the booking activity: nothing was booked, and the run ends.
 BOOKING_FAILED = "IoBookingFailed"
+# close_delivery on an IO that is not awaiting a delivery report.
+NOT_AWAITING_DELIVERY = "IoNotAwaitingDelivery"
+
+# Runs recorded before it invoiced an unreported CPM unit as 0 at the window's end; with it the
+# IO waits in awaiting_delivery (io.delivery_overdue, then reminders) until a report or a close.
+DELIVERY_OVERDUE_PATCH = "delivery-overdue"
 
 _WRITE_TIMEOUT = timedelta(seconds=30)
 # Writes retry until the database answers: an IO must never skip a step because of an outage.
@@ -145,6 +155,8 @@ class IoBookingWorkflow:
                     continue
                 if step[0] == "air date":
                     await self.air_due_units()
+                elif step[0] == "delivery reminder":
+                    await self.remind_delivery()
                 else:
                     await self.reconcile()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -224,9 +236,19 @@ class IoBookingWorkflow:
         self._set_status(status)
 
     async def reconcile(self) -> None:
-        """Settles the IO once the measurement window has passed: make-goods first, then the invoice."""
+        """Settles the IO once the measurement window has passed: make-goods first, then the invoice.
+
+        An aired CPM unit without a delivery report holds the invoice: the IO awaits delivery.
+        """
         io = self._snapshot()
         now = workflow.now()
+        missing = io.units_awaiting_report()
+        if missing and (io.delivery_overdue_at is not None or workflow.patched(DELIVERY_OVERDUE_PATCH)):
+            if io.delivery_overdue_at is None:
+                await self.declare_delivery_overdue()
+            return
+        io.delivery_overdue_at = None
+        io.delivery_reminders = 0
         if not io.makegoods_booked and io.status is not IoStatus.CANCELLED:
             io.makegoods_booked = True
             booked = False
@@ -277,6 +299,44 @@ class IoBookingWorkflow:
             u.status = statuses.get(u.id, u.status)
         io.invoice = invoice
         self._set_status(final)
+
+    async def declare_delivery_overdue(self) -> None:
+        """The window ended with CPM units unreported: awaiting_delivery and io.delivery_overdue."""
+        io = self._snapshot()
+        now = workflow.now()
+        status = IoStatus.CANCELLED if io.status is IoStatus.CANCELLED else IoStatus.AWAITING_DELIVERY
+        await self._write_overdue(now, 0, status)
+        io.delivery_overdue_at = now
+        io.delivery_reminders = 0
+        self._set_status(status)
+
+    async def remind_delivery(self) -> None:
+        """Another interval passed with CPM units unreported: the n-th io.delivery_reminder."""
+        io = self._snapshot()
+        if io.delivery_overdue_at is None or not io.units_awaiting_report():
+            return
+        n = io.delivery_reminders + 1
+        await self._write_overdue(io.delivery_overdue_at, n, io.status)
+        io.delivery_reminders = n
+        self._describe()
+
+    async def _write_overdue(self, due_at: datetime, reminder: int, status: IoStatus) -> None:
+        io = self._snapshot()
+        await workflow.execute_activity_method(
+            IoActivities.record_delivery_overdue,
+            DeliveryOverdueInput(
+                tenant_id=io.tenant_id,
+                io_id=io.io_id,
+                unit_ids=[u.id for u in io.units_awaiting_report()],
+                due_at=due_at,
+                reminder=reminder,
+                reminder_hours=self._inp.delivery_reminder_hours,
+                io_status=status,
+                at=workflow.now(),
+            ),
+            start_to_close_timeout=_WRITE_TIMEOUT,
+            retry_policy=_WRITE_RETRY,
+        )
 
     # -----------------------------------------------------------------------------------------
     # Handlers
@@ -395,6 +455,52 @@ class IoBookingWorkflow:
         if self._io is not None and self._io.status is not IoStatus.CANCELLED:
             self._check_open()
 
+    @workflow.update
+    async def close_delivery(self, req: CloseDeliveryInput) -> IoSnapshot:
+        """An operator closes the missing delivery: unreported units billed as 0 or as their goal.
+
+        Then the IO reconciles at once (make-goods for other shortfalls, or the invoice).
+        """
+        await self._wait_loaded()
+        async with self._lock:
+            # Checked again: a report or another close may have come first.
+            missing = self._check_awaiting()
+            io = self._snapshot()
+            plan: dict[str, tuple[int, UnitStatus, int]] = {}
+            for u in missing:
+                goal = u.impressions_goal or 0
+                n = goal if req.bill_as is BillAs.GOAL else 0
+                status = UnitStatus.DELIVERED if goal and n >= goal else u.status
+                plan[u.id] = (n, status, u.delivery_reports + 1)
+            written = await workflow.execute_activity_method(
+                IoActivities.close_delivery,
+                CloseDeliveryUnitsInput(
+                    tenant_id=io.tenant_id,
+                    io_id=io.io_id,
+                    bill_as=req.bill_as,
+                    units=plan,
+                    at=workflow.now(),
+                    request_id=req.request_id,
+                ),
+                start_to_close_timeout=_WRITE_TIMEOUT,
+                retry_policy=_WRITE_RETRY,
+            )
+            if not written.applied:
+                raise _not_applied("closing the delivery")
+            for u in missing:
+                n, status, seq = plan[u.id]
+                u.delivered_impressions, u.status, u.delivery_reports = n, status, seq
+                u.billed_as = req.bill_as
+            self._changes += 1
+            await self.reconcile()
+            return io
+
+    @close_delivery.validator
+    def validate_close_delivery(self, req: CloseDeliveryInput) -> None:
+        """Rejects a close of an IO that is invoiced or not awaiting a delivery report."""
+        if self._io is not None:
+            self._check_awaiting()
+
     @workflow.query
     def snapshot(self) -> IoSnapshot | None:
         """Returns the IO as this workflow sees it (None until loaded)."""
@@ -414,6 +520,9 @@ class IoBookingWorkflow:
         aired = [air_moment(u.air_date) for u in io.units if u.status is not UnitStatus.CANCELLED]
         if not aired:
             return None
+        if io.delivery_overdue_at is not None and io.units_awaiting_report():
+            every = timedelta(hours=self._inp.delivery_reminder_hours)
+            return "delivery reminder", io.delivery_overdue_at + every * (io.delivery_reminders + 1)
         return "measurement window end", max(aired) + timedelta(days=io.measurement_window_days)
 
     async def _sleep_until(self, at: datetime, kind: str) -> bool:
@@ -456,6 +565,18 @@ class IoBookingWorkflow:
             raise _reject(
                 f"IO {io.io_id} is {io.status.value} and invoiced; it can no longer change", IO_CLOSED
             )
+
+    def _check_awaiting(self) -> list[UnitState]:
+        """The units an operator's close bills; refuses when the IO is not awaiting delivery."""
+        self._check_open()
+        io = self._snapshot()
+        missing = io.units_awaiting_report()
+        if io.delivery_overdue_at is None or not missing:
+            raise _reject(
+                f"IO {io.io_id} is {io.status.value}, not awaiting a delivery report; nothing to close",
+                NOT_AWAITING_DELIVERY,
+            )
+        return missing
 
     def _check_delivery(self, req: ReportDeliveryInput) -> UnitState:
         self._check_open()
@@ -503,6 +624,8 @@ class IoBookingWorkflow:
         unit.delivered_impressions = req.impressions
         unit.status = status
         self._reports += 1
+        if io.delivery_overdue_at is not None:
+            self._changes += 1  # awaiting delivery: the main loop re-plans (reconciles if complete)
         self._describe()
         return unit
 
@@ -537,6 +660,11 @@ class IoBookingWorkflow:
         parts = [f"Status **{io.status.value}**", f"{aired}/{len(live)} units aired"]
         if goal:
             parts.append(f"{delivered:,} of {goal:,} impressions")
+        if io.delivery_overdue_at is not None and (missing := io.units_awaiting_report()):
+            parts.append(
+                f"awaiting delivery of {len(missing)} unit{'s' if len(missing) > 1 else ''}"
+                f" since {io.delivery_overdue_at:%Y-%m-%d}"
+            )
         step = self._next_step()
         if step is not None:
             parts.append(f"next: {step[0]} {step[1]:%Y-%m-%d}")
