@@ -38,6 +38,7 @@ from db.imports import (
 )
 from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
+from domain.deals import DealWorkflowInput
 from domain.etl import (
     FILE_ERROR,
     FINAL_STATUSES,
@@ -74,6 +75,8 @@ MAX_WARNINGS = 50
 _READ_BLOCK = 1 << 20
 # Deal workflows told to re-read their row at once (signals are cheap; the server is shared).
 _RESYNC_CONCURRENCY = 20
+# Open deals read per page by the workflows phase (the next page is read during the starts).
+_START_PAGE = 1000
 
 
 def _file_error(message: str) -> ApplicationError:
@@ -442,22 +445,30 @@ class ImportActivities:
     ) -> StartDealWorkflowsResult:
         from workflows.deals import start_deal_workflows
 
-        while True:
+        async def page_after(after: uuid.UUID) -> list[DealWorkflowInput]:
             async with tenant_tx(self._sm, inp.tenant_id) as session:
-                page = await open_deals_page(session, after=last_id, limit=500, import_id=iid)
-            if not page:
-                break
-            seeds = [
+                page = await open_deals_page(session, after=after, limit=_START_PAGE, import_id=iid)
+            return [
                 deal_seed(row, stall_days=self._stall_days, moves_per_run=self._moves_per_run) for row in page
             ]
-            await start_deal_workflows(client, seeds, inp.task_queue, concurrency=inp.concurrency)
+
+        # The next page is read while this one's starts are in flight, so Temporal is the bound.
+        seeds = await page_after(last_id)
+        while seeds:
+            following = asyncio.create_task(page_after(uuid.UUID(seeds[-1].campaign_id)))
+            try:
+                await start_deal_workflows(client, seeds, inp.task_queue, concurrency=inp.concurrency)
+            except BaseException:
+                await asyncio.gather(following, return_exceptions=True)
+                raise
             started += len(seeds)
-            last_id = page[-1].campaign.id
+            last_id = uuid.UUID(seeds[-1].campaign_id)
             async with tenant_tx(self._sm, inp.tenant_id) as session:
                 await session.execute(
                     update(EtlImport).where(EtlImport.id == iid).values(workflows_started=started)
                 )
             beat.set({"started": started, "last_id": str(last_id)})
+            seeds = await following
         return StartDealWorkflowsResult(started=started)
 
     @activity.defn(name="repair_stuck_imports")
