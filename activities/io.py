@@ -553,7 +553,9 @@ async def io_drift(
     also asked for its `snapshot` (`query_running`). Visibility lags, so every IO that looks
     drifted is checked again from the strongly consistent side (the row re-read, `describe`, the
     query) and reported only if it still disagrees. A completed or cancelled IO without a
-    workflow is not drift (closed workflows leave with the namespace's retention). Row statuses
+    workflow is not drift (closed workflows leave with the namespace's retention); an IO in
+    `awaiting_delivery` is open (its workflow runs until a report or a close), so without a
+    workflow it is drift like `live` or `measuring`. Row statuses
     only (not units): IO writes are regular activities, so the workflow learns each write in the
     task that upserts its status.
     """

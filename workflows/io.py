@@ -6,6 +6,12 @@ run with nothing booked). Runs started before that (`book_via_update=False`) loa
 booked. From there it follows the IO: a durable timer per air date, delivery reports, the
 measurement window, make-goods or pro-rata for shortfalls, the invoice. Cancellation stops what
 has not aired and still bills what has.
+
+No invoice without a delivery figure: when the window ends and an aired CPM unit has no report,
+the IO waits in `awaiting_delivery` (io.delivery_overdue once, io.delivery_reminder every
+`delivery_reminder_hours`) until a report arrives (update or signal) or an operator closes it
+(`close_delivery`: bill those units as 0 or as their goal). Runs recorded before this reach the
+window's end without the `delivery-overdue` patch marker and invoice as before.
 """
 
 from __future__ import annotations

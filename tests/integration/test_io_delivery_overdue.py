@@ -4,21 +4,24 @@ arrives or an operator closes it. Real PostgreSQL, the real API, the time-skippi
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from activities.io import io_drift
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
-from db.models import Event
+from db.models import Event, IoBooking
 from db.tenants import NewTenant
 from domain.io import IoStatus
 from tests.conftest import Stack, start_stack
@@ -252,3 +255,34 @@ async def test_a_flat_only_io_invoices_without_a_report(
     assert result.status is IoStatus.COMPLETED and result.invoice_total_usd == Decimal("450.00")
     types = await _event_types(stack, tenant, io["id"])
     assert "io.delivery_overdue" not in types and types[-1] == "io.completed"
+
+
+async def test_io_drift_knows_an_io_awaiting_delivery(stack: Stack, owner_sm: SessionMaker) -> None:
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    deal = await make_deal(stack.http, h, stage="won")
+    r = await book_io(stack.http, h, deal["id"], [ad_unit(deal["show_id"], TODAY)], measurement_window_days=0)
+    assert r.status_code == 201, r.text
+    io = r.json()
+
+    async def settled() -> bool:
+        return (await _io(stack, h, io["id"]))["status"] == "awaiting_delivery" and not await io_drift(
+            stack.client, stack.sm, tenant.id
+        )
+
+    # Row = workflow = search attribute: awaiting_delivery is no drift (real server, real time).
+    for _ in range(150):
+        if await settled():
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the IO never settled in awaiting_delivery")
+    async with tenant_tx(owner_sm, tenant.id) as s:
+        await s.execute(
+            update(IoBooking).where(IoBooking.id == uuid.UUID(io["id"])).values(status="measuring")
+        )
+    (drift,) = await io_drift(stack.client, stack.sm, tenant.id)
+    assert (
+        drift.search_attribute_status == "awaiting_delivery" and drift.workflow_status == "awaiting_delivery"
+    )
+    assert drift.row_status == "measuring" and drift.running

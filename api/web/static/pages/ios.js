@@ -84,7 +84,8 @@ export async function ioDetail() {
           io.cancel_reason && fact("Cancelled", io.cancel_reason)),
         h("div", { class: "actions" }, doc("pdf", "IO as PDF"), doc("xlsx", "IO as Excel"),
           h("a", { href: io.temporal_ui_url, target: "_blank", rel: "noopener" }, "Workflow in Temporal UI"),
-          CANCELLABLE.has(io.status) && !io.invoice && cancelControls(io))),
+          CANCELLABLE.has(io.status) && !io.invoice && cancelControls(io),
+          io.status === "awaiting_delivery" && !io.invoice && closeDeliveryControls(io))),
       h("section", { class: "card", "data-testid": "io-delivery" },
         h("h2", {}, "Delivery"),
         dlv.impressions_goal
@@ -124,6 +125,27 @@ export async function ioDetail() {
           h("td", { class: "num" }, num(l.quantity)), h("td", { class: "num" }, money2(l.rate_usd)),
           h("td", { class: "num" }, money2(l.amount_usd)), h("td", { class: "muted" }, l.note || "")))),
         h("tfoot", {}, h("tr", {}, h("th", { colspan: 5, scope: "row" }, "Total"), h("td", { class: "num" }, h("strong", {}, money2(inv.total_usd))), h("td", {}))))));
+  }
+
+  // The window ended with CPM units nobody reported delivery for: an operator may bill them as 0 or goal.
+  function closeDeliveryControls(io) {
+    const button = (billAs, text) => {
+      const btn = h("button", { type: "button", class: "secondary", "data-testid": `io-close-delivery-${billAs}` }, text);
+      btn.addEventListener("click", async () => {
+        if (!confirm(`Close the missing delivery and invoice now, billing the unreported units as ${billAs === "goal" ? "their goal" : "0"} delivered?`)) return;
+        btn.disabled = true;
+        try {
+          render(await api(`/api/v1/io/${encodeURIComponent(io.id)}/close-delivery`, { method: "POST", body: { bill_as: billAs } }));
+          flash.show("The missing delivery was closed.", "ok", 5000);
+        } catch (e) {
+          btn.disabled = false;
+          flash.show(e.message);
+        }
+      });
+      return btn;
+    };
+    return h("span", { class: "close-delivery" }, h("span", { class: "muted small" }, "Awaiting a delivery report: "),
+      button("zero", "Bill unreported as 0"), button("goal", "Bill unreported as goal"));
   }
 
   function cancelControls(io) {
