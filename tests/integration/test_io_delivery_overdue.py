@@ -198,6 +198,41 @@ async def test_an_operator_closes_the_missing_delivery(
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": bill_as}, headers=h)
     assert r.status_code == 409
     assert (await _event_types(stack, tenant, io["id"])).count("io.completed") == 1
+    recorded = HISTORIES / "io_booking_workflow_v3_close_delivery.json"
+    if bill_as == "goal" and os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
+        recorded.write_text((await handle.fetch_history()).to_json())
+
+
+async def test_a_cancelled_io_still_waits_for_the_report_of_what_aired(
+    ts_stack: Stack, time_skipping_env: WorkflowEnvironment
+) -> None:
+    stack, env = ts_stack, time_skipping_env
+    tenant = await stack.new_tenant()
+    h = stack.auth(tenant)
+    deal = await make_deal(stack.http, h, stage="won")
+    units = [ad_unit(deal["show_id"], TODAY + timedelta(days=d)) for d in (1, 5)]
+    r = await book_io(stack.http, h, deal["id"], units, measurement_window_days=2)
+    assert r.status_code == 201, r.text
+    io = r.json()
+    handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
+    await _sleep_to(env, 1.5)
+    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    r = await stack.http.post(f"/api/v1/io/{io['id']}/cancel", json={"reason": "budget cut"}, headers=h)
+    assert r.status_code == 200, r.text
+
+    # The aired unit's window ends on day 3 without a report: no invoice; the IO stays cancelled.
+    await _sleep_to(env, 3.5)
+    for _ in range(50):
+        if await _events(stack, tenant, io["id"], "io.delivery_overdue"):
+            break
+        await env.sleep(timedelta(seconds=1))
+    got = await _io(stack, h, io["id"])
+    assert got["status"] == "cancelled" and got["invoice"] is None
+    assert len(await _events(stack, tenant, io["id"], "io.delivery_overdue")) == 1
+    r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": "goal"}, headers=h)
+    assert r.status_code == 200, r.text
+    result = await handle.result()
+    assert result.status is IoStatus.CANCELLED and result.invoice_total_usd == Decimal("250.00")
 
 
 async def test_a_zero_day_window_waits_for_the_report_of_a_unit_aired_today(
