@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.persist_activity
 	$(BIN)/python -m bench.stage_changes
 	$(BIN)/python -m bench.import_throughput
+	$(BIN)/python -m bench.import_kinds
 	$(BIN)/python -m bench.match_recalc
 	$(BIN)/python -m bench.dashboard
 

@@ -42,6 +42,10 @@ BENCHMARKS: dict[str, tuple[dict[str, str], str]] = {
         {"BENCH_SMALL_ROWS": "400", "BENCH_ROWS": "800"},
         r"ratio product/anchor\s+\d+\.\d+x\s+\d+\.\d+x",
     ),
+    "import_kinds": (
+        {"BENCH_KINDS_SMALL_ROWS": "200", "BENCH_KINDS_ROWS": "400"},
+        r"campaigns\s+workflows/raw SDK\s+\d+\.\d+x\s+\d+\.\d+x",
+    ),
     "match_recalc": (
         {"BENCH_MATCH_SHOWS": "40", "BENCH_MATCH_ADVERTISERS": "10", "BENCH_MATCH_REFERENCE_PAIRS": "200"},
         r"\(c\)/\(a\) = \d+\.\d+x",
