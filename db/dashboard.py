@@ -197,7 +197,7 @@ async def underdelivering(session: AsyncSession, q: DashboardQuery) -> dict[str,
                    AS expected
           FROM io_bookings i
           JOIN ad_units u ON u.io_id = i.id
-          WHERE i.tenant_id = :t AND i.status IN ('live', 'measuring')
+          WHERE i.tenant_id = :t AND i.status IN ('live', 'measuring', 'awaiting_delivery')
             AND u.status = 'aired' AND u.impressions_goal IS NOT NULL
           GROUP BY i.id, i.status, i.campaign_id
         ), behind AS (

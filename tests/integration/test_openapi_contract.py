@@ -19,7 +19,7 @@ from tests.factories import make_advertiser, make_deal, move
 CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)*$")
 # The writes that go through Temporal: each tells 503 (never applied) from 504 (outcome unknown)
 # and takes an Idempotency-Key.
-TEMPORAL_WRITES = ("changeDealStage", "bookIo", "reportIoDelivery", "cancelIo")
+TEMPORAL_WRITES = ("changeDealStage", "bookIo", "reportIoDelivery", "cancelIo", "closeIoDelivery")
 
 
 @pytest.fixture
