@@ -44,7 +44,9 @@ _MAX_PARAMS = 30_000
 
 
 def _slices(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    width = max(1, len(rows[0])) if rows else 1
+    # +1: SQLAlchemy binds the Python-side default of the primary key (`id`) as one more
+    # parameter per row (without it, a 10,000-row shows chunk went over the cap and failed).
+    width = len(rows[0]) + 1 if rows else 1
     step = max(1, _MAX_PARAMS // width)
     return [rows[i : i + step] for i in range(0, len(rows), step)]
 

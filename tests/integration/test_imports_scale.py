@@ -153,3 +153,20 @@ async def test_workflows_phase_against_raw_sdk_starts(stack: Stack) -> None:
     print(
         f"\nworkflows phase {product:,.0f} starts/s, raw SDK {raw:,.0f} starts/s, ratio {product / raw:.2f}"
     )
+
+
+async def test_shows_and_advertisers_chunks_of_10k_rows(stack: Stack) -> None:
+    """A full default chunk of catalog rows is one statement batch under PostgreSQL's parameter cap."""
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    rows = 10_000
+    shows = "external_id,name,avg_downloads,categories\n" + "".join(
+        f"show-{i:05d},Show {i},{1000 + i},Business\n" for i in range(rows)
+    )
+    status = await _wait(stack, h, await _upload(stack, h, "shows", shows.encode()), [])
+    assert (status["status"], status["rows_inserted"]) == ("completed", rows), status
+    advertisers = "external_id,name,domain\n" + "".join(
+        f"adv-{i:05d},Adv {i},a{i}.example\n" for i in range(rows)
+    )
+    status = await _wait(stack, h, await _upload(stack, h, "advertisers", advertisers.encode()), [])
+    assert (status["status"], status["rows_inserted"]) == ("completed", rows), status
