@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,8 +10,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Float, Numeric, Table, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
@@ -37,20 +38,6 @@ class UpsertOutcome:
     resync: list[uuid.UUID] = field(default_factory=list)
 
 
-_INSERTED: Any = literal_column("(xmax = 0)").label("inserted")
-# PostgreSQL's wire protocol caps a statement at 32767 bind parameters; multi-row inserts are
-# split so rows x columns stays under it whatever the chunk size.
-_MAX_PARAMS = 30_000
-
-
-def _slices(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    # +1: SQLAlchemy binds the Python-side default of the primary key (`id`) as one more
-    # parameter per row (without it, a 10,000-row shows chunk went over the cap and failed).
-    width = len(rows[0]) + 1 if rows else 1
-    step = max(1, _MAX_PARAMS // width)
-    return [rows[i : i + step] for i in range(0, len(rows), step)]
-
-
 async def _repeats(session: AsyncSession, model: Any, import_id: uuid.UUID, keys: Sequence[str]) -> list[str]:
     rows = await session.execute(
         select(model.external_id).where(model.external_id.in_(keys), model.last_import_id == import_id)
@@ -67,29 +54,74 @@ async def upsert_catalog(
     records: list[dict[str, Any]],
     at: datetime,
 ) -> UpsertOutcome:
-    """Inserts or updates shows or advertisers by external_id."""
+    """Inserts or updates shows or advertisers by external_id: COPY into staging, one upsert.
+
+    The chunk is COPYed into a per-connection staging table shaped like the catalog table
+    (emptied at commit), then merged by one INSERT ... SELECT ... ON CONFLICT DO UPDATE: a
+    fixed number of statements per chunk whatever its size, like `show_downloads`.
+    """
     out = UpsertOutcome()
     if not records:
         return out
     out.repeated_keys = await _repeats(session, model, import_id, [r["external_id"] for r in records])
-    values = [{**r, "tenant_id": tenant_id, "last_import_id": import_id, "updated_at": at} for r in records]
-    columns = sorted({k for v in values for k in v} - {"tenant_id", "external_id"})
-    # Every row carries every column so the statement is uniform; missing optional cells reset
-    # the column to its default, as a re-import of the same file should.
+    table: Table = model.__table__  # type: ignore[assignment]
+    columns = sorted(
+        {k for r in records for k in r} - {"tenant_id", "external_id", "last_import_id", "updated_at"}
+    )
+    unknown = [c for c in columns if c not in table.c]
+    if unknown:
+        raise ValueError(f"not columns of {table.name}: {unknown}")
+    # Every row carries every column of the chunk; missing optional cells reset the column to
+    # its default, as a re-import of the same file should.
     defaults = _defaults(model)
-    rows = [{c: v.get(c, defaults.get(c)) for c in [*columns, "tenant_id", "external_id"]} for v in values]
-    for part in _slices(rows):
-        stmt = insert(model).values(part)
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[model.tenant_id, model.external_id],
-            set_={c: stmt.excluded[c] for c in columns},
-        ).returning(_INSERTED)
-        for (inserted,) in await session.execute(upsert):
-            if inserted:
-                out.inserted += 1
-            else:
-                out.updated += 1
+    encoders = [_copy_encoder(table.c[c].type) for c in columns]
+    rows = [
+        (
+            r["external_id"],
+            *(enc(r.get(c, defaults.get(c))) for c, enc in zip(columns, encoders, strict=True)),
+        )
+        for r in records
+    ]
+    stage = f"sf_{table.name}_stage"
+    staged = [c.name for c in table.c if c.name not in _NOT_STAGED]
+    raw = await raw_connection(session)
+    await raw.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT {', '.join(staged)} FROM {table.name} WITH NO DATA"
+    )
+    await raw.copy_records_to_table(stage, records=rows, columns=["external_id", *columns])
+    listed = ", ".join(columns)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*columns, "last_import_id", "updated_at"])
+    counts = (
+        await session.execute(
+            text(
+                f"""
+                WITH up AS (
+                  INSERT INTO {table.name} (id, tenant_id, external_id, {listed}, last_import_id, updated_at)
+                  SELECT gen_random_uuid(), :tenant_id, external_id, {listed}, :import_id, :at FROM {stage}
+                  ON CONFLICT (tenant_id, external_id) DO UPDATE SET {sets}
+                  RETURNING (xmax = 0) AS inserted
+                )
+                SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
+                """
+            ),
+            {"tenant_id": tenant_id, "import_id": import_id, "at": at},
+        )
+    ).one()
+    out.inserted, out.updated = int(counts[0]), int(counts[1])
     return out
+
+
+_NOT_STAGED = frozenset({"id", "tenant_id", "created_at", "updated_at", "last_import_id"})
+
+
+def _copy_encoder(column_type: Any) -> Any:
+    """How a parsed value goes into COPY's binary format for a column of this type."""
+    if isinstance(column_type, JSONB):
+        return lambda v: None if v is None else json.dumps(v)
+    if isinstance(column_type, Numeric) and not isinstance(column_type, Float):
+        return lambda v: None if v is None else Decimal(str(v))
+    return lambda v: v
 
 
 def _defaults(model: Any) -> dict[str, Any]:
