@@ -206,7 +206,13 @@ _CAMPAIGNS_EXISTING = text(
              c.advertiser_id IS DISTINCT FROM s.advertiser_id OR c.show_id IS DISTINCT FROM s.show_id
              OR c.name IS DISTINCT FROM s.name OR c.value_usd IS DISTINCT FROM s.value_usd
            ) AS resync
-    FROM sf_campaign_stage s JOIN campaigns c ON c.tenant_id = :tenant_id AND c.external_id = s.external_id
+    FROM sf_campaign_stage s
+    -- LATERAL: one probe of the (tenant_id, external_id) index per staged row, whatever the
+    -- planner believes of a table this import (or another tenant's) has just grown.
+    JOIN LATERAL (
+      SELECT id, stage, last_import_id, advertiser_id, show_id, name, value_usd FROM campaigns
+      WHERE tenant_id = :tenant_id AND external_id = s.external_id
+    ) c ON true
     ORDER BY s.ord
     """
 )
