@@ -101,60 +101,6 @@ async def test_crm_campaigns_exact_counts_and_two_phases(stack: Stack) -> None:
     )
 
 
-@pytest.mark.skipif(
-    not os.environ.get("SPONSORFLOW_TEST_START_RATE"), reason="a measurement; set the env var"
-)
-async def test_workflows_phase_against_raw_sdk_starts(stack: Stack) -> None:
-    """The import's workflows phase vs the same starts made straight with the SDK (same server, worker)."""
-    from temporalio.client import WorkflowExecutionStatus
-
-    from db.deals import deal_seed, open_deals_page
-    from workflows.deals import DealWorkflow, deal_start_options
-
-    t = await stack.new_tenant()
-    h = stack.auth(t)
-    advertisers = "external_id,name\n" + "".join(f"adv-{i:03d},Advertiser {i}\n" for i in range(50))
-    await _wait(stack, h, await _upload(stack, h, "advertisers", advertisers.encode()), [])
-    content, n_open = crm_campaigns(ROWS)
-    seen: list[dict[str, Any]] = []
-    import_id = await _upload(stack, h, "campaigns", content)
-    status = await _wait(stack, h, import_id, seen)
-    assert status["workflows_started"] == n_open
-    first = next(s["t"] for s in seen if s["phase"] == "workflows")
-    product = n_open / (seen[-1]["t"] - first)
-
-    import uuid as _uuid
-
-    async with tenant_tx(stack.sm, t.id) as s:
-        page = await open_deals_page(
-            s, after=_uuid.UUID(int=0), limit=n_open, import_id=_uuid.UUID(import_id)
-        )
-    seeds = [deal_seed(r, stall_days={}, moves_per_run=200) for r in page]
-    sem = asyncio.Semaphore(int(os.environ.get("SPONSORFLOW_TEST_START_CONCURRENCY", "64")))
-
-    async def terminate(seed: Any) -> None:
-        async with sem:
-            handle = stack.client.get_workflow_handle(deal_start_options(seed, "q")["id"])
-            await handle.terminate("measurement")
-
-    await asyncio.gather(*(terminate(sd) for sd in seeds))
-
-    async def start(seed: Any) -> None:
-        async with sem:
-            await stack.client.start_workflow(
-                DealWorkflow.run, seed, **deal_start_options(seed, stack.settings.temporal_task_queue)
-            )
-
-    began = time.monotonic()
-    await asyncio.gather(*(start(sd) for sd in seeds))
-    raw = n_open / (time.monotonic() - began)
-    desc = await stack.client.get_workflow_handle(deal_start_options(seeds[0], "q")["id"]).describe()
-    assert desc.status == WorkflowExecutionStatus.RUNNING
-    print(
-        f"\nworkflows phase {product:,.0f} starts/s, raw SDK {raw:,.0f} starts/s, ratio {product / raw:.2f}"
-    )
-
-
 async def test_shows_and_advertisers_chunks_of_10k_rows(stack: Stack) -> None:
     """A full default chunk of catalog rows is one statement batch under PostgreSQL's parameter cap."""
     t = await stack.new_tenant()

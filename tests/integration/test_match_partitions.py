@@ -295,3 +295,17 @@ async def test_two_tenants_recalculating_at_once_each_get_their_own_ranking(
     names_a = {m["show_id"] for m in await _matches(stack, ha)}
     names_b = {m["show_id"] for m in await _matches(stack, hb)}
     assert not names_a & names_b
+
+
+async def test_pruning_survives_any_plan_over_the_catalog(stack: Stack, owner_sm: SessionMaker) -> None:
+    """A partition's own indexes share its name's prefix (`matches_<tenant>_1_score_id_idx`): however
+    the planner orders the function's conditions, such a name is never read as a generation."""
+    tenant, h = await _tenant_with_pairs(stack)
+    for _ in range(3):
+        await _recalculate(stack, h)
+    async with tenant_tx(stack.sm, tenant.id) as s:
+        # Push the planner to scan pg_class first, filtering it before the join to pg_inherits.
+        for knob in ("enable_hashjoin", "enable_mergejoin", "enable_indexscan", "enable_bitmapscan"):
+            await s.execute(text(f"SET LOCAL {knob} = off"))
+        assert await prune_generations(s, tenant.id, keep_from=3) == 1
+    assert await _partitions(owner_sm, tenant.id) == [f"matches_{tenant.id.hex}_3"]
