@@ -33,6 +33,7 @@ from api.deps import (
     TemporalDep,
     TenantDbDep,
     feature_flag,
+    fence_off,
     parse_id,
     read_back,
 )
@@ -52,7 +53,7 @@ from api.openapi import (
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
 from db.deals import DealRow, HistoryRow, deal_seed, deals_query, get_deal, get_history, insert_deal
-from db.fences import abandon_request, begin_keyed_request, fingerprint, new_request_id
+from db.fences import begin_keyed_request, fingerprint, new_request_id
 from db.models import Advertiser, Campaign, Show
 from domain.deals import ChangeStageInput, ChangeStageResult, DealWorkflowInput
 from domain.stages import (
@@ -837,20 +838,9 @@ async def _refuse_unless_applied(
     """
     if not sent:
         raise refusal
-    try:
-        async with db.tx() as session:
-            outcome = await abandon_request(
-                session=session,
-                tenant_id=db.tenant_id,
-                request_id=request_id,
-                entity_type="deal",
-                entity_id=str(cid),
-            )
-    except DATABASE_UNAVAILABLE:
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            detail="the outcome of the stage change is unknown; retry with the same Idempotency-Key",
-        ) from None
+    outcome = await fence_off(
+        db, request_id=request_id, entity_type="deal", entity_id=str(cid), what="the stage change"
+    )
     if outcome == "abandoned":
         raise refusal
     await _nudge(client, db.tenant_id, cid)
@@ -905,26 +895,9 @@ async def _give_up(
     db: TenantDbDep, client: Client, settings: Settings, cid: uuid.UUID, request_id: str, why: str
 ) -> DealPublic:
     """Fences the request off (503: never applied), or finds that its write won (200)."""
-    outcome = None
-    for attempt in range(5):
-        try:
-            async with db.tx() as session:
-                outcome = await abandon_request(
-                    session=session,
-                    tenant_id=db.tenant_id,
-                    request_id=request_id,
-                    entity_type="deal",
-                    entity_id=str(cid),
-                )
-            break
-        except DATABASE_UNAVAILABLE:
-            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
-            await asyncio.sleep(0.2 * 2**attempt)
-    if outcome is None:
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            detail="the outcome of the stage change is unknown; retry with the same Idempotency-Key",
-        )
+    outcome = await fence_off(
+        db, request_id=request_id, entity_type="deal", entity_id=str(cid), what="the stage change"
+    )
     if outcome == "abandoned":
         raise _not_applied(why)
     # The write landed, but the workflow never told us: it may have been written inside a

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 from fastapi import Depends, HTTPException, Request, status
@@ -22,7 +23,10 @@ from temporalio.service import RPCStatusCode
 
 from api.web import session as web_session
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
+from db.fences import abandon_request
 from settings import Settings
+
+log = logging.getLogger("sponsorflow.api")
 
 _bearer = HTTPBearer(auto_error=False, description="A tenant API key")
 
@@ -254,3 +258,32 @@ def parse_id(value: str, what: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {value!r} not found") from None
+
+
+async def fence_off(
+    db: TenantDb, *, request_id: str, entity_type: str, entity_id: str, what: str
+) -> Literal["abandoned", "applied"]:
+    """Fences off a request the API stops waiting for, or learns that its write won.
+
+    `abandoned`: it can never land (the caller answers 503, or its refusal); `applied`: its write
+    committed (the caller answers 2xx). A database that stays away is a 504 (outcome unknown):
+    neither answer would be true.
+    """
+    for attempt in range(5):
+        try:
+            async with db.tx() as session:
+                return await abandon_request(
+                    session=session,
+                    tenant_id=db.tenant_id,
+                    request_id=request_id,
+                    entity_type=entity_type,
+                    entity_id=entity_id,
+                )
+        except DATABASE_UNAVAILABLE:
+            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
+            await asyncio.sleep(0.2 * 2**attempt)
+    raise HTTPException(
+        status.HTTP_504_GATEWAY_TIMEOUT,
+        detail=f"the outcome of {what} is unknown; retry with the same Idempotency-Key to learn it",
+        headers={"Retry-After": "1"},
+    )

@@ -26,12 +26,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.bodies import JsonBody
 from api.deps import (
-    DATABASE_UNAVAILABLE,
     RETRYABLE_RPC,
     SettingsDep,
     TemporalDep,
     TenantDbDep,
     feature_flag,
+    fence_off,
     parse_id,
     read_back,
 )
@@ -50,7 +50,6 @@ from api.openapi import (
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.fences import (
     KeyedRequest,
-    abandon_request,
     begin_keyed_request,
     fingerprint,
     new_request_id,
@@ -475,31 +474,7 @@ async def _begin_keyed(
 
 async def _give_up(db: TenantDbDep, request_id: str, io_id: uuid.UUID, what: str) -> None:
     """Fences a request the API stops waiting for: 503 when that wins, returns when the write did."""
-    outcome = None
-    for attempt in range(5):
-        try:
-            async with db.tx() as session:
-                outcome = await abandon_request(
-                    session=session,
-                    tenant_id=db.tenant_id,
-                    request_id=request_id,
-                    entity_type="io",
-                    entity_id=str(io_id),
-                )
-            break
-        except DATABASE_UNAVAILABLE:
-            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
-            await asyncio.sleep(0.2 * 2**attempt)
-    if outcome is None:
-        # Neither fenced nor known to be applied: a 503 would not be true. Say what is.
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            detail=(
-                f"{what} was not confirmed and its outcome is unknown; retry with the same "
-                "Idempotency-Key to learn it"
-            ),
-            headers={"Retry-After": "1"},
-        )
+    outcome = await fence_off(db, request_id=request_id, entity_type="io", entity_id=str(io_id), what=what)
     if outcome == "abandoned":
         log.warning("gave up on request %s of IO %s: fenced off, answering 503", request_id, io_id)
         raise HTTPException(
