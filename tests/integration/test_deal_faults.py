@@ -20,7 +20,7 @@ from activities.deals import DealActivities
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import Campaign, DealStageHistory, Event, WriteRequest
-from domain.deals import ChangeStageInput, DealState, RecordStageChangeInput
+from domain.deals import ChangeStageInput, DealState, RecordStageChangeInput, RecordStageChangeResult
 from domain.stages import Stage, probability
 from tests.conftest import Stack, start_stack
 from tests.factories import make_deal, move
@@ -96,6 +96,50 @@ async def _agrees(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> bool:
     )
 
 
+async def _registered_request(stack: Stack, tenant_id: uuid.UUID, key: str) -> str:
+    """The request id the API registered for an Idempotency-Key (while the request waits)."""
+    for _ in range(100):
+        async with tenant_tx(stack.sm, tenant_id) as s:
+            found = await s.scalar(
+                select(WriteRequest.request_id).where(WriteRequest.idempotency_key.like(f"%:{key}"))
+            )
+        if found:
+            return str(found)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no request registered for key {key}")
+
+
+async def _write_behind(
+    stack: Stack,
+    tenant_id: uuid.UUID,
+    deal_id: str,
+    to: Stage,
+    *,
+    request_id: str | None = None,
+    reason: str | None = None,
+) -> RecordStageChangeResult:
+    """Commits a move the way the stage write's local activity does, behind the workflow's back
+    (what a write inside a workflow task the server then lost leaves)."""
+    async with tenant_tx(stack.sm, tenant_id) as s:
+        c = await s.get(Campaign, uuid.UUID(deal_id))
+        assert c is not None
+        frm, entered = Stage(c.stage), c.stage_changed_at
+    return await DealActivities(stack.sm).record_stage_change(
+        RecordStageChangeInput(
+            tenant_id=str(tenant_id),
+            campaign_id=deal_id,
+            from_stage=frm,
+            from_entered_at=entered,
+            to_stage=to,
+            reason=reason,
+            probability=probability(to),
+            at=datetime.now(UTC),
+            idempotency_key=f"deal/{deal_id}/{frm.value}@{entered.isoformat()}->{to.value}",
+            request_id=request_id,
+        )
+    )
+
+
 async def _setup(stack: Stack) -> tuple[Any, dict[str, str], dict[str, Any]]:
     tenant = await stack.new_tenant()
     h = stack.auth(tenant)
@@ -159,32 +203,9 @@ async def test_a_write_that_won_the_race_is_answered_200_and_adopted(api_only: S
     )
     # Find the request id the API registered for this key, and commit its write the way the
     # local activity would have, behind the workflow's back.
-    request_id = None
-    for _ in range(50):
-        async with tenant_tx(stack.sm, tenant.id) as s:
-            request_id = await s.scalar(
-                select(WriteRequest.request_id).where(WriteRequest.idempotency_key.like(f"%:{key}"))
-            )
-        if request_id:
-            break
-        await asyncio.sleep(0.05)
-    assert request_id is not None
-    row = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
-    entered = datetime.fromisoformat(row["stage_changed_at"])
-    at = datetime.now(UTC)
-    result = await DealActivities(stack.sm).record_stage_change(
-        RecordStageChangeInput(
-            tenant_id=str(tenant.id),
-            campaign_id=deal["id"],
-            from_stage=Stage.QUALIFIED,
-            from_entered_at=entered,
-            to_stage=Stage.PROPOSAL,
-            reason="orphan",
-            probability=probability(Stage.PROPOSAL),
-            at=at,
-            idempotency_key=f"deal/{deal['id']}/qualified@{entered.isoformat()}->proposal",
-            request_id=request_id,
-        )
+    request_id = await _registered_request(stack, tenant.id, key)
+    result = await _write_behind(
+        stack, tenant.id, deal["id"], Stage.PROPOSAL, request_id=request_id, reason="orphan"
     )
     assert result.outcome == "applied"
     r = await patch
@@ -214,22 +235,8 @@ async def test_a_redelivered_update_adopts_its_own_write(api_only: Stack) -> Non
     """The update whose write committed in a lost task comes again: it adopts, writes nothing."""
     stack = api_only
     tenant, h, deal = await _setup(stack)
-    row = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
-    entered = datetime.fromisoformat(row["stage_changed_at"])
     request_id = f"req-{uuid.uuid4().hex}"
-    await DealActivities(stack.sm).record_stage_change(
-        RecordStageChangeInput(
-            tenant_id=str(tenant.id),
-            campaign_id=deal["id"],
-            from_stage=Stage.QUALIFIED,
-            from_entered_at=entered,
-            to_stage=Stage.NEGOTIATION,
-            probability=probability(Stage.NEGOTIATION),
-            at=datetime.now(UTC),
-            idempotency_key=f"deal/{deal['id']}/qualified@{entered.isoformat()}->negotiation",
-            request_id=request_id,
-        )
-    )
+    await _write_behind(stack, tenant.id, deal["id"], Stage.NEGOTIATION, request_id=request_id)
     handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"]))
     async with _worker(stack):
         result = await handle.execute_update(
@@ -246,20 +253,7 @@ async def test_a_redelivered_update_adopts_its_own_write(api_only: Stack) -> Non
 async def test_resync_adopts_a_row_moved_behind_the_workflows_back(api_only: Stack) -> None:
     stack = api_only
     tenant, h, deal = await _setup(stack)
-    row = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
-    entered = datetime.fromisoformat(row["stage_changed_at"])
-    await DealActivities(stack.sm).record_stage_change(
-        RecordStageChangeInput(
-            tenant_id=str(tenant.id),
-            campaign_id=deal["id"],
-            from_stage=Stage.QUALIFIED,
-            from_entered_at=entered,
-            to_stage=Stage.PROPOSAL,
-            probability=probability(Stage.PROPOSAL),
-            at=datetime.now(UTC),
-            idempotency_key=f"deal/{deal['id']}/orphan",
-        )
-    )
+    await _write_behind(stack, tenant.id, deal["id"], Stage.PROPOSAL)
     handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"]))
     async with _worker(stack):
         assert not await _agrees(stack, tenant.id, deal["id"])
@@ -436,20 +430,7 @@ async def test_a_move_judged_from_a_missed_write_is_repaired_and_retried(api_onl
     row's stage: the API sees the workflow judge from another stage, has it resync, and retries."""
     stack = api_only
     tenant, h, deal = await _setup(stack)
-    row = (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()
-    entered = datetime.fromisoformat(row["stage_changed_at"])
-    await DealActivities(stack.sm).record_stage_change(
-        RecordStageChangeInput(
-            tenant_id=str(tenant.id),
-            campaign_id=deal["id"],
-            from_stage=Stage.QUALIFIED,
-            from_entered_at=entered,
-            to_stage=Stage.PROPOSAL,
-            probability=probability(Stage.PROPOSAL),
-            at=datetime.now(UTC),
-            idempotency_key=f"deal/{deal['id']}/missed",
-        )
-    )
+    await _write_behind(stack, tenant.id, deal["id"], Stage.PROPOSAL)
     async with _worker(stack):
         r = await move(stack.http, h, deal["id"], "won")
         assert r.status_code == 200, r.text
@@ -476,30 +457,8 @@ async def test_if_match_on_a_move_that_landed_unanswered_is_200_not_412(api_only
             headers={**h, "Idempotency-Key": key, "If-Match": got.headers["ETag"]},
         )
     )
-    request_id = None
-    for _ in range(50):
-        async with tenant_tx(stack.sm, tenant.id) as s:
-            request_id = await s.scalar(
-                select(WriteRequest.request_id).where(WriteRequest.idempotency_key.like(f"%:{key}"))
-            )
-        if request_id:
-            break
-        await asyncio.sleep(0.02)
-    assert request_id is not None
-    entered = datetime.fromisoformat(got.json()["stage_changed_at"])
-    await DealActivities(stack.sm).record_stage_change(
-        RecordStageChangeInput(
-            tenant_id=str(tenant.id),
-            campaign_id=deal["id"],
-            from_stage=Stage.QUALIFIED,
-            from_entered_at=entered,
-            to_stage=Stage.PROPOSAL,
-            probability=probability(Stage.PROPOSAL),
-            at=datetime.now(UTC),
-            idempotency_key=f"deal/{deal['id']}/qualified@{entered.isoformat()}->proposal",
-            request_id=request_id,
-        )
-    )
+    request_id = await _registered_request(stack, tenant.id, key)
+    await _write_behind(stack, tenant.id, deal["id"], Stage.PROPOSAL, request_id=request_id)
     r = await patch
     assert r.status_code == 200, r.text
     assert r.json()["stage"] == "proposal"
