@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.bodies import JsonBody
 from api.deps import (
+    ATTEMPT_TIMEOUT_S,
     DATABASE_UNAVAILABLE,
     RETRYABLE_RPC,
     SettingsDep,
@@ -390,7 +391,6 @@ async def start_deal_workflow(client: Client, row: DealRow, settings: Settings) 
 # fields (name, value) can change by import, so this bounds how stale they can look.
 _ANSWER_TTL_S = 5.0
 _MAX_CACHED_HISTORY = 200
-_ATTEMPT_TIMEOUT_S = 5.0
 
 
 def _update_failed(
@@ -939,7 +939,7 @@ async def _send(
     Bounded because an update lost in a run that was closing would otherwise hold the request
     open; a resend carries the same update id, so the server answers it once.
     """
-    timeout = _ATTEMPT_TIMEOUT_S
+    timeout = ATTEMPT_TIMEOUT_S
     if deadline is not None:
         timeout = max(0.05, min(timeout, deadline - time.monotonic()))
     try:

@@ -260,6 +260,12 @@ def parse_id(value: str, what: str) -> uuid.UUID:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {value!r} not found") from None
 
 
+# The bound of one attempt within a write's budget (settings.update_budget_seconds, after which
+# the API fences the request off: 503, never applied later). A resend carries the same update id,
+# so it joins the update already sent instead of adding one.
+ATTEMPT_TIMEOUT_S = 5.0
+
+
 async def fence_off(
     db: TenantDb, *, request_id: str, entity_type: str, entity_id: str, what: str
 ) -> Literal["abandoned", "applied"]:

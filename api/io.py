@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.bodies import JsonBody
 from api.deps import (
+    ATTEMPT_TIMEOUT_S,
     RETRYABLE_RPC,
     SettingsDep,
     TemporalDep,
@@ -405,11 +406,6 @@ async def _read(db: TenantDbDep, io_id: uuid.UUID, settings: Settings) -> IoPubl
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"IO {str(io_id)!r} not found")
     return _public(record, db.tenant_id, settings)
 
-
-# The bound of one attempt within a write's budget (settings.update_budget_seconds, after which
-# the API fences the request off: 503, never applied later). A resend carries the same update id,
-# so it joins the update already sent instead of adding one.
-ATTEMPT_TIMEOUT_S = 5.0
 
 _NOT_APPLIED = "{what} was not applied, and it never will be; retry"
 

@@ -145,7 +145,6 @@ class DealWorkflow:
         self._total_moves = inp.total_moves
         self._synced = inp.synced
         self._gone = False
-        self._resyncs = 0
         # While a resync re-reads the row, the validator cannot judge a move (it would judge from
         # the stage the row may have left); the handler decides once the row is adopted.
         self._resyncing = 0
@@ -202,7 +201,6 @@ class DealWorkflow:
             async with self._lock:
                 if self._gone or not is_open(self._stage):
                     return
-                self._resyncs += 1
                 await self._adopt_record()
         finally:
             self._resyncing -= 1
