@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # After SIGTERM a worker stops polling and gives running activities this long to finish before
     # they are cancelled; under docker-compose.yml's stop_grace_period (30 s) for the worker.
     worker_shutdown_seconds: float = Field(25.0, ge=0)
+    # The worker's cyclic-GC young-generation threshold after it freezes its start-up heap
+    # (worker.tune_gc): fewer, larger collections while imports hold chunks of parsed rows.
+    # 0 keeps CPython's defaults (700) and nothing frozen.
+    worker_gc_threshold: int = Field(50_000, ge=0, le=10_000_000)
     # How long a workflow task may wait on the sticky queue of the worker that has the workflow
     # cached before any worker may take it: the delay a SIGKILLed worker's workflows see.
     worker_sticky_timeout_seconds: float = Field(3.0, gt=0)

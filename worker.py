@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import uuid
@@ -158,6 +159,23 @@ async def keep_maintenance_running(client: Client, settings: Settings) -> None:
         await asyncio.sleep(delay)
 
 
+def tune_gc(threshold: int) -> None:
+    """Freezes the start-up heap out of the cyclic collector and raises its young threshold.
+
+    A running import keeps about three chunks of parsed rows alive (30,000 dicts and lists).
+    With CPython's default threshold (700 allocations) the collector ran ~600 times during a
+    100,000-row `shows` file and traversed the worker's start-up heap (150,000 objects) in every
+    full pass: 0.7 s of the worker's 1.6 s of CPU (bench/import_kinds). Frozen objects are never
+    traversed; the higher threshold makes the young collections fewer and larger. 0 keeps
+    CPython's defaults.
+    """
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold, 20, 20)
+
+
 async def run_worker(settings: Settings | None = None) -> None:
     """Connects, runs until SIGINT/SIGTERM, then drains and disposes the engine."""
     settings = settings or get_settings()
@@ -167,6 +185,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     client = await connect_temporal(settings)
     sm = make_sessionmaker(engine)
     worker = build_worker(client, settings, sm)
+    tune_gc(settings.worker_gc_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     drain_s = settings.worker_shutdown_seconds

@@ -29,12 +29,13 @@ from db.imports import (
     close_open_import,
     count_open_deals_written,
     ids_by_external_id,
+    merge_catalog,
     merge_downloads,
     open_imports,
     stage_campaigns,
+    stage_catalog,
     stage_downloads,
     upsert_campaigns,
-    upsert_catalog,
 )
 from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
@@ -312,21 +313,31 @@ class ImportActivities:
             imp.warnings = [*imp.warnings, *warnings][:MAX_WARNINGS]
 
     async def _stage(self, tid: uuid.UUID, kind: str, batch: _Batch, seen_any: bool) -> _Staged:
-        """Opens the chunk's transaction, resolves its references and stages downloads by COPY."""
+        """Opens the chunk's transaction, resolves its references and stages its rows by COPY."""
         session = self._sm()
         try:
             await session.begin()
             await set_tenant(session, tid)
             errors = list(batch.errors)
             records = await _resolve(session, kind, batch.records, errors)
+            catalog_columns = None
             if kind == "show_downloads":
                 await stage_downloads(session=session, records=records)
             elif kind == "campaigns":
                 await stage_campaigns(session=session, records=records)
+            elif kind in _CATALOG:
+                catalog_columns = await stage_catalog(session=session, model=_CATALOG[kind], records=records)
         except BaseException:
             await session.close()
             raise
-        return _Staged(session=session, batch=batch, seen_any=seen_any, records=records, errors=errors)
+        return _Staged(
+            session=session,
+            batch=batch,
+            seen_any=seen_any,
+            records=records,
+            errors=errors,
+            catalog_columns=catalog_columns,
+        )
 
     async def _finish(
         self, tid: uuid.UUID, iid: uuid.UUID, kind: str, staged: _Staged, estimate: int
@@ -349,8 +360,18 @@ class ImportActivities:
                 # Signalled before the commit: a retry re-sends figures the workflows already
                 # have, which they ignore (a report is cumulative and the same figure is a no-op).
                 outcome = await _signal_deliveries(tid, iid, staged.records, errors)
+            elif kind in _CATALOG:
+                outcome = await merge_catalog(
+                    session=session,
+                    model=_CATALOG[kind],
+                    tenant_id=tid,
+                    import_id=iid,
+                    columns=staged.catalog_columns,
+                    at=now,
+                )
             else:
-                outcome = await _upsert(session, kind, tid, iid, staged.records, now)
+                # Staged by COPY in `_stage`, on this same connection and transaction.
+                outcome = await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, at=now)
             failed_rows = {e.row_number for e in errors}
             stored = int(imp.checkpoint.get("errors_stored", 0))
             room = max(0, MAX_STORED_ROW_ERRORS - stored)
@@ -580,13 +601,15 @@ class _Batch:
 
 @dataclass
 class _Staged:
-    """A chunk whose transaction is open: references resolved, downloads staged, not yet written."""
+    """A chunk whose transaction is open: references resolved, rows staged, not yet written."""
 
     session: AsyncSession
     batch: _Batch
     seen_any: bool
     records: list[dict[str, Any]]
     errors: list[RowError]
+    # shows and advertisers: the columns their staged rows set (None: nothing staged).
+    catalog_columns: list[str] | None = None
 
 
 def _open_rows(path: Path, filename: str) -> tuple[list[Any], Iterator[tuple[int, list[Any]]], list[str]]:
@@ -674,24 +697,7 @@ async def _resolve(
     return out
 
 
-async def _upsert(
-    session: AsyncSession,
-    kind: str,
-    tid: uuid.UUID,
-    iid: uuid.UUID,
-    records: list[dict[str, Any]],
-    now: datetime,
-) -> UpsertOutcome:
-    if kind == "shows":
-        return await upsert_catalog(
-            session=session, model=Show, tenant_id=tid, import_id=iid, records=records, at=now
-        )
-    if kind == "advertisers":
-        return await upsert_catalog(
-            session=session, model=Advertiser, tenant_id=tid, import_id=iid, records=records, at=now
-        )
-    # Staged by COPY in `_stage`, on this same connection and transaction.
-    return await upsert_campaigns(session=session, tenant_id=tid, import_id=iid, at=now)
+_CATALOG: dict[str, type[Show] | type[Advertiser]] = {"shows": Show, "advertisers": Advertiser}
 
 
 async def _resolve_deliveries(
