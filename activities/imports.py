@@ -25,6 +25,7 @@ from db.deals import deal_seed, open_deals_page
 from db.engine import SessionMaker, set_tenant, tenant_tx
 from db.events import emit_event
 from db.imports import (
+    StagedCatalog,
     UpsertOutcome,
     close_open_import,
     count_open_deals_written,
@@ -234,11 +235,11 @@ class ImportActivities:
                     pending = parse_after(batch.last_row)
                     seen_any = seen_any or batch.rows > 0
                     if staged is None:
-                        staged = await self._stage(tid, inp.kind, batch, seen_any)
+                        staged = await self._stage(tid, iid, inp.kind, batch, seen_any, None)
                         continue
                     finishing = asyncio.create_task(self._finish(tid, iid, inp.kind, staged, estimate))
                     try:
-                        following = await self._stage(tid, inp.kind, batch, seen_any)
+                        following = await self._stage(tid, iid, inp.kind, batch, seen_any, staged)
                     except BaseException:
                         await asyncio.gather(finishing, return_exceptions=True)
                         staged = None
@@ -312,21 +313,39 @@ class ImportActivities:
             assert imp is not None
             imp.warnings = [*imp.warnings, *warnings][:MAX_WARNINGS]
 
-    async def _stage(self, tid: uuid.UUID, kind: str, batch: _Batch, seen_any: bool) -> _Staged:
-        """Opens the chunk's transaction, resolves its references and stages its rows by COPY."""
+    async def _stage(
+        self,
+        tid: uuid.UUID,
+        iid: uuid.UUID,
+        kind: str,
+        batch: _Batch,
+        seen_any: bool,
+        previous: _Staged | None,
+    ) -> _Staged:
+        """Opens the chunk's transaction, resolves its references and stages its rows by COPY.
+
+        `previous` is the chunk merging meanwhile (not yet committed): for shows and
+        advertisers the keys it shares with this one are in-file repeats the database cannot
+        show yet; the earlier chunks' are found in the database while staging, off the path
+        the commits wait on.
+        """
         session = self._sm()
         try:
             await session.begin()
             await set_tenant(session, tid)
             errors = list(batch.errors)
             records = await _resolve(session, kind, batch.records, errors)
-            catalog_columns = None
+            catalog = None
             if kind == "show_downloads":
                 await stage_downloads(session=session, records=records)
             elif kind == "campaigns":
                 await stage_campaigns(session=session, records=records)
             elif kind in _CATALOG:
-                catalog_columns = await stage_catalog(session=session, model=_CATALOG[kind], records=records)
+                catalog = await stage_catalog(
+                    session=session, model=_CATALOG[kind], tenant_id=tid, import_id=iid, records=records
+                )
+                if catalog is not None and previous is not None and previous.catalog is not None:
+                    catalog.add_repeats(previous.catalog.keys)
         except BaseException:
             await session.close()
             raise
@@ -336,7 +355,7 @@ class ImportActivities:
             seen_any=seen_any,
             records=records,
             errors=errors,
-            catalog_columns=catalog_columns,
+            catalog=catalog,
         )
 
     async def _finish(
@@ -366,7 +385,7 @@ class ImportActivities:
                     model=_CATALOG[kind],
                     tenant_id=tid,
                     import_id=iid,
-                    columns=staged.catalog_columns,
+                    staged=staged.catalog,
                     at=now,
                 )
             else:
@@ -608,8 +627,8 @@ class _Staged:
     seen_any: bool
     records: list[dict[str, Any]]
     errors: list[RowError]
-    # shows and advertisers: the columns their staged rows set (None: nothing staged).
-    catalog_columns: list[str] | None = None
+    # shows and advertisers: what was staged (None: nothing).
+    catalog: StagedCatalog | None = None
 
 
 def _open_rows(path: Path, filename: str) -> tuple[list[Any], Iterator[tuple[int, list[Any]]], list[str]]:

@@ -37,14 +37,34 @@ class UpsertOutcome:
     resync: list[uuid.UUID] = field(default_factory=list)
 
 
+@dataclass
+class StagedCatalog:
+    """A chunk of shows or advertisers in this connection's staging table, not yet merged."""
+
+    columns: list[str]  # the columns its rows set
+    keys: frozenset[str]  # their external ids
+    repeated_keys: list[str]  # those an earlier chunk of this import already wrote
+
+    def add_repeats(self, earlier_keys: frozenset[str]) -> None:
+        """Adds the keys shared with a chunk not committed yet (the database cannot show them)."""
+        known = set(self.repeated_keys)
+        self.repeated_keys.extend(sorted((self.keys & earlier_keys) - known))
+
+
 async def stage_catalog(
-    *, session: AsyncSession, model: type[Show] | type[Advertiser], records: list[dict[str, Any]]
-) -> list[str] | None:
+    *,
+    session: AsyncSession,
+    model: type[Show] | type[Advertiser],
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    records: list[dict[str, Any]],
+) -> StagedCatalog | None:
     """COPYs a chunk of parsed shows or advertisers into this connection's staging table.
 
-    Returns the columns the chunk sets (None: nothing staged), for `merge_catalog` to write on
-    the same connection and transaction. Staging touches no catalog row, so the import stages
-    chunk k+1 while chunk k merges and commits on another connection.
+    Staging touches no catalog row, so the import stages chunk k+1 while chunk k merges and
+    commits on another connection; `merge_catalog` then writes it on this connection and
+    transaction. The keys committed chunks of this import already wrote (in-file repeats) are
+    looked up here too, off the path commits wait on. None: nothing to stage.
     """
     if not records:
         return None
@@ -68,7 +88,21 @@ async def stage_catalog(
         f"SELECT {', '.join(staged)} FROM {table.name} WITH NO DATA"
     )
     await raw.copy_records_to_table(stage, records=rows, columns=["external_id", *columns])
-    return columns
+    # LATERAL: one unique-index probe per staged row, whatever the statistics say. A plain
+    # join let a planner with a stale row count for the tenant (analysed when it had 100
+    # shows, now 90,000) loop over the staging table once per catalog row: 24 s for one chunk.
+    repeated = await raw.fetch(
+        f"SELECT s.external_id FROM {stage} s CROSS JOIN LATERAL ("
+        f"  SELECT 1 FROM {table.name} t WHERE t.tenant_id = $1 "
+        "  AND t.external_id = s.external_id AND t.last_import_id = $2 LIMIT 1) AS seen",
+        tenant_id,
+        import_id,
+    )
+    return StagedCatalog(
+        columns=columns,
+        keys=frozenset(str(r["external_id"]) for r in records),
+        repeated_keys=[str(r[0]) for r in repeated],
+    )
 
 
 async def merge_catalog(
@@ -77,35 +111,22 @@ async def merge_catalog(
     model: type[Show] | type[Advertiser],
     tenant_id: uuid.UUID,
     import_id: uuid.UUID,
-    columns: list[str] | None,
+    staged: StagedCatalog | None,
     at: datetime,
 ) -> UpsertOutcome:
     """Inserts or updates the staged shows or advertisers by external_id: one upsert.
 
-    A fixed number of statements per chunk whatever its size, like `show_downloads`: the keys
-    an earlier chunk of this import wrote (in-file repeats, reported), then one INSERT ...
-    SELECT ... ON CONFLICT DO UPDATE from the staging table.
+    One INSERT ... SELECT ... ON CONFLICT DO UPDATE from the staging table per chunk, whatever
+    its size, like `show_downloads`.
     """
     out = UpsertOutcome()
-    if columns is None:
+    if staged is None:
         return out
+    out.repeated_keys = list(staged.repeated_keys)
     table: Table = model.__table__  # type: ignore[assignment]
     stage = _stage_table(table)
-    ids = {"tenant_id": tenant_id, "import_id": import_id}
-    # LATERAL: one unique-index probe per staged row, whatever the statistics say. A plain
-    # join let a planner with a stale row count for the tenant (analysed when it had 100
-    # shows, now 90,000) loop over the staging table once per catalog row: 24 s for one chunk.
-    repeated = await session.execute(
-        text(
-            f"SELECT s.external_id FROM {stage} s CROSS JOIN LATERAL ("
-            f"  SELECT 1 FROM {table.name} t WHERE t.tenant_id = :tenant_id "
-            "  AND t.external_id = s.external_id AND t.last_import_id = :import_id LIMIT 1) AS seen"
-        ),
-        ids,
-    )
-    out.repeated_keys = [r[0] for r in repeated]
-    listed = ", ".join(columns)
-    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*columns, "last_import_id", "updated_at"])
+    listed = ", ".join(staged.columns)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*staged.columns, "last_import_id", "updated_at"])
     counts = (
         await session.execute(
             text(
@@ -119,7 +140,7 @@ async def merge_catalog(
                 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
                 """
             ),
-            {**ids, "at": at},
+            {"tenant_id": tenant_id, "import_id": import_id, "at": at},
         )
     ).one()
     out.inserted, out.updated = int(counts[0]), int(counts[1])
