@@ -273,11 +273,13 @@ class ImportActivities:
             if imp.status in FINAL:
                 raise _closed_error(imp)
             imp.rows_total = imp.rows_processed
+            # The rows phase is over: the status says when, and then reports the workflows phase.
+            finished: dict[str, object] = {"rows_finished_at": datetime.now(UTC).isoformat()}
             to_start = 0
             if inp.count_workflows_to_start:
-                # The rows phase is over: the status now reports the workflows phase.
                 to_start = await count_open_deals_written(session=session, import_id=iid)
-                imp.checkpoint = {**imp.checkpoint, "workflows_to_start": to_start}
+                finished["workflows_to_start"] = to_start
+            imp.checkpoint = {**imp.checkpoint, **finished}
             return RunImportResult(
                 workflows_to_start=to_start,
                 rows_processed=imp.rows_processed,

@@ -97,6 +97,9 @@ class ImportStatus(BaseModel):
     error: str | None
     errors: list[RowErrorPublic]
     started_at: datetime | None
+    # When the last row committed (the rows phase ended): before finished_at by the workflows
+    # phase of a campaigns import, and by the closing report otherwise. Null until then.
+    rows_finished_at: datetime | None = None
     finished_at: datetime | None
     created_at: datetime
     workflow_id: str
@@ -114,6 +117,10 @@ class ImportSummary(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+
+
+def _when(raw: object) -> datetime | None:
+    return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
 
 def _422(field: str, msg: str) -> HTTPException:
@@ -349,6 +356,7 @@ async def import_status(
             for e in errors
         ],
         started_at=imp.started_at,
+        rows_finished_at=_when(imp.checkpoint.get("rows_finished_at")),
         finished_at=imp.finished_at,
         created_at=imp.created_at,
         workflow_id=imp.workflow_id or import_workflow_id(str(imp.tenant_id), str(imp.id)),

@@ -11,8 +11,9 @@ demo data) serves every run, each run in a tenant of its own, and measures:
            are then started straight with the SDK (64 starts in flight, the same start options
            as the import), which gives the raw SDK start rate of the same server.
   product  POST /api/v1/etl/upload, then GET /api/v1/etl/status every 0.2 s until final: rows/s
-           of the rows phase (upload to the last row committed, as the status reports it) and,
-           for campaigns, starts/s of the workflows phase (last row committed to final).
+           of the rows phase (upload to `rows_finished_at`, when the status says the last row
+           committed) and, for campaigns, starts/s of the workflows phase (`rows_finished_at` to
+           `finished_at`).
 
 The campaigns file is CRM-shaped: 90% closed deals (won/lost), 10% open (lead..negotiation),
 over 200 advertisers loaded first. The stack runs with matchmaking off (a catalog import would
@@ -241,7 +242,10 @@ async def run_product(
     auth = {"Authorization": f"Bearer {key}"}
     sampler.start()
     try:
-        t0 = time.perf_counter()
+        # The import's own timestamps end the phases (the status says when its last row committed
+        # and when it finished), so the 0.2 s polling adds nothing to the figures; the stack runs
+        # on this machine, so its clock is ours.
+        t0 = time.time()
         with path.open("rb") as f:
             r = await http.post(
                 "/api/v1/etl/upload",
@@ -252,31 +256,28 @@ async def run_product(
         if r.status_code != 202:
             raise RuntimeError(f"upload of {path.name}: {r.status_code} {r.text[:300]}")
         import_id = r.json()["import_id"]
-        rows_done_at = None
         while True:
             r = await http.get(f"/api/v1/etl/status/{import_id}", headers=auth)
             r.raise_for_status()
             body = r.json()
-            now = time.perf_counter() - t0
-            if rows_done_at is None and (body["phase"] != "rows" or body["status"] in FINAL):
-                rows_done_at = now
-            if body["status"] in FINAL or now > timeout_s:
+            if body["status"] in FINAL or time.time() - t0 > timeout_s:
                 break
             await asyncio.sleep(POLL_S)
     finally:
         sampler.stop()
     if body["status"] != "completed" or body["rows_inserted"] != rows:
         raise RuntimeError(f"product {kind}: {body['status']}, inserted {body['rows_inserted']} of {rows}")
-    assert rows_done_at is not None
+    rows_done = datetime.fromisoformat(body["rows_finished_at"]).timestamp() - t0
+    finished = datetime.fromisoformat(body["finished_at"]).timestamp() - t0
     out: dict[str, Any] = {
         "rows": rows,
-        "seconds": now,
-        "rows_seconds": rows_done_at,
-        "rows_per_s": rows / rows_done_at,
+        "seconds": finished,
+        "rows_seconds": rows_done,
+        "rows_per_s": rows / rows_done,
         "peak_rss_mb": {k: v / MB for k, v in sampler.peak_rss.items()},
     }
     if kind == "campaigns":
-        wf_s = now - rows_done_at
+        wf_s = finished - rows_done
         out["workflows_started"] = body["workflows_started"]
         out["workflows_seconds"] = wf_s
         out["starts_per_s"] = body["workflows_started"] / wf_s if wf_s > 0 else 0.0

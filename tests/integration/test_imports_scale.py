@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -90,6 +91,13 @@ async def test_crm_campaigns_exact_counts_and_two_phases(stack: Stack) -> None:
     second = [s for s in seen if s["phase"] == "workflows"]
     assert second, "the workflows phase was never visible"
     assert all(s["rows_processed"] == ROWS and s["workflows_to_start"] == n_open for s in second)
+    # The status says when the rows phase ended: not before every row was in, and before the end.
+    assert all(s["rows_finished_at"] is None for s in seen if s["phase"] == "rows")
+    assert all(s["rows_finished_at"] == status["rows_finished_at"] for s in second)
+    started, rows_finished, finished = (
+        datetime.fromisoformat(status[k]) for k in ("started_at", "rows_finished_at", "finished_at")
+    )
+    assert started < rows_finished < finished
     assert any(s["workflows_started"] < n_open for s in second)
     assert all(s["workflows_pending"] == n_open - s["workflows_started"] for s in second)
     done = (await stack.http.get("/api/v1/events?type=etl.import_completed", headers=h)).json()["items"][-1]
