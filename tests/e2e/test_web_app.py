@@ -321,3 +321,177 @@ async def test_the_event_feed_is_live_and_pages_fit_a_phone(live: Live) -> None:
     assert overflow <= 1, f"the board page overflows a phone by {overflow}px (columns should scroll inside)"
     await shot(page, "13-board-phone")
     await page.context.close()
+
+
+def _crm_campaigns(open_deals: int, closed: int, advertisers: list[str]) -> str:
+    """A CRM export: `open_deals` open deals (lead..negotiation), then `closed` won or lost ones."""
+    opens = ("lead", "qualified", "proposal", "negotiation")
+    lines = ["external_id,advertiser_external_id,name,value_usd,stage,lost_reason"]
+    for i in range(open_deals + closed):
+        if i < open_deals:
+            stage, reason = opens[i % 4], ""
+        else:
+            stage, reason = ("won", "") if i % 2 else ("lost", "Budget cut")
+        ext = advertisers[i % len(advertisers)]
+        lines.append(f"crm-{i:05d},{ext},Deal {i},{1000 + i % 9000},{stage},{reason}")
+    return "\n".join(lines) + "\n"
+
+
+# Records every phase the import panel shows (and the workflows line while it shows `workflows`),
+# so a phase that lasts one poll is still seen by the test.
+_WATCH_PHASES = """() => {
+  window.__phases = [];
+  window.__workflowLines = [];
+  const panel = document.querySelector('[data-testid=import-panel]');
+  new MutationObserver(() => {
+    const phase = panel.dataset.phase;
+    if (phase && window.__phases[window.__phases.length - 1] !== phase) window.__phases.push(phase);
+    const line = panel.querySelector('[data-testid=import-workflows]');
+    if (phase === 'workflows' && line) window.__workflowLines.push(line.textContent);
+  }).observe(panel, { attributes: true, childList: true, subtree: true });
+}"""
+
+
+async def test_a_campaigns_upload_shows_rows_then_workflows_started(live: Live, tmp_path: Path) -> None:
+    tenant, h = await live.tenant("Migration Network")
+    advertisers = [f"adv-{i}" for i in range(5)]
+    for ext in advertisers:
+        await make_advertiser(live.http, h, name=f"Advertiser {ext}", external_id=ext)
+    # Enough open deals that starting their workflows outlasts several 500 ms polls.
+    open_deals, closed = 800, 200
+    csv = tmp_path / "crm_export.csv"
+    csv.write_text(_crm_campaigns(open_deals, closed, advertisers))
+
+    page = await live.signed_in(tenant)
+    await page.goto("/imports")
+    await page.evaluate(_WATCH_PHASES)
+    form = page.locator("[data-testid=upload-form]")
+    await form.locator("select[name=kind]").select_option("campaigns")
+    await form.locator("input[type=file]").set_input_files(str(csv))
+    await form.locator("button[type=submit]").click()
+    phase = page.locator("[data-testid=import-phase]")
+    await expect(phase).to_have_attribute("data-phase", "workflows", timeout=60_000)
+    await expect(page.locator("[data-testid=phase-rows]")).to_have_attribute("data-state", "done")
+    await shot(page, "14-import-workflows-phase")
+    await expect(page.locator("[data-testid=import-status]")).to_have_text("completed", timeout=120_000)
+
+    # The final panel: both phases done, with their counts and when the rows phase ended.
+    await expect(phase).to_have_text("done")
+    counts = page.locator("[data-testid=import-counts]")
+    await expect(counts).to_have_attribute("data-processed", str(open_deals + closed))
+    await expect(counts).to_contain_text("inserted 1,000")
+    workflows = page.locator("[data-testid=import-workflows]")
+    await expect(workflows).to_have_text(f"Workflows started {open_deals} of {open_deals} (0 pending)")
+    await expect(page.locator("[data-testid=phase-workflows]")).to_have_attribute("data-state", "done")
+    await expect(page.locator("[data-testid=rows-finished]")).to_contain_text("done")
+    assert await page.locator("[data-testid=rows-finished] time").count() == 1
+    await shot(page, "15-import-two-phases-done")
+
+    seen = await page.evaluate("window.__phases")
+    assert seen[-1] == "done" and "workflows" in seen, seen
+    assert seen == [p for p in ("rows", "workflows", "done") if p in seen], seen  # never backwards
+    lines = await page.evaluate("window.__workflowLines")
+    assert lines and all(f"of {open_deals} (" in line for line in lines), lines
+    status = (await live.http.get("/api/v1/etl/history", headers=h)).json()["items"][0]
+    api_status = (await live.http.get(f"/api/v1/etl/status/{status['import_id']}", headers=h)).json()
+    assert (api_status["workflows_started"], api_status["workflows_pending"]) == (open_deals, 0)
+    await page.context.close()
+
+    # On a phone the two phases stack and nothing overflows.
+    phone = await live.signed_in(tenant, width=375, height=812)
+    await phone.goto("/imports")
+    await phone.locator(f"[data-import-id='{status['import_id']}']").click()
+    await expect(phone.locator("[data-testid=import-workflows]")).to_have_text(
+        f"Workflows started {open_deals} of {open_deals} (0 pending)"
+    )
+    overflow = await phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the imports page overflows a phone by {overflow}px"
+    await shot(phone, "16-import-phone")
+    await phone.context.close()
+
+
+async def _io_status(live: Live, h: dict[str, str], io_id: str, want: str) -> dict[str, Any]:
+    for _ in range(300):
+        io = dict((await live.http.get(f"/api/v1/io/{io_id}", headers=h)).json())
+        if io["status"] == want:
+            return io
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"IO {io_id} never reached {want}: {io['status']}")
+
+
+async def test_an_io_awaiting_delivery_is_closed_from_its_page(live: Live) -> None:
+    tenant, h = await live.tenant("Overdue Network")
+    show = await make_show(live.http, h, name="Morning Brew", cpm_usd=25)
+    deal = await make_deal(live.http, h, show=show, name="Acme launch flight")
+    for stage in ("qualified", "proposal", "won"):
+        assert (await move(live.http, h, deal["id"], stage)).status_code == 200
+    # Aired today with a window of 0 days: the window ends at once, and nobody reported delivery.
+    today = datetime.now(UTC).date()
+    flat = ad_unit(
+        show["id"],
+        today,
+        placement="pre_roll",
+        pricing_model="flat",
+        flat_usd=300,
+        cpm_usd=None,
+        impressions_goal=None,
+    )
+    r = await live.http.post(
+        "/api/v1/io",
+        json={
+            "campaign_id": deal["id"],
+            "ad_units": [ad_unit(show["id"], today, impressions_goal=10000), flat],
+            "measurement_window_days": 0,
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    io = await _io_status(live, h, r.json()["id"], "awaiting_delivery")
+    assert io["invoice"] is None
+
+    page = await live.signed_in(tenant)
+    await page.goto(f"/ios/{io['id']}")
+    await expect(page.locator("[data-testid=io-status]")).to_have_text("awaiting_delivery")
+    awaiting = page.locator("[data-testid=io-awaiting]")
+    await expect(awaiting).to_contain_text("Awaiting a delivery report")
+    await expect(awaiting).to_contain_text("1 CPM unit has no delivery report")
+    await expect(awaiting.locator("[data-testid=io-awaiting-units] tbody tr")).to_have_count(1)
+    await expect(awaiting.locator("[data-testid=io-awaiting-units]")).to_contain_text("Morning Brew")
+    await expect(page.locator("[data-testid=io-invoice]")).to_contain_text("Not invoiced yet")
+    overdue = page.locator("[data-testid=io-events] li[data-type='io.delivery_overdue']")
+    await expect(overdue).to_contain_text("no delivery report for 1 unit (Morning Brew")
+    await shot(page, "17-io-awaiting-delivery")
+
+    # Confirm first: dismissing the question sends nothing.
+    questions: list[str] = []
+
+    async def dismiss(dialog: Any) -> None:
+        questions.append(dialog.message)
+        await dialog.dismiss()
+
+    async def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        await dialog.accept()
+
+    page.once("dialog", dismiss)
+    await page.locator("[data-testid=io-close-delivery-zero]").click()
+    await expect(page.locator("[data-testid=io-close-delivery-zero]")).to_be_enabled()
+    assert questions and "0 impressions" in questions[0], questions
+    assert (await live.http.get(f"/api/v1/io/{io['id']}", headers=h)).json()["status"] == "awaiting_delivery"
+
+    # Bill the goal: the unit is billed as 10,000 impressions, the IO is invoiced and completed.
+    page.once("dialog", accept)
+    await page.locator("[data-testid=io-close-delivery-goal]").click()
+    await expect(page.locator("[data-testid=io-status]")).to_have_text("completed", timeout=30_000)
+    assert "$250.00" in questions[1], questions
+    invoice = page.locator("[data-testid=io-invoice]")
+    await expect(invoice).to_contain_text("Invoice ")
+    await expect(invoice.locator("tfoot")).to_contain_text("$550.00")
+    await expect(page.locator("[data-testid=flash]")).to_contain_text("billed as their goal delivered")
+    await expect(awaiting).to_be_hidden()
+    await expect(page.locator("[data-testid=io-events] li[data-type='io.completed']")).to_contain_text("$550")
+    await shot(page, "18-io-delivery-closed-invoice")
+    got = (await live.http.get(f"/api/v1/io/{io['id']}", headers=h)).json()
+    assert float(got["invoice"]["total_usd"]) == 550.0
+    assert [u["delivered_impressions"] for u in got["ad_units"] if u["impressions_goal"]] == [10000]
+    await page.context.close()

@@ -175,23 +175,46 @@ export function bar(share, attrs = {}) {
   return h("span", { class: "bar", ...attrs }, h("span", { class: "bar-fill", style: { width: `${w}%` } }));
 }
 
+/** "3 units" / "1 unit". */
+export const plural = (n, one, many = `${one}s`) => `${num(n)} ${Number(n) === 1 ? one : many}`;
+
+/** The units an io.delivery_overdue/io.delivery_reminder names: "2 units (Morning Brew Jan 5, Night Owls Jan 6)". */
+function overdueUnits(units) {
+  const list = Array.isArray(units) ? units : [];
+  const names = list.slice(0, 3).map((u) => `${u.show_name} ${day(u.air_date, { month: "short", day: "numeric" })}`);
+  if (list.length > 3) names.push(`${list.length - 3} more`);
+  return `${plural(list.length, "unit")}${names.length ? ` (${names.join(", ")})` : ""}`;
+}
+
 /** One line about an event's payload, e.g. "lead → qualified". */
 export function eventSummary(e) {
   const p = e.payload || {};
   switch (e.type) {
     case "deal.stage_changed": return `${p.from ?? "—"} → ${p.to}${p.reason ? ` (${p.reason})` : ""}`;
-    case "deal.created": return `${p.name ?? "deal"} · ${p.stage} · ${money(p.value_usd)}`;
+    case "deal.created": return `${p.name ?? "deal"} · ${p.stage} · ${money(p.value_usd)}${p.import_id ? " · imported" : ""}`;
     case "deal.stalled": return `stalled in ${p.stage} (limit ${p.limit_days} days)`;
     case "io.scheduled": return `${p.units} unit(s) · ${money(p.total_usd)} · first air ${day(p.first_air_date)}`;
     case "io.ad_aired": return `${p.show_name} · ${label(p.placement)} aired ${day(p.air_date)}`;
-    case "io.delivery_reported": return `${num(p.impressions)} of ${num(p.impressions_goal)} impressions`;
+    case "io.delivery_reported":
+      return `${num(p.impressions)} of ${num(p.impressions_goal)} impressions`
+        + (p.billed_as ? ` · closed by an operator: billed as ${p.billed_as === "goal" ? "the goal" : "0"} delivered` : "");
     case "io.makegood_scheduled": return `make-good on ${p.show_name} ${day(p.air_date)} (${num(p.shortfall)} short)`;
-    case "io.completed": return `invoice ${p.invoice_number} · ${money(p.total_usd)}${p.cancelled ? " (cancelled)" : ""}`;
-    case "io.cancelled": return `cancelled: ${p.reason ?? ""}`;
-    case "etl.import_completed":
-      return `${p.filename}: ${p.status}, ${num(p.rows_inserted)} new, ${num(p.rows_updated)} updated, ${num(p.rows_failed)} failed`;
-    case "etl.error": return `${p.filename}: ${p.reason}`;
-    case "match.recalculated": return `${num(p.matches_written)} matches from ${num(p.pairs_scored)} pairs`;
+    case "io.delivery_overdue":
+      return `no delivery report for ${overdueUnits(p.units)} when the measurement window ended ${dateTime(p.window_ended_at)}; not invoiced until reported or closed`
+        + (p.reminder_hours ? ` (reminders every ${num(p.reminder_hours)} h)` : "");
+    case "io.delivery_reminder":
+      return `reminder ${num(p.reminder)}: still no delivery report for ${overdueUnits(p.units)} (window ended ${dateTime(p.window_ended_at)})`;
+    case "io.completed":
+      return `invoice ${p.invoice_number} · ${money(p.total_usd)}${p.due_date ? ` · due ${day(p.due_date)}` : ""}${p.cancelled ? " (cancelled)" : ""}`;
+    case "io.cancelled":
+      return `cancelled: ${p.reason ?? ""}${Array.isArray(p.cancelled_units) ? ` (${plural(p.cancelled_units.length, "unit")} released)` : ""}`;
+    case "etl.import_completed": {
+      const wf = p.workflows_to_start
+        ? `; ${num(p.workflows_started)} of ${num(p.workflows_to_start)} deal workflows started` : "";
+      return `${p.filename}: ${p.status}, ${num(p.rows_inserted)} new, ${num(p.rows_updated)} updated, ${num(p.rows_failed)} failed${wf}`;
+    }
+    case "etl.error": return `${p.filename}: ${p.status ? `${p.status}: ` : ""}${p.reason ?? "failed"}`;
+    case "match.recalculated": return `${num(p.matches_written)} matches from ${num(p.pairs_scored)} pairs${p.trigger ? ` (${p.trigger})` : ""}`;
     default:
       return Object.entries(p).slice(0, 3).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
   }

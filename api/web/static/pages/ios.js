@@ -1,8 +1,9 @@
 // Insertion orders: the list and one IO (units, delivery, invoice, documents, cancel).
 
 import {
-  api, app, bar, dateTime, day, empty, flashBox, h, label, loading, money, money2, mount, num, params, qs, statusBadge, thead,
+  all, api, app, bar, dateTime, day, empty, flashBox, h, label, loading, money, money2, mount, num, params, plural, qs, statusBadge, thead, time,
 } from "../lib.js";
+import { eventItem } from "./events.js";
 
 const CANCELLABLE = new Set(["scheduled", "live", "measuring"]);
 
@@ -54,6 +55,7 @@ export async function ioDetail() {
   const flash = flashBox();
   const body = h("div", {}, loading());
   mount(app(), h("p", { class: "crumbs" }, h("a", { href: "/ios" }, "← IOs")), flash, body);
+  let shown = 0; // bumps so an older events read never paints over a newer render
   try {
     render(await api(`/api/v1/io/${encodeURIComponent(id)}`));
   } catch (e) {
@@ -62,6 +64,10 @@ export async function ioDetail() {
   }
 
   function render(io) {
+    const me = ++shown;
+    // Filled from the IO's events once they are read: why it waits, and what happened when.
+    const awaiting = h("section", { class: "card awaiting", "data-testid": "io-awaiting", role: "status", hidden: true });
+    const activity = h("section", { class: "card", "data-testid": "io-activity" }, h("h2", {}, "Activity"), loading());
     const fact = (term, ...value) => h("div", {}, h("dt", {}, term), h("dd", {}, ...value));
     const doc = (format, text) => h("a", {
       class: "button secondary", "data-testid": `doc-${format}`, download: "",
@@ -84,8 +90,8 @@ export async function ioDetail() {
           io.cancel_reason && fact("Cancelled", io.cancel_reason)),
         h("div", { class: "actions" }, doc("pdf", "IO as PDF"), doc("xlsx", "IO as Excel"),
           h("a", { href: io.temporal_ui_url, target: "_blank", rel: "noopener" }, "Workflow in Temporal UI"),
-          CANCELLABLE.has(io.status) && !io.invoice && cancelControls(io),
-          io.status === "awaiting_delivery" && !io.invoice && closeDeliveryControls(io))),
+          CANCELLABLE.has(io.status) && !io.invoice && cancelControls(io))),
+      awaiting,
       h("section", { class: "card", "data-testid": "io-delivery" },
         h("h2", {}, "Delivery"),
         dlv.impressions_goal
@@ -109,7 +115,30 @@ export async function ioDetail() {
               ? h("span", { class: "delivery" }, bar(u.delivered_impressions / u.impressions_goal, { title: `${u.delivered_pct ?? 0}% of goal` }),
                 h("span", { class: "small" }, `${u.delivered_pct ?? 0}%`))
               : h("span", { class: "muted small" }, "flat")))))))),
-      invoice(io));
+      invoice(io),
+      activity);
+    if (io.status === "awaiting_delivery" && !io.invoice) showAwaiting(awaiting, io, null);
+    loadActivity(io, me, awaiting, activity);
+  }
+
+  /** The IO's events, newest first; they also say which units an IO awaiting delivery waits for. */
+  async function loadActivity(io, me, awaiting, activity) {
+    let events;
+    try {
+      events = await all("/api/v1/events", { entity_id: io.id }, 5);
+    } catch (e) {
+      if (me !== shown) return;
+      mount(activity, h("h2", {}, "Activity"), empty(`The IO's events could not be loaded: ${e.message}`));
+      return;
+    }
+    if (me !== shown) return;
+    const recent = events.slice(-25).reverse();
+    mount(activity, h("h2", {}, "Activity"),
+      recent.length ? h("ul", { class: "feed compact static", "data-testid": "io-events" }, recent.map(eventItem)) : empty("No events yet."),
+      events.length > recent.length ? h("p", { class: "muted small" }, `The latest ${recent.length} of ${num(events.length)} events.`) : null);
+    // A cancelled IO keeps its status while it waits for the report of what aired.
+    const waits = !io.invoice && (io.status === "awaiting_delivery" || io.status === "cancelled");
+    if (waits) showAwaiting(awaiting, io, overdueState(io, events));
   }
 
   function invoice(io) {
@@ -127,25 +156,83 @@ export async function ioDetail() {
         h("tfoot", {}, h("tr", {}, h("th", { colspan: 5, scope: "row" }, "Total"), h("td", { class: "num" }, h("strong", {}, money2(inv.total_usd))), h("td", {}))))));
   }
 
-  // The window ended with CPM units nobody reported delivery for: an operator may bill them as 0 or goal.
-  function closeDeliveryControls(io) {
-    const button = (billAs, text) => {
-      const btn = h("button", { type: "button", class: "secondary", "data-testid": `io-close-delivery-${billAs}` }, text);
-      btn.addEventListener("click", async () => {
-        if (!confirm(`Close the missing delivery and invoice now, billing the unreported units as ${billAs === "goal" ? "their goal" : "0"} delivered?`)) return;
-        btn.disabled = true;
-        try {
-          render(await api(`/api/v1/io/${encodeURIComponent(io.id)}/close-delivery`, { method: "POST", body: { bill_as: billAs } }));
-          flash.show("The missing delivery was closed.", "ok", 5000);
-        } catch (e) {
-          btn.disabled = false;
-          flash.show(e.message);
-        }
-      });
-      return btn;
+  /**
+   * What the IO waits for, from its events: the last io.delivery_overdue, the reminders since,
+   * and its units no io.delivery_reported came for after it. Null when it waits for nothing.
+   */
+  function overdueState(io, events) {
+    let overdue = null;
+    let at = -1;
+    events.forEach((e, i) => { if (e.type === "io.delivery_overdue") { overdue = e; at = i; } });
+    if (!overdue) return null;
+    const later = events.slice(at + 1);
+    const reported = new Set(later.filter((e) => e.type === "io.delivery_reported").map((e) => e.payload?.ad_unit_id));
+    const byId = new Map(io.ad_units.map((u) => [u.id, u]));
+    const units = (overdue.payload?.units || []).filter((u) => !reported.has(u.ad_unit_id))
+      .map((u) => ({ ...u, price_usd: byId.get(u.ad_unit_id)?.price_usd }));
+    if (!units.length) return null;
+    return {
+      units,
+      windowEndedAt: overdue.payload?.window_ended_at || overdue.occurred_at,
+      reminderHours: overdue.payload?.reminder_hours,
+      reminders: later.filter((e) => e.type === "io.delivery_reminder").length,
     };
-    return h("span", { class: "close-delivery" }, h("span", { class: "muted small" }, "Awaiting a delivery report: "),
-      button("zero", "Bill unreported as 0"), button("goal", "Bill unreported as goal"));
+  }
+
+  /**
+   * The window ended with CPM units nobody reported delivery for: say so, and let an operator
+   * bill them as 0 or as their goal (close-delivery). `state` null: the events are not read yet
+   * (or say nothing), so the units are the CPM ones that aired without a figure.
+   */
+  function showAwaiting(section, io, state) {
+    if (state == null && io.status !== "awaiting_delivery") { section.hidden = true; return; }
+    const units = state ? state.units : io.ad_units
+      .filter((u) => u.impressions_goal && u.status === "aired" && !u.delivered_impressions)
+      .map((u) => ({ ad_unit_id: u.id, show_name: u.show_name, air_date: u.air_date, impressions_goal: u.impressions_goal, price_usd: u.price_usd }));
+    const goalUsd = units.reduce((sum, u) => sum + (Number(u.price_usd) || 0), 0);
+    const windowText = io.measurement_window_days === 1 ? "1 day" : `${io.measurement_window_days} days`;
+    mount(section,
+      h("h2", {}, "Awaiting a delivery report"),
+      h("p", {},
+        `The measurement window (${windowText} after air) ended`,
+        state ? [" ", time(state.windowEndedAt)] : "",
+        ` and ${units.length ? plural(units.length, "CPM unit") : "a CPM unit"} ${units.length === 1 ? "has" : "have"} no delivery report,`,
+        " so the IO is not invoiced yet. It reconciles as soon as a report arrives (the API or a deliveries import)."),
+      state && h("p", { class: "muted small", "data-testid": "io-reminders" },
+        state.reminders ? `${plural(state.reminders, "reminder")} sent` : "No reminder sent yet",
+        state.reminderHours ? ` · a reminder every ${num(state.reminderHours)} hours` : ""),
+      units.length > 0 && h("div", { class: "table-wrap" }, h("table", { class: "compact", "data-testid": "io-awaiting-units" },
+        thead("Show", "Air date", "#Goal", "#Price"),
+        h("tbody", {}, units.map((u) => h("tr", { dataset: { unitId: u.ad_unit_id } },
+          h("td", {}, u.show_name), h("td", {}, day(u.air_date)),
+          h("td", { class: "num" }, num(u.impressions_goal)), h("td", { class: "num" }, money2(u.price_usd))))))),
+      h("p", { class: "muted small" }, "Or close it now and invoice: bill the unreported units as 0 impressions delivered, or as their goal delivered. Either way they are not made good."),
+      h("div", { class: "actions" },
+        closeButton(io, "zero", "Bill as delivered: 0",
+          `Bill ${units.length === 1 ? "the unreported unit" : "the unreported units"} as 0 impressions delivered and invoice this IO now?`),
+        closeButton(io, "goal", "Bill the goal",
+          `Bill ${units.length === 1 ? "the unreported unit" : "the unreported units"} as ${units.length === 1 ? "its" : "their"} goal delivered${goalUsd ? ` (${money2(goalUsd)})` : ""} and invoice this IO now?`)));
+    section.hidden = false;
+  }
+
+  function closeButton(io, billAs, text, question) {
+    const btn = h("button", { type: "button", class: billAs === "goal" ? "" : "secondary", "data-testid": `io-close-delivery-${billAs}` }, text);
+    btn.addEventListener("click", async () => {
+      if (!confirm(question)) return;
+      for (const b of btn.parentElement.querySelectorAll("button")) b.disabled = true;
+      try {
+        const closed = await api(`/api/v1/io/${encodeURIComponent(io.id)}/close-delivery`, { method: "POST", body: { bill_as: billAs } });
+        render(closed);
+        flash.show(closed.invoice
+          ? `Closed: the unreported units were billed as ${billAs === "goal" ? "their goal" : "0"} delivered; invoice ${closed.invoice.number} issued.`
+          : `Closed: the unreported units were billed as ${billAs === "goal" ? "their goal" : "0"} delivered.`, "ok", 8000);
+        document.querySelector("[data-testid=io-invoice]")?.scrollIntoView({ behavior: "smooth", block: "start" });
+      } catch (e) {
+        for (const b of btn.parentElement?.querySelectorAll("button") || []) b.disabled = false;
+        flash.show(e.message);
+      }
+    });
+    return btn;
   }
 
   function cancelControls(io) {
