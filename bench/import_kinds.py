@@ -1,4 +1,4 @@
-"""Benchmark: `shows`, `advertisers` and `campaigns` imports through the API vs COPY + the same upserts.
+"""Benchmark: `shows`, `advertisers`, `campaigns` and `deliveries` imports through the API vs their anchors.
 
 For each kind and each size (BENCH_KINDS_SMALL_ROWS, default 10,000, and BENCH_KINDS_ROWS, default
 100,000) it starts nothing new: one `sponsorflow up` of its own (fresh data dir, free ports, no
@@ -20,7 +20,12 @@ over 200 advertisers loaded first. The stack runs with matchmaking off (a catalo
 start a match recalculation, measured by bench/match_recalc). A thread samples the API and
 worker RSS during product runs.
 
-BENCH_KINDS (default all three, comma-separated) picks the kinds.
+`deliveries` (bench/import_deliveries, which says how) books IOs through the API in an anchor
+and a product tenant and measures daily cumulative delivery reports against the same signals
+sent straight with the SDK (its anchor: the write path is Temporal's) and against COPY + the same
+effect written into PostgreSQL (printed, no target).
+
+BENCH_KINDS (default all four, comma-separated) picks the kinds.
 
 Targets (printed PASS/FAIL, informational: the exit code is 0 unless the run fails): rows/s at
 the large size >= 0.6x its anchor; time per row at the large size within 1.3x of the small; the
@@ -47,10 +52,11 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.import_deliveries import measure_deliveries, render_lines
 from bench.import_throughput import MB, PgTarget, Sampler, create_tenant
 from bench.stack import Stack, env_int, results_path
 
-KINDS = ("shows", "advertisers", "campaigns")
+KINDS = ("shows", "advertisers", "campaigns", "deliveries")
 ADVERTISERS = 200
 POLL_S = 0.2
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
@@ -315,6 +321,10 @@ async def measure(
     results: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=600, trust_env=False) as http:
         for kind in kinds:
+            if kind == "deliveries":
+                sizes = {label: files[(kind, label)][:2] for label in ("small", "large")}
+                results[kind] = await measure_deliveries(http, stack, procs, sizes, timeout_s)
+                continue
             per_kind: dict[str, Any] = {}
             for label in ("small", "large"):
                 rows, path, n_open = files[(kind, label)]
@@ -426,6 +436,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]]) -> str:
                 f"{kind:<12} workflows/raw SDK "
                 f"{r['small']['starts_ratio']:.2f}x {r['large']['starts_ratio']:.2f}x"
             )
+        if kind == "deliveries":
+            lines.extend(render_lines(r))
     lines.append("")
     for t in targets:
         lines.append(f"{'PASS' if t['ok'] else 'FAIL'}  {t['target']}: {t['value']:.2f}")
@@ -444,7 +456,9 @@ def main() -> int:
     for kind in kinds:
         for label, rows in (("small", small), ("large", large)):
             path = tmp / f"{kind}-{rows}.csv"
-            files[(kind, label)] = (rows, path, write_file(path, kind, rows))
+            # A deliveries file names booked IOs: bench/import_deliveries writes it once they are.
+            n_open = write_file(path, kind, rows) if kind != "deliveries" else 0
+            files[(kind, label)] = (rows, path, n_open)
     advertisers = tmp / "advertisers-for-campaigns.csv"
     write_file(advertisers, "advertisers", ADVERTISERS)
     # Matchmaking off: a shows or advertisers import would start a match recalculation, a

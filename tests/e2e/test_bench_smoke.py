@@ -43,8 +43,15 @@ BENCHMARKS: dict[str, tuple[dict[str, str], str]] = {
         r"ratio product/anchor\s+\d+\.\d+x\s+\d+\.\d+x",
     ),
     "import_kinds": (
-        {"BENCH_KINDS_SMALL_ROWS": "200", "BENCH_KINDS_ROWS": "400"},
-        r"campaigns\s+workflows/raw SDK\s+\d+\.\d+x\s+\d+\.\d+x",
+        {
+            "BENCH_KINDS_SMALL_ROWS": "200",
+            "BENCH_KINDS_ROWS": "400",
+            "BENCH_DELIVERIES_IOS": "4",
+            "BENCH_DELIVERIES_UNITS": "5",
+        },
+        # Every kind ran: campaigns' workflows phase, then deliveries against its two anchors.
+        r"campaigns\s+workflows/raw SDK\s+\d+\.\d+x\s+\d+\.\d+x[\s\S]*"
+        r"deliveries\s+ratio product/raw SDK\s+\d+\.\d+x\s+\d+\.\d+x, product/db\s+\d+\.\d+x",
     ),
     "match_recalc": (
         {"BENCH_MATCH_SHOWS": "40", "BENCH_MATCH_ADVERTISERS": "10", "BENCH_MATCH_REFERENCE_PAIRS": "200"},
