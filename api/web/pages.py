@@ -259,7 +259,7 @@ async def deal_page(request: Request, deal_id: str, settings: SettingsDep, sm: S
 
 @router.get("/imports")
 async def imports_page(request: Request, settings: SettingsDep, sm: SessionMakerDep) -> Response:
-    """Imports: upload with live progress, row errors, history."""
+    """Imports: upload with live progress of both phases (rows, deal workflows), row errors, history."""
     return await _page(request, "imports", settings, sm)
 
 
@@ -279,7 +279,7 @@ async def io_new_page(
 
 @router.get("/ios/{io_id}")
 async def io_page(request: Request, io_id: str, settings: SettingsDep, sm: SessionMakerDep) -> Response:
-    """One IO: units, delivery against goal, invoice, documents."""
+    """One IO: units, delivery against goal, a missing delivery report to close, invoice, events."""
     return await _page(request, "io", settings, sm, {"io_id": io_id})
 
 
