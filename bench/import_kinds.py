@@ -18,7 +18,9 @@ demo data) serves every run, each run in a tenant of its own, and measures:
 The campaigns file is CRM-shaped: 90% closed deals (won/lost), 10% open (lead..negotiation),
 over 200 advertisers loaded first. The stack runs with matchmaking off (a catalog import would
 start a match recalculation, measured by bench/match_recalc). A thread samples the API and
-worker RSS during product runs.
+worker RSS during product runs; the figure checked is the rows phase's peak (the import's own
+memory), and a campaigns run also reports the peak including its workflows phase (10,000 deal
+workflows started on the same worker fill its workflow cache, which grows on its own).
 
 `deliveries` (bench/import_deliveries, which says how) books IOs through the API in an anchor
 and a product tenant and measures daily cumulative delivery reports against the same signals
@@ -262,10 +264,15 @@ async def run_product(
         if r.status_code != 202:
             raise RuntimeError(f"upload of {path.name}: {r.status_code} {r.text[:300]}")
         import_id = r.json()["import_id"]
+        rows_peak: dict[str, int] | None = None
         while True:
             r = await http.get(f"/api/v1/etl/status/{import_id}", headers=auth)
             r.raise_for_status()
             body = r.json()
+            if rows_peak is None and (body["phase"] != "rows" or body["status"] in FINAL):
+                # The import's own memory: a campaigns import's second phase starts deal
+                # workflows on the same worker, whose workflow cache grows on its own.
+                rows_peak = dict(sampler.peak_rss)
             if body["status"] in FINAL or time.time() - t0 > timeout_s:
                 break
             await asyncio.sleep(POLL_S)
@@ -280,7 +287,8 @@ async def run_product(
         "seconds": finished,
         "rows_seconds": rows_done,
         "rows_per_s": rows / rows_done,
-        "peak_rss_mb": {k: v / MB for k, v in sampler.peak_rss.items()},
+        "peak_rss_mb": {k: v / MB for k, v in (rows_peak or sampler.peak_rss).items()},
+        "peak_rss_mb_with_workflows": {k: v / MB for k, v in sampler.peak_rss.items()},
     }
     if kind == "campaigns":
         wf_s = finished - rows_done
@@ -430,7 +438,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]]) -> str:
                 lines.append(
                     f"{kind:<12} {label:<6} workflows phase {run['product']['starts_per_s']:,.0f} starts/s "
                     f"({run['product']['workflows_started']:,}), "
-                    f"raw SDK {run['raw_sdk']['starts_per_s']:,.0f} starts/s"
+                    f"raw SDK {run['raw_sdk']['starts_per_s']:,.0f} starts/s, worker RSS with the "
+                    f"workflows {run['product']['peak_rss_mb_with_workflows']['worker']:.0f} MB"
                 )
             lines.append(
                 f"{kind:<12} workflows/raw SDK "
