@@ -639,7 +639,7 @@ def _open_rows(path: Path, filename: str) -> tuple[list[Any], Iterator[tuple[int
     if not head:
         raise FileError("the file is empty")
     if sniff_format(head, filename) == "xlsx":
-        return iter_xlsx_rows(str(path))
+        return iter_xlsx_rows(path.open("rb"), owns_stream=True)
     return iter_csv_rows(_blocks(path))
 
 

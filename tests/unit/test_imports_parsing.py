@@ -414,8 +414,8 @@ def test_xlsx_round_trip_with_date_and_numeric_cells(tmp_path: Path) -> None:
     # A temporary upload name without .xlsx must work too.
     path = tmp_path / "upload.tmp"
     path.write_bytes(data)
-    for source in (path, str(path), io.BytesIO(data)):
-        header_cells, rows, warnings = iter_xlsx_rows(source)
+    for source in (path.open("rb"), io.BytesIO(data)):
+        header_cells, rows, warnings = iter_xlsx_rows(source, owns_stream=True)
         assert header_cells[:6] == [
             "External ID ",
             "Advertiser_External_ID",
@@ -819,16 +819,16 @@ def open_handles(path: Path) -> int:
 def test_xlsx_file_is_released(tmp_path: Path) -> None:
     path = tmp_path / "upload"
     path.write_bytes(build_xlsx([["external_id", "name", "avg_downloads"], ["s", "n", 1], ["t", "m", 2]]))
-    _, rows, _ = iter_xlsx_rows(path)
+    _, rows, _ = iter_xlsx_rows(path.open("rb"), owns_stream=True)
     assert open_handles(path) == 1
     assert len(list(rows)) == 2
     assert open_handles(path) == 0 and list(rows) == []
     # Never iterated (say read_header failed): closing, or just dropping it, releases the file.
-    _, rows, _ = iter_xlsx_rows(path)
+    _, rows, _ = iter_xlsx_rows(path.open("rb"), owns_stream=True)
     rows_close = getattr(rows, "close")  # noqa: B009 - part of the returned iterator's contract
     rows_close()
     assert open_handles(path) == 0
-    _, rows, _ = iter_xlsx_rows(path)
+    _, rows, _ = iter_xlsx_rows(path.open("rb"), owns_stream=True)
     del rows
     gc.collect()
     assert open_handles(path) == 0
