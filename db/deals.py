@@ -64,7 +64,7 @@ async def insert_deal(
     )
     session.add(campaign)
     await session.flush()
-    key = f"deal.created/{campaign.id}"
+    key = f"{events.DEAL_CREATED_KEY_PREFIX}{campaign.id}"
     session.add(
         DealStageHistory(
             tenant_id=tenant_id,
@@ -82,13 +82,14 @@ async def insert_deal(
         type=events.DEAL_CREATED,
         entity_type="deal",
         entity_id=str(campaign.id),
-        payload={
-            "name": name,
-            "stage": stage.value,
-            "value_usd": float(value_usd),
-            "advertiser_id": str(advertiser_id),
-            "show_id": str(show_id) if show_id else None,
-        },
+        payload=events.deal_created_payload(
+            name=name,
+            stage=stage.value,
+            value_usd=float(value_usd),
+            advertiser_id=str(advertiser_id),
+            show_id=str(show_id) if show_id else None,
+            import_id=None,
+        ),
         occurred_at=at,
         idempotency_key=key,
     )

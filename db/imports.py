@@ -256,6 +256,19 @@ _CAMPAIGNS_EXISTING = text(
     """
 )
 
+# deal.created's payload as SQL over the upsert's RETURNING: the same fields as
+# events.deal_created_payload (checked at import time), so an imported deal's event reads like
+# one created through the API.
+_DEAL_CREATED_SQL = {
+    "name": "name",
+    "stage": "stage",
+    "value_usd": "value_usd::float8",
+    "advertiser_id": "advertiser_id::text",
+    "show_id": "show_id::text",
+    "import_id": "CAST(:import_text AS text)",
+}
+assert tuple(_DEAL_CREATED_SQL) == events.DEAL_CREATED_FIELDS
+
 # One statement: the upsert, then for the rows it inserted their history entry and event. A
 # chunk retried after a rollback writes them again from scratch; the idempotency keys make a
 # duplicate impossible even if a chunk were ever written twice.
@@ -273,7 +286,7 @@ _CAMPAIGNS_UPSERT = text(
         value_usd = EXCLUDED.value_usd, expected_close = EXCLUDED.expected_close,
         owner_email = EXCLUDED.owner_email, last_import_id = EXCLUDED.last_import_id,
         updated_at = EXCLUDED.updated_at
-      RETURNING id, external_id, stage, name, value_usd, (xmax = 0) AS inserted
+      RETURNING id, external_id, stage, name, value_usd, advertiser_id, show_id, (xmax = 0) AS inserted
     ),
     created AS (
       SELECT up.*, s.ord FROM up JOIN sf_campaign_stage s USING (external_id) WHERE up.inserted
@@ -281,20 +294,19 @@ _CAMPAIGNS_UPSERT = text(
     history AS (
       INSERT INTO deal_stage_history (tenant_id, campaign_id, from_stage, to_stage, reason, changed_at,
                                       idempotency_key)
-      SELECT :tenant_id, id, NULL, stage, 'imported', :at, 'deal.created/' || id FROM created ORDER BY ord
+      SELECT :tenant_id, id, NULL, stage, 'imported', :at, CAST(:key_prefix AS text) || id
+      FROM created ORDER BY ord
       ON CONFLICT (idempotency_key) DO NOTHING
     ),
     emitted AS (
       INSERT INTO events (tenant_id, type, entity_type, entity_id, payload, occurred_at, idempotency_key)
-      SELECT :tenant_id, :event_type, 'deal', id::text,
-             jsonb_build_object('name', name, 'stage', stage, 'value_usd', value_usd::float8,
-                                'import_id', CAST(:import_text AS text)),
-             :at, 'deal.created/' || id
+      SELECT :tenant_id, :event_type, 'deal', id::text, jsonb_build_object(__DEAL_CREATED_PAYLOAD__),
+             :at, CAST(:key_prefix AS text) || id
       FROM created ORDER BY ord
       ON CONFLICT (idempotency_key) DO NOTHING
     )
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
-    """
+    """.replace("__DEAL_CREATED_PAYLOAD__", ", ".join(f"'{k}', {v}" for k, v in _DEAL_CREATED_SQL.items()))
 )
 
 
@@ -324,7 +336,13 @@ async def upsert_campaigns(
     counts = (
         await session.execute(
             _CAMPAIGNS_UPSERT,
-            {**params, "at": at, "event_type": events.DEAL_CREATED, "import_text": str(import_id)},
+            {
+                **params,
+                "at": at,
+                "event_type": events.DEAL_CREATED,
+                "import_text": str(import_id),
+                "key_prefix": events.DEAL_CREATED_KEY_PREFIX,
+            },
         )
     ).one()
     out.inserted, out.updated = int(counts[0]), int(counts[1])

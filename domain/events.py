@@ -18,6 +18,35 @@ ETL_IMPORT_COMPLETED = "etl.import_completed"
 ETL_ERROR = "etl.error"
 MATCH_RECALCULATED = "match.recalculated"
 
+# deal.created carries the same fields whichever way the deal was made (POST /api/v1/deals or a
+# `campaigns` import: import_id is null for the first); its idempotency key is the prefix + the
+# deal's id, shared with the deal's first history entry.
+DEAL_CREATED_FIELDS: tuple[str, ...] = ("name", "stage", "value_usd", "advertiser_id", "show_id", "import_id")
+DEAL_CREATED_KEY_PREFIX = "deal.created/"
+
+
+def deal_created_payload(
+    *,
+    name: str,
+    stage: str,
+    value_usd: float,
+    advertiser_id: str,
+    show_id: str | None,
+    import_id: str | None,
+) -> dict[str, object]:
+    """The payload of deal.created, in DEAL_CREATED_FIELDS order."""
+    payload: dict[str, object] = {
+        "name": name,
+        "stage": stage,
+        "value_usd": value_usd,
+        "advertiser_id": advertiser_id,
+        "show_id": show_id,
+        "import_id": import_id,
+    }
+    assert tuple(payload) == DEAL_CREATED_FIELDS
+    return payload
+
+
 EVENT_TYPES: frozenset[str] = frozenset(
     {
         DEAL_CREATED,

@@ -14,6 +14,7 @@ from temporalio.client import Client
 
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
+from domain.events import DEAL_CREATED_FIELDS
 from tests.conftest import Stack, start_stack
 from tests.factories import move
 from workflows.deals import DealWorkflow, deal_workflow_id
@@ -128,6 +129,29 @@ async def test_campaigns_become_deals_with_workflows(stack: Stack) -> None:
         deal_workflow_id(str(t.id), deals["Q2 flight"]["id"])
     ).query(DealWorkflow.state)
     assert state.stage.value == "negotiation"
+
+    # An imported deal's deal.created reads like one created through the API: the same fields.
+    r = await stack.http.post(
+        "/api/v1/deals",
+        json={"name": "By hand", "advertiser_id": deals["Q1 flight"]["advertiser_id"], "value_usd": 900},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    created = {
+        e["entity_id"]: e["payload"]
+        for e in (await stack.http.get("/api/v1/events?type=deal.created", headers=h)).json()["items"]
+    }
+    by_hand, imported = created[r.json()["id"]], created[deals["Q1 flight"]["id"]]
+    assert sorted(by_hand) == sorted(imported) == sorted(DEAL_CREATED_FIELDS)
+    assert imported == {
+        "name": "Q1 flight",
+        "stage": "proposal",
+        "value_usd": 12000.0,
+        "advertiser_id": deals["Q1 flight"]["advertiser_id"],
+        "show_id": deals["Q1 flight"]["show_id"],
+        "import_id": status["import_id"],
+    }
+    assert by_hand["import_id"] is None and by_hand["show_id"] is None and by_hand["name"] == "By hand"
 
 
 async def test_show_downloads_and_in_file_duplicates(stack: Stack) -> None:
