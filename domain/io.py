@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -554,6 +554,46 @@ def _line(u: UnitState, *, quantity: int, rate: Decimal, amount: Decimal, note: 
     )
 
 
+class DeliveredUnit(Protocol):
+    """What counting delivery needs of a unit: a UnitState, or an ad_units row."""
+
+    @property
+    def id(self) -> Any: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def impressions_goal(self) -> int | None: ...
+    @property
+    def delivered_impressions(self) -> int: ...
+    @property
+    def makegood_of(self) -> Any: ...
+
+
+def impressions_with_makegoods(units: Sequence[DeliveredUnit]) -> dict[Any, int]:
+    """Each original unit's impressions to date plus its make-goods' (a cancelled one counts nothing).
+
+    The one rule behind an invoice line and an IO's delivery progress alike, before the cap at
+    the unit's goal. Keyed by unit id.
+    """
+    counted = {u.id: u.delivered_impressions for u in units if u.makegood_of is None}
+    for u in units:
+        if u.makegood_of is not None and u.status != UnitStatus.CANCELLED:
+            counted[u.makegood_of] = counted.get(u.makegood_of, 0) + u.delivered_impressions
+    return counted
+
+
+def delivery_progress(units: Sequence[DeliveredUnit]) -> tuple[int, int]:
+    """(goal, delivered) over the original CPM units that aired, each unit's count capped at its goal."""
+    counted = impressions_with_makegoods(units)
+    goal = delivered = 0
+    for u in units:
+        aired = u.status not in (UnitStatus.SCHEDULED, UnitStatus.CANCELLED)
+        if u.impressions_goal and u.makegood_of is None and aired:
+            goal += u.impressions_goal
+            delivered += min(u.impressions_goal, counted.get(u.id, 0))
+    return goal, delivered
+
+
 def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[str, UnitStatus]]:
     """Bills every unit that aired, and returns each unit's final status.
 
@@ -565,6 +605,7 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
     for u in units:
         if u.makegood_of is not None:
             by_original.setdefault(u.makegood_of, []).append(u)
+    counted_of = impressions_with_makegoods(units)
     lines: list[InvoiceLine] = []
     statuses: dict[str, UnitStatus] = {}
     for u in units:
@@ -607,7 +648,7 @@ def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[s
             statuses[u.id] = UnitStatus.DELIVERED
             continue
         made_good = [m for m in by_original.get(u.id, []) if m.status is not UnitStatus.CANCELLED]
-        counted = u.delivered_impressions + sum(m.delivered_impressions for m in made_good)
+        counted = counted_of[u.id]
         billed = min(counted, goal)
         if u.delivered_impressions >= goal:
             note = "goal delivered"

@@ -26,7 +26,9 @@ from domain.io import (
     air_moment,
     build_invoice,
     cpm_amount,
+    delivery_progress,
     generate_promo_code,
+    impressions_with_makegoods,
     invoice_lines,
     io_summary,
     makegoods_due,
@@ -238,3 +240,21 @@ def test_snapshot_round_trips_through_json_with_decimal_money() -> None:
     assert back == snap
     assert back.total_usd == D("1750.00") and isinstance(back.units[0].cpm_usd, Decimal)
     assert back.invoice is not None and back.invoice.total_usd == invoice.total_usd == D("1305.00")
+
+
+def test_delivery_progress_and_invoice_count_makegoods_by_one_rule() -> None:
+    # u1 short by 10k, made good by 15k (capped at the goal); u2 short with a cancelled make-good
+    # (counts nothing); u3 not aired yet (not in the progress); a flat unit has no goal.
+    units = [
+        cpm_unit("u1", 30_000),
+        cpm_unit("mg1", 15_000, makegood_of="u1", impressions_goal=10_000),
+        cpm_unit("u2", 20_000),
+        cpm_unit("mg2", 5_000, makegood_of="u2", impressions_goal=20_000, status=UnitStatus.CANCELLED),
+        cpm_unit("u3", 0, status=UnitStatus.SCHEDULED),
+        flat_unit(),
+    ]
+    assert impressions_with_makegoods(units) == {"u1": 45_000, "u2": 20_000, "u3": 0, "f1": 0}
+    assert delivery_progress(units) == (80_000, 60_000)
+    lines, _ = invoice_lines(units)
+    billed = {line.ad_unit_id: line.quantity for line in lines}
+    assert (billed["u1"], billed["u2"]) == (40_000, 20_000)
