@@ -448,7 +448,7 @@ def tenant_create(settings: Settings, name: str) -> int:
             from datetime import timedelta
 
             from settings import connect_temporal
-            from workflows.matching import ensure_match_schedule
+            from workflows.starters import ensure_match_schedule
 
             try:
                 client = await connect_temporal(settings)

@@ -29,8 +29,9 @@ from settings import Settings, connect_temporal, get_settings
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
-from workflows.maintenance import MaintenanceWorkflow, start_maintenance
+from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
+from workflows.starters import start_maintenance
 
 # The maintenance singleton runs these (kept importable here for tests and ops scripts).
 __all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]

@@ -71,6 +71,17 @@ from domain.imports import (
     with_normalised_warning,
 )
 from domain.io import ReportDeliveryInput, UnitStatus
+from workflows.starters import (
+    DEAL_RESYNC_SIGNAL,
+    IO_DELIVERY_REPORTED_SIGNAL,
+    TEMPORAL_ERRORS,
+    deal_workflow_id,
+    import_workflow_closure,
+    import_workflow_id,
+    io_workflow_id,
+    recalculate_after_change,
+    start_deal_workflows,
+)
 
 FINAL = FINAL_STATUSES
 MAX_WARNINGS = 50
@@ -459,8 +470,6 @@ class ImportActivities:
     @activity.defn(name="trigger_match_recalculation")
     async def trigger_match_recalculation(self, inp: TriggerMatchesInput) -> str:
         """Starts the tenant's match recalculation, or has the running one score again; returns its id."""
-        from workflows.matching import recalculate_after_change
-
         handle = await recalculate_after_change(activity.client(), inp.tenant_id, inp.task_queue, "import")
         return str(handle.id)
 
@@ -485,8 +494,6 @@ class ImportActivities:
         last_id: uuid.UUID,
         beat: Heartbeat,
     ) -> StartDealWorkflowsResult:
-        from workflows.deals import start_deal_workflows
-
         async def page_after(after: uuid.UUID) -> list[DealWorkflowInput]:
             async with tenant_tx(self._sm, inp.tenant_id) as session:
                 page = await open_deals_page(session, after=after, limit=_START_PAGE, import_id=iid)
@@ -531,15 +538,13 @@ async def resync_deal_workflows(client: Client, tenant_id: uuid.UUID, deal_ids: 
     A deal without a running workflow (NOT_FOUND) is fine: whatever starts it next (the
     maintenance sweep, an update-with-start) seeds it from the row.
     """
-    from workflows.deals import deal_workflow_id
-
     sem = asyncio.Semaphore(_RESYNC_CONCURRENCY)
 
     async def tell(deal_id: uuid.UUID) -> bool:
         async with sem:
             try:
                 await client.get_workflow_handle(deal_workflow_id(str(tenant_id), str(deal_id))).signal(
-                    "resync"
+                    DEAL_RESYNC_SIGNAL
                 )
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
@@ -559,8 +564,6 @@ async def close_if_workflow_closed(
     nothing is decided). A workflow that is not found closes the import only once the import is
     older than the start grace (the API may still be starting it).
     """
-    from workflows.imports import TEMPORAL_ERRORS, import_workflow_closure, import_workflow_id
-
     try:
         closure = await import_workflow_closure(client, import_workflow_id(str(tenant_id), str(import_id)))
     except TEMPORAL_ERRORS:
@@ -769,10 +772,6 @@ async def _signal_deliveries(
     tid: uuid.UUID, iid: uuid.UUID, records: list[dict[str, Any]], errors: list[RowError]
 ) -> UpsertOutcome:
     """Sends each delivery to its IO's workflow (a signal: fire-and-forget, cheap in bulk)."""
-    from temporalio.service import RPCError, RPCStatusCode
-
-    from workflows.io import IoBookingWorkflow, io_workflow_id
-
     client = activity.client()
     sem = asyncio.Semaphore(16)
     sent = 0
@@ -787,7 +786,7 @@ async def _signal_deliveries(
         async with sem:
             handle = client.get_workflow_handle(io_workflow_id(str(tid), str(r["io_id"])))
             try:
-                await handle.signal(IoBookingWorkflow.delivery_reported, report)
+                await handle.signal(IO_DELIVERY_REPORTED_SIGNAL, report)
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise

@@ -57,6 +57,7 @@ from domain.io import (
     UnitStatus,
 )
 from workflows.search_attributes import IO_STATUS
+from workflows.starters import IO_SNAPSHOT_QUERY, io_workflow_id
 
 IO_NOT_COMMITTED = "IoNotCommitted"
 # Make-good units get ids derived from the unit they make good: one make-good per unit, and a
@@ -559,8 +560,6 @@ async def io_drift(
     only (not units): IO writes are regular activities, so the workflow learns each write in the
     task that upserts its status.
     """
-    from workflows.io import IoBookingWorkflow, io_workflow_id  # workflows import activities
-
     tid = str(tenant_id)
     async with tenant_tx(sm, tid) as session:
         rows = await io_statuses(session)
@@ -598,7 +597,9 @@ async def io_drift(
             wf_status: str | None = None
             if found and running and query_running:
                 try:
-                    snap = await client.get_workflow_handle(wid).query(IoBookingWorkflow.snapshot)
+                    snap = await client.get_workflow_handle(wid).query(
+                        IO_SNAPSHOT_QUERY, result_type=IoSnapshot
+                    )
                 except RPCError:
                     snap = None
                 wf_status = snap.status.value if snap is not None else None

@@ -39,8 +39,7 @@ from domain.maintenance import (
 from domain.stages import OPEN_STAGES
 from settings import Settings
 from workflows import search_attributes as sa
-from workflows.deals import deal_workflow_id, start_deal_workflows
-from workflows.matching import ensure_match_schedule
+from workflows.starters import deal_workflow_id, ensure_match_schedule, start_deal_workflows
 
 log = logging.getLogger("sponsorflow.maintenance")
 

@@ -72,9 +72,8 @@ from workflows.deals import (
     PRECONDITION_FAILED,
     REQUEST_ABANDONED,
     DealWorkflow,
-    deal_start_options,
-    deal_workflow_id,
 )
+from workflows.starters import deal_start_options, deal_workflow_id
 
 log = logging.getLogger("sponsorflow.api.deals")
 

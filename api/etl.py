@@ -33,7 +33,7 @@ from domain.etl import (
 )
 from domain.imports import KINDS
 from settings import Settings
-from workflows.imports import (
+from workflows.starters import (
     TEMPORAL_ERRORS,
     import_workflow_closure,
     import_workflow_id,

@@ -20,7 +20,6 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -88,7 +87,6 @@ from domain.io import (
     UnderdeliveryPolicy,
     UnitRequest,
     UnitStatus,
-    booking_summary,
     slot_capacity,
 )
 from settings import Settings
@@ -102,9 +100,8 @@ from workflows.io import (
     UNIT_NOT_AIRED,
     UNKNOWN_UNIT,
     IoBookingWorkflow,
-    io_search_attributes,
-    io_workflow_id,
 )
+from workflows.starters import io_start_options, io_workflow_id
 
 log = logging.getLogger("sponsorflow.api.io")
 
@@ -595,29 +592,23 @@ async def book_io(
         raise _refused(exc.kind, exc.detail) from None
     advertiser = facts.advertiser
     assert advertiser is not None
-    ordered = sorted(booking.ad_units, key=lambda u: u.air_date)
-    tid = str(db.tenant_id)
+    inp = IoWorkflowInput(
+        tenant_id=str(db.tenant_id),
+        io_id=str(io_id),
+        reports_per_run=settings.io_reports_per_run,
+        book_via_update=True,
+        delivery_reminder_hours=settings.io_delivery_reminder_hours,
+    )
+    options = io_start_options(
+        inp,
+        settings.temporal_task_queue,
+        booking=booking,
+        advertiser_id=str(advertiser.id),
+        advertiser_name=advertiser.name,
+    )
 
     async def send() -> BookIoResult:
-        start = WithStartWorkflowOperation(
-            IoBookingWorkflow.run,
-            IoWorkflowInput(
-                tenant_id=tid,
-                io_id=str(io_id),
-                reports_per_run=settings.io_reports_per_run,
-                book_via_update=True,
-                delivery_reminder_hours=settings.io_delivery_reminder_hours,
-            ),
-            id=io_workflow_id(tid, str(io_id)),
-            task_queue=settings.temporal_task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # One run per IO id: a resend after the run ended unbooked must not start another.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=io_search_attributes(
-                tid, str(advertiser.id), ordered[0].show_id, IoStatus.BOOKING
-            ),
-            static_summary=booking_summary(advertiser.name, booking.ad_units),
-        )
+        start = WithStartWorkflowOperation(IoBookingWorkflow.run, inp, **options)
         try:
             return await temporal.execute_update_with_start_workflow(
                 IoBookingWorkflow.book, booking, start_workflow_operation=start, id=request_id

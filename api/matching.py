@@ -23,7 +23,7 @@ from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_
 from db.matching import read_current_ranking, stored_rationale, weights_of
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
-from workflows.matching import (
+from workflows.starters import (
     match_schedule_id,
     match_workflow_id,
     running_scheduled_runs,

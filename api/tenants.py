@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.bodies import JsonBody
 from api.deps import SessionMakerDep, SettingsDep, TemporalDep, require_admin
 from db.tenants import create_tenant
-from workflows.matching import ensure_match_schedule
+from workflows.starters import ensure_match_schedule
 
 log = logging.getLogger("sponsorflow.api.tenants")
 

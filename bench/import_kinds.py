@@ -196,7 +196,8 @@ async def raw_sdk_starts(stack: Stack, pg: PgTarget, tenant_id: str) -> dict[str
     from domain.deals import DealWorkflowInput
     from domain.stages import Stage
     from settings import Settings
-    from workflows.deals import DealWorkflow, deal_start_options
+    from workflows.deals import DealWorkflow
+    from workflows.starters import deal_start_options
 
     conn = await pg.connect("sponsorflow_app")
     try:

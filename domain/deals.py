@@ -173,3 +173,9 @@ class LoadDealResult(BaseModel):
     show_id: str | None = None
     show_name: str | None = None
     value_usd: float | None = None
+
+
+def deal_summary(name: str, advertiser: str, show: str | None, value_usd: float) -> str:
+    """Returns the one-line summary ops read in the Temporal UI (a run's summary and details)."""
+    target = show or name
+    return f"Deal: {advertiser} x {target}, ${value_usd:,.0f}"

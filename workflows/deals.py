@@ -10,19 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import (
-    RetryPolicy,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
-
-if TYPE_CHECKING:
-    from temporalio.client import Client
 
 with workflow.unsafe.imports_passed_through():
     from activities.deals import DealActivities
@@ -38,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RecordStageChangeResult,
         RecordStallInput,
         StageMove,
+        deal_summary,
     )
     from domain.stages import (
         Stage,
@@ -70,42 +63,6 @@ _PATIENT_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
 )
-
-
-def deal_workflow_id(tenant_id: str, campaign_id: str) -> str:
-    """Returns the workflow id of a deal; the tenant is part of it so tenants never collide."""
-    return f"deal/{tenant_id}/{campaign_id}"
-
-
-def deal_summary(name: str, advertiser: str, show: str | None, value_usd: float) -> str:
-    """Returns the one-line summary ops read in the Temporal UI's workflow list."""
-    target = show or name
-    return f"Deal: {advertiser} x {target}, ${value_usd:,.0f}"
-
-
-def deal_search_attributes(inp: DealWorkflowInput) -> TypedSearchAttributes:
-    """Returns the search attributes a deal's workflow starts with."""
-    pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(sa.TENANT_ID, inp.tenant_id),
-        SearchAttributePair(sa.DEAL_STAGE, inp.stage.value),
-        SearchAttributePair(sa.ADVERTISER_ID, inp.advertiser_id),
-        SearchAttributePair(sa.DEAL_VALUE, float(inp.value_usd)),
-        SearchAttributePair(sa.STAGE_ENTERED_AT, inp.stage_entered_at),
-    ]
-    if inp.show_id:
-        pairs.append(SearchAttributePair(sa.SHOW_ID, inp.show_id))
-    return TypedSearchAttributes(pairs)
-
-
-def deal_start_options(inp: DealWorkflowInput, task_queue: str) -> dict[str, Any]:
-    """Start options of a deal's workflow (API create, update-with-start, import): one place."""
-    return {
-        "id": deal_workflow_id(inp.tenant_id, inp.campaign_id),
-        "task_queue": task_queue,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "search_attributes": deal_search_attributes(inp),
-        "static_summary": deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd),
-    }
 
 
 def _move_key(campaign_id: str, current: Stage, entered_at: datetime, target: Stage) -> str:
@@ -459,23 +416,3 @@ class DealWorkflow:
             f"{probability(self._stage)}% likely\n\n"
             f"{deal_summary(inp.name, inp.advertiser_name, inp.show_name, inp.value_usd)}"
         )
-
-
-async def start_deal_workflows(
-    client: Client, seeds: list[DealWorkflowInput], task_queue: str, *, concurrency: int
-) -> int:
-    """Starts (or finds running: USE_EXISTING) each deal's workflow; returns how many were new.
-
-    A start that found its run counts as not new (the SDK keeps the server's answer on the
-    handle; should it not, every start counts as new).
-    """
-    sem = asyncio.Semaphore(concurrency)
-
-    async def start(seed: DealWorkflowInput) -> bool:
-        async with sem:
-            handle = await client.start_workflow(
-                DealWorkflow.run, seed, **deal_start_options(seed, task_queue)
-            )
-        return bool(getattr(getattr(handle, "_start_workflow_response", None), "started", True))
-
-    return sum(await asyncio.gather(*(start(s) for s in seeds)))

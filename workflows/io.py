@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -80,25 +79,6 @@ DELIVERY_OVERDUE_PATCH = "delivery-overdue"
 _WRITE_TIMEOUT = timedelta(seconds=30)
 # Writes retry until the database answers: an IO must never skip a step because of an outage.
 _WRITE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60))
-
-
-def io_workflow_id(tenant_id: str, io_id: str) -> str:
-    """Returns the workflow id of an IO; the tenant is part of it so tenants never collide."""
-    return f"io/{tenant_id}/{io_id}"
-
-
-def io_search_attributes(
-    tenant_id: str, advertiser_id: str, first_show_id: str | None, status: IoStatus
-) -> TypedSearchAttributes:
-    """Returns the search attributes an IO's workflow starts with."""
-    pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(sa.TENANT_ID, tenant_id),
-        SearchAttributePair(sa.IO_STATUS, status.value),
-        SearchAttributePair(sa.ADVERTISER_ID, advertiser_id),
-    ]
-    if first_show_id:
-        pairs.append(SearchAttributePair(sa.SHOW_ID, first_show_id))
-    return TypedSearchAttributes(pairs)
 
 
 def _reject(message: str, kind: str) -> ApplicationError:

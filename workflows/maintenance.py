@@ -8,14 +8,11 @@ start path. Each round (a durable timer apart) runs its phases as activities tha
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
-
-if TYPE_CHECKING:
-    from temporalio.client import Client, WorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from activities.maintenance import MaintenanceActivities
@@ -32,8 +29,6 @@ with workflow.unsafe.imports_passed_through():
         SweepOpenDealsInput,
     )
 
-SUMMARY = "sponsorflow maintenance (schedules, open-deal sweep, drift repair)"
-
 # A phase walks every tenant; a worker that dies mid-phase is noticed within the heartbeat
 # timeout and the retry resumes after the last tenant done. After its retries a phase is
 # reported as failed and the next round tries again: the loop itself never fails.
@@ -41,25 +36,6 @@ _PHASE_TIMEOUT = timedelta(minutes=30)
 _PHASE_HEARTBEAT = timedelta(minutes=2)
 _PHASE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3)
 _CONFIG_TIMEOUT = timedelta(seconds=10)
-
-
-def maintenance_workflow_id(task_queue: str) -> str:
-    """The singleton's id: one per task queue (a deployment) in the namespace."""
-    return f"maintenance/{task_queue}"
-
-
-async def start_maintenance(
-    client: Client, task_queue: str, *, tenant_ids: list[str] | None = None, workflow_id: str | None = None
-) -> WorkflowHandle[Any, Any]:
-    """Starts the maintenance workflow, or returns the one running (USE_EXISTING): never a second."""
-    return await client.start_workflow(
-        MaintenanceWorkflow.run,
-        MaintenanceInput(tenant_ids=tenant_ids),
-        id=workflow_id or maintenance_workflow_id(task_queue),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        static_summary=SUMMARY,
-    )
 
 
 @workflow.defn

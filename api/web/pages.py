@@ -26,7 +26,7 @@ from api.web import session as web_session
 from db.engine import tenant_tx
 from db.models import Tenant
 from settings import Settings
-from workflows.deals import deal_workflow_id
+from workflows.starters import deal_workflow_id
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -26,7 +26,8 @@ from tests.conftest import Stack, start_stack
 from tests.factories import make_deal, move
 from worker import build_worker
 from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_workflow_id
+from workflows.deals import DealWorkflow
+from workflows.starters import deal_workflow_id
 
 BUDGET_S = 1.5
 

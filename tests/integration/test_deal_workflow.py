@@ -23,7 +23,8 @@ from domain.deals import (
 from domain.stages import Stage
 from tests.conftest import new_worker
 from tests.factories import deal_input, seed_deal
-from workflows.deals import DealWorkflow, deal_workflow_id
+from workflows.deals import DealWorkflow
+from workflows.starters import deal_workflow_id
 
 
 async def _count(sm: SessionMaker, tenant_id: uuid.UUID, model: type, **where: object) -> int:

@@ -22,7 +22,8 @@ from tests.conftest import Stack
 from tests.factories import make_advertiser, make_deal, make_show, move
 from worker import reconcile_deal_workflows
 from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_workflow_id
+from workflows.deals import DealWorkflow
+from workflows.starters import deal_workflow_id
 
 # How to bring a fresh (lead) deal to each stage through allowed moves.
 PATH_TO = {

@@ -23,7 +23,8 @@ from db.engine import SessionMaker, tenant_tx
 from db.models import EtlImport, Show, ShowDownload
 from domain.etl import CsvImportInput
 from tests.conftest import Stack, start_stack
-from workflows.imports import CsvImportWorkflow, import_workflow_id, start_import_workflow
+from workflows.imports import CsvImportWorkflow
+from workflows.starters import import_workflow_id, start_import_workflow
 
 pytestmark = pytest.mark.timeout(180)
 

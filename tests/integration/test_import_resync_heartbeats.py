@@ -21,8 +21,8 @@ from db.engine import SessionMaker, tenant_tx
 from db.models import Show
 from tests.conftest import Stack, new_worker, start_stack
 from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_workflow_id
-from workflows.imports import import_workflow_id
+from workflows.deals import DealWorkflow
+from workflows.starters import deal_workflow_id, import_workflow_id
 
 with workflow.unsafe.imports_passed_through():
     from activities.matching import MatchActivities

@@ -17,7 +17,8 @@ from db.engine import SessionMaker
 from domain.events import DEAL_CREATED_FIELDS
 from tests.conftest import Stack, start_stack
 from tests.factories import move
-from workflows.deals import DealWorkflow, deal_workflow_id
+from workflows.deals import DealWorkflow
+from workflows.starters import deal_workflow_id
 
 FINAL = {"completed", "completed_with_errors", "failed"}
 

@@ -36,7 +36,8 @@ from tests.conftest import Stack, new_worker, start_stack
 from tests.factories import ad_unit, book_io, make_deal, make_show
 from worker import build_worker
 from workflows import search_attributes as sa
-from workflows.io import REQUEST_ABANDONED, IoBookingWorkflow, io_workflow_id
+from workflows.io import REQUEST_ABANDONED, IoBookingWorkflow
+from workflows.starters import io_workflow_id
 
 BUDGET_S = 1.5
 TODAY = datetime.now(UTC).date()

@@ -38,9 +38,15 @@ from tests.conftest import Stack, new_worker, start_stack
 from tests.factories import make_advertiser, make_deal
 from worker import keep_maintenance_running
 from workflows import search_attributes as sa
-from workflows.deals import DealWorkflow, deal_workflow_id
-from workflows.maintenance import SUMMARY, MaintenanceWorkflow, maintenance_workflow_id, start_maintenance
-from workflows.matching import match_schedule_id
+from workflows.deals import DealWorkflow
+from workflows.maintenance import MaintenanceWorkflow
+from workflows.starters import (
+    MAINTENANCE_SUMMARY,
+    deal_workflow_id,
+    maintenance_workflow_id,
+    match_schedule_id,
+    start_maintenance,
+)
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
@@ -135,7 +141,7 @@ async def test_started_twice_it_runs_once_and_its_first_round_does_everything(
     assert len(running) <= 1  # visibility may lag; the describe below is authoritative
     desc = await first.describe()
     assert desc.run_id == first.result_run_id
-    assert await desc.static_summary() == SUMMARY
+    assert await desc.static_summary() == MAINTENANCE_SUMMARY
 
     # The first round runs at once and runs every phase: the tenant gets its schedule.
     status = await _status(first, 1)

@@ -20,7 +20,8 @@ from tests.conftest import Stack, start_stack
 from tests.factories import make_advertiser, make_show
 from tests.integration.test_replay import HISTORIES
 from worker import reconcile_match_schedules
-from workflows.matching import MatchRecalculationWorkflow, match_schedule_id, match_workflow_id
+from workflows.matching import MatchRecalculationWorkflow
+from workflows.starters import match_schedule_id, match_workflow_id
 
 ALIGNED = {
     "name": "Founders Daily",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from temporalio.client import Client, ScheduleHandle
 
-from workflows.matching import ensure_match_schedule, match_schedule_id, schedule_offset
+from workflows.starters import ensure_match_schedule, match_schedule_id, schedule_offset
 
 DAY = timedelta(hours=24)
 
