@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import shutil
@@ -16,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import httpx
 
-from settings import Settings, get_settings
+from settings import Settings, exit_skipping_teardown, get_settings
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,22 +31,6 @@ class Database:
     app_url: str
     owner_url: str
     server: Any = None
-
-
-def exit_skipping_teardown(code: int) -> NoReturn:
-    """Ends a process that has used a Temporal client, without interpreter teardown.
-
-    The SDK's Rust runtime keeps threads that may still call into Python while
-    the interpreter finalizes; now and then that aborts a process whose work is
-    done ("Fatal Python error: PyGILState_Release", SIGABRT; temporalio/sdk-python
-    issue 300; about 3 short-lived runs in 100 here). The exit handlers run
-    first (logging's flush, the embedded PostgreSQL's stop-when-last-user-leaves),
-    so nothing printed or logged is lost and no server is left behind.
-    """
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def resolve_database(settings: Settings) -> Database:

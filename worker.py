@@ -25,7 +25,7 @@ from activities.maintenance import (
 )
 from activities.matching import MatchActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
-from settings import Settings, connect_temporal, get_settings
+from settings import Settings, connect_temporal, exit_skipping_teardown, get_settings
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
@@ -223,7 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from cli import exit_skipping_teardown
-
     main()
     exit_skipping_teardown(0)

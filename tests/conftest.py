@@ -39,14 +39,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leaves the way the CLI does once everything is reported (see cli.exit_skipping_teardown).
+    """Leaves the way the CLI does once everything is reported (see settings.exit_skipping_teardown).
 
     The Temporal SDK's Rust threads can abort the interpreter's teardown after a
     run whose every test passed; the exit status must be the run's, not SIGABRT's.
     """
     if not _SESSION_EXIT:
         return
-    from cli import exit_skipping_teardown
+    from settings import exit_skipping_teardown
 
     config.get_terminal_writer().flush()
     exit_skipping_teardown(_SESSION_EXIT[-1])

@@ -65,6 +65,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from cli import exit_skipping_teardown
+    from settings import exit_skipping_teardown
 
     exit_skipping_teardown(main())
