@@ -87,6 +87,7 @@ from domain.io import (
     UnderdeliveryPolicy,
     UnitRequest,
     UnitStatus,
+    delivery_progress,
     slot_capacity,
 )
 from settings import Settings
@@ -329,11 +330,7 @@ def _unprocessable(loc: list[Any], msg: str, kind: str = "value_error") -> HTTPE
 def _public(record: IoRecord, tenant_id: uuid.UUID, settings: Settings) -> IoPublic:
     io = record.io
     units: list[AdUnitPublic] = []
-    goal = delivered = 0
-    by_original: dict[uuid.UUID, int] = {}
-    for u, _ in record.units:
-        if u.makegood_of is not None and u.status != UnitStatus.CANCELLED.value:
-            by_original[u.makegood_of] = by_original.get(u.makegood_of, 0) + u.delivered_impressions
+    goal, delivered = delivery_progress([u for u, _ in record.units])
     for u, show_name in record.units:
         pct = round(100 * u.delivered_impressions / u.impressions_goal, 1) if u.impressions_goal else None
         units.append(
@@ -358,10 +355,6 @@ def _public(record: IoRecord, tenant_id: uuid.UUID, settings: Settings) -> IoPub
                 billed_usd=float(u.billed_usd) if u.billed_usd is not None else None,
             )
         )
-        aired = u.status not in (UnitStatus.SCHEDULED.value, UnitStatus.CANCELLED.value)
-        if u.impressions_goal and u.makegood_of is None and aired:
-            goal += u.impressions_goal
-            delivered += min(u.impressions_goal, u.delivered_impressions + by_original.get(u.id, 0))
     pending = [u.air_date for u, _ in record.units if u.status == UnitStatus.SCHEDULED.value]
     wid = io_workflow_id(str(tenant_id), str(io.id))
     return IoPublic(
