@@ -121,8 +121,8 @@ async def sweep_tenant_open_deals(
 
     POST /deals and imports start a deal's workflow, and a PATCH's update-with-start starts one on
     first touch; a deal whose start failed (Temporal down at the time) would otherwise have no
-    stall timer until it is first moved. Visibility names the running ones; the rest are started
-    with USE_EXISTING, so a workflow started meanwhile (or not yet visible) is simply found.
+    stall timer until it is first moved. Visibility names the running ones; the rest go to
+    start_deal_workflows, so a workflow started meanwhile (or not yet visible) is found, not counted.
     """
     query = (
         "WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' "
