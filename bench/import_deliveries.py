@@ -137,11 +137,12 @@ async def book_tenant(
         n_ios,
     )
     shows, deals = await _ids(pg, tid, "shows"), await _ids(pg, tid, "campaigns")
-    today = datetime.now(UTC).date().isoformat()
     auth = {"Authorization": f"Bearer {key}"}
     sem = asyncio.Semaphore(BOOK_CONCURRENCY)
 
     async def book(i: int) -> list[Unit]:
+        # Read per IO: a set-up that runs past midnight UTC books the next IOs on the new day.
+        today = datetime.now(UTC).date().isoformat()
         units = []
         for j in range(per_io):
             g = i * per_io + j
