@@ -207,6 +207,11 @@ def signals_of(reports: list[Report], chunk_rows: int) -> list[Report]:
     return out
 
 
+def _worker_rss_mb(sampler: Sampler) -> float:
+    """The worker's RSS now: a phase's peak minus this is what the phase itself added."""
+    return float(sampler.procs["worker"].memory_info().rss / MB)
+
+
 # ---------------------------------------------------------------------------- the anchors
 
 _DB_STAGING = (
@@ -327,6 +332,7 @@ async def run_raw_sdk(
         async with sem:
             await client.get_workflow_handle(wid).signal(IO_DELIVERY_REPORTED_SIGNAL, report)
 
+    rss_start = _worker_rss_mb(sampler)
     sampler.start()
     try:
         t0 = time.perf_counter()
@@ -339,6 +345,7 @@ async def run_raw_sdk(
         "signals": len(signals),
         "seconds": sent,
         "persisted_seconds": persisted,
+        "worker_rss_start_mb": rss_start,
         "peak_rss_mb": {k: v / MB for k, v in sampler.peak_rss.items()},
     }
 
@@ -360,6 +367,7 @@ async def run_product(
     """Uploads the file; rows phase from the import's own timestamps; then until all are persisted."""
     tid, key = tenant
     auth = {"Authorization": f"Bearer {key}"}
+    rss_start = _worker_rss_mb(sampler)
     sampler.start()
     try:
         t0_wall, t0 = time.time(), time.perf_counter()
@@ -397,6 +405,7 @@ async def run_product(
         "rows_seconds": rows_done,
         "rows_per_s": rows / rows_done,
         "persisted_seconds": persisted,
+        "worker_rss_start_mb": rss_start,
         "peak_rss_mb": {k: v / MB for k, v in sampler.peak_rss.items()},
     }
 
@@ -499,7 +508,8 @@ def render_lines(r: dict[str, Any]) -> list[str]:
             f"raw SDK {a['signals'] / a['seconds']:,.0f}/s, "
             f"product {p['signals'] / p['rows_seconds']:,.0f}/s; persisted in {a['persisted_seconds']:.1f} s "
             f"(raw) vs {p['persisted_seconds']:.1f} s (product); db anchor {d['rows_per_s']:,.0f} rows/s; "
-            f"worker RSS {a['peak_rss_mb']['worker']:.0f} MB (raw) vs {p['peak_rss_mb']['worker']:.0f} MB"
+            f"worker RSS {a['worker_rss_start_mb']:.0f} -> {a['peak_rss_mb']['worker']:.0f} MB (raw), "
+            f"{p['worker_rss_start_mb']:.0f} -> {p['peak_rss_mb']['worker']:.0f} MB (product)"
         )
     lines.append(
         f"{'deliveries':<12} ratio product/raw SDK {r['small']['ratio']:.2f}x {r['large']['ratio']:.2f}x, "
