@@ -489,8 +489,16 @@ async def measure_deliveries(
     out["per_row_growth"] = (large["product"]["rows_seconds"] / large["rows"]) / (
         small["product"]["rows_seconds"] / small["rows"]
     )
-    s_rss, l_rss = small["product"]["peak_rss_mb"]["worker"], large["product"]["peak_rss_mb"]["worker"]
-    out["worker_rss_growth_pct"] = (l_rss - s_rss) / s_rss * 100
+    # The same measure as the other kinds (bench.import_kinds.measure): what the product phase
+    # added to the worker's RSS, small to large, against the worker's RSS at the small start.
+    added = {
+        label: run["product"]["peak_rss_mb"]["worker"] - run["product"]["worker_rss_start_mb"]
+        for label, run in (("small", small), ("large", large))
+    }
+    out["worker_rss_added_mb"] = added
+    out["worker_rss_growth_pct"] = (
+        (added["large"] - added["small"]) / small["product"]["worker_rss_start_mb"] * 100
+    )
     return out
 
 
