@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from api import errors
 from api.bodies import with_strict_numbers
 from api.deps import TenantDbDep, parse_id
 from api.openapi import invalid_cursor, not_found, problem
@@ -21,7 +22,9 @@ router = APIRouter(prefix="/api/v1", tags=["catalog"])
 M = TypeVar("M", Show, Advertiser)
 
 _EXISTS = problem(
-    "the external_id is taken in this tenant", "external_id 'show-42' already exists in this tenant"
+    "the external_id is taken in this tenant",
+    "external_id 'show-42' already exists in this tenant",
+    code="duplicate_external_id",
 )
 _CURSOR = invalid_cursor()
 
@@ -98,10 +101,7 @@ async def _create(db: TenantDbDep, model: type[M], values: dict[str, Any]) -> M:
             await session.flush()
             await session.refresh(row)
     except IntegrityError:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=f"external_id {values.get('external_id')!r} already exists in this tenant",
-        ) from None
+        raise errors.duplicate(values.get("external_id")) from None
     return row
 
 
@@ -139,7 +139,7 @@ async def get_show(show_id: str, db: TenantDbDep) -> ShowPublic:
     async with db.tx() as session:
         row = await session.get(Show, parse_id(show_id, "show"))
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"show {show_id!r} not found")
+        raise errors.not_found("show", show_id)
     return _public_show(row)
 
 
@@ -184,5 +184,5 @@ async def get_advertiser(advertiser_id: str, db: TenantDbDep) -> AdvertiserPubli
     async with db.tx() as session:
         row = await session.get(Advertiser, parse_id(advertiser_id, "advertiser"))
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"advertiser {advertiser_id!r} not found")
+        raise errors.not_found("advertiser", advertiser_id)
     return _public_advertiser(row)

@@ -25,6 +25,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import errors
 from api.bodies import JsonBody
 from api.deps import (
     ATTEMPT_TIMEOUT_S,
@@ -302,15 +303,7 @@ def parse_if_match(value: str | None) -> Precondition | None:
 
 
 def _precondition_failed(stage: Stage, entered_at: datetime) -> HTTPException:
-    return HTTPException(
-        status.HTTP_412_PRECONDITION_FAILED,
-        detail={
-            "message": f"the deal moved meanwhile: it is now {stage.value}; nothing was changed",
-            "current_stage": stage.value,
-            "etag": etag(stage, entered_at),
-        },
-        headers={"ETag": etag(stage, entered_at)},
-    )
+    return errors.stage_moved(stage, etag(stage, entered_at))
 
 
 def _entries(history: list[HistoryRow]) -> list[HistoryEntry]:
@@ -400,9 +393,9 @@ def _update_failed(
         details = cause.details[0] if cause.details else {}
         allowed = [Stage(s) for s in details.get("allowed", [])]
         now_stage = Stage(details.get("current", current.value))
-        return _conflict(TransitionError(now_stage, target, allowed, cause.message))
+        return errors.transition_refused(TransitionError(now_stage, target, allowed, cause.message))
     if isinstance(cause, ApplicationError) and cause.type == INVALID_REQUEST:
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=cause.message)
+        return errors.unprocessable(["body"], cause.message)
     if isinstance(cause, ApplicationError) and cause.type == PRECONDITION_FAILED:
         details = cause.details[0] if cause.details else {}
         return _precondition_failed(
@@ -412,9 +405,7 @@ def _update_failed(
     if isinstance(cause, ApplicationError) and cause.type == REQUEST_ABANDONED:
         return _not_applied("the stage change was superseded before it was written")
     log.error("stage update of deal %s failed: %s", campaign_id, exc)
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, detail="the stage change could not be recorded; retry"
-    )
+    return errors.unavailable("the stage change could not be recorded; retry")
 
 
 def _workflow_stage(exc: WorkflowUpdateFailedError) -> Stage | None:
@@ -427,27 +418,11 @@ def _workflow_stage(exc: WorkflowUpdateFailedError) -> Stage | None:
 
 
 def _not_applied(why: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail=f"{why}: it was not applied, and it never will be; retry",
-        headers={"Retry-After": "1"},
-    )
+    return errors.not_applied(f"{why}: it was not applied, and it never will be; retry")
 
 
 def _not_found(campaign_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"deal {campaign_id!r} not found")
-
-
-def _conflict(exc: TransitionError) -> HTTPException:
-    return HTTPException(
-        status.HTTP_409_CONFLICT,
-        detail={
-            "message": str(exc),
-            "current_stage": exc.current.value,
-            "requested_stage": exc.target.value,
-            "allowed_stages": [s.value for s in exc.allowed],
-        },
-    )
+    return errors.not_found("deal", campaign_id)
 
 
 def _align(row: DealRow, history: list[HistoryRow]) -> None:
@@ -490,7 +465,9 @@ async def _load(db: TenantDbDep, campaign_id: str, settings: Settings) -> DealPu
     operation_id="createDeal",
     responses={
         409: problem(
-            "the external_id is taken in this tenant", "external_id 'crm-1042' already exists in this tenant"
+            "the external_id is taken in this tenant",
+            "external_id 'crm-1042' already exists in this tenant",
+            code="duplicate_external_id",
         ),
         422: invalid(
             "invalid fields, an advertiser or show not in this tenant, or a lost deal without lost_reason",
@@ -530,10 +507,7 @@ async def create_deal(
             existing = await _by_idempotency_key(db, idempotency_key)  # a concurrent twin won
             if existing is not None:
                 return await _load(db, str(existing), settings)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=f"external_id {body.external_id!r} already exists in this tenant",
-        ) from None
+        raise errors.duplicate(body.external_id) from None
     seeds: SeedCache = request.app.state.deal_seeds
     seeds.put(db.tenant_id, row.campaign.id, workflow_input(row, settings))
     if is_open(body.stage):
@@ -558,26 +532,14 @@ async def _by_idempotency_key(db: TenantDbDep, key: str) -> uuid.UUID | None:
 async def _insert(body: DealCreate, db: TenantDbDep, idempotency_key: str | None = None) -> DealRow:
     async with db.tx() as session:
         if await session.get(Advertiser, body.advertiser_id) is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=[
-                    {
-                        "loc": ["body", "advertiser_id"],
-                        "msg": f"advertiser {body.advertiser_id} not found in this tenant",
-                        "type": "not_found",
-                    }
-                ],
+            raise errors.unprocessable(
+                ["body", "advertiser_id"],
+                f"advertiser {body.advertiser_id} not found in this tenant",
+                "not_found",
             )
         if body.show_id is not None and await session.get(Show, body.show_id) is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=[
-                    {
-                        "loc": ["body", "show_id"],
-                        "msg": f"show {body.show_id} not found in this tenant",
-                        "type": "not_found",
-                    }
-                ],
+            raise errors.unprocessable(
+                ["body", "show_id"], f"show {body.show_id} not found in this tenant", "not_found"
             )
         campaign = await insert_deal(
             session=session,
@@ -759,7 +721,7 @@ async def change_stage(
                 check_transition(current, body.stage, body.reason)
             except TransitionError as exc:
                 refused = await _refuse_unless_applied(
-                    db, client, settings, cid, request_id, sent, _conflict(exc)
+                    db, client, settings, cid, request_id, sent, errors.transition_refused(exc)
                 )
                 return _json(refused, timing)
             return _json(_public(row, _entries(history), settings), timing)
@@ -873,16 +835,7 @@ async def _begin_keyed(
             now=now,
         )
     if keyed.status == "mismatch":
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {
-                    "loc": ["header", "Idempotency-Key"],
-                    "msg": "this Idempotency-Key was used for a different stage change of this deal",
-                    "type": "idempotency_key_reused",
-                }
-            ],
-        )
+        raise errors.key_reused("stage change of this deal")
     if keyed.status == "replay":
         await _nudge(client, db.tenant_id, cid)
         return None

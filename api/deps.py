@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode
 
+from api import errors
 from api.web import session as web_session
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
 from db.fences import abandon_request
@@ -81,10 +82,11 @@ async def read_back(read: Callable[[], Awaitable[T]], *, what: str, budget_s: fl
             return await read()
         except DATABASE_UNAVAILABLE:
             if time.monotonic() + delay > deadline:
-                raise HTTPException(
+                raise errors.ApiError(
                     status.HTTP_504_GATEWAY_TIMEOUT,
-                    detail=f"{what} was applied, but it could not be read back (the database is "
+                    f"{what} was applied, but it could not be read back (the database is "
                     "unavailable); read it again",
+                    code="applied_not_read_back",
                 ) from None
             await asyncio.sleep(delay)
             delay = min(1.0, delay * 2)
@@ -95,11 +97,13 @@ TemporalDep = Annotated[Client, Depends(get_temporal)]
 SessionMakerDep = Annotated[SessionMaker, Depends(get_sessionmaker)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
-_UNAUTHORIZED = HTTPException(
-    status.HTTP_401_UNAUTHORIZED,
-    detail="missing or invalid API key (send Authorization: Bearer <key>, or sign in at /signin)",
-    headers={"WWW-Authenticate": "Bearer"},
-)
+
+def _unauthorized() -> errors.ApiError:
+    return errors.ApiError(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing or invalid API key (send Authorization: Bearer <key>, or sign in at /signin)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 class KeyCache:
@@ -183,19 +187,20 @@ async def get_tenant_id(
     """
     presented = presented_key(request, creds, settings)
     if presented is None:
-        raise _UNAUTHORIZED
+        raise _unauthorized()
     key_hash, session = presented
     if session is not None and request.method not in web_session.SAFE_METHODS:
         if request.headers.get("sec-fetch-site") == "cross-site" or not web_session.csrf_ok(
             settings.session_key(), session, request.headers.get(web_session.CSRF_HEADER)
         ):
-            raise HTTPException(
+            raise errors.ApiError(
                 status.HTTP_403_FORBIDDEN,
-                detail=f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}",
+                f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}",
+                code="csrf_failed",
             )
     tenant = await tenant_of_key_hash(sm, cache, key_hash)
     if tenant is None:
-        raise _UNAUTHORIZED
+        raise _unauthorized()
     return tenant
 
 
@@ -228,9 +233,9 @@ async def require_admin(creds: Credentials, settings: SettingsDep) -> None:
     """Lets only the holder of SPONSORFLOW_ADMIN_TOKEN through."""
     token = settings.admin_token
     if creds is None or not token or not hmac.compare_digest(creds.credentials, token):
-        raise HTTPException(
+        raise errors.ApiError(
             status.HTTP_401_UNAUTHORIZED,
-            detail="admin token required (Authorization: Bearer <SPONSORFLOW_ADMIN_TOKEN>)",
+            "admin token required (Authorization: Bearer <SPONSORFLOW_ADMIN_TOKEN>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -244,8 +249,10 @@ def feature_flag(attr: str, env_name: str) -> Callable[..., Any]:
 
     async def check(settings: SettingsDep) -> None:
         if not getattr(settings, attr):
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND, detail=f"this feature is disabled ({env_name}=false)"
+            raise errors.ApiError(
+                status.HTTP_404_NOT_FOUND,
+                f"this feature is disabled ({env_name}=false)",
+                code=errors.FEATURE_DISABLED,
             )
 
     FEATURE_FLAGS[check] = env_name
@@ -257,7 +264,7 @@ def parse_id(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} {value!r} not found") from None
+        raise errors.not_found(what, value) from None
 
 
 # The bound of one attempt within a write's budget (settings.update_budget_seconds, after which
@@ -288,8 +295,8 @@ async def fence_off(
         except DATABASE_UNAVAILABLE:
             log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
             await asyncio.sleep(0.2 * 2**attempt)
-    raise HTTPException(
+    raise errors.ApiError(
         status.HTTP_504_GATEWAY_TIMEOUT,
-        detail=f"the outcome of {what} is unknown; retry with the same Idempotency-Key to learn it",
+        f"the outcome of {what} is unknown; retry with the same Idempotency-Key to learn it",
         headers={"Retry-After": "1"},
     )

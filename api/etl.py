@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from temporalio.client import Client
 
+from api import errors
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
@@ -124,10 +125,7 @@ def _when(raw: object) -> datetime | None:
 
 
 def _422(field: str, msg: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}],
-    )
+    return errors.unprocessable(["body", field], msg)
 
 
 @router.post(
@@ -137,7 +135,9 @@ def _422(field: str, msg: str) -> HTTPException:
     operation_id="uploadImport",
     responses={
         413: problem(
-            "the file is larger than SPONSORFLOW_MAX_UPLOAD_MB", "file: larger than the 200 MB limit"
+            "the file is larger than SPONSORFLOW_MAX_UPLOAD_MB (`limit_mb` beside detail)",
+            "the file is larger than the 200 MB limit",
+            code="file_too_large",
         ),
         422: invalid(
             "an unknown kind, or a file that is empty or has no name",
@@ -153,6 +153,7 @@ def _422(field: str, msg: str) -> HTTPException:
         503: problem(
             "the import could not be started: it is marked failed and never runs; upload again",
             "the import could not be started (Temporal is unavailable); it was marked failed; upload again",
+            code="unavailable",
         ),
     },
 )
@@ -198,9 +199,11 @@ async def upload(
             size += len(piece)
             if size > limit:
                 # Leaving the block with an exception rolls the import and its pieces back.
-                raise HTTPException(
+                raise errors.ApiError(
                     status.HTTP_413_CONTENT_TOO_LARGE,
-                    detail=f"file: larger than the {settings.max_upload_mb} MB limit",
+                    f"the file is larger than the {settings.max_upload_mb} MB limit",
+                    code="file_too_large",
+                    limit_mb=settings.max_upload_mb,
                 )
             session.add(EtlUploadChunk(import_id=import_id, seq=seq, tenant_id=db.tenant_id, data=piece))
             await session.flush()
@@ -243,9 +246,8 @@ async def upload(
             )
         if fenced is not None:
             log.error("import %s stored but its workflow did not start (%s): %s", import_id, verdict, detail)
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail=f"the import could not be started ({detail}); it was marked failed; upload again",
+            raise errors.unavailable(
+                f"the import could not be started ({detail}); it was marked failed; upload again"
             )
     return ImportAccepted(import_id=str(import_id), status="pending", workflow_id=wid)
 
@@ -319,10 +321,10 @@ async def import_status(
     async with db.tx() as session:
         imp = await session.get(EtlImport, iid)
         if imp is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"import {import_id!r} not found")
+            raise errors.not_found("import", import_id)
     imp = await _true_status(imp, db, client, settings)
     async with db.tx() as session:
-        errors = (
+        row_errors = (
             await session.scalars(
                 select(EtlRowError)
                 .where(EtlRowError.import_id == iid)
@@ -353,7 +355,7 @@ async def import_status(
         error=imp.error,
         errors=[
             RowErrorPublic(row=e.row_number, column=e.column, value=e.value, message=e.message)
-            for e in errors
+            for e in row_errors
         ],
         started_at=imp.started_at,
         rows_finished_at=_when(imp.checkpoint.get("rows_finished_at")),

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from api import errors
 from api.deps import TenantDbDep
 from api.openapi import invalid, invalid_cursor
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
@@ -47,9 +48,8 @@ def _public(e: Event) -> EventPublic:
 
 def _check_type(type: str | None) -> None:
     if type is not None and type not in EVENT_TYPES:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"type: unknown event type {type!r}; known: {', '.join(sorted(EVENT_TYPES))}",
+        raise errors.unprocessable(
+            ["query", "type"], f"unknown event type {type!r}; known: {', '.join(sorted(EVENT_TYPES))}"
         )
 
 
@@ -69,16 +69,14 @@ async def list_events(
     """Pages the tenant's events oldest first, filtered by type and entity."""
     _check_type(type)
     if entity_id is not None and "\x00" in entity_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="entity_id: must not contain NUL (U+0000)"
-        )
+        raise errors.unprocessable(["query", "entity_id"], "must not contain NUL (U+0000)")
     after = decode_cursor(cursor, ("id",))
     stmt = select(Event).order_by(Event.id).limit(limit + 1)
     if after:
         try:
             stmt = stmt.where(Event.id > int(after["id"]))
         except (TypeError, ValueError):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+            raise errors.malformed_cursor() from None
     if type:
         stmt = stmt.where(Event.type == type)
     if entity_id:
@@ -109,7 +107,7 @@ def _frame(e: Event) -> str:
         },
         422: invalid(
             "an unknown event type, a Last-Event-ID that is not an event id, or an invalid parameter",
-            "Last-Event-ID: not an event id",
+            [{"loc": ["header", "Last-Event-ID"], "msg": "not an event id", "type": "value_error"}],
         ),
     },
 )
@@ -132,9 +130,7 @@ async def stream_events(
     try:
         after = int(last_event_id) if last_event_id else None
     except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="Last-Event-ID: not an event id"
-        ) from None
+        raise errors.unprocessable(["header", "Last-Event-ID"], "not an event id") from None
 
     def scoped(stmt: Any) -> Any:
         return stmt.where(Event.type == type) if type else stmt

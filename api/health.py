@@ -46,6 +46,6 @@ async def readyz(sm: SessionMakerDep, client: TemporalDep) -> JSONResponse:
     if down:
         return JSONResponse(
             status_code=503,
-            content={"detail": f"not ready: {', '.join(down)} down", "checks": checks},
+            content={"detail": f"not ready: {', '.join(down)} down", "code": "not_ready", "checks": checks},
         )
     return JSONResponse({"status": "ready", "checks": checks})

@@ -23,6 +23,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import errors
 from api.bodies import JsonBody
 from api.deps import (
     ATTEMPT_TIMEOUT_S,
@@ -65,8 +66,6 @@ from db.io import (
 )
 from db.models import AdUnit, Advertiser, Campaign, IoBooking, Show, Tenant
 from domain.io import (
-    BOOKING_CONFLICT,
-    BOOKING_INVALID,
     BOOKING_REFUSALS,
     PROMO_CODE_PATTERN,
     VANITY_PATH_PATTERN,
@@ -91,17 +90,7 @@ from domain.io import (
     slot_capacity,
 )
 from settings import Settings
-from workflows.io import (
-    INVALID_REQUEST,
-    IO_ABANDONED,
-    IO_CLOSED,
-    NOT_AWAITING_DELIVERY,
-    REQUEST_ABANDONED,
-    UNIT_CANCELLED,
-    UNIT_NOT_AIRED,
-    UNKNOWN_UNIT,
-    IoBookingWorkflow,
-)
+from workflows.io import REQUEST_ABANDONED, IoBookingWorkflow
 from workflows.starters import io_start_options, io_workflow_id
 
 log = logging.getLogger("sponsorflow.api.io")
@@ -321,12 +310,6 @@ class IoSummary(BaseModel):
     created_at: datetime
 
 
-def _unprocessable(loc: list[Any], msg: str, kind: str = "value_error") -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": ["body", *loc], "msg": msg, "type": kind}]
-    )
-
-
 def _public(record: IoRecord, tenant_id: uuid.UUID, settings: Settings) -> IoPublic:
     io = record.io
     units: list[AdUnitPublic] = []
@@ -393,11 +376,15 @@ async def _read(db: TenantDbDep, io_id: uuid.UUID, settings: Settings) -> IoPubl
     async with db.tx() as session:
         record = await load_io(session, io_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"IO {str(io_id)!r} not found")
+        raise errors.not_found("IO", str(io_id))
     return _public(record, db.tenant_id, settings)
 
 
 _NOT_APPLIED = "{what} was not applied, and it never will be; retry"
+
+
+def _not_applied(what: str) -> errors.ApiError:
+    return errors.not_applied(_NOT_APPLIED.format(what=what))
 
 
 def _booking_input(body: IoCreate, idempotency_key: str | None, request_id: str) -> BookIoInput:
@@ -414,26 +401,8 @@ def _booking_input(body: IoCreate, idempotency_key: str | None, request_id: str)
     )
 
 
-def _refused(kind: str, detail: Any) -> HTTPException:
-    """The HTTP answer of a booking refusal (domain.io BookingRefused kinds)."""
-    code = {
-        BOOKING_CONFLICT: status.HTTP_409_CONFLICT,
-        BOOKING_INVALID: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    }.get(kind, status.HTTP_503_SERVICE_UNAVAILABLE)
-    return HTTPException(code, detail=detail)
-
-
 def _key_mismatch() -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[
-            {
-                "loc": ["header", "Idempotency-Key"],
-                "msg": "this Idempotency-Key was used for a different request; use a new key",
-                "type": "idempotency_key_reused",
-            }
-        ],
-    )
+    return errors.key_reused("request; use a new key")
 
 
 async def _begin_keyed(
@@ -463,11 +432,7 @@ async def _give_up(db: TenantDbDep, request_id: str, io_id: uuid.UUID, what: str
     outcome = await fence_off(db, request_id=request_id, entity_type="io", entity_id=str(io_id), what=what)
     if outcome == "abandoned":
         log.warning("gave up on request %s of IO %s: fenced off, answering 503", request_id, io_id)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=_NOT_APPLIED.format(what=what),
-            headers={"Retry-After": "1"},
-        )
+        raise _not_applied(what)
     log.info("request %s of IO %s landed before the API gave up on it", request_id, io_id)
 
 
@@ -582,7 +547,7 @@ async def book_io(
             facts = await booking_facts(session, booking)
         facts.check(booking)
     except BookingRefused as exc:
-        raise _refused(exc.kind, exc.detail) from None
+        raise errors.booking_refused(exc.kind, exc.detail) from None
     advertiser = facts.advertiser
     assert advertiser is not None
     inp = IoWorkflowInput(
@@ -627,23 +592,16 @@ async def book_io(
 
 
 def _booking_failed(exc: WorkflowUpdateFailedError, what: str) -> HTTPException:
+    """The answer of a booking the workflow refused (a domain refusal) or could not make."""
     cause = exc.cause
     if isinstance(cause, ApplicationError):
         if cause.type in BOOKING_REFUSALS:
-            return _refused(cause.type, cause.details[0] if cause.details else cause.message)
+            return errors.booking_refused(cause.type, cause.details[0] if cause.details else cause.message)
         if cause.type == REQUEST_ABANDONED:
-            return HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail=_NOT_APPLIED.format(what=what),
-                headers={"Retry-After": "1"},
-            )
+            return _not_applied(what)
     # The run refused or failed the booking (nothing was written, and the run has ended).
     log.error("booking failed: %s", exc)
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail=_NOT_APPLIED.format(what=what),
-        headers={"Retry-After": "1"},
-    )
+    return _not_applied(what)
 
 
 @router.get("", response_model=Page[IoSummary], operation_id="listIos", responses={422: invalid_cursor()})
@@ -734,7 +692,7 @@ async def availability(
     async with db.tx() as session:
         show = await session.get(Show, sid)
         if show is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"show {show_id!r} not found")
+            raise errors.not_found("show", show_id)
         used = await booked_per_day(session, show_id=sid, placement=placement.value, first=first, last=last)
     capacity = slot_capacity(show.slots, placement.value)
     return Availability(
@@ -756,18 +714,6 @@ async def availability(
 async def read_io(io_id: str, db: TenantDbDep, settings: SettingsDep) -> IoPublic:
     """Returns the IO with its units, delivery against goal and invoice."""
     return await _read(db, parse_id(io_id, "IO"), settings)
-
-
-_UPDATE_STATUS = {
-    UNKNOWN_UNIT: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    INVALID_REQUEST: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    UNIT_CANCELLED: status.HTTP_409_CONFLICT,
-    UNIT_NOT_AIRED: status.HTTP_409_CONFLICT,
-    IO_CLOSED: status.HTTP_409_CONFLICT,
-    NOT_AWAITING_DELIVERY: status.HTTP_409_CONFLICT,
-    IO_ABANDONED: status.HTTP_404_NOT_FOUND,
-    REQUEST_ABANDONED: status.HTTP_503_SERVICE_UNAVAILABLE,
-}
 
 
 async def _update(
@@ -797,7 +743,7 @@ async def _update(
             await session.execute(select(IoBooking.status, IoBooking.invoice).where(IoBooking.id == io_id))
         ).first()
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"IO {str(io_id)!r} not found")
+        raise errors.not_found("IO", str(io_id))
     request_id = new_request_id()
     if idempotency_key:
         keyed = await _begin_keyed(
@@ -823,17 +769,10 @@ async def _update(
         )
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.type in _UPDATE_STATUS:
-            if cause.type == UNKNOWN_UNIT:
-                raise _unprocessable(["ad_unit_id"], cause.message, "not_found") from None
-            headers = {"Retry-After": "1"} if cause.type == REQUEST_ABANDONED else None
-            raise HTTPException(_UPDATE_STATUS[cause.type], detail=cause.message, headers=headers) from None
+        if isinstance(cause, ApplicationError) and cause.type in errors.IO_UPDATE_REFUSALS:
+            raise errors.io_update_refused(cause.type, cause.message) from None
         log.error("update of IO %s failed: %s", io_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=_NOT_APPLIED.format(what=what),
-            headers={"Retry-After": "1"},
-        ) from None
+        raise _not_applied(what) from None
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             log.error("update of IO %s failed: %s", io_id, exc)
@@ -847,9 +786,10 @@ async def _update(
             if await request_state(session=session, request_id=request_id) == "applied":
                 return False
         # The workflow has finished: the IO was invoiced (or cancelled with nothing aired).
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=f"IO {io_id} is {row[0]}; its workflow has finished and takes no more changes",
+        raise errors.conflict(
+            f"IO {io_id} is {row[0]}; its workflow has finished and takes no more changes",
+            code=errors.WORKFLOW_FINISHED,
+            io_status=row[0],
         ) from None
     if answer is None:
         await _give_up(db, request_id, io_id, what)
@@ -866,6 +806,7 @@ async def _update(
         409: problem(
             "the unit is cancelled or has not aired, or the IO is invoiced",
             "ad unit 5eed0000-0000-4000-8000-000000000000 has not aired yet (air date 2031-03-02)",
+            code="unit_not_aired",
         ),
         422: invalid(
             "an ad unit not in this IO, a negative count, or an Idempotency-Key sent again with "
@@ -930,6 +871,7 @@ async def report_delivery(
             "the IO is already invoiced",
             "IO c0ffee00-0000-4000-8000-000000000000 is completed; its workflow "
             "has finished and takes no more changes",
+            code="workflow_finished",
         ),
         422: invalid(
             "no reason, or an Idempotency-Key sent again with another cancellation",
@@ -982,6 +924,7 @@ async def cancel_io(
             "the IO is not awaiting a delivery report (or is invoiced)",
             "IO c0ffee00-0000-4000-8000-000000000000 is measuring, not awaiting a delivery report; "
             "nothing to close",
+            code="not_awaiting_delivery",
         ),
         422: invalid(
             "bill_as is not zero or goal, or an Idempotency-Key sent again with another close",
@@ -1048,7 +991,7 @@ async def io_document(
         record = await load_io(session, iid)
         publisher = await session.scalar(select(Tenant.name).where(Tenant.id == db.tenant_id))
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"IO {io_id!r} not found")
+        raise errors.not_found("IO", io_id)
     doc = document_of(record, publisher or "")
     if format == "pdf":
         body, media = await asyncio.to_thread(render_pdf, doc), "application/pdf"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from api import errors
 from api.bodies import JsonBody
 from api.deps import Credentials, KeyCache, SettingsDep, TenantDbDep, get_key_cache, parse_id, presented_key
 from api.openapi import not_found, problem
@@ -95,6 +96,7 @@ async def create_key(body: KeyCreate, db: TenantDbDep, current: CurrentHash) -> 
         409: problem(
             "the tenant's last active key",
             "this is the tenant's last active key; create another before revoking it",
+            code="last_active_key",
         ),
     },
 )
@@ -113,15 +115,15 @@ async def revoke_key(
         await session.execute(select(ApiKey.id).order_by(ApiKey.id).with_for_update())
         row = await session.get(ApiKey, kid)
         if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"key {key_id!r} not found")
+            raise errors.not_found("key", key_id)
         if row.revoked_at is None:
             active = await session.scalar(
                 select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None), ApiKey.id != kid)
             )
             if not active:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    detail="this is the tenant's last active key; create another before revoking it",
+                raise errors.conflict(
+                    "this is the tenant's last active key; create another before revoking it",
+                    code="last_active_key",
                 )
             row.revoked_at = datetime.now(UTC)
         cache.forget(row.key_hash)

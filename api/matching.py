@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.orm import aliased
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import errors
 from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.openapi import invalid, invalid_cursor, problem
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
@@ -109,6 +110,7 @@ async def _running_recalculation(temporal: Any, tenant: str) -> RecalculationAcc
         503: problem(
             "Temporal is unreachable or refused: no recalculation was started; retry",
             "Temporal is unreachable; no recalculation was started, retry",
+            code="unavailable",
         )
     },
 )
@@ -136,18 +138,14 @@ async def recalculate(db: TenantDbDep, temporal: TemporalDep, settings: Settings
                 RPCStatusCode.DEADLINE_EXCEEDED
             }:
                 log.error("could not start the match recalculation of %s: %s", tenant, exc)
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal refused the recalculation; retry"
-                ) from None
+                raise errors.unavailable("Temporal refused the recalculation; retry") from None
             if time.monotonic() >= deadline:
                 landed = await _running_recalculation(temporal, tenant)
                 if landed is not None:
                     return landed
                 log.error("could not start the match recalculation of %s: %s", tenant, exc)
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    detail="Temporal is unreachable; no recalculation was started, retry",
-                    headers={"Retry-After": "1"},
+                raise errors.unavailable(
+                    "Temporal is unreachable; no recalculation was started, retry", retry_after=True
                 ) from None
             await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
     return RecalculationAccepted(
@@ -211,7 +209,9 @@ def _ranking(g: MatchGeneration) -> RankingPublic:
     "/api/match/recalculate",
     response_model=RecalculationStatus,
     operation_id="getRecalculationStatus",
-    responses={503: problem("Temporal is unreachable; retry", "Temporal is unreachable; retry")},
+    responses={
+        503: problem("Temporal is unreachable; retry", "Temporal is unreachable; retry", code="unavailable")
+    },
 )
 async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> RecalculationStatus:
     """This tenant's recalculations: the ones running now, its schedule, the current ranking."""
@@ -254,9 +254,7 @@ async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> Recalc
             )
     except RPCError as exc:
         log.error("could not read the match recalculation of %s: %s", db.tenant_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail="Temporal is unreachable; retry"
-        ) from None
+        raise errors.unavailable("Temporal is unreachable; retry") from None
     async with db.tx() as session:
         newest = await session.scalar(
             select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(1)
@@ -282,7 +280,7 @@ async def list_rankings(
         try:
             stmt = stmt.where(MatchGeneration.generation < int(after["g"]))
         except (TypeError, ValueError):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+            raise errors.malformed_cursor() from None
     async with db.tx() as session:
         rows = list((await session.scalars(stmt)).all())
     next_cursor = encode_cursor({"g": rows[limit - 1].generation}) if len(rows) > limit else None
@@ -313,7 +311,7 @@ async def list_matches(
         try:
             g, s, last = int(after["g"]), float(after["s"]), int(after["id"])
         except (TypeError, ValueError):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+            raise errors.malformed_cursor() from None
         page = page.where(or_(Match.score < s, and_(Match.score == s, Match.id > last)))
     if advertiser_id is not None:
         page = page.where(Match.advertiser_id == advertiser_id)

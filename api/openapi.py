@@ -40,9 +40,21 @@ from domain.stages import Stage
 
 
 class Problem(BaseModel):
-    """An error in words: `detail` says what went wrong and what to do about it."""
+    """An error in words: `detail` says what went wrong and what to do about it; `code` names it.
+
+    Every answer but a 422 has this shape; what a client needs beyond the sentence (the allowed
+    stages, the current ETag, the full episodes) sits beside `detail` at the top level.
+    """
 
     detail: str = Field(examples=["deal 'c0ffee00-0000-4000-8000-000000000000' not found"])
+    code: str = Field(
+        description="a stable machine name of the error: the status's own (`not_found`, "
+        "`unauthorized`, `forbidden`, `conflict`, `precondition_failed`, `payload_too_large`, "
+        "`unavailable`, `outcome_unknown`, ...) or a more precise one (`stage_not_allowed`, "
+        "`stage_moved`, `deal_not_won`, `no_free_slot`, `booking_conflict`, `duplicate_external_id`, "
+        "`not_applied`, `feature_disabled`, `file_too_large`, `csrf_failed`, ...)",
+        examples=["not_found"],
+    )
 
 
 class ValidationIssue(BaseModel):
@@ -58,41 +70,27 @@ class ValidationIssue(BaseModel):
 class ValidationProblem(BaseModel):
     """422: the request is well-formed but invalid.
 
-    `detail` is a list of issues, each naming its field in `loc` (body, query, path or header), or,
-    for a query parameter the server checks itself (a `cursor`, an event `type`), one sentence that
-    starts with the parameter's name.
+    `detail` is a list of issues, each naming its field in `loc` (body, query, path or header):
+    FastAPI's own validation shape, also for the checks the server makes itself (a `cursor`, an
+    event `type`, an unknown advertiser).
     """
 
-    detail: list[ValidationIssue] | str
+    detail: list[ValidationIssue]
 
 
-class TransitionDetail(BaseModel):
-    """Why a stage move is refused, and where the deal may go from here."""
+class TransitionConflict(Problem):
+    """409 of a stage change (`code` `stage_not_allowed`): where the deal may go from here."""
 
-    message: str
     current_stage: Stage
     requested_stage: Stage
     allowed_stages: list[Stage]
 
 
-class TransitionConflict(BaseModel):
-    """409 of a stage change: the move is not allowed from the deal's current stage."""
+class PreconditionFailed(Problem):
+    """412 (`code` `stage_moved`): If-Match named a stage entry the deal has left; nothing changed."""
 
-    detail: TransitionDetail
-
-
-class PreconditionDetail(BaseModel):
-    """The deal's current stage entry, which If-Match did not name."""
-
-    message: str
     current_stage: Stage
     etag: str = Field(description="the deal's current ETag; send it as If-Match to move from here")
-
-
-class PreconditionFailed(BaseModel):
-    """412: If-Match named a stage entry the deal has left; nothing was changed."""
-
-    detail: PreconditionDetail
 
 
 class SlotConflict(BaseModel):
@@ -107,24 +105,17 @@ class SlotConflict(BaseModel):
     booked: int
 
 
-class BookingConflictDetail(BaseModel):
-    """Why a booking conflicts: the deal's stage (not won), or the full episodes."""
+class BookingConflict(Problem):
+    """409 of a booking: the deal is not won (`deal_not_won`, `stage`), episodes are full
+    (`no_free_slot`, `conflicts`), or the promo code / vanity URL is taken (`booking_conflict`)."""
 
-    message: str
     stage: str | None = Field(default=None, description="the deal's stage, when it is not won")
     conflicts: list[SlotConflict] | None = Field(default=None, description="every unit without a free slot")
 
 
-class BookingConflict(BaseModel):
-    """409 of a booking: a sentence (promo code or vanity URL taken) or a detail object."""
-
-    detail: BookingConflictDetail | str
-
-
-class NotReady(BaseModel):
+class NotReady(Problem):
     """503 of /readyz: what is down."""
 
-    detail: str
     checks: dict[str, str]
 
 
@@ -132,12 +123,9 @@ ERROR_MODELS: tuple[type[BaseModel], ...] = (
     Problem,
     ValidationIssue,
     ValidationProblem,
-    TransitionDetail,
     TransitionConflict,
-    PreconditionDetail,
     PreconditionFailed,
     SlotConflict,
-    BookingConflictDetail,
     BookingConflict,
     NotReady,
 )
@@ -151,13 +139,19 @@ ETAG_HEADER = _ETAG
 REPLAYED_HEADER = {"Idempotent-Replayed": {"$ref": "#/components/headers/Idempotent-Replayed"}}
 
 
-def problem(description: str, *examples: Any, model: type[BaseModel] = Problem) -> dict[str, Any]:
-    """One documented error answer: its schema (`model`), a description and example bodies."""
+def problem(
+    description: str, *examples: Any, model: type[BaseModel] = Problem, code: str = ""
+) -> dict[str, Any]:
+    """One documented error answer: its schema (`model`), a description and example bodies.
+
+    An example is a `detail`: a sentence (answered with `code`, or the status's own), or for a 422
+    a list of issues.
+    """
     content: dict[str, Any] = {}
     if examples:
         content = {
             "application/json": {
-                "examples": {f"example{i + 1}": {"value": {"detail": ex}} for i, ex in enumerate(examples)}
+                "examples": {f"example{i + 1}": {"value": _body(ex, code)} for i, ex in enumerate(examples)}
             }
         }
     answer: dict[str, Any] = {"model": model, "description": description}
@@ -166,11 +160,18 @@ def problem(description: str, *examples: Any, model: type[BaseModel] = Problem) 
     return answer
 
 
+def _body(detail: Any, code: str) -> dict[str, Any]:
+    if isinstance(detail, list):
+        return {"detail": detail}
+    return {"detail": detail, "code": code or "error"}  # every caller names its code
+
+
 def not_found(what: str) -> dict[str, Any]:
     """404 of a route that addresses an entity by id (a malformed id is simply not found)."""
     return problem(
         f"unknown {what} (or an id that is not one)",
         f"{what} 'c0ffee00-0000-4000-8000-000000000000' not found",
+        code="not_found",
     )
 
 
@@ -185,6 +186,7 @@ def not_applied(what: str) -> dict[str, Any]:
         f"{what} was not applied, and it never will be (Temporal or the worker too slow, or the "
         "database away before anything was sent); retry, with the same Idempotency-Key if you sent one",
         f"{what} was not applied, and it never will be; retry",
+        code="not_applied",
     )
     answer["headers"] = _RETRY_AFTER
     return answer
@@ -197,6 +199,7 @@ def outcome_unknown(what: str) -> dict[str, Any]:
         "Idempotency-Key to learn what happened",
         f"{what} was not confirmed and its outcome is unknown; retry with the same "
         "Idempotency-Key to learn it",
+        code="outcome_unknown",
     )
     answer["headers"] = _RETRY_AFTER
     return answer
@@ -212,11 +215,10 @@ def precondition_failed() -> dict[str, Any]:
         "content": {
             "application/json": {
                 "example": {
-                    "detail": {
-                        "message": "the deal moved meanwhile: it is now proposal; nothing was changed",
-                        "current_stage": "proposal",
-                        "etag": '"proposal.1767225600000000"',
-                    }
+                    "detail": "the deal moved meanwhile: it is now proposal; nothing was changed",
+                    "code": "stage_moved",
+                    "current_stage": "proposal",
+                    "etag": '"proposal.1767225600000000"',
                 }
             }
         },
@@ -227,18 +229,16 @@ def transition_conflict() -> dict[str, Any]:
     """409 of a forbidden stage move."""
     return {
         "model": TransitionConflict,
-        "description": "the move is not allowed from the deal's current stage; detail names the "
-        "allowed stages",
+        "description": "the move is not allowed from the deal's current stage; `allowed_stages` "
+        "names where it may go",
         "content": {
             "application/json": {
                 "example": {
-                    "detail": {
-                        "message": "cannot move from lead to won; allowed: qualified, proposal, "
-                        "negotiation, lost",
-                        "current_stage": "lead",
-                        "requested_stage": "won",
-                        "allowed_stages": ["qualified", "proposal", "negotiation", "lost"],
-                    }
+                    "detail": "cannot move from lead to won; allowed: qualified, proposal, negotiation, lost",
+                    "code": "stage_not_allowed",
+                    "current_stage": "lead",
+                    "requested_stage": "won",
+                    "allowed_stages": ["qualified", "proposal", "negotiation", "lost"],
                 }
             }
         },
@@ -256,36 +256,35 @@ def booking_conflict() -> dict[str, Any]:
                 "examples": {
                     "not_won": {
                         "value": {
-                            "detail": {
-                                "message": "deal c0ffee00-0000-4000-8000-000000000000 is in stage "
-                                "'proposal'; only a won deal can be booked",
-                                "stage": "proposal",
-                            }
+                            "detail": "deal c0ffee00-0000-4000-8000-000000000000 is in stage "
+                            "'proposal'; only a won deal can be booked",
+                            "code": "deal_not_won",
+                            "stage": "proposal",
                         }
                     },
                     "no_free_slot": {
                         "value": {
-                            "detail": {
-                                "message": "ad_units[0]: The Daily Grind has no free midroll slot on "
-                                "2031-03-02 (2 of 2 booked)",
-                                "conflicts": [
-                                    {
-                                        "ad_unit": 0,
-                                        "show_id": "5eed0000-0000-4000-8000-000000000000",
-                                        "show_name": "The Daily Grind",
-                                        "air_date": "2031-03-02",
-                                        "placement": "midroll",
-                                        "capacity": 2,
-                                        "booked": 2,
-                                    }
-                                ],
-                            }
+                            "detail": "ad_units[0]: The Daily Grind has no free midroll slot on "
+                            "2031-03-02 (2 of 2 booked)",
+                            "code": "no_free_slot",
+                            "conflicts": [
+                                {
+                                    "ad_unit": 0,
+                                    "show_id": "5eed0000-0000-4000-8000-000000000000",
+                                    "show_name": "The Daily Grind",
+                                    "air_date": "2031-03-02",
+                                    "placement": "midroll",
+                                    "capacity": 2,
+                                    "booked": 2,
+                                }
+                            ],
                         }
                     },
                     "promo_taken": {
                         "value": {
                             "detail": "promo code 'GRIND20' is already in use in this network "
-                            "(codes ignore case)"
+                            "(codes ignore case)",
+                            "code": "booking_conflict",
                         }
                     },
                 }
@@ -299,7 +298,7 @@ def invalid_cursor(*more: str) -> dict[str, Any]:
     reasons = ", ".join(("a cursor this list did not return", *more))
     return invalid(
         f"invalid query parameters, or {reasons}",
-        "cursor: not a cursor this list returned",
+        [{"loc": ["query", "cursor"], "msg": "not a cursor this list returned", "type": "value_error"}],
         [
             {
                 "loc": ["query", "limit"],
@@ -377,10 +376,13 @@ CONVENTIONS = """\
 app's session cookie `sf_session` works too; a write made with it must carry `X-CSRF-Token`.
 `POST /api/v1/tenants` takes the admin token instead. `/healthz` and `/readyz` need nothing.
 
-**Errors** are JSON `{"detail": ...}`: a sentence (`Problem`); for 422 a list of
-`{"loc", "msg", "type"}` naming each field, or a sentence starting with the parameter's name
-(`ValidationProblem`); a 409 stage move or a 412 carries an object (`TransitionConflict`,
-`PreconditionFailed`). Text never holds NUL (U+0000): such a field is a 422.
+**Errors** have one shape per status. A 422 is FastAPI's validation shape, `{"detail": [{"loc",
+"msg", "type"}]}`, each issue naming its field in `loc` (`ValidationProblem`), for the server's
+own checks too. Every other error is `{"detail": "<a sentence>", "code": "<machine name>"}`
+(`Problem`), with what a client needs beside it at the top level: a 409 stage move names
+`allowed_stages` (`TransitionConflict`), a 412 the current `etag` (`PreconditionFailed`), a 409
+booking the `stage` or the full episodes' `conflicts` (`BookingConflict`). Text never holds NUL
+(U+0000): such a field is a 422.
 
 **Writes through Temporal** (stage change, IO booking, delivery, cancel): `2xx` applied and in the
 history; `503` not applied and it never will be (`Retry-After`); `504` outcome unknown. A retry with
@@ -573,11 +575,11 @@ def _add(op: dict[str, Any], code: str, description: str, schema_ref: str, **ext
     }
 
 
-def _example(detail: Any) -> dict[str, Any]:
+def _example(detail: str, code: str) -> dict[str, Any]:
     return {
         "application/json": {
             "schema": {"$ref": "#/components/schemas/Problem"},
-            "example": {"detail": detail},
+            "example": {"detail": detail, "code": code},
         }
     }
 
@@ -609,7 +611,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for model in ERROR_MODELS:
         for name, schema in _schemas_of(model).items():
             schemas.setdefault(name, schema)
-    # FastAPI's 422 knows the list form only; our handler and our own checks also answer a sentence.
+    # One 422 schema: FastAPI's list shape without its `input`/`ctx` echo, which our handler drops.
     _replace_refs(spec, "#/components/schemas/HTTPValidationError", "#/components/schemas/ValidationProblem")
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -793,7 +795,7 @@ def _document_auth(op: dict[str, Any], method: str, calls: list[Callable[..., An
         "#/components/schemas/Problem",
         headers={"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
     )
-    op["responses"]["401"]["content"] = _example(_UNAUTHORIZED)
+    op["responses"]["401"]["content"] = _example(_UNAUTHORIZED, "unauthorized")
     if write:
         _add(
             op,
@@ -802,7 +804,7 @@ def _document_auth(op: dict[str, Any], method: str, calls: list[Callable[..., An
             "#/components/schemas/Problem",
         )
         op["responses"]["403"]["content"] = _example(
-            f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}"
+            f"CSRF check failed: send the session's token in {web_session.CSRF_HEADER}", "csrf_failed"
         )
     _add(op, "503", _DATABASE_AWAY, "#/components/schemas/Problem", headers=_RETRY_AFTER)
 

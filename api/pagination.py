@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import HTTPException, Query, status
+from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
+
+from api import errors
 
 T = TypeVar("T")
 
@@ -42,9 +44,7 @@ def decode_cursor(cursor: str | None, keys: tuple[str, ...]) -> dict[str, Any] |
             raise ValueError
         return values
     except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: not a cursor this list returned"
-        ) from None
+        raise errors.unprocessable(["query", "cursor"], "not a cursor this list returned") from None
 
 
 def newest_first(stmt: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
@@ -56,7 +56,7 @@ def newest_first(stmt: Select[Any], model: Any, cursor: str | None, limit: int) 
     try:
         t, last = datetime.fromisoformat(str(after["t"])), uuid.UUID(str(after["id"]))
     except ValueError:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="cursor: malformed") from None
+        raise errors.malformed_cursor() from None
     return stmt.where(or_(model.created_at < t, and_(model.created_at == t, model.id < last)))
 
 

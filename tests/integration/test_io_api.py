@@ -122,7 +122,8 @@ async def test_a_deal_that_is_not_won_cannot_be_booked(stack: Stack, tenant: New
     deal = await make_deal(stack.http, h, stage="negotiation")
     r = await book_io(stack.http, h, deal["id"], [ad_unit(deal["show_id"], SOON)])
     assert r.status_code == 409
-    assert "negotiation" in r.json()["detail"]["message"] and "won" in r.json()["detail"]["message"]
+    assert "negotiation" in r.json()["detail"] and "won" in r.json()["detail"]
+    assert r.json()["code"] == "deal_not_won" and r.json()["stage"] == "negotiation"
     assert await _counts(stack, tenant) == (0, 0, 0)
 
 
@@ -186,8 +187,9 @@ async def test_twenty_bookings_racing_for_the_last_slot_one_wins(stack: Stack, t
     )
     codes = sorted(r.status_code for r in results)
     assert codes == [201] + [409] * 19, codes
-    loser = next(r for r in results if r.status_code == 409).json()["detail"]
-    assert "Tight Inventory has no free mid_roll slot on " + SOON.isoformat() in loser["message"]
+    loser = next(r for r in results if r.status_code == 409).json()
+    assert "Tight Inventory has no free mid_roll slot on " + SOON.isoformat() in loser["detail"]
+    assert loser["code"] == "no_free_slot"
     assert loser["conflicts"][0]["capacity"] == 2 and loser["conflicts"][0]["booked"] == 2
     assert await _counts(stack, tenant) == (2, 2, 2)
     # Other placements and dates of the show are untouched.
@@ -202,7 +204,7 @@ async def test_one_request_cannot_overbook_a_slot_by_itself(stack: Stack, tenant
     units = [ad_unit(show["id"], SOON, placement="post_roll") for _ in range(2)]
     r = await book_io(stack.http, h, deal["id"], units)
     assert r.status_code == 409
-    assert r.json()["detail"]["conflicts"][0]["ad_unit"] == 1
+    assert r.json()["conflicts"][0]["ad_unit"] == 1
     assert await _counts(stack, tenant) == (0, 0, 0)
 
 

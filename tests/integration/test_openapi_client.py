@@ -140,8 +140,8 @@ async def test_generated_client_creates_a_deal_and_moves_it(
             )
             assert stale.status_code == 412
             assert isinstance(stale.parsed, models.PreconditionFailed)
-            assert stale.parsed.detail.current_stage == models.Stage.QUALIFIED
-            assert stale.headers["ETag"] == stale.parsed.detail.etag
+            assert stale.parsed.current_stage == models.Stage.QUALIFIED
+            assert stale.headers["ETag"] == stale.parsed.etag and stale.parsed.code == "stage_moved"
 
             # A forbidden move: 409 with the transition detail, parsed as documented.
             refused = await op("deals", "change_deal_stage").asyncio_detailed(
@@ -149,8 +149,8 @@ async def test_generated_client_creates_a_deal_and_moves_it(
             )
             assert refused.status_code == 409
             assert isinstance(refused.parsed, models.TransitionConflict)
-            assert refused.parsed.detail.current_stage == models.Stage.QUALIFIED
-            assert models.Stage.PROPOSAL in refused.parsed.detail.allowed_stages
+            assert refused.parsed.current_stage == models.Stage.QUALIFIED
+            assert models.Stage.PROPOSAL in refused.parsed.allowed_stages
 
             unknown = await op("deals", "get_deal").asyncio_detailed(str(uuid.uuid4()), client=c)
             assert unknown.status_code == 404 and isinstance(unknown.parsed, models.Problem)

@@ -132,7 +132,7 @@ async def test_error_answers_fit_their_documented_schemas(
     deal = await make_deal(stack.http, h)
     r = await move(stack.http, h, deal["id"], "won")
     assert_documented(spec, "changeDealStage", r)
-    assert r.json()["detail"]["current_stage"] == "lead"
+    assert r.json()["current_stage"] == "lead"
     read = await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)
     assert (await move(stack.http, h, deal["id"], "qualified")).status_code == 200
     r = await stack.http.patch(
@@ -147,7 +147,7 @@ async def test_error_answers_fit_their_documented_schemas(
     r = await stack.http.get(f"/api/v1/deals/{uuid.uuid4()}", headers=h)
     assert_documented(spec, "getDeal", r)
     r = await stack.http.get("/api/v1/deals", params={"cursor": "nope"}, headers=h)
-    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"]
     assert_documented(spec, "listDeals", r)
     r = await stack.http.post(
         "/api/v1/deals", content=b"{not json", headers={**h, "Content-Type": "application/json"}
@@ -173,7 +173,7 @@ async def test_error_answers_fit_their_documented_schemas(
         },
         headers=h,
     )
-    assert r.status_code == 409 and r.json()["detail"]["stage"] == "qualified", r.text
+    assert r.status_code == 409 and r.json()["stage"] == "qualified", r.text
     assert_documented(spec, "bookIo", r)
 
 
@@ -241,5 +241,5 @@ async def test_text_with_nul_is_a_422_naming_the_field(stack: Stack, tenant: New
     r = await move(stack.http, h, deal["id"], "lost", reason="budget\u0000cut")
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reason"], r.text
     r = await stack.http.get("/api/v1/events", params={"entity_id": "a\u0000"}, headers=h)
-    assert r.status_code == 422 and r.json()["detail"].startswith("entity_id"), r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "entity_id"], r.text
     assert (await stack.http.get(f"/api/v1/deals/{deal['id']}", headers=h)).json()["stage"] == "lead"

@@ -88,7 +88,8 @@ async def test_events_filter_and_page(stack: Stack) -> None:
     ]
     assert all(e["entity_id"] == deal["id"] and e["entity_type"] == "deal" for e in seen)
     r = await stack.http.get("/api/v1/events?type=deal.exploded", headers=h)
-    assert r.status_code == 422 and "deal.stage_changed" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "type"]
+    assert "deal.stage_changed" in r.json()["detail"][0]["msg"]
 
 
 async def test_openapi_documents_every_route(stack: Stack) -> None:

@@ -72,8 +72,13 @@ export function flashBox() {
 
 // ---- API -------------------------------------------------------------------------------
 
+/** An error answer: `detail` as sent (a sentence, or a 422's list), `code` and `body` (its other fields). */
 export class ApiError extends Error {
-  constructor(status, message, detail) { super(message); this.status = status; this.detail = detail; }
+  constructor(status, message, detail, body) {
+    super(message);
+    this.status = status; this.detail = detail; this.body = body || null;
+    this.code = (body && body.code) || null;
+  }
 }
 export const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
 
@@ -81,7 +86,7 @@ export function signIn() {
   location.href = `/signin?next=${encodeURIComponent(location.pathname + location.search)}`;
 }
 
-/** A human message from an error body: string detail, a 422 list ("field: msg"), or {message}. */
+/** A human message from an error body (api/errors.py): a sentence, or a 422 list ("field: msg"). */
 export function errorText(data, status) {
   const d = data && data.detail;
   if (typeof d === "string") return d;
@@ -91,7 +96,6 @@ export function errorText(data, status) {
       return loc ? `${loc}: ${e.msg}` : e.msg;
     }).join("; ");
   }
-  if (d && typeof d === "object" && d.message) return d.message;
   return status ? `The server answered ${status}.` : "The server could not be reached.";
 }
 
@@ -110,7 +114,7 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
   }
   if (res.status === 401) { signIn(); throw new ApiError(401, "Your session ended; signing in again…"); }
   const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (!res.ok) throw new ApiError(res.status, errorText(data, res.status), data && data.detail);
+  if (!res.ok) throw new ApiError(res.status, errorText(data, res.status), data && data.detail, data);
   return data;
 }
 
