@@ -52,6 +52,7 @@ from bench.stack import Stack, env_int
 
 # As activities/imports.py `_signal_deliveries` sends them.
 SIGNAL_CONCURRENCY = 16
+BOOK_ATTEMPTS = 6
 BOOK_CONCURRENCY = 8
 PLACEMENTS = ("pre_roll", "mid_roll", "mid_roll", "post_roll")  # one episode's default slots
 GOAL = 50_000_000  # far above any figure: units stay `aired`, no make-good, no status change
@@ -139,6 +140,7 @@ async def book_tenant(
     shows, deals = await _ids(pg, tid, "shows"), await _ids(pg, tid, "campaigns")
     auth = {"Authorization": f"Bearer {key}"}
     sem = asyncio.Semaphore(BOOK_CONCURRENCY)
+    retries = [0]
 
     async def book(i: int) -> list[Unit]:
         # Read per IO: a set-up that runs past midnight UTC books the next IOs on the new day.
@@ -160,14 +162,24 @@ async def book_tenant(
                 }
             )
         body = {"campaign_id": deals[f"deal-{i:05d}"], "ad_units": units, "measurement_window_days": 30}
-        async with sem:
-            r = await http.post("/api/v1/io", json=body, headers=auth)
+        # A 503 means "not applied, and never will be; retry" (a busy worker: e.g. right after the
+        # campaigns kind started 20,000 deal workflows): retried as a client would, same key.
+        headers = {**auth, "Idempotency-Key": f"bench-io-{tid}-{i}"}
+        for attempt in range(BOOK_ATTEMPTS):
+            async with sem:
+                r = await http.post("/api/v1/io", json=body, headers=headers)
+            if r.status_code != 503:
+                break
+            retries[0] += 1
+            await asyncio.sleep(min(2.0**attempt, 10.0))
         if r.status_code != 201:
             raise RuntimeError(f"booking IO {i}: {r.status_code} {r.text[:300]}")
         io = r.json()
         return [(io["id"], u["id"]) for u in io["ad_units"]]
 
     booked = [u for units in await asyncio.gather(*(book(i) for i in range(n_ios))) for u in units]
+    if retries[0]:
+        print(f"[deliveries] {name}: {retries[0]} booking(s) answered 503 and retried", flush=True)
     # Air date today: each workflow marks its units aired at once (the import refuses unaired ones).
     deadline = time.monotonic() + SETUP_TIMEOUT_S
     while await _count(pg, tid, "SELECT count(*) FROM ad_units WHERE status = 'aired'") < n_units:
