@@ -119,3 +119,22 @@ async def test_an_upload_too_large_is_a_413_naming_the_limit(small_limit_stack: 
     assert r.status_code == 413
     assert_problem(r.json(), "file_too_large")
     assert r.json()["limit_mb"] == 1 and "1 MB" in r.json()["detail"]
+
+
+async def test_the_openapi_documents_one_error_shape_per_status(stack: Stack) -> None:
+    spec = (await stack.http.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    # Every non-422 error schema is a Problem: a sentence in detail and a code (extras beside it).
+    problems = ("Problem", "TransitionConflict", "PreconditionFailed", "BookingConflict", "NotReady")
+    for name in problems:
+        assert schemas[name]["properties"]["detail"]["type"] == "string", name
+        assert {"detail", "code"} <= set(schemas[name]["required"]), name
+    assert schemas["ValidationProblem"]["properties"]["detail"]["type"] == "array"
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            for status_code, answer in op["responses"].items():
+                if not status_code.startswith(("4", "5")):
+                    continue
+                ref = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                wanted = ("ValidationProblem",) if status_code == "422" else problems
+                assert ref in wanted, (method, path, status_code, ref)
