@@ -6,64 +6,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers.up import Up, free_port
+
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Up:
-    """One `sponsorflow up` process and what it printed."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.offset = log.stat().st_size if log.exists() else 0
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "up"],
-            env=env,
-            cwd=Path(__file__).resolve().parents[2],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_until_up(self, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[self.offset :].decode(errors="replace")
-            if "Press Ctrl-C" in text:
-                return text
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sponsorflow up exited early:\n{text}")
-            time.sleep(0.5)
-        raise AssertionError(f"sponsorflow up not ready:\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> int:
-        """Ctrl-C; every child must end cleanly (`up` names any that crashed or hung)."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
-        text = self.log.read_bytes()[self.offset :].decode(errors="replace")
-        assert "while stopping" not in text and "killing it" not in text, text
-        return code
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -96,7 +50,7 @@ def tmp_path() -> Iterator[Path]:
 
 
 def test_up_stop_up_keeps_deals_and_workflows(tmp_path: Path) -> None:
-    ports = {k: str(_free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
+    ports = {k: str(free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
     env = dict(os.environ)
     env.update(
         SPONSORFLOW_DATA_DIR=str(tmp_path / "data"),

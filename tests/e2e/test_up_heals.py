@@ -23,7 +23,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from tests.e2e.test_up import Up, _free_port
+from tests.helpers.up import Up, free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -80,7 +80,7 @@ def stack() -> Iterator[Stack]:
     # Not under pytest's basetemp: a concurrent pytest run resets /tmp/pytest-of-<user> to 0700,
     # and the embedded PostgreSQL's server user could then no longer reach its data to stop it.
     tmp = Path(tempfile.mkdtemp(prefix="sf-e2e-heal-"))
-    ports = {k: str(_free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
+    ports = {k: str(free_port()) for k in ("API", "TEMPORAL", "TEMPORAL_UI")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPONSORFLOW_")}
     env.update(
         SPONSORFLOW_DATA_DIR=str(tmp / "data"),

@@ -30,7 +30,7 @@ from db.engine import SessionMaker
 from db.tenants import NewTenant, create_tenant
 from domain.events import EVENT_TYPES
 from tests.conftest import make_settings
-from tests.factories import ad_unit, make_advertiser, make_deal, make_show, move
+from tests.helpers.factories import ad_unit, make_advertiser, make_deal, make_show, move
 from worker import build_worker
 
 pytestmark = pytest.mark.timeout(300)

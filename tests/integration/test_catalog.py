@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tests.conftest import Stack
-from tests.factories import make_advertiser, make_show
+from tests.helpers.factories import make_advertiser, make_show
 
 
 async def test_show_round_trip(stack: Stack) -> None:

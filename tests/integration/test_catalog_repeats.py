@@ -15,7 +15,7 @@ from temporalio.client import Client
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from tests.conftest import Stack, start_stack
-from tests.integration.test_imports import upload
+from tests.helpers.imports import upload
 
 CHUNK = 3
 

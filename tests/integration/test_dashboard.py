@@ -12,8 +12,8 @@ from db.models import AdUnit, Advertiser, DealStageHistory, EtlImport, IoBooking
 from db.tenants import NewTenant
 from domain.stages import Stage
 from tests.conftest import Stack
-from tests.factories import add_deal, make_advertiser, make_show
-from tests.integration.test_matching import _matches, _recalculate
+from tests.helpers.factories import add_deal, make_advertiser, make_show
+from tests.helpers.matching import matches, recalculate
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -228,8 +228,8 @@ async def test_top_matches_are_the_best_of_the_current_ranking(stack: Stack, ten
     for i in range(2):
         await make_advertiser(stack.http, h, name=f"Brand {i}", target_geo=["US"], target_age=["25-34"])
     for _ in range(2):  # the dashboard reads the newest generation, not an older one
-        await _recalculate(stack, h)
-    ranked = await _matches(stack, h, limit=5)
+        await recalculate(stack, h)
+    ranked = await matches(stack, h, limit=5)
     d = (await stack.http.get("/api/v1/dashboard", headers=h)).json()
     assert len(ranked) == 5
     assert [(m["advertiser_name"], m["show_name"], m["score"]) for m in d["top_matches"]] == [

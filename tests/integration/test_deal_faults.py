@@ -23,7 +23,7 @@ from db.models import Campaign, DealStageHistory, Event, WriteRequest
 from domain.deals import ChangeStageInput, DealState, RecordStageChangeInput, RecordStageChangeResult
 from domain.stages import Stage, probability
 from tests.conftest import Stack, start_stack
-from tests.factories import make_deal, move
+from tests.helpers.factories import make_deal, move
 from worker import build_worker
 from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow

@@ -22,7 +22,7 @@ from domain.deals import (
 )
 from domain.stages import Stage
 from tests.conftest import new_worker
-from tests.factories import deal_input, seed_deal
+from tests.helpers.factories import deal_input, seed_deal
 from workflows.deals import DealWorkflow
 from workflows.starters import deal_workflow_id
 

@@ -19,7 +19,7 @@ from db.models import DealStageHistory, Event
 from domain.deals import ChangeStageInput, DealState
 from domain.stages import ALL_STAGES, Stage, allowed_targets
 from tests.conftest import Stack
-from tests.factories import make_advertiser, make_deal, make_show, move
+from tests.helpers.factories import make_advertiser, make_deal, make_show, move
 from worker import reconcile_deal_workflows
 from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow

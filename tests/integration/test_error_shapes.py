@@ -18,7 +18,7 @@ from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from db.tenants import NewTenant
 from tests.conftest import Stack, start_stack
-from tests.factories import make_deal, move
+from tests.helpers.factories import make_deal, move
 
 
 def assert_problem(body: dict[str, Any], code: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
 from datetime import date
@@ -16,27 +15,10 @@ from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from domain.events import DEAL_CREATED_FIELDS
 from tests.conftest import Stack, start_stack
-from tests.factories import move
+from tests.helpers.factories import move
+from tests.helpers.imports import upload
 from workflows.deals import DealWorkflow
 from workflows.starters import deal_workflow_id
-
-FINAL = {"completed", "completed_with_errors", "failed"}
-
-
-async def upload(stack: Stack, h: dict[str, str], kind: str, name: str, content: bytes) -> dict[str, Any]:
-    r = await stack.http.post(
-        "/api/v1/etl/upload", files={"file": (name, content)}, data={"kind": kind}, headers=h
-    )
-    assert r.status_code == 202, r.text
-    body = r.json()
-    assert body["status"] == "pending" and body["workflow_id"].startswith("import/")
-    for _ in range(300):
-        status = (await stack.http.get(f"/api/v1/etl/status/{body['import_id']}", headers=h)).json()
-        if status["status"] in FINAL:
-            return dict(status)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"import did not finish: {status}")
-
 
 SHOWS_CSV = (
     "\ufeffExternal_ID ; Name;categories; AVG_DOWNLOADS ;cpm_usd;geo;age;female_share;brand_safety;colour\n"

@@ -37,7 +37,7 @@ from domain.io import (
     build_invoice,
 )
 from tests.conftest import Stack, start_stack
-from tests.factories import ad_unit, book_io, make_deal
+from tests.helpers.factories import ad_unit, book_io, make_deal
 from worker import build_worker
 
 TODAY = datetime.now(UTC).date()

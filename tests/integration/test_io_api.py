@@ -20,7 +20,7 @@ from db.models import AdUnit, Event, IoBooking, PromoCode
 from db.tenants import NewTenant
 from domain.io import PROMO_ALPHABET
 from tests.conftest import Stack, start_stack
-from tests.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
+from tests.helpers.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
 from workflows.io import IoBookingWorkflow
 
 TODAY = datetime.now(UTC).date()

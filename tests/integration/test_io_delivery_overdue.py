@@ -25,9 +25,9 @@ from db.models import Event, IoBooking
 from db.tenants import NewTenant
 from domain.io import IoStatus
 from tests.conftest import Stack, start_stack
-from tests.factories import ad_unit, book_io, make_deal, make_show
-from tests.integration.test_io_workflow import TODAY, _deliver, _event_types, _io, _sleep_to, _until
-from tests.integration.test_replay import HISTORIES
+from tests.helpers.factories import ad_unit, book_io, make_deal, make_show
+from tests.helpers.histories import HISTORIES
+from tests.helpers.io import TODAY, deliver, event_types, get_io, io_until, sleep_to
 from workflows.io import IoBookingWorkflow
 from workflows.search_attributes import IO_STATUS
 
@@ -100,13 +100,13 @@ async def test_no_report_waits_reminds_and_a_late_report_invoices(
     io = await _book_two_cpm_and_flat(stack, h)
     a, b = _cpm_units(io)
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
-    await _sleep_to(env, 2.5)
-    await _until(stack, h, io["id"], lambda x: x["status"] == "measuring")
-    await _deliver(stack, h, io["id"], a, 10000)  # b is never reported before the window ends
+    await sleep_to(env, 2.5)
+    await io_until(stack, h, io["id"], lambda x: x["status"] == "measuring")
+    await deliver(stack, h, io["id"], a, 10000)  # b is never reported before the window ends
 
     # The window ends on day 5: no invoice, the IO waits, visibly, and says so once.
-    await _sleep_to(env, 5.5)
-    got = await _until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
+    await sleep_to(env, 5.5)
+    got = await io_until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
     assert got["invoice"] is None and got["completed_at"] is None
     assert await _search_status(stack, io["workflow_id"]) == "awaiting_delivery"
     listed = await stack.http.get("/api/v1/io", params={"status": "awaiting_delivery"}, headers=h)
@@ -120,7 +120,7 @@ async def test_no_report_waits_reminds_and_a_late_report_invoices(
     assert snap is not None and snap.status is IoStatus.AWAITING_DELIVERY
 
     # A reminder after the interval (24 h), the overdue notice still once.
-    await _sleep_to(env, 6.6)
+    await sleep_to(env, 6.6)
     for _ in range(50):
         reminders = await _events(stack, tenant, io["id"], "io.delivery_reminder")
         if reminders:
@@ -129,19 +129,19 @@ async def test_no_report_waits_reminds_and_a_late_report_invoices(
     assert len(reminders) == 1 and reminders[0]["reminder"] == 1
     assert [u["ad_unit_id"] for u in reminders[0]["units"]] == [b]
     assert len(await _events(stack, tenant, io["id"], "io.delivery_overdue")) == 1
-    assert (await _io(stack, h, io["id"]))["status"] == "awaiting_delivery"
+    assert (await get_io(stack, h, io["id"]))["status"] == "awaiting_delivery"
 
     # The late report: reconciled and invoiced with it at once.
-    await _deliver(stack, h, io["id"], b, 15000)
+    await deliver(stack, h, io["id"], b, 15000)
     result = await handle.result()
     assert result.status is IoStatus.COMPLETED
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     lines = {line["ad_unit_id"]: line for line in done["invoice"]["lines"]}
     assert lines[b]["quantity"] == 15000 and Decimal(lines[b]["amount_usd"]) == Decimal("300.00")
     assert Decimal(done["invoice"]["total_usd"]) == Decimal("850.00")  # 250 + 300 + flat 300
     assert done["status"] == "completed"
     assert await _search_status(stack, io["workflow_id"]) == "completed"
-    types = await _event_types(stack, tenant, io["id"])
+    types = await event_types(stack, tenant, io["id"])
     assert types.count("io.delivery_overdue") == 1 and types[-1] == "io.completed"
 
     history = await handle.fetch_history()
@@ -164,9 +164,9 @@ async def test_an_operator_closes_the_missing_delivery(
     io = await _book_two_cpm_and_flat(stack, h, underdelivery_policy="makegood")
     a, b = _cpm_units(io)
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
-    await _sleep_to(env, 2.5)
-    await _until(stack, h, io["id"], lambda x: x["status"] == "measuring")
-    await _deliver(stack, h, io["id"], a, 10000)
+    await sleep_to(env, 2.5)
+    await io_until(stack, h, io["id"], lambda x: x["status"] == "measuring")
+    await deliver(stack, h, io["id"], a, 10000)
 
     # Before the window ends there is nothing to close.
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": bill_as}, headers=h)
@@ -174,14 +174,14 @@ async def test_an_operator_closes_the_missing_delivery(
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": "half"}, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "bill_as"]
 
-    await _sleep_to(env, 5.5)
-    await _until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
+    await sleep_to(env, 5.5)
+    await io_until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
     key = {**h, "Idempotency-Key": f"close-{bill_as}"}
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": bill_as}, headers=key)
     assert r.status_code == 200, r.text
     result = await handle.result()
     assert result.status is IoStatus.COMPLETED
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     assert done["status"] == "completed" and len(done["ad_units"]) == 3  # no make-good for b
     lines = {line["ad_unit_id"]: line for line in done["invoice"]["lines"]}
     assert Decimal(lines[b]["amount_usd"]) == Decimal(billed_b)
@@ -197,7 +197,7 @@ async def test_an_operator_closes_the_missing_delivery(
     assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true"
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": bill_as}, headers=h)
     assert r.status_code == 409
-    assert (await _event_types(stack, tenant, io["id"])).count("io.completed") == 1
+    assert (await event_types(stack, tenant, io["id"])).count("io.completed") == 1
     recorded = HISTORIES / "io_booking_workflow_v3_close_delivery.json"
     if bill_as == "goal" and os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
         recorded.write_text((await handle.fetch_history()).to_json())
@@ -215,18 +215,18 @@ async def test_a_cancelled_io_still_waits_for_the_report_of_what_aired(
     assert r.status_code == 201, r.text
     io = r.json()
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
-    await _sleep_to(env, 1.5)
-    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    await sleep_to(env, 1.5)
+    await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
     r = await stack.http.post(f"/api/v1/io/{io['id']}/cancel", json={"reason": "budget cut"}, headers=h)
     assert r.status_code == 200, r.text
 
     # The aired unit's window ends on day 3 without a report: no invoice; the IO stays cancelled.
-    await _sleep_to(env, 3.5)
+    await sleep_to(env, 3.5)
     for _ in range(50):
         if await _events(stack, tenant, io["id"], "io.delivery_overdue"):
             break
         await env.sleep(timedelta(seconds=1))
-    got = await _io(stack, h, io["id"])
+    got = await get_io(stack, h, io["id"])
     assert got["status"] == "cancelled" and got["invoice"] is None
     assert len(await _events(stack, tenant, io["id"], "io.delivery_overdue")) == 1
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": "goal"}, headers=h)
@@ -253,7 +253,7 @@ async def test_a_zero_day_window_waits_for_the_report_of_a_unit_aired_today(
     assert r.status_code == 201, r.text
     io = r.json()
     unit = io["ad_units"][0]["id"]
-    got = await _until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
+    got = await io_until(stack, h, io["id"], lambda x: x["status"] == "awaiting_delivery")
     assert got["invoice"] is None and got["ad_units"][0]["status"] == "aired"
     assert len(await _events(stack, tenant, io["id"], "io.delivery_overdue")) == 1
 
@@ -264,7 +264,7 @@ async def test_a_zero_day_window_waits_for_the_report_of_a_unit_aired_today(
     )
     assert r.status_code == 202, r.text
     await stack.client.get_workflow_handle(r.json()["workflow_id"]).result()
-    done = await _until(stack, h, io["id"], lambda x: x["status"] == "completed")
+    done = await io_until(stack, h, io["id"], lambda x: x["status"] == "completed")
     assert done["ad_units"][0]["delivered_impressions"] == 7500
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
     result = await handle.result()
@@ -288,7 +288,7 @@ async def test_a_flat_only_io_invoices_without_a_report(
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
     result = await handle.result()
     assert result.status is IoStatus.COMPLETED and result.invoice_total_usd == Decimal("450.00")
-    types = await _event_types(stack, tenant, io["id"])
+    types = await event_types(stack, tenant, io["id"])
     assert "io.delivery_overdue" not in types and types[-1] == "io.completed"
 
 
@@ -301,7 +301,7 @@ async def test_io_drift_knows_an_io_awaiting_delivery(stack: Stack, owner_sm: Se
     io = r.json()
 
     async def settled() -> bool:
-        return (await _io(stack, h, io["id"]))["status"] == "awaiting_delivery" and not await io_drift(
+        return (await get_io(stack, h, io["id"]))["status"] == "awaiting_delivery" and not await io_drift(
             stack.client, stack.sm, tenant.id
         )
 

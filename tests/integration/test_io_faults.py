@@ -33,7 +33,7 @@ from domain.io import (
     UnitRequest,
 )
 from tests.conftest import Stack, new_worker, start_stack
-from tests.factories import ad_unit, book_io, make_deal, make_show
+from tests.helpers.factories import ad_unit, book_io, make_deal, make_show
 from worker import build_worker
 from workflows import search_attributes as sa
 from workflows.io import REQUEST_ABANDONED, IoBookingWorkflow

@@ -4,33 +4,28 @@ real API, the Temporal time-skipping test server."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.io import IoActivities
 from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker, tenant_tx
-from db.models import Event
-from db.tenants import NewTenant
+from db.engine import SessionMaker
 from domain.io import IoStatus, IoWorkflowInput
 from tests.conftest import Stack, new_worker, start_stack
-from tests.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
-from tests.integration.test_replay import HISTORIES
+from tests.helpers.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
+from tests.helpers.histories import HISTORIES
+from tests.helpers.io import TODAY, deliver, event_types, get_io, io_until, sleep_to
 from workflows.io import IoBookingWorkflow
 from workflows.search_attributes import IO_STATUS
-
-TODAY = datetime.now(UTC).date()
 
 
 @pytest.fixture
@@ -40,47 +35,6 @@ async def ts_stack(
     """The API and worker against the time-skipping server."""
     async for s in start_stack(database, time_skipping_env.client, sm):
         yield s
-
-
-async def _sleep_to(env: WorkflowEnvironment, day_offset: float) -> None:
-    """Skips time to `day_offset` days after the start of today (UTC): air dates start at 00:00."""
-    start = datetime.combine(TODAY, datetime.min.time(), tzinfo=UTC)
-    await env.sleep(start + timedelta(days=day_offset) - await env.get_current_time())
-
-
-async def _io(stack: Stack, h: dict[str, str], io_id: str) -> dict[str, Any]:
-    r = await stack.http.get(f"/api/v1/io/{io_id}", headers=h)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def _until(
-    stack: Stack, h: dict[str, str], io_id: str, check: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Reads the IO until `check` holds: activities commit a moment after a timer fires."""
-    for _ in range(100):
-        io = await _io(stack, h, io_id)
-        if check(io):
-            return io
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"IO never reached the expected state: {io}")
-
-
-async def _event_types(stack: Stack, tenant: NewTenant, io_id: str) -> list[str]:
-    async with tenant_tx(stack.sm, tenant.id) as s:
-        return list(
-            (await s.scalars(select(Event.type).where(Event.entity_id == io_id).order_by(Event.id))).all()
-        )
-
-
-async def _deliver(stack: Stack, h: dict[str, str], io_id: str, unit_id: str, n: int) -> dict[str, Any]:
-    r = await stack.http.post(
-        f"/api/v1/io/{io_id}/delivery",
-        json={"ad_unit_id": unit_id, "impressions": n, "source": "megaphone"},
-        headers=h,
-    )
-    assert r.status_code == 200, r.text
-    return dict(r.json())
 
 
 async def _book_three(stack: Stack, h: dict[str, str], policy: str) -> dict[str, Any]:
@@ -120,23 +74,23 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     a, b, flat = (u["id"] for u in io["ad_units"])
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
 
-    await _sleep_to(env, 2.5)
-    got = await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    await sleep_to(env, 2.5)
+    got = await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
     assert got["status"] == "live" and [u["status"] for u in got["ad_units"][1:]] == ["scheduled"] * 2
     desc = await handle.describe()
     assert desc.search_attributes.get("IoStatus") == ["live"]
 
-    await _sleep_to(env, 4.5)
-    got = await _until(stack, h, io["id"], lambda x: x["status"] == "measuring")
+    await sleep_to(env, 4.5)
+    got = await io_until(stack, h, io["id"], lambda x: x["status"] == "measuring")
     assert [u["status"] for u in got["ad_units"]] == ["aired"] * 3
 
     # Delivery to date, cumulative: the latest report wins; A reaches its goal, B falls short.
-    await _deliver(stack, h, io["id"], a, 6000)
-    got = await _deliver(stack, h, io["id"], a, 10400)
+    await deliver(stack, h, io["id"], a, 6000)
+    got = await deliver(stack, h, io["id"], a, 10400)
     assert (
         got["ad_units"][0]["status"] == "delivered" and got["ad_units"][0]["delivered_impressions"] == 10400
     )
-    got = await _deliver(stack, h, io["id"], b, 15000)
+    got = await deliver(stack, h, io["id"], b, 15000)
     assert got["ad_units"][1]["status"] == "aired" and got["ad_units"][1]["delivered_pct"] == 75.0
     assert got["delivery"] == {
         "impressions_goal": 30000,
@@ -146,8 +100,8 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     }
 
     # The window closes 7 days after the last air date: B's 5,000 shortfall gets a make-good.
-    await _sleep_to(env, 11.5)
-    got = await _until(stack, h, io["id"], lambda x: len(x["ad_units"]) == 4)
+    await sleep_to(env, 11.5)
+    got = await io_until(stack, h, io["id"], lambda x: len(x["ad_units"]) == 4)
     makegood = next(u for u in got["ad_units"] if u["makegood_of"] == b)
     assert makegood["impressions_goal"] == 5000 and makegood["price_usd"] == 0.0
     assert makegood["show_name"] == "Beta Hour" and makegood["placement"] == "mid_roll"
@@ -155,20 +109,20 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     assert next(u for u in got["ad_units"] if u["id"] == b)["status"] == "made_good"
     assert got["invoice"] is None
 
-    await _sleep_to(env, 12.5)
-    await _until(
+    await sleep_to(env, 12.5)
+    await io_until(
         stack,
         h,
         io["id"],
         lambda x: any(u["id"] == makegood["id"] and u["status"] == "aired" for u in x["ad_units"]),
     )
-    await _deliver(stack, h, io["id"], makegood["id"], 4000)
+    await deliver(stack, h, io["id"], makegood["id"], 4000)
 
     # Skip past the window explicitly: the test server's result() long-poll gave up on a 7-day skip.
-    await _sleep_to(env, 19.5)
+    await sleep_to(env, 19.5)
     result = await handle.result()
     assert result.status is IoStatus.COMPLETED
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     invoice = done["invoice"]
     lines = {line["ad_unit_id"]: line for line in invoice["lines"]}
     assert Decimal(lines[a]["amount_usd"]) == Decimal("250.00")  # the goal, not the overdelivery
@@ -181,7 +135,7 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     assert invoice["due_date"] == (issued.date() + timedelta(days=30)).isoformat()
     assert done["status"] == "completed" and done["completed_at"] is not None
     assert {u["id"]: u["billed_usd"] for u in done["ad_units"]}[a] == 250.0
-    types = await _event_types(stack, tenant, io["id"])
+    types = await event_types(stack, tenant, io["id"])
     assert types.count("io.ad_aired") == 4 and types.count("io.delivery_reported") == 4
     assert types.count("io.makegood_scheduled") == 1
     assert types[0] == "io.scheduled" and types[-1] == "io.completed"
@@ -208,23 +162,23 @@ async def test_full_life_prorata(ts_stack: Stack, time_skipping_env: WorkflowEnv
     h = stack.auth(tenant)
     io = await _book_three(stack, h, "prorata")
     a, b, flat = (u["id"] for u in io["ad_units"])
-    await _sleep_to(env, 4.5)
-    await _until(stack, h, io["id"], lambda x: x["status"] == "measuring")
-    await _deliver(stack, h, io["id"], a, 10000)
-    await _deliver(stack, h, io["id"], b, 15000)
+    await sleep_to(env, 4.5)
+    await io_until(stack, h, io["id"], lambda x: x["status"] == "measuring")
+    await deliver(stack, h, io["id"], a, 10000)
+    await deliver(stack, h, io["id"], b, 15000)
 
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
     # Skip past the window explicitly: the test server's result() long-poll gave up on a 7-day skip.
-    await _sleep_to(env, 11.5)
+    await sleep_to(env, 11.5)
     result = await handle.result()
     assert result.status is IoStatus.COMPLETED and result.invoice_total_usd == Decimal("1050.00")
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     lines = {line["ad_unit_id"]: line for line in done["invoice"]["lines"]}
     assert Decimal(lines[a]["amount_usd"]) == Decimal("250.00")
     assert Decimal(lines[b]["amount_usd"]) == Decimal("300.00") and "prorated" in lines[b]["note"]
     assert Decimal(lines[flat]["amount_usd"]) == Decimal("500.00")
     assert len(done["ad_units"]) == 3  # no make-good under prorata
-    assert "io.makegood_scheduled" not in await _event_types(stack, tenant, io["id"])
+    assert "io.makegood_scheduled" not in await event_types(stack, tenant, io["id"])
 
 
 async def test_cancel_mid_flight_bills_what_aired(
@@ -235,8 +189,8 @@ async def test_cancel_mid_flight_bills_what_aired(
     h = stack.auth(tenant)
     io = await _book_three(stack, h, "makegood")
     a, b, flat = (u["id"] for u in io["ad_units"])
-    await _sleep_to(env, 2.5)
-    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    await sleep_to(env, 2.5)
+    await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
 
     r = await stack.http.post(f"/api/v1/io/{io['id']}/cancel", json={"reason": "budget cut"}, headers=h)
     assert r.status_code == 200, r.text
@@ -261,20 +215,20 @@ async def test_cancel_mid_flight_bills_what_aired(
         f"/api/v1/io/{io['id']}/delivery", json={"ad_unit_id": b, "impressions": 5}, headers=h
     )
     assert r.status_code == 409 and "cancelled" in r.json()["detail"]
-    await _deliver(stack, h, io["id"], a, 8000)
+    await deliver(stack, h, io["id"], a, 8000)
 
     handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
     # Skip past the window explicitly: the test server's result() long-poll gave up on a 7-day skip.
-    await _sleep_to(env, 9.5)
+    await sleep_to(env, 9.5)
     result = await handle.result()
     assert result.status is IoStatus.CANCELLED
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     invoice = done["invoice"]
     assert [line["ad_unit_id"] for line in invoice["lines"]] == [a]
     # Cancelled IOs are not made good: the aired unit's shortfall is prorated.
     assert Decimal(invoice["total_usd"]) == Decimal("200.00")
     assert done["status"] == "cancelled"
-    types = await _event_types(stack, tenant, io["id"])
+    types = await event_types(stack, tenant, io["id"])
     assert types.count("io.cancelled") == 1 and types[-1] == "io.completed"
     assert "io.makegood_scheduled" not in types
     assert flat not in {line["ad_unit_id"] for line in invoice["lines"]}
@@ -300,14 +254,14 @@ async def test_no_free_slot_for_a_makegood_falls_back_to_prorata(
     filler = [ad_unit(show["id"], TODAY + timedelta(days=d)) for d in range(2, 95)]
     for i in range(0, len(filler), 50):
         assert (await book_io(stack.http, h, deal["id"], filler[i : i + 50])).status_code == 201
-    await _sleep_to(env, 1.5)
-    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
-    await _deliver(stack, h, io["id"], unit, 5000)
+    await sleep_to(env, 1.5)
+    await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    await deliver(stack, h, io["id"], unit, 5000)
     # Skip past the window explicitly: the test server's result() long-poll gave up on a 7-day skip.
-    await _sleep_to(env, 2.5)
+    await sleep_to(env, 2.5)
     result = await handle.result()
     assert result.invoice_total_usd == Decimal("125.00")
-    done = await _io(stack, h, io["id"])
+    done = await get_io(stack, h, io["id"])
     assert "no free slot" in done["invoice"]["lines"][0]["note"]
 
 
@@ -344,8 +298,8 @@ async def test_deliveries_import_signals_the_io_workflows(
         )
     ).json()
     aired, later = (u["id"] for u in io["ad_units"])
-    await _sleep_to(env, 1.5)
-    await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+    await sleep_to(env, 1.5)
+    await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
 
     csv = (
         "IO_ID;Ad_Unit_ID;Impressions;Source\n"
@@ -372,9 +326,9 @@ async def test_deliveries_import_signals_the_io_workflows(
     assert any("appears more than once" in w for w in status["warnings"])
 
     # The last figure of the unit in the file is what the workflow recorded, once.
-    got = await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["delivered_impressions"] == 4500)
+    got = await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["delivered_impressions"] == 4500)
     assert got["ad_units"][1]["delivered_impressions"] == 0
-    types = await _event_types(stack, tenant, io["id"])
+    types = await event_types(stack, tenant, io["id"])
     assert types.count("io.delivery_reported") == 1
 
 
@@ -402,23 +356,23 @@ async def test_many_delivery_reports_continue_as_new_with_the_state(
         a, b = (u["id"] for u in io["ad_units"])
         handle = stack.client.get_workflow_handle_for(IoBookingWorkflow.run, io["workflow_id"])
         first_run = (await handle.describe()).run_id
-        await _sleep_to(env, 1.5)
-        await _until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
+        await sleep_to(env, 1.5)
+        await io_until(stack, h, io["id"], lambda x: x["ad_units"][0]["status"] == "aired")
         for n in (1000, 2000, 3000, 4000, 5000, 6000, 7000):
-            await _deliver(stack, h, io["id"], a, n)
+            await deliver(stack, h, io["id"], a, n)
         desc = await handle.describe()
         assert desc.run_id != first_run
         # The new run carries the IoStatus search attribute on: it still agrees with the row.
-        assert desc.typed_search_attributes.get(IO_STATUS) == (await _io(stack, h, io["id"]))["status"]
+        assert desc.typed_search_attributes.get(IO_STATUS) == (await get_io(stack, h, io["id"]))["status"]
         # The new run still follows the rest of the timeline: b airs, then the invoice.
-        await _sleep_to(env, 2.5)
-        got = await _until(stack, h, io["id"], lambda x: x["ad_units"][1]["status"] == "aired")
+        await sleep_to(env, 2.5)
+        got = await io_until(stack, h, io["id"], lambda x: x["ad_units"][1]["status"] == "aired")
         assert got["ad_units"][0]["delivered_impressions"] == 7000
-        await _deliver(stack, h, io["id"], b, 10000)
-        await _sleep_to(env, 5.5)
+        await deliver(stack, h, io["id"], b, 10000)
+        await sleep_to(env, 5.5)
         result = await handle.result()
         assert result.status is IoStatus.COMPLETED
         # a: 7,000 of 10,000 prorated ($175) + b: the goal ($250).
         assert result.invoice_total_usd == Decimal("425.00")
-        types = await _event_types(stack, tenant, io["id"])
+        types = await event_types(stack, tenant, io["id"])
         assert types.count("io.delivery_reported") == 8 and types.count("io.scheduled") == 1

@@ -35,7 +35,7 @@ from domain.maintenance import (
 )
 from domain.stages import Stage
 from tests.conftest import Stack, new_worker, start_stack
-from tests.factories import make_advertiser, make_deal
+from tests.helpers.factories import make_advertiser, make_deal
 from worker import keep_maintenance_running
 from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow

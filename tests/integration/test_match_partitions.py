@@ -29,10 +29,10 @@ from db.matching import (
 from db.models import MatchGeneration
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from tests.conftest import Stack
-from tests.factories import make_advertiser, make_show
-from tests.integration.test_matching import ALIGNED, FINTECH, MISALIGNED, _matches, _recalculate
-from tests.unit.test_scoring import FINTECH as FINTECH_FEATURES
-from tests.unit.test_scoring import show
+from tests.helpers.factories import make_advertiser, make_show
+from tests.helpers.matching import ALIGNED, FINTECH, MISALIGNED, matches, recalculate
+from tests.helpers.scoring import FINTECH as FINTECH_FEATURES
+from tests.helpers.scoring import show
 
 
 async def _partitions(owner_sm: SessionMaker, tenant_id: uuid.UUID) -> list[str]:
@@ -62,14 +62,14 @@ async def test_each_recalculation_is_one_partition_and_only_two_stay(
     stack: Stack, owner_sm: SessionMaker
 ) -> None:
     tenant, h = await _tenant_with_pairs(stack)
-    results = [(await _recalculate(stack, h))["result"] for _ in range(3)]
+    results = [(await recalculate(stack, h))["result"] for _ in range(3)]
     assert [r.generation for r in results] == [1, 2, 3]
     # The current ranking and the one before it (a reader may still page through it).
     assert await _partitions(owner_sm, tenant.id) == [
         f"matches_{tenant.id.hex}_2",
         f"matches_{tenant.id.hex}_3",
     ]
-    items = await _matches(stack, h)
+    items = await matches(stack, h)
     assert {m["generation"] for m in items} == {3} and len(items) == results[-1].matches_written
     async with tenant_tx(stack.sm, tenant.id) as s:
         generations = (await s.scalars(select(MatchGeneration).order_by(MatchGeneration.generation))).all()
@@ -83,7 +83,7 @@ async def test_each_recalculation_is_one_partition_and_only_two_stay(
 
 async def test_partitions_are_read_only_through_matches(stack: Stack, owner_sm: SessionMaker) -> None:
     tenant, h = await _tenant_with_pairs(stack)
-    await _recalculate(stack, h)
+    await recalculate(stack, h)
     other = await stack.new_tenant("Other")
     (part,) = await _partitions(owner_sm, tenant.id)
     # Not even the owning tenant's session may read or write the partition table directly.
@@ -102,7 +102,7 @@ async def test_partitions_are_read_only_through_matches(stack: Stack, owner_sm: 
 
 async def test_partition_functions_refuse_what_they_must(stack: Stack) -> None:
     tenant, h = await _tenant_with_pairs(stack)
-    await _recalculate(stack, h)
+    await recalculate(stack, h)
     with pytest.raises(DBAPIError, match="no tenant is set"):
         async with stack.sm() as s, s.begin():
             await s.execute(text("SELECT sponsorflow_match_partition_open(5)"))
@@ -152,8 +152,8 @@ async def _write(sm: SessionMaker, tenant_id: uuid.UUID, show_ids: list[uuid.UUI
 
 async def test_a_show_deleted_before_the_swap_leaves_the_old_ranking_whole(stack: Stack) -> None:
     tenant, h = await _tenant_with_pairs(stack)
-    first = (await _recalculate(stack, h))["result"]
-    before = await _matches(stack, h)
+    first = (await recalculate(stack, h))["result"]
+    before = await matches(stack, h)
     adv = (await stack.http.get("/api/v1/advertisers", headers=h)).json()["items"][0]
     shows = [uuid.UUID(s["id"]) for s in (await stack.http.get("/api/v1/shows", headers=h)).json()["items"]]
     # A show that no longer exists (deleted while the worker scored): the attach's foreign key
@@ -162,10 +162,10 @@ async def test_a_show_deleted_before_the_swap_leaves_the_old_ranking_whole(stack
         await _write(stack.sm, tenant.id, [*shows, uuid.uuid4()], uuid.UUID(adv["id"]))
     async with tenant_tx(stack.sm, tenant.id) as s:
         assert await current_generation(s) == first.generation
-    assert await _matches(stack, h) == before
+    assert await matches(stack, h) == before
     # The next generation number is free again and writes fine.
     assert await _write(stack.sm, tenant.id, shows, uuid.UUID(adv["id"])) == first.generation + 1
-    assert {m["generation"] for m in await _matches(stack, h)} == {first.generation + 1}
+    assert {m["generation"] for m in await matches(stack, h)} == {first.generation + 1}
 
 
 async def test_pruning_skips_a_partition_a_reader_holds_and_drops_it_later(
@@ -173,7 +173,7 @@ async def test_pruning_skips_a_partition_a_reader_holds_and_drops_it_later(
 ) -> None:
     tenant, h = await _tenant_with_pairs(stack)
     for _ in range(2):
-        await _recalculate(stack, h)
+        await recalculate(stack, h)
     old = f"matches_{tenant.id.hex}_1"
     assert old in await _partitions(owner_sm, tenant.id)
     reader = stack.sm()
@@ -222,7 +222,7 @@ async def test_a_ranking_commits_only_after_the_readers_that_chose_the_old_one(s
     # The old ranking, whole; then the new one commits and is what the next reader sees.
     assert [r.generation for r in rows] == [1, 1] and {r.show_id for r in rows} == set(shows)
     assert writing is not None and await asyncio.wait_for(writing, 10) == 2
-    assert {m["generation"] for m in await _matches(stack, h)} == {2}
+    assert {m["generation"] for m in await matches(stack, h)} == {2}
     # A reader arriving while a commit holds the lock waits for it and reads the new ranking.
     async with tenant_tx(stack.sm, tenant.id) as writer:
         stage = await open_generation(writer, tenant.id)
@@ -243,7 +243,7 @@ async def test_a_ranking_commits_only_after_the_readers_that_chose_the_old_one(s
             pairs_scored=2,
             matches_written=2,
         )
-        waiting = asyncio.create_task(_matches(stack, h))
+        waiting = asyncio.create_task(matches(stack, h))
         await asyncio.sleep(0.3)
         assert not waiting.done()
     assert {m["generation"] for m in await asyncio.wait_for(waiting, 10)} == {3}
@@ -272,13 +272,13 @@ async def test_readers_never_see_an_empty_ranking_while_rankings_commit(
     writer = asyncio.create_task(asyncio.to_thread(commit_rankings))
     pages = 0
     while not writer.done():
-        items = await _matches(stack, h)
+        items = await matches(stack, h)
         # The whole ranking of one generation, every time: never empty, never a mix.
         assert len(items) == len(shows) and len({m["generation"] for m in items}) == 1
         pages += 1
     await writer
     assert pages >= 5, "the reads did not overlap the commits"
-    assert {m["generation"] for m in await _matches(stack, h)} == {41}
+    assert {m["generation"] for m in await matches(stack, h)} == {41}
 
 
 async def test_two_tenants_recalculating_at_once_each_get_their_own_ranking(
@@ -286,14 +286,14 @@ async def test_two_tenants_recalculating_at_once_each_get_their_own_ranking(
 ) -> None:
     (a, ha), (b, hb) = await asyncio.gather(_tenant_with_pairs(stack), _tenant_with_pairs(stack))
     for _ in range(2):
-        ra, rb = await asyncio.gather(_recalculate(stack, ha), _recalculate(stack, hb))
+        ra, rb = await asyncio.gather(recalculate(stack, ha), recalculate(stack, hb))
         assert ra["result"].generation == rb["result"].generation
     for tenant, h in ((a, ha), (b, hb)):
-        items = await _matches(stack, h)
+        items = await matches(stack, h)
         assert items and {m["generation"] for m in items} == {2}
         assert len(await _partitions(owner_sm, tenant.id)) == 2
-    names_a = {m["show_id"] for m in await _matches(stack, ha)}
-    names_b = {m["show_id"] for m in await _matches(stack, hb)}
+    names_a = {m["show_id"] for m in await matches(stack, ha)}
+    names_b = {m["show_id"] for m in await matches(stack, hb)}
     assert not names_a & names_b
 
 
@@ -302,7 +302,7 @@ async def test_pruning_survives_any_plan_over_the_catalog(stack: Stack, owner_sm
     the planner orders the function's conditions, such a name is never read as a generation."""
     tenant, h = await _tenant_with_pairs(stack)
     for _ in range(3):
-        await _recalculate(stack, h)
+        await recalculate(stack, h)
     async with tenant_tx(stack.sm, tenant.id) as s:
         # Push the planner to scan pg_class first, filtering it before the join to pg_inherits.
         for knob in ("enable_hashjoin", "enable_mergejoin", "enable_indexscan", "enable_bitmapscan"):

@@ -21,7 +21,7 @@ from temporalio.worker import Replayer
 
 from domain.matching import MatchRecalcResult, RecalculateInput
 from tests.conftest import Stack, new_worker
-from tests.integration.test_replay import HISTORIES
+from tests.helpers.histories import HISTORIES
 from workflows.matching import MatchRecalculationWorkflow
 from workflows.starters import (
     ensure_match_schedule,

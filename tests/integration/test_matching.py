@@ -17,29 +17,13 @@ from db.engine import tenant_tx
 from db.models import Event
 from db.tenants import NewTenant
 from tests.conftest import Stack, start_stack
-from tests.factories import make_advertiser, make_show
-from tests.integration.test_replay import HISTORIES
+from tests.helpers.factories import make_advertiser, make_show
+from tests.helpers.histories import HISTORIES
+from tests.helpers.matching import ALIGNED, FINTECH, MISALIGNED, matches, recalculate
 from worker import reconcile_match_schedules
 from workflows.matching import MatchRecalculationWorkflow
 from workflows.starters import match_schedule_id, match_workflow_id
 
-ALIGNED = {
-    "name": "Founders Daily",
-    "avg_downloads": 40000,
-    "cpm_usd": 25,
-    "categories": ["Business", "Technology"],
-    "geo": {"US": 0.8, "CA": 0.1},
-    "age": {"25-34": 0.6, "35-44": 0.3},
-    "brand_safety": {"debated_social_issues": "low"},
-}
-MISALIGNED = {
-    "name": "Garden Hour",
-    "avg_downloads": 5000,
-    "cpm_usd": 18,
-    "categories": ["Leisure"],
-    "geo": {"GB": 0.9},
-    "age": {"55+": 0.8},
-}
 UNSAFE = {
     "name": "Late Night Rants",
     "avg_downloads": 90000,
@@ -48,33 +32,6 @@ UNSAFE = {
     "age": {"25-34": 0.7},
     "brand_safety": {"hate_speech": "high"},
 }
-FINTECH = {
-    "name": "Ledgerly",
-    "domain": "ledgerly.example",
-    "target_categories": ["Business", "Technology"],
-    "target_geo": ["US", "CA"],
-    "target_age": ["25-34", "35-44"],
-    "brand_safety_tolerance": "medium",
-    "budget_usd": 50000,
-}
-
-
-async def _recalculate(stack: Stack, h: dict[str, str]) -> dict[str, Any]:
-    r = await stack.http.post("/api/match/recalculate", headers=h)
-    assert r.status_code == 202, r.text
-    body = dict(r.json())
-    handle = stack.client.get_workflow_handle_for(
-        MatchRecalculationWorkflow.run, body["workflow_id"], run_id=body["run_id"]
-    )
-    result = await handle.result()
-    body["result"] = result
-    return body
-
-
-async def _matches(stack: Stack, h: dict[str, str], **params: Any) -> list[dict[str, Any]]:
-    r = await stack.http.get("/api/v1/matches", params=params, headers=h)
-    assert r.status_code == 200, r.text
-    return list(r.json()["items"])
 
 
 async def _events(stack: Stack, tenant: NewTenant, type_: str) -> list[Event]:
@@ -91,14 +48,14 @@ async def test_aligned_shows_rank_first_and_unsafe_shows_never_appear(
     unsafe = await make_show(stack.http, h, **UNSAFE)
     fintech = await make_advertiser(stack.http, h, **FINTECH)
 
-    done = await _recalculate(stack, h)
+    done = await recalculate(stack, h)
     assert done["workflow_id"] == match_workflow_id(str(tenant.id))
     result = done["result"]
     assert (result.shows, result.advertisers, result.pairs_scored, result.pairs_excluded) == (3, 1, 3, 1)
 
-    ranked = await _matches(stack, h, advertiser_id=fintech["id"])
+    ranked = await matches(stack, h, advertiser_id=fintech["id"])
     assert [m["show_id"] for m in ranked] == [aligned["id"], misaligned["id"]]
-    assert unsafe["id"] not in {m["show_id"] for m in await _matches(stack, h)}
+    assert unsafe["id"] not in {m["show_id"] for m in await matches(stack, h)}
     best, worst = ranked
     assert 0 <= worst["score"] < best["score"] <= 100
     assert set(best["signals"]) == {"geo", "demographic", "topic", "lift", "inventory", "brand_safety"}
@@ -106,8 +63,8 @@ async def test_aligned_shows_rank_first_and_unsafe_shows_never_appear(
     assert "target countries" in best["rationale"]
     assert best["advertiser_name"] == "Ledgerly" and best["show_name"] == "Founders Daily"
     # Filters: by show, by minimum score.
-    assert [m["advertiser_id"] for m in await _matches(stack, h, show_id=aligned["id"])] == [fintech["id"]]
-    assert await _matches(stack, h, min_score=best["score"] + 0.01) == []
+    assert [m["advertiser_id"] for m in await matches(stack, h, show_id=aligned["id"])] == [fintech["id"]]
+    assert await matches(stack, h, min_score=best["score"] + 0.01) == []
 
     (event,) = await _events(stack, tenant, "match.recalculated")
     assert event.payload["pairs_scored"] == 3 and event.payload["matches_written"] == 2
@@ -163,15 +120,15 @@ async def test_weights_change_the_ranking(stack: Stack, tenant: NewTenant) -> No
         headers=h,
     )
     assert r.status_code == 200
-    await _recalculate(stack, h)
-    assert [m["show_id"] for m in await _matches(stack, h, advertiser_id=adv["id"])][0] == big_uk["id"]
+    await recalculate(stack, h)
+    assert [m["show_id"] for m in await matches(stack, h, advertiser_id=adv["id"])][0] == big_uk["id"]
     r = await stack.http.put(
         "/api/v1/match/weights",
         json={"geo": 1, "topic": 0, "demographic": 0, "lift": 0, "inventory": 0, "brand_safety": 0},
         headers=h,
     )
-    await _recalculate(stack, h)
-    assert [m["show_id"] for m in await _matches(stack, h, advertiser_id=adv["id"])][0] == small_us["id"]
+    await recalculate(stack, h)
+    assert [m["show_id"] for m in await matches(stack, h, advertiser_id=adv["id"])][0] == small_us["id"]
 
 
 async def test_readers_see_the_old_or_the_new_ranking_never_a_mix(stack: Stack, tenant: NewTenant) -> None:
@@ -188,8 +145,8 @@ async def test_readers_see_the_old_or_the_new_ranking_never_a_mix(stack: Stack, 
         )
     for i in range(4):
         await make_advertiser(stack.http, h, name=f"Brand {i}", target_geo=["US"], target_age=["25-34"])
-    first = await _recalculate(stack, h)
-    old = {(m["advertiser_id"], m["show_id"], m["score"]) for m in await _matches(stack, h, limit=200)}
+    first = await recalculate(stack, h)
+    old = {(m["advertiser_id"], m["show_id"], m["score"]) for m in await matches(stack, h, limit=200)}
     await stack.http.put(
         "/api/v1/match/weights",
         json={"geo": 0, "demographic": 1, "topic": 0, "lift": 0, "inventory": 0, "brand_safety": 0},
@@ -201,7 +158,7 @@ async def test_readers_see_the_old_or_the_new_ranking_never_a_mix(stack: Stack, 
 
     async def read_until_done() -> None:
         while True:
-            items = await _matches(stack, h, limit=200)
+            items = await matches(stack, h, limit=200)
             seen.append(
                 (
                     {m["generation"] for m in items},
@@ -213,7 +170,7 @@ async def test_readers_see_the_old_or_the_new_ranking_never_a_mix(stack: Stack, 
                 return
 
     await read_until_done()
-    new = {(m["advertiser_id"], m["show_id"], m["score"]) for m in await _matches(stack, h, limit=200)}
+    new = {(m["advertiser_id"], m["show_id"], m["score"]) for m in await matches(stack, h, limit=200)}
     assert new != old
     for generations, snapshot in seen:
         assert len(generations) == 1
@@ -247,7 +204,7 @@ async def test_each_tenant_gets_one_schedule_that_runs_the_recalculation(stack: 
     await make_advertiser(stack.http, h, **FINTECH)
     await handle.trigger()
     for _ in range(150):
-        if await _matches(stack, h):
+        if await matches(stack, h):
             break
         await asyncio.sleep(0.2)
     else:
@@ -272,7 +229,7 @@ async def test_a_completed_shows_import_triggers_a_recalculation(stack: Stack, t
         await asyncio.sleep(0.2)
     (event,) = await _events(stack, tenant, "match.recalculated")
     assert event.payload["trigger"] == "import"
-    assert [m["show_name"] for m in await _matches(stack, h)] == ["Imported Show"]
+    assert [m["show_name"] for m in await matches(stack, h)] == ["Imported Show"]
 
 
 async def test_matchmaking_flag_off(database: Any, client: Client, sm: Any) -> None:
@@ -292,7 +249,7 @@ async def test_replay_a_recalculation_history(stack: Stack, tenant: NewTenant) -
     h = stack.auth(tenant)
     await make_show(stack.http, h, **ALIGNED)
     await make_advertiser(stack.http, h, **FINTECH)
-    done = await _recalculate(stack, h)
+    done = await recalculate(stack, h)
     history = await stack.client.get_workflow_handle(
         done["workflow_id"], run_id=done["run_id"]
     ).fetch_history()
@@ -311,15 +268,15 @@ async def test_status_and_history_of_the_rankings(stack: Stack, tenant: NewTenan
 
     await make_show(stack.http, h, **ALIGNED)
     await make_advertiser(stack.http, h, **FINTECH)
-    first = (await _recalculate(stack, h))["result"]
+    first = (await recalculate(stack, h))["result"]
     r = await stack.http.put("/api/v1/match/weights", json={"geo": 1, "topic": 1}, headers=h)
     assert r.status_code == 200
-    second = (await _recalculate(stack, h))["result"]
+    second = (await recalculate(stack, h))["result"]
 
     status = (await stack.http.get("/api/match/recalculate", headers=h)).json()
     assert status["running"] == []
     current = status["current"]
-    assert current["generation"] == second.generation == (await _matches(stack, h))[0]["generation"]
+    assert current["generation"] == second.generation == (await matches(stack, h))[0]["generation"]
     assert (current["trigger"], current["pairs_scored"], current["matches_written"]) == ("manual", 1, 1)
     assert current["weights"]["geo"] == 1 and current["weights"]["lift"] == 0.1
 

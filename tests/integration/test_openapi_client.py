@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
-from tests.integration.live_api import serve_api
+from tests.helpers.live_api import serve_api
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 PACKAGE = "sponsorflow_generated_client"

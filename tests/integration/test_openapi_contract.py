@@ -14,7 +14,7 @@ from api.openapi import LINKS
 from api.web import session as ws
 from db.tenants import NewTenant
 from tests.conftest import Stack
-from tests.factories import make_advertiser, make_deal, move
+from tests.helpers.factories import make_advertiser, make_deal, move
 
 CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)*$")
 # The writes that go through Temporal: each tells 503 (never applied) from 504 (outcome unknown)

@@ -19,7 +19,7 @@ from temporalio.client import Client
 
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
-from tests.integration.live_api import serve_api
+from tests.helpers.live_api import serve_api
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 ST = Path(sys.executable).parent / "st"

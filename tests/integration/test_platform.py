@@ -12,7 +12,7 @@ from api.main import create_app
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from tests.conftest import Stack, make_settings, start_stack
-from tests.factories import make_deal, move
+from tests.helpers.factories import make_deal, move
 from worker import registrations
 from workflows.deals import DealWorkflow
 

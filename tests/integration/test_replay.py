@@ -27,14 +27,13 @@ from db.models import Campaign
 from domain.deals import ChangeStageInput, RecordStageChangeInput
 from domain.stages import Stage, probability
 from tests.conftest import Stack, new_worker
-from tests.factories import ad_unit, book_io, deal_input, make_deal, make_show, seed_deal
+from tests.helpers.factories import ad_unit, book_io, deal_input, make_deal, make_show, seed_deal
+from tests.helpers.histories import HISTORIES
 from workflows.deals import DealWorkflow
 from workflows.imports import CsvImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
-
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 
 async def _life_of_a_deal(client: Client, sm: SessionMaker, entered: datetime) -> WorkflowHistory:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from db.engine import set_tenant
 from db.models import TENANT_TABLES
 from tests.conftest import Stack
-from tests.factories import make_advertiser, make_deal, make_show, move
+from tests.helpers.factories import make_advertiser, make_deal, make_show, move
 
 
 async def test_tenant_b_cannot_see_or_touch_tenant_a(stack: Stack) -> None:

@@ -20,7 +20,7 @@ from db.engine import SessionMaker, tenant_tx
 from db.models import AdUnit, Advertiser, ApiKey, Campaign, IoBooking
 from db.tenants import NewTenant
 from tests.conftest import Stack, start_stack
-from tests.factories import add_deal, make_deal, make_show
+from tests.helpers.factories import add_deal, make_deal, make_show
 
 
 def _browser(stack: Stack) -> httpx.AsyncClient:

@@ -246,7 +246,25 @@ def private_sdk_attributes(root: Path, dirs: tuple[str, ...] = PRIVATE_SCAN) -> 
     return found
 
 
+def no_test_module_imports_another(root: Path) -> list[str]:
+    """Helpers several test modules share live in tests/helpers/, never in a test module."""
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        tree = _parsed(path)
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_"):
+                    found.append(f"{path.relative_to(root)} imports {name}")
+    return found
+
+
 RULES = [
+    no_test_module_imports_another,
     activities_import_no_workflow,
     workflow_modules_are_sandbox_safe,
     starters_import_no_workflow,
@@ -324,6 +342,10 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
             "cli.py": "import worker\n",
             "domain/deals.py": "from db.models import Campaign\n",
             "db/models.py": "Campaign = object\n",
+            "tests/integration/test_a.py": "def upload():\n    pass\n",
+            "tests/integration/test_b.py": (
+                "from tests.integration.test_a import upload\nfrom tests.helpers.imports import FINAL\n"
+            ),
             "api/deals.py": (
                 "async def start(handle):\n"
                 "    return getattr(getattr(handle, '_start_workflow_response', None), 'started', True)\n"
@@ -332,6 +354,9 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
             ),
         },
     )
+    assert no_test_module_imports_another(root) == [
+        "tests/integration/test_b.py imports tests.integration.test_a"
+    ]
     assert activities_import_no_workflow(root) == ["activities.deals imports workflows.deals"]
     assert workflow_modules_are_sandbox_safe(root) == ["workflows.matching imports temporalio.client"]
     assert starters_import_no_workflow(root) == ["workflows.starters imports workflows.deals"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import replace
-from datetime import date
-from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +28,8 @@ from domain.scoring import (
     score_pair,
     top_k,
 )
+from tests.helpers.scoring import FINTECH
+from tests.helpers.scoring import show as show_features
 
 COUNTRIES = ("US", "us", "CA", "GB", "de", "FR")
 CATEGORIES = ("Business", "business", "Technology", "SPORTS", "Sports", "Leisure", "News")
@@ -214,28 +214,9 @@ def test_top_k_is_a_stable_descending_sort(values: list[list[float]], k: int, ax
 
 
 NO_SLOTS = (0,) * HORIZON_DAYS
-TWO_A_DAY = (2,) * HORIZON_DAYS
 
 
-def show(name: str, **kw: Any) -> ShowFeatures:
-    base = ShowFeatures(
-        id=name,
-        name=name,
-        geo={},
-        age={},
-        female_share=None,
-        categories=(),
-        brand_safety={},
-        cpm_usd=None,
-        avg_downloads=10_000,
-        recent_downloads=None,
-        prior_downloads=None,
-        free_mid_slots=TWO_A_DAY,
-    )
-    return replace(base, **kw)
-
-
-ALIGNED = show(
+ALIGNED = show_features(
     "Founders Daily",
     avg_downloads=40_000,
     cpm_usd=25.0,
@@ -246,7 +227,7 @@ ALIGNED = show(
     recent_downloads=11_400.0,
     prior_downloads=10_000.0,
 )
-MISALIGNED = show(
+MISALIGNED = show_features(
     "Garden Hour",
     avg_downloads=5_000,
     cpm_usd=18.0,
@@ -254,32 +235,19 @@ MISALIGNED = show(
     geo={"GB": 0.9},
     age={"55+": 0.8},
 )
-HIGH_RISK = show(
+HIGH_RISK = show_features(
     "Late Night Rants",
     categories=("Business",),
     geo={"US": 0.9},
     age={"25-34": 0.7},
     brand_safety={"hate_speech": "high", "obscenity_profanity": "medium"},
 )
-FLOOR = show(
+FLOOR = show_features(
     "After Dark", categories=("Business",), geo={"US": 0.9}, brand_safety={"adult_explicit": "floor"}
 )
 BOOKED_UP = replace(ALIGNED, id="booked", name="Booked Up", free_mid_slots=NO_SLOTS)
 TENANT = [ALIGNED, MISALIGNED, HIGH_RISK, FLOOR, BOOKED_UP]
 
-FINTECH = AdvertiserFeatures(
-    id="ledgerly",
-    name="Ledgerly",
-    target_geo=("us", "CA"),
-    target_age=("25-34", "35-44"),
-    target_categories=("business", "Technology"),
-    target_gender=None,
-    tolerance="medium",
-    budget_usd=50_000.0,
-    flight_start_day=0,
-    flight_end_day=30,
-    flight_end_date=date(2026, 12, 15),
-)
 GARDENING = replace(
     FINTECH,
     id="grow",
@@ -391,8 +359,8 @@ def test_rationale_phrases_for_lift_inventory_and_brand_safety() -> None:
 
 
 def test_weights_change_the_ranking() -> None:
-    big_uk = show("UK Giant", categories=("Business",), geo={"GB": 1.0}, age={"25-34": 1.0})
-    small_us = show("US Niche", categories=("Leisure",), geo={"US": 1.0}, age={"55+": 1.0})
+    big_uk = show_features("UK Giant", categories=("Business",), geo={"GB": 1.0}, age={"25-34": 1.0})
+    small_us = show_features("US Niche", categories=("Leisure",), geo={"US": 1.0}, age={"55+": 1.0})
     adv = replace(FINTECH, target_geo=("US",), target_age=(), target_categories=("Business",))
     matrix = ShowMatrix.build([big_uk, small_us])
     topic_only = score_batch(matrix, [adv], {"topic": 1.0})
@@ -422,7 +390,7 @@ def test_weights_are_validated() -> None:
 
 
 def test_edge_cases_follow_the_documented_formulas() -> None:
-    unknown = show("Unknown")
+    unknown = show_features("Unknown")
     adv = replace(FINTECH, target_gender="female", budget_usd=None)
     pair = score_pair(unknown, adv)
     assert pair.signals["geo"] == 0.5 and pair.signals["demographic"] == 0.5
