@@ -57,7 +57,7 @@ from domain.io import (
     UnitStatus,
 )
 from workflows.search_attributes import IO_STATUS
-from workflows.starters import IO_SNAPSHOT_QUERY, io_workflow_id
+from workflows.starters import IO_SNAPSHOT_QUERY, IO_WORKFLOW, io_workflow_id
 
 IO_NOT_COMMITTED = "IoNotCommitted"
 # Make-good units get ids derived from the unit they make good: one make-good per unit, and a
@@ -566,7 +566,7 @@ async def io_drift(
     if not rows:
         return []
     listed: dict[str, tuple[str | None, bool]] = {}
-    query = f"WorkflowType = 'IoBookingWorkflow' AND TenantId = '{tid}'"
+    query = f"WorkflowType = '{IO_WORKFLOW}' AND TenantId = '{tid}'"
     async for wf in client.list_workflows(query, page_size=1000):
         running = wf.status == WorkflowExecutionStatus.RUNNING
         if wf.id in listed and listed[wf.id][1] and not running:

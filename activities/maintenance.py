@@ -39,7 +39,7 @@ from domain.maintenance import (
 from domain.stages import OPEN_STAGES
 from settings import Settings
 from workflows import search_attributes as sa
-from workflows.starters import deal_workflow_id, ensure_match_schedule, start_deal_workflows
+from workflows.starters import DEAL_WORKFLOW, deal_workflow_id, ensure_match_schedule, start_deal_workflows
 
 log = logging.getLogger("sponsorflow.maintenance")
 
@@ -125,7 +125,7 @@ async def sweep_tenant_open_deals(
     start_deal_workflows, so a workflow started meanwhile (or not yet visible) is found, not counted.
     """
     query = (
-        "WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' "
+        f"WorkflowType = '{DEAL_WORKFLOW}' AND ExecutionStatus = 'Running' "
         f"AND {sa.TENANT_ID.name} = '{tenant_id}'"
     )
     running = set()
@@ -201,7 +201,7 @@ async def repair_tenant_drift(
         after = page[-1].id
         rows = {deal_workflow_id(str(tenant_id), str(r.id)): r for r in page}
         ids = ", ".join(f"'{wid}'" for wid in rows)
-        query = f"WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' AND WorkflowId IN ({ids})"
+        query = f"WorkflowType = '{DEAL_WORKFLOW}' AND ExecutionStatus = 'Running' AND WorkflowId IN ({ids})"
         running = {wf.id: wf async for wf in client.list_workflows(query, page_size=_DRIFT_PAGE)}
         for wid, row in rows.items():
             result.checked += 1

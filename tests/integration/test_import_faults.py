@@ -146,7 +146,10 @@ async def test_a_terminated_or_cancelled_import_ends_with_a_reason_and_its_count
             await handle.terminate(reason="ops: stop that import")
         else:
             await handle.cancel()
-        letting_go = asyncio.create_task(_release_later(release, 1.0))
+        # Released well after the cancellation can reach the activity (its heartbeats, every
+        # 0.8 x the 2 s timeout, bring it): released sooner, the held chunk and the next could
+        # both commit before the activity hears of it (seen once on a loaded CI machine).
+        letting_go = asyncio.create_task(_release_later(release, 4.0))
         status = await _wait(stack, h, import_id, lambda s: s["status"] in FINAL)
         await letting_go
 
