@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.import_throughput import MB, PgTarget, Sampler, create_tenant, upload_and_wait
+from bench.import_throughput import MB, PgTarget, Sampler, create_tenant, import_rss_growth, upload_and_wait
 from bench.stack import Stack, env_int
 
 # As activities/imports.py `_signal_deliveries` sends them.
@@ -501,16 +501,7 @@ async def measure_deliveries(
     out["per_row_growth"] = (large["product"]["rows_seconds"] / large["rows"]) / (
         small["product"]["rows_seconds"] / small["rows"]
     )
-    # The same measure as the other kinds (bench.import_kinds.measure): what the product phase
-    # added to the worker's RSS, small to large, against the worker's RSS at the small start.
-    added = {
-        label: run["product"]["peak_rss_mb"]["worker"] - run["product"]["worker_rss_start_mb"]
-        for label, run in (("small", small), ("large", large))
-    }
-    out["worker_rss_added_mb"] = added
-    out["worker_rss_growth_pct"] = (
-        (added["large"] - added["small"]) / small["product"]["worker_rss_start_mb"] * 100
-    )
+    out["worker_rss_added_mb"], out["worker_rss_growth_pct"] = import_rss_growth(small, large)
     return out
 
 

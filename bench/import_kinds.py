@@ -56,7 +56,7 @@ import httpx
 import psutil
 
 from bench.import_deliveries import measure_deliveries, render_lines
-from bench.import_throughput import MB, PgTarget, Sampler, create_tenant
+from bench.import_throughput import MB, PgTarget, Sampler, create_tenant, import_rss_growth
 from bench.stack import Stack, env_int, results_path
 
 KINDS = ("shows", "advertisers", "campaigns", "deliveries")
@@ -375,18 +375,8 @@ async def measure(
             per_kind["per_row_growth"] = (large["product"]["rows_seconds"] / large["rows"]) / (
                 small["product"]["rows_seconds"] / small["rows"]
             )
-            # Flat memory: what the import adds to the worker (rows phase peak minus the RSS it
-            # started from) grows from the small file to the large one by at most 20% of the
-            # worker's RSS. Comparing bare peaks would charge the large run with the workflow
-            # cache the small run's deal workflows left behind.
-            added = {
-                label: run["product"]["peak_rss_mb"]["worker"] - run["product"]["worker_rss_start_mb"]
-                for label, run in (("small", small), ("large", large))
-            }
-            per_kind["worker_rss_added_mb"] = added
-            per_kind["worker_rss_growth_pct"] = (
-                (added["large"] - added["small"]) / small["product"]["worker_rss_start_mb"] * 100
-            )
+            added, growth = import_rss_growth(small, large)
+            per_kind["worker_rss_added_mb"], per_kind["worker_rss_growth_pct"] = added, growth
             results[kind] = per_kind
     if stack.pids() != pids:
         raise RuntimeError(f"a child of `up` restarted during the run: {pids} then {stack.pids()}")

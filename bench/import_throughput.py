@@ -122,6 +122,20 @@ def vm_hwm_mb(p: psutil.Process) -> float | None:
     return None
 
 
+def import_rss_growth(small: dict[str, Any], large: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """What a product phase added to the worker (its peak minus the RSS it started from), small
+    and large, and the growth from one to the other in % of the worker's RSS at the small start.
+
+    "Worker RSS flat" for the import kinds: comparing bare peaks would charge the large run with
+    the workflow cache the earlier runs' deal and IO workflows left behind.
+    """
+    added = {
+        label: run["product"]["peak_rss_mb"]["worker"] - run["product"]["worker_rss_start_mb"]
+        for label, run in (("small", small), ("large", large))
+    }
+    return added, (added["large"] - added["small"]) / small["product"]["worker_rss_start_mb"] * 100
+
+
 class Sampler(threading.Thread):
     """Peak RSS of the API and worker, and CPU seconds of API, worker and PostgreSQL, every 0.2 s."""
 

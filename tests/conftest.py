@@ -222,3 +222,24 @@ async def stack(database: EmbeddedDatabase, client: Client, sm: SessionMaker) ->
 async def tenant(stack: Stack) -> NewTenant:
     """A fresh tenant for one test."""
     return await stack.new_tenant()
+
+
+SMALL_CHUNK = 3
+
+
+@pytest.fixture
+async def small_limit_stack(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> AsyncIterator[Stack]:
+    """A stack whose uploads are limited to 1 MB (the 413 tests)."""
+    async for s in start_stack(database, client, sm, max_upload_mb=1):
+        yield s
+
+
+@pytest.fixture
+async def small_chunk_stack(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> AsyncIterator[Stack]:
+    """A stack that imports 3 rows per chunk: a small file spans several chunk commits."""
+    async for s in start_stack(database, client, sm, import_chunk_rows=SMALL_CHUNK):
+        yield s

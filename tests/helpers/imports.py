@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.conftest import Stack
 
-FINAL = {"completed", "completed_with_errors", "failed"}
+FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 
 
 async def upload(stack: Stack, h: dict[str, str], kind: str, name: str, content: bytes) -> dict[str, Any]:

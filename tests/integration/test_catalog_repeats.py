@@ -7,25 +7,10 @@ database: both must be reported, and neither may change the counts or the winner
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from temporalio.client import Client
 
-from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack
 from tests.helpers.imports import upload
-
-CHUNK = 3
-
-
-@pytest.fixture
-async def small_chunk_stack(
-    database: EmbeddedDatabase, client: Client, sm: SessionMaker
-) -> AsyncIterator[Stack]:
-    async for s in start_stack(database, client, sm, import_chunk_rows=CHUNK):
-        yield s
 
 
 def _file(kind: str, rows: list[tuple[str, str]]) -> bytes:

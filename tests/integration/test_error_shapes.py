@@ -8,16 +8,10 @@ client needs (allowed stages, the current ETag, the upload limit) at the top lev
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from temporalio.client import Client
-
-from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker
 from db.tenants import NewTenant
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack
 from tests.helpers.factories import make_deal, move
 
 
@@ -99,14 +93,6 @@ async def test_without_a_key_is_a_401_problem(stack: Stack) -> None:
     r = await stack.http.get("/api/v1/deals")
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
     assert_problem(r.json(), "unauthorized")
-
-
-@pytest.fixture
-async def small_limit_stack(
-    database: EmbeddedDatabase, client: Client, sm: SessionMaker
-) -> AsyncIterator[Stack]:
-    async for s in start_stack(database, client, sm, max_upload_mb=1):
-        yield s
 
 
 async def test_an_upload_too_large_is_a_413_naming_the_limit(small_limit_stack: Stack) -> None:

@@ -20,6 +20,7 @@ from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import Show
 from tests.conftest import Stack, new_worker, start_stack
+from tests.helpers.imports import upload
 from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow
 from workflows.starters import deal_workflow_id, import_workflow_id
@@ -29,20 +30,6 @@ with workflow.unsafe.imports_passed_through():
     from domain.matching import MatchRecalcResult, RecalculateInput
 
 pytestmark = pytest.mark.timeout(180)
-FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
-
-
-async def _import(stack: Stack, h: dict[str, str], kind: str, content: bytes) -> dict[str, Any]:
-    r = await stack.http.post(
-        "/api/v1/etl/upload", files={"file": (f"{kind}.csv", content)}, data={"kind": kind}, headers=h
-    )
-    assert r.status_code == 202, r.text
-    for _ in range(600):
-        status = (await stack.http.get(f"/api/v1/etl/status/{r.json()['import_id']}", headers=h)).json()
-        if status["status"] in FINAL:
-            return dict(status)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"import did not finish: {status}")
 
 
 async def _signals(handle: WorkflowHandle[Any, Any]) -> list[str]:
@@ -66,9 +53,9 @@ CAMPAIGNS = (
 async def test_a_reimport_resyncs_exactly_the_open_deals_it_changed(stack: Stack) -> None:
     t = await stack.new_tenant()
     h = stack.auth(t)
-    await _import(stack, h, "advertisers", b"external_id,name\nadv-1,Acme\nadv-2,Ledgerly\n")
-    await _import(stack, h, "shows", b"external_id,name,avg_downloads\nshow-1,Grind,85000\n")
-    first = await _import(stack, h, "campaigns", CAMPAIGNS.encode())
+    await upload(stack, h, "advertisers", "upload.csv", b"external_id,name\nadv-1,Acme\nadv-2,Ledgerly\n")
+    await upload(stack, h, "shows", "upload.csv", b"external_id,name,avg_downloads\nshow-1,Grind,85000\n")
+    first = await upload(stack, h, "campaigns", "upload.csv", CAMPAIGNS.encode())
     assert (first["status"], first["rows_inserted"], first["workflows_resynced"]) == ("completed", 5, 0)
     deals = {d["name"]: d["id"] for d in (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]}
 
@@ -85,7 +72,7 @@ async def test_a_reimport_resyncs_exactly_the_open_deals_it_changed(stack: Stack
         .replace("Old,4000", "Old,4500")
         .replace("c-4,adv-1,", "c-4,adv-2,")
     )
-    again = await _import(stack, h, "campaigns", changed.encode())
+    again = await upload(stack, h, "campaigns", "upload.csv", changed.encode())
     assert (again["status"], again["rows_updated"], again["workflows_resynced"]) == ("completed", 5, 2), again
 
     assert await _signals(handle("Q1 flight")) == ["resync"]
@@ -156,13 +143,13 @@ async def test_load_rows_heartbeats_while_a_chunk_waits_on_a_lock(quick_heartbea
     holder = asyncio.create_task(hold())
     await held.wait()
     began = time.monotonic()
-    upload = asyncio.create_task(
-        _import(stack, h, "shows", b"external_id,name,avg_downloads\ns-1,Grind,2\ns-2,Trail,3\n")
+    importing = asyncio.create_task(
+        upload(stack, h, "shows", "upload.csv", b"external_id,name,avg_downloads\ns-1,Grind,2\ns-2,Trail,3\n")
     )
     await asyncio.sleep(6)
     release.set()
     await holder
-    status = await upload
+    status = await importing
     assert status["status"] == "completed" and (status["rows_inserted"], status["rows_updated"]) == (1, 1)
     assert time.monotonic() - began >= 6
     handle = stack.client.get_workflow_handle(import_workflow_id(str(t.id), status["import_id"]))

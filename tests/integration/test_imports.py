@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
 import openpyxl
 import pytest
-from temporalio.client import Client
 
-from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker
 from domain.events import DEAL_CREATED_FIELDS
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack
 from tests.helpers.factories import move
 from tests.helpers.imports import upload
 from workflows.deals import DealWorkflow
@@ -193,14 +189,6 @@ async def test_bad_uploads_are_refused_at_once(stack: Stack) -> None:
     )
     assert r.status_code == 422 and "file" in str(r.json()["detail"])
     assert (await stack.http.get("/api/v1/etl/history", headers=h)).json()["items"] == []
-
-
-@pytest.fixture
-async def small_limit_stack(
-    database: EmbeddedDatabase, client: Client, sm: SessionMaker
-) -> AsyncIterator[Stack]:
-    async for s in start_stack(database, client, sm, max_upload_mb=1):
-        yield s
 
 
 async def test_too_large_is_413_and_stores_nothing(small_limit_stack: Stack) -> None:

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
 
-import pytest
-from temporalio.client import Client
-
-from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack
 from tests.helpers.imports import upload
-
-CHUNK = 3
-
-
-@pytest.fixture
-async def small_chunk_stack(
-    database: EmbeddedDatabase, client: Client, sm: SessionMaker
-) -> AsyncIterator[Stack]:
-    # Several chunks per file: the count must add up across chunk commits.
-    async for s in start_stack(database, client, sm, import_chunk_rows=CHUNK):
-        yield s
 
 
 def _normalised_warnings(status: dict[str, object]) -> list[str]:
