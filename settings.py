@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     import_chunk_rows: int = 10_000
     import_heartbeat_seconds: int = 30
     # How long POST /etl/upload retries an ambiguous workflow start (same id, so never two runs)
-    # before it describes the workflow and decides 202 or 503 (at most 60: see domain.etl).
+    # before it describes the workflow and decides 202 or 503 (at most 60: see domain.imports.workflow).
     import_start_budget_seconds: float = Field(10.0, ge=0, le=60)
     # An import still pending/running this long after its upload has its workflow described
     # when its status is read (at most once per this interval per API process), so a workflow

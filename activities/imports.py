@@ -41,26 +41,24 @@ from db.imports import (
 from db.models import AdUnit, Advertiser, EtlImport, EtlRowError, EtlUploadChunk, IoBooking, Show
 from domain import events
 from domain.deals import DealWorkflowInput
-from domain.etl import (
+from domain.imports import (
     FILE_ERROR,
     FINAL_STATUSES,
     IMPORT_CLOSED,
     MAX_STORED_ROW_ERRORS,
+    FileError,
+    Header,
     MarkImportInput,
     MarkImportResult,
     RepairStuckImportsInput,
     RepairStuckImportsResult,
+    RowError,
     RunImportInput,
     RunImportResult,
     StartDealWorkflowsInput,
     StartDealWorkflowsResult,
     TriggerMatchesInput,
     closes_import,
-)
-from domain.imports import (
-    FileError,
-    Header,
-    RowError,
     download_fast_path,
     iter_csv_rows,
     iter_xlsx_rows,

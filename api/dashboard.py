@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import SettingsDep, TenantDbDep
-from api.etl import ImportSummary
 from api.events import EventPublic
+from api.imports import ImportSummary
 from db.dashboard import DashboardQuery, dashboard
 
 router = APIRouter(prefix="/api/v1/dashboard", tags=["dashboard"])

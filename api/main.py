@@ -8,7 +8,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import catalog, dashboard, deals, errors, etl, events, health, io, keys, matching, openapi, tenants
+from api import (
+    catalog,
+    dashboard,
+    deals,
+    errors,
+    events,
+    health,
+    imports,
+    io,
+    keys,
+    matching,
+    openapi,
+    tenants,
+)
 from api.deps import DATABASE_UNAVAILABLE, KeyCache
 from api.web import pages
 from db.engine import make_engine, make_sessionmaker
@@ -50,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app, database_errors=DATABASE_UNAVAILABLE, allow=openapi.allowed_methods(app))
 
-    for module in (health, tenants, keys, catalog, deals, io, etl, matching, dashboard, events, pages):
+    for module in (health, tenants, keys, catalog, deals, io, imports, matching, dashboard, events, pages):
         app.include_router(module.router)
     app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
     openapi.install(app)

@@ -17,7 +17,7 @@ from db.engine import raw_connection
 from db.events import emit_event
 from db.models import Advertiser, Campaign, EtlImport, Show
 from domain import events
-from domain.etl import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
+from domain.imports import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
 from domain.io import DEFAULT_SLOTS
 from domain.stages import OPEN_STAGES, Stage, probability
 

@@ -20,7 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.imports import ImportActivities
-    from domain.etl import (
+    from domain.imports import (
         FILE_ERROR,
         IMPORT_CLOSED,
         CsvImportInput,

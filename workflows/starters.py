@@ -46,7 +46,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.deals import DealWorkflowInput, deal_summary
-from domain.etl import ClosedAs, CsvImportInput
+from domain.imports import ClosedAs, CsvImportInput
 from domain.io import BookIoInput, IoStatus, IoWorkflowInput, booking_summary
 from domain.maintenance import MaintenanceInput
 from domain.matching import MatchRecalcInput, MatchRecalcResult

@@ -1,8 +1,11 @@
-"""Spreadsheet imports (ARCHITECTURE section 10): streaming CSV/XLSX reading, cell parsing, row validation.
+"""Spreadsheet imports (ARCHITECTURE section 10): streaming CSV/XLSX reading, cell parsing, row
+validation, and the import workflow's statuses, inputs and results.
 
 Pure code: no database, no I/O beyond the bytes or the open workbook stream handed in (the
 caller opens files). One module per part, re-exported here:
 
+    workflow  statuses, the ImportWorkflow's and its activities' inputs and results, the rules
+              that close an import whose workflow ended (part of the workflow's history contract)
     base      the kinds, limits, RowError, FileError, Header
     cells     spreadsheet safety (neutralise), cell display, one parser per cell type
     columns   the columns of each kind (columns_of) and the header (read_header)
@@ -69,19 +72,72 @@ from domain.imports.rows import (
     parse_row,
     with_normalised_warning,
 )
+from domain.imports.workflow import (
+    FILE_ERROR,
+    FINAL_STATUSES,
+    IMPORT_CLOSED,
+    MAX_STORED_ROW_ERRORS,
+    OPEN_STATUSES,
+    UNSTARTED_GRACE,
+    ClosedAs,
+    CsvImportInput,
+    CsvImportResult,
+    ImportKind,
+    ImportPhase,
+    ImportStatus,
+    MarkImportInput,
+    MarkImportResult,
+    RepairStuckImportsInput,
+    RepairStuckImportsResult,
+    RunImportInput,
+    RunImportResult,
+    StartDealWorkflowsInput,
+    StartDealWorkflowsResult,
+    TriggerMatchesInput,
+    closed_import_reason,
+    closed_import_status,
+    closes_import,
+    import_phase,
+    start_refused_reason,
+)
 
 __all__ = [
+    "ClosedAs",
+    "CsvImportInput",
+    "CsvImportResult",
     "DownloadParser",
     "EMPTY_FILE",
+    "FILE_ERROR",
+    "FINAL_STATUSES",
     "FileError",
     "Header",
+    "IMPORT_CLOSED",
+    "ImportKind",
+    "ImportPhase",
+    "ImportStatus",
     "KINDS",
+    "MAX_STORED_ROW_ERRORS",
+    "MarkImportInput",
+    "MarkImportResult",
     "NOT_A_SPREADSHEET",
     "NO_DATA_ROWS",
+    "OPEN_STATUSES",
+    "RepairStuckImportsInput",
+    "RepairStuckImportsResult",
     "RowError",
+    "RunImportInput",
+    "RunImportResult",
     "SNIFF_BYTES",
+    "StartDealWorkflowsInput",
+    "StartDealWorkflowsResult",
+    "TriggerMatchesInput",
+    "UNSTARTED_GRACE",
+    "closed_import_reason",
+    "closed_import_status",
+    "closes_import",
     "columns_of",
     "download_fast_path",
+    "import_phase",
     "iter_csv_rows",
     "iter_xlsx_rows",
     "natural_key",
@@ -90,5 +146,6 @@ __all__ = [
     "parse_row",
     "read_header",
     "sniff_format",
+    "start_refused_reason",
     "with_normalised_warning",
 ]

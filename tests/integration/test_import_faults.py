@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import EtlImport, Show, ShowDownload
-from domain.etl import CsvImportInput
+from domain.imports import CsvImportInput
 from tests.conftest import Stack, start_stack
 from workflows.imports import CsvImportWorkflow
 from workflows.starters import import_workflow_id, start_import_workflow
@@ -368,7 +368,7 @@ async def test_a_start_that_cannot_happen_is_fenced_503_and_never_runs_later(
 async def test_describe_failure_decides_nothing(stack: Stack) -> None:
     """Temporal unreachable while reading a status: the row is shown as it is, not guessed at."""
     from api.deps import TenantDb
-    from api.etl import _true_status
+    from api.imports import _true_status
 
     t = await stack.new_tenant()
     iid = await _open_import(stack.sm, t.id, created=datetime.now(UTC) - timedelta(hours=1), status="running")

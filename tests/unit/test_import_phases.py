@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cli import _print_import_result, _progress_line
-from domain.etl import import_phase
+from domain.imports import import_phase
 
 
 def test_phase_follows_rows_then_workflows() -> None:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from domain.etl import CsvImportInput
+from domain.imports import CsvImportInput
 from domain.io import (
     AdFormat,
     BookIoInput,

@@ -1,4 +1,8 @@
-"""Inputs and results of the import workflow and its activities."""
+"""The import workflow's contract: statuses, inputs and results of it and its activities.
+
+Also the rules that close an import whose workflow ended without finishing it. The models are
+part of the workflow's history contract (ARCHITECTURE section 13): change them compatibly.
+"""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.imports import close_open_import
 from db.models import EtlImport, EtlRowError, EtlUploadChunk
-from domain.etl import (
+from domain.imports import (
+    KINDS,
     MAX_STORED_ROW_ERRORS,
     OPEN_STATUSES,
     CsvImportInput,
@@ -29,10 +30,9 @@ from domain.etl import (
     import_phase,
     start_refused_reason,
 )
-from domain.etl import (
+from domain.imports import (
     ImportStatus as ImportStatusValue,
 )
-from domain.imports import KINDS
 from settings import Settings
 from workflows.starters import (
     TEMPORAL_ERRORS,
@@ -41,7 +41,7 @@ from workflows.starters import (
     start_import_workflow,
 )
 
-log = logging.getLogger("sponsorflow.api.etl")
+log = logging.getLogger("sponsorflow.api.imports")
 
 router = APIRouter(
     prefix="/api/v1/etl",
