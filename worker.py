@@ -27,7 +27,7 @@ from activities.matching import MatchActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, exit_skipping_teardown, get_settings
 from workflows.deals import DealWorkflow
-from workflows.imports import CsvImportWorkflow
+from workflows.imports import ImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
@@ -89,7 +89,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
         imports = ImportActivities(
             sm, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run
         )
-        workflows.append(CsvImportWorkflow)
+        workflows.append(ImportWorkflow)
         activities += [
             imports.mark_import,
             imports.load_rows,

@@ -24,8 +24,8 @@ from domain.imports import (
     KINDS,
     MAX_STORED_ROW_ERRORS,
     OPEN_STATUSES,
-    CsvImportInput,
     ImportPhase,
+    ImportWorkflowInput,
     closes_import,
     import_phase,
     start_refused_reason,
@@ -214,7 +214,7 @@ async def upload(
         imp = await session.get(EtlImport, import_id)
         assert imp is not None
         imp.size_bytes = size
-    inp = CsvImportInput(
+    inp = ImportWorkflowInput(
         tenant_id=str(db.tenant_id),
         import_id=str(import_id),
         kind=kind,  # checked against KINDS above

@@ -1,4 +1,8 @@
-"""CsvImportWorkflow: one spreadsheet import, from the stored upload to its final counts.
+"""ImportWorkflow: one spreadsheet import (CSV or XLSX), from the stored upload to its final counts.
+
+Its workflow type is still `CsvImportWorkflow`, the name recorded histories, the Temporal UI and
+`temporal workflow list` queries carry (ARCHITECTURE section 6); only the Python class is named
+for what it does.
 
 The file never passes through the workflow: it holds the import's id, and the activity streams
 the upload out of PostgreSQL, committing each chunk together with its checkpoint.
@@ -23,8 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from domain.imports import (
         FILE_ERROR,
         IMPORT_CLOSED,
-        CsvImportInput,
-        CsvImportResult,
+        ImportWorkflowInput,
+        ImportWorkflowResult,
         MarkImportInput,
         RunImportInput,
         StartDealWorkflowsInput,
@@ -46,20 +50,20 @@ def _file_error(exc: ActivityError) -> str | None:
     return None
 
 
-def _closed_from_outside(exc: ActivityError) -> CsvImportResult | None:
+def _closed_from_outside(exc: ActivityError) -> ImportWorkflowResult | None:
     cause = exc.cause
     if isinstance(cause, ApplicationError) and cause.type == IMPORT_CLOSED:
         status = cause.details[0] if cause.details else "failed"
-        return CsvImportResult.model_validate({"status": status, "error": cause.message})
+        return ImportWorkflowResult.model_validate({"status": status, "error": cause.message})
     return None
 
 
-@workflow.defn
-class CsvImportWorkflow:
+@workflow.defn(name="CsvImportWorkflow")
+class ImportWorkflow:
     """Runs one import: mark running, load in chunks, start deal workflows, report."""
 
     @workflow.run
-    async def run(self, inp: CsvImportInput) -> CsvImportResult:
+    async def run(self, inp: ImportWorkflowInput) -> ImportWorkflowResult:
         """The happy path reads top to bottom; a file-level problem ends in `failed`.
 
         Cancelled (at any step): the import is marked `cancelled` with what committed before,
@@ -78,7 +82,7 @@ class CsvImportWorkflow:
             )
             raise
 
-    async def _run(self, inp: CsvImportInput) -> CsvImportResult:
+    async def _run(self, inp: ImportWorkflowInput) -> ImportWorkflowResult:
         mark = MarkImportInput(tenant_id=inp.tenant_id, import_id=inp.import_id, status="running")
         marked = await workflow.execute_activity_method(
             ImportActivities.mark_import, mark, start_to_close_timeout=_SHORT, retry_policy=_RETRY
@@ -86,7 +90,7 @@ class CsvImportWorkflow:
         if marked.status in ("failed", "cancelled"):
             # Closed before this run began (the API fenced an ambiguous start it answered 503
             # for, or a repair closed it): nothing is imported.
-            return CsvImportResult(status=marked.status, error=marked.error)
+            return ImportWorkflowResult(status=marked.status, error=marked.error)
         try:
             counts = await workflow.execute_activity_method(
                 ImportActivities.load_rows,
@@ -116,7 +120,7 @@ class CsvImportWorkflow:
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
             )
-            return CsvImportResult(status="failed", error=reason)
+            return ImportWorkflowResult(status="failed", error=reason)
 
         started = 0
         if inp.kind == "campaigns" and inp.start_deal_workflows:
@@ -140,7 +144,7 @@ class CsvImportWorkflow:
             retry_policy=_RETRY,
         )
         if done.status in ("failed", "cancelled"):
-            return CsvImportResult(status=done.status, error=done.error)
+            return ImportWorkflowResult(status=done.status, error=done.error)
         changed = counts.rows_inserted + counts.rows_updated
         if (
             inp.trigger_matches
@@ -154,7 +158,7 @@ class CsvImportWorkflow:
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
             )
-        return CsvImportResult(
+        return ImportWorkflowResult(
             status=status,
             rows_processed=counts.rows_processed,
             rows_inserted=counts.rows_inserted,

@@ -46,14 +46,14 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.deals import DealWorkflowInput, deal_summary
-from domain.imports import ClosedAs, CsvImportInput
+from domain.imports import ClosedAs, ImportWorkflowInput
 from domain.io import BookIoInput, IoStatus, IoWorkflowInput, booking_summary
 from domain.maintenance import MaintenanceInput
 from domain.matching import MatchRecalcInput, MatchRecalcResult
 from workflows import search_attributes as sa
 
-# Workflow type names (the classes' names: @workflow.defn without a name) and the messages sent
-# by name. Byte-identical to what running workflows and recorded histories carry.
+# Workflow type names (the classes' names, or the `name=` of their @workflow.defn) and the
+# messages sent by name. Byte-identical to what running workflows and recorded histories carry.
 DEAL_WORKFLOW = "DealWorkflow"
 IO_WORKFLOW = "IoBookingWorkflow"
 IMPORT_WORKFLOW = "CsvImportWorkflow"
@@ -171,7 +171,7 @@ def import_workflow_id(tenant_id: str, import_id: str) -> str:
     return f"import/{tenant_id}/{import_id}"
 
 
-def import_start_options(inp: CsvImportInput, task_queue: str, summary: str) -> dict[str, Any]:
+def import_start_options(inp: ImportWorkflowInput, task_queue: str, summary: str) -> dict[str, Any]:
     """Start options of an import's workflow: every attempt of one start is the same start.
 
     `USE_EXISTING`: a running workflow from an earlier attempt is the answer; `REJECT_DUPLICATE`:
@@ -244,7 +244,7 @@ StartVerdict = Literal["started", "not_started", "unknown"]
 
 async def start_import_workflow(
     client: Client,
-    inp: CsvImportInput,
+    inp: ImportWorkflowInput,
     *,
     task_queue: str,
     summary: str,

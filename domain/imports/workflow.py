@@ -68,7 +68,7 @@ def start_refused_reason(detail: str) -> str:
     return f"the import could not be started ({detail}); nothing was imported; upload it again"
 
 
-class CsvImportInput(BaseModel):
+class ImportWorkflowInput(BaseModel):
     """One import to run: the file itself stays in PostgreSQL, the workflow holds a reference."""
 
     tenant_id: str
@@ -83,7 +83,7 @@ class CsvImportInput(BaseModel):
     trigger_matches: bool = False
 
 
-class CsvImportResult(BaseModel):
+class ImportWorkflowResult(BaseModel):
     """How an import ended."""
 
     status: ImportStatus

@@ -21,9 +21,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import EtlImport, Show, ShowDownload
-from domain.imports import CsvImportInput
+from domain.imports import ImportWorkflowInput
 from tests.conftest import Stack, start_stack
-from workflows.imports import CsvImportWorkflow
+from workflows.imports import ImportWorkflow
 from workflows.starters import import_workflow_id, start_import_workflow
 
 pytestmark = pytest.mark.timeout(180)
@@ -221,18 +221,20 @@ async def test_repair_closes_timed_out_and_never_started_imports_only(stack: Sta
     still_running = await _open_import(stack.sm, t.id, created=now - timedelta(minutes=1), status="running")
     idle_queue = f"tq-idle-{uuid.uuid4()}"  # no worker polls it: the workflows never progress
 
-    def inp(import_id: str) -> CsvImportInput:
-        return CsvImportInput(tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv")
+    def inp(import_id: str) -> ImportWorkflowInput:
+        return ImportWorkflowInput(
+            tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv"
+        )
 
     await stack.client.start_workflow(
-        CsvImportWorkflow.run,
+        ImportWorkflow.run,
         inp(timed_out),
         id=import_workflow_id(str(t.id), timed_out),
         task_queue=idle_queue,
         execution_timeout=timedelta(seconds=1),
     )
     running = await stack.client.start_workflow(
-        CsvImportWorkflow.run,
+        ImportWorkflow.run,
         inp(still_running),
         id=import_workflow_id(str(t.id), still_running),
         task_queue=idle_queue,
@@ -280,12 +282,14 @@ async def test_an_ambiguous_start_that_landed_is_started_not_failed(stack: Stack
     landed, lost = str(uuid.uuid4()), str(uuid.uuid4())
     idle_queue = f"tq-idle-{uuid.uuid4()}"
 
-    def inp(import_id: str) -> CsvImportInput:
-        return CsvImportInput(tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv")
+    def inp(import_id: str) -> ImportWorkflowInput:
+        return ImportWorkflowInput(
+            tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv"
+        )
 
     # "A previous attempt": the request landed although its caller saw no answer.
     previous = await stack.client.start_workflow(
-        CsvImportWorkflow.run, inp(landed), id=import_workflow_id(str(t.id), landed), task_queue=idle_queue
+        ImportWorkflow.run, inp(landed), id=import_workflow_id(str(t.id), landed), task_queue=idle_queue
     )
     opts: dict[str, Any] = {
         "task_queue": idle_queue,
@@ -352,8 +356,8 @@ async def test_a_start_that_cannot_happen_is_fenced_503_and_never_runs_later(
     settings = stack.settings
     async with build_worker(client, settings, sm):
         late = await client.start_workflow(
-            CsvImportWorkflow.run,
-            CsvImportInput(tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv"),
+            ImportWorkflow.run,
+            ImportWorkflowInput(tenant_id=str(t.id), import_id=import_id, kind="shows", filename="shows.csv"),
             id=import_workflow_id(str(t.id), import_id),
             task_queue=settings.temporal_task_queue,
         )

@@ -30,7 +30,7 @@ from tests.conftest import Stack, new_worker
 from tests.helpers.factories import ad_unit, book_io, deal_input, make_deal, make_show, seed_deal
 from tests.helpers.histories import HISTORIES
 from workflows.deals import DealWorkflow
-from workflows.imports import CsvImportWorkflow
+from workflows.imports import ImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
@@ -189,7 +189,7 @@ async def test_replay_an_import_history(stack: Stack) -> None:
         handle = stack.client.get_workflow_handle(r.json()["workflow_id"])
         await handle.result()
     history = await handle.fetch_history()
-    await Replayer(workflows=[CsvImportWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+    await Replayer(workflows=[ImportWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
     if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
@@ -250,7 +250,7 @@ async def test_replay_an_io_booked_through_update_with_start(stack: Stack) -> No
 
 WORKFLOWS = {
     "deal_workflow": DealWorkflow,
-    "csv_import_workflow": CsvImportWorkflow,
+    "csv_import_workflow": ImportWorkflow,
     "io_booking_workflow": IoBookingWorkflow,
     "match_recalculation_workflow": MatchRecalculationWorkflow,
     "maintenance_workflow": MaintenanceWorkflow,

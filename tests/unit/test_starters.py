@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from domain.imports import CsvImportInput
+from domain.imports import ImportWorkflowInput
 from domain.io import (
     AdFormat,
     BookIoInput,
@@ -56,7 +56,7 @@ def test_io_start_options_name_the_io_its_first_show_and_its_booking() -> None:
 
 def test_import_start_options_make_every_attempt_the_same_start() -> None:
     """Same id, joined while running, refused once finished: a retried start never runs twice."""
-    inp = CsvImportInput(tenant_id="t1", import_id="i1", kind="shows", filename="shows.csv")
+    inp = ImportWorkflowInput(tenant_id="t1", import_id="i1", kind="shows", filename="shows.csv")
     options = import_start_options(inp, "tq", "Import: shows.csv")
     assert options == {
         "id": "import/t1/i1",
