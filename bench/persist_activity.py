@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deals import DealActivities
+from bench.regular_write import DealWorkflowRegularWrite
 from bench.stack import results_path
 from db.deals import insert_deal
 from db.embedded import ensure_database, start_server
@@ -71,6 +72,7 @@ async def main() -> None:
         adv_id = adv.id
 
     async def new_deal(local: bool) -> object:
+        workflow_run = DealWorkflow.run if local else DealWorkflowRegularWrite.run
         async with tenant_tx(sm, tenant.id) as s:
             c = await insert_deal(
                 session=s,
@@ -83,7 +85,7 @@ async def main() -> None:
                 at=datetime.now(UTC),
             )
         return await env.client.start_workflow(
-            DealWorkflow.run,
+            workflow_run,
             DealWorkflowInput(
                 tenant_id=str(tenant.id),
                 campaign_id=str(c.id),
@@ -93,7 +95,6 @@ async def main() -> None:
                 value_usd=1000,
                 stage=Stage.LEAD,
                 stage_entered_at=c.stage_changed_at,
-                persist_locally=local,
                 synced=True,
                 moves_per_run=10_000,
             ),
@@ -105,7 +106,7 @@ async def main() -> None:
     async with Worker(
         env.client,
         task_queue=tq,
-        workflows=[DealWorkflow],
+        workflows=[DealWorkflow, DealWorkflowRegularWrite],
         activities=[acts.record_stage_change, acts.record_stall, acts.load_deal],
     ):
         handles = {"activity": await new_deal(False), "local": await new_deal(True)}

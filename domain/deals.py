@@ -33,9 +33,8 @@ class DealWorkflowInput(BaseModel):
     # False when seeded from a row read by a caller (which may be stale): the run first
     # re-reads the row. Continue-as-new carries authoritative state and sets it True.
     synced: bool = False
-    # The stage write runs as a local activity (one short transaction on the update's critical
-    # path); False uses a regular activity, kept to measure the difference (bench/).
-    persist_locally: bool = True
+    # Histories recorded before 2026-12 carry `persist_locally` (a benchmark switch, now a
+    # subclass in bench/regular_write.py): the model ignores unknown fields, so they replay.
 
 
 class DealWorkflowResult(BaseModel):

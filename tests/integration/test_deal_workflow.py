@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deals import DealActivities
+from bench.regular_write import DealWorkflowRegularWrite
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import DealStageHistory, Event
@@ -46,18 +47,20 @@ class FlakyAfterCommit(DealActivities):
         return result
 
 
-@pytest.mark.parametrize("persist_locally", [True, False], ids=["local-activity", "activity"])
+@pytest.mark.parametrize(
+    "workflow_class", [DealWorkflow, DealWorkflowRegularWrite], ids=["local-activity", "activity"]
+)
 async def test_retry_after_commit_writes_once(
-    client: Client, sm: SessionMaker, persist_locally: bool
+    client: Client, sm: SessionMaker, workflow_class: type[DealWorkflow]
 ) -> None:
     tenant_id, c = await seed_deal(sm)
     acts = FlakyAfterCommit(sm)
     async with new_worker(
-        client, DealWorkflow, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
+        client, workflow_class, activities=[acts.record_stage_change, acts.record_stall, acts.load_deal]
     ) as w:
         handle = await client.start_workflow(
-            DealWorkflow.run,
-            deal_input(tenant_id, c, persist_locally=persist_locally),
+            workflow_class.run,
+            deal_input(tenant_id, c),
             id=f"deal/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )
