@@ -6,30 +6,36 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Row, Select, and_, or_, select
-from sqlalchemy.orm import aliased
-from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import errors
 from api.deps import RETRYABLE_RPC, SettingsDep, TemporalDep, TenantDbDep, feature_flag
 from api.openapi import invalid, invalid_cursor, problem
 from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
-from db.matching import read_current_ranking, stored_rationale, weights_of
-from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
+from db.matching import (
+    MatchesAfter,
+    RankedMatch,
+    newest_ranking,
+    ranked_matches,
+    rankings_before,
+    set_tenant_weights,
+    stored_rationale,
+    tenant_weights,
+)
+from db.models import MatchGeneration
 from domain.scoring import DEFAULT_WEIGHTS, SIGNALS
 from workflows.starters import (
-    match_schedule_id,
-    match_workflow_id,
-    running_scheduled_runs,
+    RecalculationScheduleState,
+    recalculation_state,
+    running_on_demand_recalculation,
     start_recalculation,
 )
+from workflows.starters import RunningRecalculation as RunningRun
 
 log = logging.getLogger("sponsorflow.api.matching")
 
@@ -91,12 +97,10 @@ class Weights(BaseModel):
 async def _running_recalculation(temporal: Any, tenant: str) -> RecalculationAccepted | None:
     """The on-demand run of this tenant if it is running (a start that landed unanswered)."""
     try:
-        desc = await asyncio.wait_for(
-            temporal.get_workflow_handle(match_workflow_id(tenant)).describe(), timeout=5.0
-        )
+        desc = await asyncio.wait_for(running_on_demand_recalculation(temporal, tenant), timeout=5.0)
     except (RPCError, TimeoutError):
         return None
-    if desc.status != WorkflowExecutionStatus.RUNNING:
+    if desc is None:
         return None
     return RecalculationAccepted(workflow_id=desc.id, run_id=desc.run_id, status="running")
 
@@ -193,6 +197,21 @@ class RecalculationStatus(BaseModel):
     current: RankingPublic | None
 
 
+def _running(run: RunningRun) -> RunningRecalculation:
+    return RunningRecalculation(
+        workflow_id=run.workflow_id, run_id=run.run_id, started_by=run.started_by, started_at=run.started_at
+    )
+
+
+def _schedule(sched: RecalculationScheduleState) -> RecalculationSchedule:
+    return RecalculationSchedule(
+        schedule_id=sched.schedule_id,
+        every_hours=sched.every.total_seconds() / 3600 if sched.every is not None else None,
+        paused=sched.paused,
+        next_run_at=sched.next_run_at,
+    )
+
+
 def _ranking(g: MatchGeneration) -> RankingPublic:
     return RankingPublic(
         generation=g.generation,
@@ -215,52 +234,17 @@ def _ranking(g: MatchGeneration) -> RankingPublic:
 )
 async def recalculation_status(db: TenantDbDep, temporal: TemporalDep) -> RecalculationStatus:
     """This tenant's recalculations: the ones running now, its schedule, the current ranking."""
-    tenant_id = str(db.tenant_id)
-    running: list[RunningRecalculation] = []
-    schedule: RecalculationSchedule | None = None
     try:
-        try:
-            desc = await temporal.get_workflow_handle(match_workflow_id(tenant_id)).describe()
-            if desc.status == WorkflowExecutionStatus.RUNNING:
-                running.append(
-                    RunningRecalculation(
-                        workflow_id=desc.id,
-                        run_id=desc.run_id,
-                        started_by="on demand",
-                        started_at=desc.start_time,
-                    )
-                )
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-        try:
-            sched = await temporal.get_schedule_handle(match_schedule_id(tenant_id)).describe()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-        else:
-            intervals = sched.schedule.spec.intervals
-            schedule = RecalculationSchedule(
-                schedule_id=sched.id,
-                every_hours=intervals[0].every.total_seconds() / 3600 if intervals else None,
-                paused=sched.schedule.state.paused,
-                next_run_at=min(sched.info.next_action_times, default=None),
-            )
-            running.extend(
-                RunningRecalculation(
-                    workflow_id=run.id, run_id=run.run_id, started_by="schedule", started_at=run.start_time
-                )
-                for run in await running_scheduled_runs(temporal, tenant_id, sched)
-            )
+        running, schedule = await recalculation_state(temporal, str(db.tenant_id))
     except RPCError as exc:
         log.error("could not read the match recalculation of %s: %s", db.tenant_id, exc)
         raise errors.unavailable("Temporal is unreachable; retry") from None
     async with db.tx() as session:
-        newest = await session.scalar(
-            select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(1)
-        )
+        newest = await newest_ranking(session=session)
     return RecalculationStatus(
-        running=running, schedule=schedule, current=_ranking(newest) if newest is not None else None
+        running=[_running(r) for r in running],
+        schedule=_schedule(schedule) if schedule is not None else None,
+        current=_ranking(newest) if newest is not None else None,
     )
 
 
@@ -275,14 +259,12 @@ async def list_rankings(
 ) -> Page[RankingPublic]:
     """Every ranking this tenant's recalculations wrote, newest first: when, why, how much."""
     after = decode_cursor(cursor, ("g",))
-    stmt = select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(limit + 1)
-    if after is not None:
-        try:
-            stmt = stmt.where(MatchGeneration.generation < int(after["g"]))
-        except (TypeError, ValueError):
-            raise errors.malformed_cursor() from None
+    try:
+        before = None if after is None else int(after["g"])
+    except (TypeError, ValueError):
+        raise errors.malformed_cursor() from None
     async with db.tx() as session:
-        rows = list((await session.scalars(stmt)).all())
+        rows = await rankings_before(session=session, before=before, limit=limit)
     next_cursor = encode_cursor({"g": rows[limit - 1].generation}) if len(rows) > limit else None
     return Page(items=[_ranking(g) for g in rows[:limit]], next_cursor=next_cursor)
 
@@ -302,84 +284,55 @@ async def list_matches(
     cursor: CursorParam = None,
 ) -> Page[MatchPublic]:
     """Ranked matches of the current ranking, best first."""
-    after = decode_cursor(cursor, ("g", "s", "id"))
-    # The page is picked from the ranking alone (its partition's index, best first); only
-    # then are its rows joined to their shows, advertisers and generation. Row-level security
-    # scopes the rows; naming the tenant lets the planner skip other tenants' partitions.
-    page = select(Match).where(Match.tenant_id == db.tenant_id)
-    if after is not None:
-        try:
-            g, s, last = int(after["g"]), float(after["s"]), int(after["id"])
-        except (TypeError, ValueError):
-            raise errors.malformed_cursor() from None
-        page = page.where(or_(Match.score < s, and_(Match.score == s, Match.id > last)))
-    if advertiser_id is not None:
-        page = page.where(Match.advertiser_id == advertiser_id)
-    if show_id is not None:
-        page = page.where(Match.show_id == show_id)
-    if min_score:
-        page = page.where(Match.score >= min_score)
-
-    def statement(generation: int) -> Select[Match, date, dict[str, float], Advertiser, Show]:
-        ranked = (
-            page.where(Match.generation == generation)
-            .order_by(Match.score.desc(), Match.id)
-            .limit(limit + 1)
-            .subquery("ranked")
-        )
-        m_, adv, show = aliased(Match, ranked), aliased(Advertiser), aliased(Show)
-        return (
-            select(m_, MatchGeneration.computed_on, MatchGeneration.weights, adv, show)
-            .join(
-                MatchGeneration,
-                and_(MatchGeneration.tenant_id == m_.tenant_id, MatchGeneration.generation == m_.generation),
-            )
-            .join(adv, adv.id == m_.advertiser_id)
-            .join(show, show.id == m_.show_id)
-            .order_by(m_.score.desc(), m_.id)
-        )
-
+    after = _matches_after(cursor)
     async with db.tx() as session:
-
-        async def read(
-            generation: int,
-        ) -> Sequence[Row[Match, date, dict[str, float], Advertiser, Show]]:
-            return (await session.execute(statement(generation))).all()
-
-        if after is None:
-            # The newest generation as of this read: the old ranking or the new, never a mix.
-            rows = await read_current_ranking(session, db.tenant_id, read)
-        else:
-            rows = await read(g)
-    items = [
-        MatchPublic(
-            advertiser_id=str(m.advertiser_id),
-            advertiser_name=a.name,
-            show_id=str(m.show_id),
-            show_name=s.name,
-            score=float(m.score),
-            signals=Signals(**{k: round(float(getattr(m, k)), 4) for k in SIGNALS}),
-            # Worded now, for this page only, from the facts the recalculation kept.
-            rationale=stored_rationale(s, a, m, computed_on, weights),
-            generation=m.generation,
+        rows = await ranked_matches(
+            session=session,
+            tenant_id=db.tenant_id,
+            after=after,
+            advertiser_id=advertiser_id,
+            show_id=show_id,
+            min_score=min_score,
+            limit=limit,
         )
-        for m, computed_on, weights, a, s in rows[:limit]
-    ]
     next_cursor = None
     if len(rows) > limit:
-        last_match = rows[limit - 1][0]
-        next_cursor = encode_cursor(
-            {"g": last_match.generation, "s": float(last_match.score), "id": last_match.id}
-        )
-    return Page(items=items, next_cursor=next_cursor)
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor({"g": last.generation, "s": float(last.score), "id": last.id})
+    return Page(items=[_match(r) for r in rows[:limit]], next_cursor=next_cursor)
+
+
+def _matches_after(cursor: str | None) -> MatchesAfter | None:
+    after = decode_cursor(cursor, ("g", "s", "id"))
+    if after is None:
+        return None
+    try:
+        return MatchesAfter(generation=int(after["g"]), score=float(after["s"]), match_id=int(after["id"]))
+    except (TypeError, ValueError):
+        raise errors.malformed_cursor() from None
+
+
+def _match(row: RankedMatch) -> MatchPublic:
+    m, computed_on, weights, a, s = row
+    return MatchPublic(
+        advertiser_id=str(m.advertiser_id),
+        advertiser_name=a.name,
+        show_id=str(m.show_id),
+        show_name=s.name,
+        score=float(m.score),
+        signals=Signals(**{k: round(float(getattr(m, k)), 4) for k in SIGNALS}),
+        # Worded now, for this page only, from the facts the recalculation kept.
+        rationale=stored_rationale(s, a, m, computed_on, weights),
+        generation=m.generation,
+    )
 
 
 @router.get("/api/v1/match/weights", response_model=Weights, operation_id="getMatchWeights")
 async def read_weights(db: TenantDbDep) -> Weights:
     """This tenant's signal weights (the documented defaults unless changed)."""
     async with db.tx() as session:
-        settings = await session.scalar(select(Tenant.settings).where(Tenant.id == db.tenant_id))
-    return Weights(**weights_of(settings))
+        weights = await tenant_weights(session=session, tenant_id=db.tenant_id)
+    return Weights(**weights)
 
 
 @router.put(
@@ -402,9 +355,5 @@ async def read_weights(db: TenantDbDep) -> Weights:
 async def write_weights(body: Weights, db: TenantDbDep) -> Weights:
     """Sets this tenant's signal weights; the next recalculation uses them."""
     async with db.tx() as session:
-        tenant = await session.get(Tenant, db.tenant_id, with_for_update=True)
-        assert tenant is not None
-        settings: dict[str, Any] = dict(tenant.settings or {})
-        settings["match_weights"] = body.model_dump()
-        tenant.settings = settings
+        await set_tenant_weights(session=session, tenant_id=db.tenant_id, weights=body.model_dump())
     return body

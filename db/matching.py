@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import func, select, text
+from sqlalchemy import Row, Select, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from db.engine import raw_connection
 from db.models import Advertiser, Match, MatchGeneration, Show, Tenant
@@ -428,6 +429,105 @@ async def read_current_ranking(
     if generation is None:
         return []
     return await read(generation)
+
+
+# One row of a ranked page: the match, its generation's date and weights, its advertiser and show.
+RankedMatch = Row[Match, date, dict[str, float], Advertiser, Show]
+
+
+@dataclass(frozen=True)
+class MatchesAfter:
+    """Where a page of ranked matches starts: after this match of this generation (best first)."""
+
+    generation: int
+    score: float
+    match_id: int
+
+
+async def ranked_matches(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    after: MatchesAfter | None,
+    advertiser_id: uuid.UUID | None,
+    show_id: uuid.UUID | None,
+    min_score: float,
+    limit: int,
+) -> Sequence[RankedMatch]:
+    """Up to `limit + 1` ranked matches, best first (the extra one says another page follows).
+
+    The first page reads the current ranking (read_current_ranking: the old ranking or the new,
+    never a mix); a next page reads the generation its cursor names. The page is picked from the
+    ranking alone (its partition's index, best first); only then are its rows joined to their
+    shows, advertisers and generation. Row-level security scopes the rows; naming the tenant lets
+    the planner skip other tenants' partitions.
+    """
+    page = select(Match).where(Match.tenant_id == tenant_id)
+    if after is not None:
+        page = page.where(
+            or_(Match.score < after.score, and_(Match.score == after.score, Match.id > after.match_id))
+        )
+    if advertiser_id is not None:
+        page = page.where(Match.advertiser_id == advertiser_id)
+    if show_id is not None:
+        page = page.where(Match.show_id == show_id)
+    if min_score:
+        page = page.where(Match.score >= min_score)
+
+    def statement(generation: int) -> Select[Match, date, dict[str, float], Advertiser, Show]:
+        ranked = (
+            page.where(Match.generation == generation)
+            .order_by(Match.score.desc(), Match.id)
+            .limit(limit + 1)
+            .subquery("ranked")
+        )
+        m_, adv, show = aliased(Match, ranked), aliased(Advertiser), aliased(Show)
+        return (
+            select(m_, MatchGeneration.computed_on, MatchGeneration.weights, adv, show)
+            .join(
+                MatchGeneration,
+                and_(MatchGeneration.tenant_id == m_.tenant_id, MatchGeneration.generation == m_.generation),
+            )
+            .join(adv, adv.id == m_.advertiser_id)
+            .join(show, show.id == m_.show_id)
+            .order_by(m_.score.desc(), m_.id)
+        )
+
+    async def read(generation: int) -> Sequence[RankedMatch]:
+        return (await session.execute(statement(generation))).all()
+
+    if after is None:
+        return await read_current_ranking(session, tenant_id, read)
+    return await read(after.generation)
+
+
+async def newest_ranking(*, session: AsyncSession) -> MatchGeneration | None:
+    """The tenant's newest ranking (the one GET /matches reads), or None before the first."""
+    return await session.scalar(select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(1))
+
+
+async def rankings_before(*, session: AsyncSession, before: int | None, limit: int) -> list[MatchGeneration]:
+    """Up to `limit + 1` rankings, newest first, older than generation `before` when given."""
+    stmt = select(MatchGeneration).order_by(MatchGeneration.generation.desc()).limit(limit + 1)
+    if before is not None:
+        stmt = stmt.where(MatchGeneration.generation < before)
+    return list((await session.scalars(stmt)).all())
+
+
+async def tenant_weights(*, session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, float]:
+    """The tenant's match weights (weights_of its settings: the documented defaults unless set)."""
+    return weights_of(await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)))
+
+
+async def set_tenant_weights(
+    *, session: AsyncSession, tenant_id: uuid.UUID, weights: dict[str, float]
+) -> None:
+    """Stores the tenant's match weights in its settings (the row locked: no lost update)."""
+    tenant = await session.get(Tenant, tenant_id, with_for_update=True)
+    assert tenant is not None
+    settings: dict[str, Any] = dict(tenant.settings or {})
+    settings["match_weights"] = weights
+    tenant.settings = settings
 
 
 async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_from: int | None = None) -> int:

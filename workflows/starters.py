@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio.api.common.v1 import Payload
@@ -407,6 +408,73 @@ async def running_scheduled_runs(
         if run.status == WorkflowExecutionStatus.RUNNING:
             running.append(run)
     return running
+
+
+async def running_on_demand_recalculation(
+    client: Client, tenant_id: str
+) -> WorkflowExecutionDescription | None:
+    """The tenant's on-demand recalculation (`match/{tenant}`) if it is running, else None.
+
+    RPC errors other than NOT_FOUND propagate: then nobody knows.
+    """
+    try:
+        desc = await client.get_workflow_handle(match_workflow_id(tenant_id)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return desc if desc.status == WorkflowExecutionStatus.RUNNING else None
+
+
+@dataclass(frozen=True)
+class RunningRecalculation:
+    """A recalculation of the tenant running now, and who started it."""
+
+    workflow_id: str
+    run_id: str | None
+    started_by: Literal["schedule", "on demand"]  # on demand: POST /api/match/recalculate or an import
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RecalculationScheduleState:
+    """The tenant's recalculation schedule as Temporal describes it."""
+
+    schedule_id: str
+    every: timedelta | None
+    paused: bool
+    next_run_at: datetime | None
+
+
+async def recalculation_state(
+    client: Client, tenant_id: str
+) -> tuple[list[RunningRecalculation], RecalculationScheduleState | None]:
+    """The tenant's running recalculations (on demand first, then scheduled) and its schedule.
+
+    No schedule: None and only the on-demand run. RPC errors other than NOT_FOUND propagate.
+    """
+    running: list[RunningRecalculation] = []
+    desc = await running_on_demand_recalculation(client, tenant_id)
+    if desc is not None:
+        running.append(RunningRecalculation(desc.id, desc.run_id, "on demand", desc.start_time))
+    try:
+        sched = await client.get_schedule_handle(match_schedule_id(tenant_id)).describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return running, None
+    intervals = sched.schedule.spec.intervals
+    schedule = RecalculationScheduleState(
+        schedule_id=sched.id,
+        every=intervals[0].every if intervals else None,
+        paused=sched.schedule.state.paused,
+        next_run_at=min(sched.info.next_action_times, default=None),
+    )
+    running.extend(
+        RunningRecalculation(run.id, run.run_id, "schedule", run.start_time)
+        for run in await running_scheduled_runs(client, tenant_id, sched)
+    )
+    return running, schedule
 
 
 def schedule_offset(tenant_id: str, every: timedelta) -> timedelta:
