@@ -189,3 +189,53 @@ def deals_query(
     if show_id is not None:
         stmt = stmt.where(Campaign.show_id == show_id)
     return stmt
+
+
+def align(row: DealRow, history: list[HistoryRow]) -> None:
+    """Makes the (detached) row's stage agree with its history's last entry.
+
+    Row and history are two statements under READ COMMITTED; a move committed between them
+    shows in the history only. The history is then the later truth, and a move changes nothing
+    of the row but its stage fields.
+    """
+    if not history:
+        return
+    last, c = history[-1], row.campaign
+    if (last.to_stage, last.changed_at) != (c.stage, c.stage_changed_at):
+        c.stage, c.stage_changed_at = last.to_stage, last.changed_at
+        c.probability = probability(Stage(last.to_stage))
+        c.lost_reason = last.reason if last.to_stage == Stage.LOST.value else None
+
+
+async def get_deal_with_history(
+    *, session: AsyncSession, campaign_id: uuid.UUID
+) -> tuple[DealRow | None, list[HistoryRow]]:
+    """The deal and its history as one snapshot (the row aligned to the history), or (None, []).
+
+    The row is detached from the session first: aligning it (and the API's answer building on
+    it) must never be flushed back as a write.
+    """
+    row = await get_deal(session=session, campaign_id=campaign_id)
+    if row is None:
+        return None, []
+    history = await get_history(session=session, campaign_id=campaign_id)
+    session.expunge(row.campaign)
+    align(row, history)
+    return row, history
+
+
+async def deal_with_idempotency_key(*, session: AsyncSession, key: str) -> uuid.UUID | None:
+    """The deal a POST with this Idempotency-Key created, if any."""
+    found: uuid.UUID | None = await session.scalar(select(Campaign.id).where(Campaign.idempotency_key == key))
+    return found
+
+
+async def missing_party(
+    *, session: AsyncSession, advertiser_id: uuid.UUID, show_id: uuid.UUID | None
+) -> str | None:
+    """The field (`advertiser_id` or `show_id`) naming a party not in this tenant, or None."""
+    if await session.get(Advertiser, advertiser_id) is None:
+        return "advertiser_id"
+    if show_id is not None and await session.get(Show, show_id) is None:
+        return "show_id"
+    return None

@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AdUnit, Advertiser, Campaign, IoBooking, PromoCode, Show, WriteRequest
+from db.models import AdUnit, Advertiser, Campaign, IoBooking, PromoCode, Show, Tenant, WriteRequest
 from domain.io import (
     PROMO_CODE_TRIES,
     BookIoInput,
@@ -342,3 +343,44 @@ async def io_statuses(session: AsyncSession) -> dict[uuid.UUID, str]:
     """Every IO of the session's tenant with its status."""
     rows = await session.execute(select(IoBooking.id, IoBooking.status))
     return {r[0]: r[1] for r in rows}
+
+
+def ios_query(*, campaign_id: uuid.UUID | None = None, status: IoStatus | None = None) -> Select[Any]:
+    """IOs with their advertiser's name, unit count and next air date (the caller orders and pages)."""
+    units = (
+        select(
+            AdUnit.io_id,
+            func.count().label("n"),
+            func.min(AdUnit.air_date).filter(AdUnit.status == UnitStatus.SCHEDULED.value).label("next_air"),
+        )
+        .group_by(AdUnit.io_id)
+        .subquery()
+    )
+    stmt = (
+        select(IoBooking, Advertiser.name, units.c.n, units.c.next_air)
+        .join(Campaign, Campaign.id == IoBooking.campaign_id)
+        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+        .outerjoin(units, units.c.io_id == IoBooking.id)
+    )
+    if campaign_id is not None:
+        stmt = stmt.where(IoBooking.campaign_id == campaign_id)
+    if status is not None:
+        stmt = stmt.where(IoBooking.status == status.value)
+    return stmt
+
+
+async def io_status(*, session: AsyncSession, io_id: uuid.UUID) -> str | None:
+    """The IO's status, or None when this tenant has no such IO."""
+    found: str | None = await session.scalar(select(IoBooking.status).where(IoBooking.id == io_id))
+    return found
+
+
+async def get_show(*, session: AsyncSession, show_id: uuid.UUID) -> Show | None:
+    """The show of this tenant (RLS), or None."""
+    return await session.get(Show, show_id)
+
+
+async def publisher_name(*, session: AsyncSession, tenant_id: uuid.UUID) -> str:
+    """The tenant's name, as its IO documents name the publisher ("" when unnamed)."""
+    name: str | None = await session.scalar(select(Tenant.name).where(Tenant.id == tenant_id))
+    return name or ""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel
 
@@ -592,6 +592,29 @@ def delivery_progress(units: Sequence[DeliveredUnit]) -> tuple[int, int]:
             goal += u.impressions_goal
             delivered += min(u.impressions_goal, counted.get(u.id, 0))
     return goal, delivered
+
+
+def delivered_pct(delivered: int, goal: int | None) -> float | None:
+    """Delivered impressions as a percentage of the goal, to one decimal (None without a goal)."""
+    return round(100 * delivered / goal, 1) if goal else None
+
+
+class DaySlots(NamedTuple):
+    """One air date of a show's placement: slots booked and still free."""
+
+    day: date
+    booked: int
+    free: int
+
+
+def slots_by_day(first: date, days: int, capacity: int, booked: Mapping[date, int]) -> list[DaySlots]:
+    """Booked and free slots on each of `days` air dates from `first` (overbooked days: 0 free)."""
+    out: list[DaySlots] = []
+    for i in range(days):
+        day = first + timedelta(days=i)
+        used = booked.get(day, 0)
+        out.append(DaySlots(day, used, max(capacity - used, 0)))
+    return out
 
 
 def invoice_lines(units: Sequence[UnitState]) -> tuple[list[InvoiceLine], dict[str, UnitStatus]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 
@@ -108,3 +109,52 @@ def probability(stage: Stage) -> int:
 def weighted_value(value_usd: float, probability_pct: int) -> float:
     """Returns the deal value weighted by its win probability."""
     return round(value_usd * probability_pct / 100.0, 2)
+
+
+def judged_without_workflow(current: Stage, target: Stage) -> bool:
+    """Whether a move of a deal at `current` is judged by the rules alone, with no Temporal trip.
+
+    A closed deal has no running workflow: a no-op is answered as it is and anything but
+    reopening a lost deal is refused, so only LOST -> LEAD (which starts a new run) needs one.
+    """
+    return not is_open(current) and not (current is Stage.LOST and target is Stage.LEAD)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def etag(stage: Stage, entered_at: datetime) -> str:
+    """The deal's current stage entry as an entity tag: `"<stage>.<microseconds since epoch>"`."""
+    return f'"{stage.value}.{(entered_at - _EPOCH) // timedelta(microseconds=1)}"'
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What If-Match asked for: any entry (`*`), one entry, or something no entry matches."""
+
+    stage: Stage | None = None
+    entered_at: datetime | None = None
+    unmatchable: bool = False
+
+    def holds(self, stage: Stage, entered_at: datetime) -> bool:
+        """Whether the deal's current entry satisfies it."""
+        if self.unmatchable:
+            return False
+        return self.stage is None or (self.stage, self.entered_at) == (stage, entered_at)
+
+
+def parse_if_match(value: str | None) -> Precondition | None:
+    """Parses If-Match (one of our ETags, a list of them, or `*`); None when absent or `*`."""
+    if value is None or value.strip() == "*":
+        return None
+    tags = [t.strip().removeprefix("W/") for t in value.split(",") if t.strip()]
+    if len(tags) != 1:
+        # Several tags: only one can be the current entry; a list is honoured as its first element
+        # would be ambiguous, so it is refused as unmatchable unless it is exactly one tag.
+        return Precondition(unmatchable=True)
+    tag = tags[0].strip('"')
+    stage_name, _, micros = tag.rpartition(".")
+    try:
+        return Precondition(stage=Stage(stage_name), entered_at=_EPOCH + timedelta(microseconds=int(micros)))
+    except (ValueError, OverflowError):
+        return Precondition(unmatchable=True)
