@@ -6,29 +6,33 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 from pydantic import BaseModel
 from sqlalchemy import select
 from temporalio.client import Client
 
 from api import errors
-from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import SettingsDep, TemporalDep, TenantDb, TenantDbDep, feature_flag, parse_id
 from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
-from db.imports import close_open_import
-from db.models import EtlImport, EtlRowError, EtlUploadChunk
+from db.imports import close_after_workflow, fence_unstarted_import, row_errors, store_upload
+from db.models import EtlImport
 from domain.imports import (
-    KINDS,
     MAX_STORED_ROW_ERRORS,
     OPEN_STATUSES,
+    EmptyUpload,
     ImportPhase,
     ImportWorkflowInput,
+    UploadTooLarge,
     closes_import,
     import_phase,
-    start_refused_reason,
+    import_progress,
+    import_summary,
+    upload_refusal,
 )
 from domain.imports import (
     ImportStatus as ImportStatusValue,
@@ -124,10 +128,6 @@ def _when(raw: object) -> datetime | None:
     return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
 
-def _422(field: str, msg: str) -> HTTPException:
-    return errors.unprocessable(["body", field], msg)
-
-
 @router.post(
     "/upload",
     status_code=status.HTTP_202_ACCEPTED,
@@ -166,58 +166,37 @@ async def upload(
     kind: Annotated[str, Form(description="shows | advertisers | campaigns | show_downloads | deliveries")],
 ) -> ImportAccepted:
     """Stores the upload in PostgreSQL piece by piece and starts its CsvImportWorkflow."""
-    limit = settings.max_upload_mb * 1024 * 1024
-    if kind not in KINDS:
-        raise _422("kind", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if kind == "deliveries" and not settings.enable_io_bookings:
-        raise _422(
-            "kind",
-            "deliveries go to IO workflows, and IO bookings are disabled (ENABLE_IO_BOOKINGS=false)",
-        )
     filename = (file.filename or "").strip()
-    if not filename:
-        raise _422("file", "the file has no name")
-    if len(filename) > 500:
-        raise _422("file", "the file name is longer than 500 characters")
+    refusal = upload_refusal(kind, filename, io_bookings_enabled=settings.enable_io_bookings)
+    if refusal is not None:
+        raise errors.unprocessable(["body", refusal[0]], refusal[1])
     import_id = uuid.uuid4()
     wid = import_workflow_id(str(db.tenant_id), str(import_id))
-    size = 0
-    async with db.tx() as session:
-        session.add(
-            EtlImport(
-                id=import_id,
+    try:
+        async with db.tx() as session:
+            size = await store_upload(
+                session=session,
                 tenant_id=db.tenant_id,
+                import_id=import_id,
                 kind=kind,
                 filename=filename,
-                status="pending",
                 workflow_id=wid,
+                pieces=_pieces(file),
+                limit_bytes=settings.max_upload_mb * 1024 * 1024,
             )
-        )
-        await session.flush()
-        seq = 0
-        while piece := await file.read(_PIECE):
-            size += len(piece)
-            if size > limit:
-                # Leaving the block with an exception rolls the import and its pieces back.
-                raise errors.ApiError(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"the file is larger than the {settings.max_upload_mb} MB limit",
-                    code="file_too_large",
-                    limit_mb=settings.max_upload_mb,
-                )
-            session.add(EtlUploadChunk(import_id=import_id, seq=seq, tenant_id=db.tenant_id, data=piece))
-            await session.flush()
-            session.expunge_all()  # keep the session from holding every piece in memory
-            seq += 1
-        if size == 0:
-            raise _422("file", "the file is empty")
-        imp = await session.get(EtlImport, import_id)
-        assert imp is not None
-        imp.size_bytes = size
+    except UploadTooLarge:
+        raise errors.ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the file is larger than the {settings.max_upload_mb} MB limit",
+            code="file_too_large",
+            limit_mb=settings.max_upload_mb,
+        ) from None
+    except EmptyUpload:
+        raise errors.unprocessable(["body", "file"], "the file is empty") from None
     inp = ImportWorkflowInput(
         tenant_id=str(db.tenant_id),
         import_id=str(import_id),
-        kind=kind,  # checked against KINDS above
+        kind=kind,  # checked by upload_refusal
         filename=filename,
         chunk_rows=settings.import_chunk_rows,
         heartbeat_seconds=settings.import_heartbeat_seconds,
@@ -227,29 +206,29 @@ async def upload(
         client,
         inp,
         task_queue=settings.temporal_task_queue,
-        summary=f"Import: {filename} ({kind}, {size:,} bytes)",
+        summary=import_summary(filename, kind, size),
         budget=timedelta(seconds=settings.import_start_budget_seconds),
     )
-    if verdict != "started":
-        # Not started, or nobody can tell: fence the import. Marked failed while still pending,
-        # it never runs (a workflow that starts late finds it failed and imports nothing); if a
-        # workflow already moved it to running, the start did happen and the answer is 202.
-        async with db.tx() as session:
-            fenced = await close_open_import(
-                session=session,
-                tenant_id=db.tenant_id,
-                import_id=import_id,
-                closed_as="not_found",
-                reason=start_refused_reason(detail),
-                at=datetime.now(UTC),
-                only_pending=True,
-            )
-        if fenced is not None:
-            log.error("import %s stored but its workflow did not start (%s): %s", import_id, verdict, detail)
-            raise errors.unavailable(
-                f"the import could not be started ({detail}); it was marked failed; upload again"
-            )
+    # Not started, or nobody can tell: fence the import (if a workflow already moved it to
+    # running, the start did happen and the answer is 202).
+    if verdict != "started" and await _fenced(db, import_id, detail):
+        log.error("import %s stored but its workflow did not start (%s): %s", import_id, verdict, detail)
+        raise errors.unavailable(
+            f"the import could not be started ({detail}); it was marked failed; upload again"
+        )
     return ImportAccepted(import_id=str(import_id), status="pending", workflow_id=wid)
+
+
+async def _pieces(file: UploadFile) -> AsyncIterator[bytes]:
+    while piece := await file.read(_PIECE):
+        yield piece
+
+
+async def _fenced(db: TenantDb, import_id: uuid.UUID, detail: str) -> bool:
+    async with db.tx() as session:
+        return await fence_unstarted_import(
+            session=session, tenant_id=db.tenant_id, import_id=import_id, detail=detail, at=datetime.now(UTC)
+        )
 
 
 # When this process last described each open import's workflow (see _true_status).
@@ -285,7 +264,7 @@ async def _true_status(imp: EtlImport, db: TenantDbDep, client: Client, settings
     if closure is None or not closes_import(closure[0], age):
         return imp
     async with db.tx() as session:
-        closed = await close_open_import(
+        closed = await close_after_workflow(
             session=session,
             tenant_id=db.tenant_id,
             import_id=imp.id,
@@ -293,18 +272,8 @@ async def _true_status(imp: EtlImport, db: TenantDbDep, client: Client, settings
             detail=closure[1],
             at=datetime.now(UTC),
         )
-        if closed is None:  # closed meanwhile by someone else: read what they wrote
-            closed = await session.get(EtlImport, imp.id, populate_existing=True)
     _checked.pop(imp.id, None)
     return closed or imp
-
-
-def _progress(imp: EtlImport) -> float:
-    if imp.status in ("completed", "completed_with_errors"):
-        return 1.0
-    done = int(imp.checkpoint.get("row", 1)) - 1
-    total = imp.rows_total or int(imp.checkpoint.get("rows_estimate", 0))
-    return round(min(0.99, done / total), 4) if total > 0 else 0.0
 
 
 @router.get(
@@ -324,14 +293,7 @@ async def import_status(
             raise errors.not_found("import", import_id)
     imp = await _true_status(imp, db, client, settings)
     async with db.tx() as session:
-        row_errors = (
-            await session.scalars(
-                select(EtlRowError)
-                .where(EtlRowError.import_id == iid)
-                .order_by(EtlRowError.row_number, EtlRowError.id)
-                .limit(MAX_STORED_ROW_ERRORS)
-            )
-        ).all()
+        first_errors = await row_errors(session=session, import_id=iid, limit=MAX_STORED_ROW_ERRORS)
     raw_to_start = imp.checkpoint.get("workflows_to_start")
     to_start = None if raw_to_start is None else int(raw_to_start)
     return ImportStatus(
@@ -349,13 +311,18 @@ async def import_status(
         workflows_to_start=to_start,
         workflows_pending=None if to_start is None else max(0, to_start - imp.workflows_started),
         workflows_resynced=int(imp.checkpoint.get("workflows_resynced", 0)),
-        progress=_progress(imp),
+        progress=import_progress(
+            imp.status,
+            int(imp.checkpoint.get("row", 1)),
+            imp.rows_total,
+            int(imp.checkpoint.get("rows_estimate", 0)),
+        ),
         size_bytes=imp.size_bytes,
         warnings=list(imp.warnings),
         error=imp.error,
         errors=[
             RowErrorPublic(row=e.row_number, column=e.column, value=e.value, message=e.message)
-            for e in row_errors
+            for e in first_errors
         ],
         started_at=imp.started_at,
         rows_finished_at=_when(imp.checkpoint.get("rows_finished_at")),

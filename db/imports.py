@@ -1,9 +1,11 @@
-"""Bulk upserts of imported rows by natural key, each reporting inserts, updates and in-file repeats."""
+"""Imports in SQL: the stored upload, bulk upserts of imported rows by natural key (each reporting
+inserts, updates and in-file repeats), and closing an import that will not finish."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,9 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.events import emit_event
-from db.models import Advertiser, Campaign, EtlImport, Show
+from db.models import Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, Show
 from domain import events
-from domain.imports import OPEN_STATUSES, ClosedAs, closed_import_reason, closed_import_status
+from domain.imports import (
+    OPEN_STATUSES,
+    ClosedAs,
+    EmptyUpload,
+    UploadTooLarge,
+    closed_import_reason,
+    closed_import_status,
+    start_refused_reason,
+)
 from domain.io import DEFAULT_SLOTS
 from domain.stages import OPEN_STAGES, Stage, probability
 
@@ -49,6 +59,62 @@ class StagedCatalog:
         """Adds the keys shared with a chunk not committed yet (the database cannot show them)."""
         known = set(self.repeated_keys)
         self.repeated_keys.extend(sorted((self.keys & earlier_keys) - known))
+
+
+async def store_upload(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    kind: str,
+    filename: str,
+    workflow_id: str,
+    pieces: AsyncIterator[bytes],
+    limit_bytes: int,
+) -> int:
+    """Stores a new `pending` import and its upload, piece by piece (etl_upload_chunks); returns its size.
+
+    Raises UploadTooLarge once the pieces pass `limit_bytes` and EmptyUpload when there were none:
+    raised inside the caller's transaction, they roll the import and its pieces back.
+    """
+    session.add(
+        EtlImport(
+            id=import_id,
+            tenant_id=tenant_id,
+            kind=kind,
+            filename=filename,
+            status="pending",
+            workflow_id=workflow_id,
+        )
+    )
+    await session.flush()
+    size = 0
+    seq = 0
+    async for piece in pieces:
+        size += len(piece)
+        if size > limit_bytes:
+            raise UploadTooLarge
+        session.add(EtlUploadChunk(import_id=import_id, seq=seq, tenant_id=tenant_id, data=piece))
+        await session.flush()
+        session.expunge_all()  # keep the session from holding every piece in memory
+        seq += 1
+    if size == 0:
+        raise EmptyUpload
+    imp = await session.get(EtlImport, import_id)
+    assert imp is not None
+    imp.size_bytes = size
+    return size
+
+
+async def row_errors(*, session: AsyncSession, import_id: uuid.UUID, limit: int) -> list[EtlRowError]:
+    """An import's first row errors, in row order."""
+    stmt = (
+        select(EtlRowError)
+        .where(EtlRowError.import_id == import_id)
+        .order_by(EtlRowError.row_number, EtlRowError.id)
+        .limit(limit)
+    )
+    return list((await session.scalars(stmt)).all())
 
 
 async def stage_catalog(
@@ -439,6 +505,47 @@ async def close_open_import(
         idempotency_key=f"etl/{import_id}/{row.status}",
     )
     return row
+
+
+async def fence_unstarted_import(
+    *, session: AsyncSession, tenant_id: uuid.UUID, import_id: uuid.UUID, detail: str, at: datetime
+) -> bool:
+    """Marks an import whose workflow start was not confirmed failed, unless a workflow already runs it.
+
+    True: fenced (still pending, now failed for good: a workflow that starts late finds it
+    failed and imports nothing). False: a workflow moved it to running, so the start happened.
+    """
+    fenced = await close_open_import(
+        session=session,
+        tenant_id=tenant_id,
+        import_id=import_id,
+        closed_as="not_found",
+        reason=start_refused_reason(detail),
+        at=at,
+        only_pending=True,
+    )
+    return fenced is not None
+
+
+async def close_after_workflow(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    import_id: uuid.UUID,
+    closed_as: ClosedAs,
+    detail: str | None,
+    at: datetime,
+) -> EtlImport | None:
+    """Closes an open import whose workflow ended without finishing it; returns the row as it now is.
+
+    Closed meanwhile by someone else (the workflow's cleanup, the maintenance round): their row.
+    """
+    closed = await close_open_import(
+        session=session, tenant_id=tenant_id, import_id=import_id, closed_as=closed_as, detail=detail, at=at
+    )
+    if closed is None:
+        closed = await session.get(EtlImport, import_id, populate_existing=True)
+    return closed
 
 
 async def open_imports(

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from domain.imports.base import KINDS
+
 ImportKind = Literal["shows", "advertisers", "campaigns", "show_downloads", "deliveries"]
 ImportStatus = Literal["pending", "running", "completed", "completed_with_errors", "failed", "cancelled"]
 # Statuses an import never leaves; `pending` and `running` are the open ones.
@@ -195,3 +197,53 @@ def import_phase(status: str, kind: str, workflows_to_start: int | None) -> Impo
     if kind != "campaigns" or workflows_to_start is None:
         return "rows"
     return "workflows"
+
+
+# Uploads (POST /api/v1/etl/upload): what is refused before anything is stored.
+
+MAX_FILENAME_CHARS = 500
+
+
+class UploadTooLarge(Exception):
+    """The upload passed the size limit while it was stored (nothing of it is kept)."""
+
+
+class EmptyUpload(Exception):
+    """The upload held no bytes (nothing of it is kept)."""
+
+
+def upload_refusal(kind: str, filename: str, *, io_bookings_enabled: bool) -> tuple[str, str] | None:
+    """Why an upload is refused before it is stored, as (the form field, a sentence); None: accepted.
+
+    `filename` is the name as sent, stripped.
+    """
+    if kind not in KINDS:
+        return ("kind", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "deliveries" and not io_bookings_enabled:
+        return (
+            "kind",
+            "deliveries go to IO workflows, and IO bookings are disabled (ENABLE_IO_BOOKINGS=false)",
+        )
+    if not filename:
+        return ("file", "the file has no name")
+    if len(filename) > MAX_FILENAME_CHARS:
+        return ("file", f"the file name is longer than {MAX_FILENAME_CHARS} characters")
+    return None
+
+
+def import_summary(filename: str, kind: str, size_bytes: int) -> str:
+    """The import workflow's static summary (the Temporal UI's list shows it)."""
+    return f"Import: {filename} ({kind}, {size_bytes:,} bytes)"
+
+
+def import_progress(status: str, row: int, rows_total: int | None, rows_estimate: int) -> float:
+    """How far an import is, in [0, 1]: 1 once completed, else the rows done over the total known.
+
+    `row` is the checkpoint's next row (1 before the first chunk); the total is the counted one
+    once known, the estimate before; at most 0.99 until the import completes.
+    """
+    if status in ("completed", "completed_with_errors"):
+        return 1.0
+    done = row - 1
+    total = rows_total or rows_estimate
+    return round(min(0.99, done / total), 4) if total > 0 else 0.0
