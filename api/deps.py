@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request, status
@@ -24,7 +23,6 @@ from temporalio.service import RPCStatusCode
 from api import errors
 from api.web import session as web_session
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
-from db.fences import abandon_request
 from settings import Settings
 
 log = logging.getLogger("sponsorflow.api")
@@ -65,32 +63,6 @@ RETRYABLE_RPC = frozenset(
 # What a database that is away (restarting, failing over, unreachable) raises: SQLAlchemy wraps
 # most of it, but a refused or missing socket at connect time comes through as a plain OSError.
 DATABASE_UNAVAILABLE = (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-T = TypeVar("T")
-
-
-async def read_back(read: Callable[[], Awaitable[T]], *, what: str, budget_s: float = 10.0) -> T:
-    """Reads an entity after its write was applied through Temporal.
-
-    A database that is briefly away (a restart) is waited for; one that stays away is a 504
-    saying the write was applied, never the generic 503, which would claim it was not.
-    """
-    deadline = time.monotonic() + budget_s
-    delay = 0.1
-    while True:
-        try:
-            return await read()
-        except DATABASE_UNAVAILABLE:
-            if time.monotonic() + delay > deadline:
-                raise errors.ApiError(
-                    status.HTTP_504_GATEWAY_TIMEOUT,
-                    f"{what} was applied, but it could not be read back (the database is "
-                    "unavailable); read it again",
-                    code="applied_not_read_back",
-                ) from None
-            await asyncio.sleep(delay)
-            delay = min(1.0, delay * 2)
-
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
@@ -265,38 +237,3 @@ def parse_id(value: str, what: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise errors.not_found(what, value) from None
-
-
-# The bound of one attempt within a write's budget (settings.update_budget_seconds, after which
-# the API fences the request off: 503, never applied later). A resend carries the same update id,
-# so it joins the update already sent instead of adding one.
-ATTEMPT_TIMEOUT_S = 5.0
-
-
-async def fence_off(
-    db: TenantDb, *, request_id: str, entity_type: str, entity_id: str, what: str
-) -> Literal["abandoned", "applied"]:
-    """Fences off a request the API stops waiting for, or learns that its write won.
-
-    `abandoned`: it can never land (the caller answers 503, or its refusal); `applied`: its write
-    committed (the caller answers 2xx). A database that stays away is a 504 (outcome unknown):
-    neither answer would be true.
-    """
-    for attempt in range(5):
-        try:
-            async with db.tx() as session:
-                return await abandon_request(
-                    session=session,
-                    tenant_id=db.tenant_id,
-                    request_id=request_id,
-                    entity_type=entity_type,
-                    entity_id=entity_id,
-                )
-        except DATABASE_UNAVAILABLE:
-            log.warning("could not fence request %s (attempt %d)", request_id, attempt + 1, exc_info=True)
-            await asyncio.sleep(0.2 * 2**attempt)
-    raise errors.ApiError(
-        status.HTTP_504_GATEWAY_TIMEOUT,
-        f"the outcome of {what} is unknown; retry with the same Idempotency-Key to learn it",
-        headers={"Retry-After": "1"},
-    )
