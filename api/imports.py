@@ -20,7 +20,7 @@ from api.deps import SettingsDep, TemporalDep, TenantDb, TenantDbDep, feature_fl
 from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from db.imports import close_after_workflow, fence_unstarted_import, row_errors, store_upload
-from db.models import EtlImport
+from db.models import EtlImport, EtlRowError
 from domain.imports import (
     MAX_STORED_ROW_ERRORS,
     OPEN_STATUSES,
@@ -172,27 +172,9 @@ async def upload(
         raise errors.unprocessable(["body", refusal[0]], refusal[1])
     import_id = uuid.uuid4()
     wid = import_workflow_id(str(db.tenant_id), str(import_id))
-    try:
-        async with db.tx() as session:
-            size = await store_upload(
-                session=session,
-                tenant_id=db.tenant_id,
-                import_id=import_id,
-                kind=kind,
-                filename=filename,
-                workflow_id=wid,
-                pieces=_pieces(file),
-                limit_bytes=settings.max_upload_mb * 1024 * 1024,
-            )
-    except UploadTooLarge:
-        raise errors.ApiError(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"the file is larger than the {settings.max_upload_mb} MB limit",
-            code="file_too_large",
-            limit_mb=settings.max_upload_mb,
-        ) from None
-    except EmptyUpload:
-        raise errors.unprocessable(["body", "file"], "the file is empty") from None
+    size = await _store(
+        db, settings, file, import_id=import_id, kind=kind, filename=filename, workflow_id=wid
+    )
     inp = ImportWorkflowInput(
         tenant_id=str(db.tenant_id),
         import_id=str(import_id),
@@ -217,6 +199,40 @@ async def upload(
             f"the import could not be started ({detail}); it was marked failed; upload again"
         )
     return ImportAccepted(import_id=str(import_id), status="pending", workflow_id=wid)
+
+
+async def _store(
+    db: TenantDb,
+    settings: Settings,
+    file: UploadFile,
+    *,
+    import_id: uuid.UUID,
+    kind: str,
+    filename: str,
+    workflow_id: str,
+) -> int:
+    """Stores the import and its upload in one transaction (413 or 422 keep nothing); returns its size."""
+    try:
+        async with db.tx() as session:
+            return await store_upload(
+                session=session,
+                tenant_id=db.tenant_id,
+                import_id=import_id,
+                kind=kind,
+                filename=filename,
+                workflow_id=workflow_id,
+                pieces=_pieces(file),
+                limit_bytes=settings.max_upload_mb * 1024 * 1024,
+            )
+    except UploadTooLarge:
+        raise errors.ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the file is larger than the {settings.max_upload_mb} MB limit",
+            code="file_too_large",
+            limit_mb=settings.max_upload_mb,
+        ) from None
+    except EmptyUpload:
+        raise errors.unprocessable(["body", "file"], "the file is empty") from None
 
 
 async def _pieces(file: UploadFile) -> AsyncIterator[bytes]:
@@ -294,6 +310,10 @@ async def import_status(
     imp = await _true_status(imp, db, client, settings)
     async with db.tx() as session:
         first_errors = await row_errors(session=session, import_id=iid, limit=MAX_STORED_ROW_ERRORS)
+    return _status_public(imp, first_errors)
+
+
+def _status_public(imp: EtlImport, first_errors: list[EtlRowError]) -> ImportStatus:
     raw_to_start = imp.checkpoint.get("workflows_to_start")
     to_start = None if raw_to_start is None else int(raw_to_start)
     return ImportStatus(
