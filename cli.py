@@ -42,8 +42,8 @@ def resolve_database(settings: Settings) -> Database:
         )
     from db.embedded import ensure_database, start_server
 
-    server = start_server(settings.data_dir.resolve() / "pg")
-    db = ensure_database(server, "sponsorflow", settings.db_app_role)
+    server = start_server(pgdata=settings.data_dir.resolve() / "pg")
+    db = ensure_database(server=server, name="sponsorflow", app_role=settings.db_app_role)
     return Database(app_url=db.app_url, owner_url=db.owner_url, server=server)
 
 
@@ -52,7 +52,7 @@ def migrate(settings: Settings) -> Database:
     from db.migrate import upgrade
 
     db = resolve_database(settings)
-    upgrade(db.owner_url, app_role=settings.db_app_role)
+    upgrade(url=db.owner_url, app_role=settings.db_app_role)
     return db
 
 
@@ -422,9 +422,9 @@ def tenant_create(settings: Settings, name: str) -> int:
     db = resolve_database(settings)
 
     async def run() -> None:
-        engine = make_engine(db.app_url, pool_size=1)
+        engine = make_engine(url=db.app_url, pool_size=1)
         try:
-            tenant = await create_tenant(sm=make_sessionmaker(engine), name=name)
+            tenant = await create_tenant(sm=make_sessionmaker(engine=engine), name=name)
         finally:
             await engine.dispose()
         if settings.enable_matchmaking:

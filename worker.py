@@ -182,9 +182,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
     client = await connect_temporal(settings)
-    sm = make_sessionmaker(engine)
+    sm = make_sessionmaker(engine=engine)
     worker = build_worker(client, settings, sm)
     tune_gc(settings.worker_gc_threshold)
     stop = asyncio.Event()

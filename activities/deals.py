@@ -59,7 +59,7 @@ class DealActivities:
     async def record_stage_change(self, inp: RecordStageChangeInput) -> RecordStageChangeResult:
         """Writes the stage, its history row and the deal.stage_changed event in one transaction."""
         campaign_id = uuid.UUID(inp.campaign_id)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             claim = None
             if inp.request_id is not None:
                 # The write fence: the API may have given up on this request (abandoned: write
@@ -156,7 +156,7 @@ class DealActivities:
     @activity.defn(name="load_deal")
     async def load_deal(self, inp: LoadDealInput) -> LoadDealResult:
         """Reads the deal's current stage entry, and whether its stall was already reported."""
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             row = (
                 await session.execute(
                     select(Campaign, Advertiser.name, Show.name)
@@ -191,7 +191,7 @@ class DealActivities:
     async def record_stall(self, inp: RecordStallInput) -> RecordStallResult:
         """Emits deal.stalled once per stage entry (keyed by the entry's timestamp)."""
         key = stall_key(inp.campaign_id, inp.stage, inp.stage_entered_at)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             current = (
                 await session.execute(
                     select(Campaign.stage, Campaign.stage_changed_at)

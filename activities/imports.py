@@ -120,7 +120,7 @@ class ImportActivities:
         """Moves the import to running or to its final status; the final one emits its event."""
         now = datetime.now(UTC)
         iid = uuid.UUID(inp.import_id)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             row = await session.get(EtlImport, iid, with_for_update=True)
             if row is None:
                 raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
@@ -196,7 +196,7 @@ class ImportActivities:
     async def _load_rows(self, inp: RunImportInput, beat: Heartbeat) -> RunImportResult:
         iid = uuid.UUID(inp.import_id)
         tid = uuid.UUID(inp.tenant_id)
-        async with tenant_tx(self._sm, tid) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
             imp = await session.get(EtlImport, iid)
             if imp is None:
                 raise ApplicationError(f"import {inp.import_id} not found", non_retryable=True)
@@ -276,7 +276,7 @@ class ImportActivities:
             await self._save_warnings(tid, iid, warnings[reported:])
         finally:
             path.unlink(missing_ok=True)
-        async with tenant_tx(self._sm, tid) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             assert imp is not None
             if imp.status in FINAL:
@@ -304,7 +304,7 @@ class ImportActivities:
         lines = 0
         with path.open("wb") as out:
             while True:
-                async with tenant_tx(self._sm, tid) as session:
+                async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
                     data = await session.scalar(
                         select(EtlUploadChunk.data).where(
                             EtlUploadChunk.import_id == iid, EtlUploadChunk.seq == seq
@@ -319,7 +319,7 @@ class ImportActivities:
     async def _save_warnings(self, tid: uuid.UUID, iid: uuid.UUID, warnings: list[str]) -> None:
         if not warnings:
             return
-        async with tenant_tx(self._sm, tid) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             assert imp is not None
             imp.warnings = [*imp.warnings, *warnings][:MAX_WARNINGS]
@@ -343,7 +343,7 @@ class ImportActivities:
         session = self._sm()
         try:
             await session.begin()
-            await set_tenant(session, tid)
+            await set_tenant(session=session, tenant_id=tid)
             errors = list(batch.errors)
             records = await _resolve(session, kind, batch.records, errors)
             catalog = None
@@ -455,7 +455,7 @@ class ImportActivities:
         """
         told = await resync_deal_workflows(activity.client(), tid, deal_ids)
         pending = [str(c) for c in deal_ids]
-        async with tenant_tx(self._sm, tid) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
             imp = await session.get(EtlImport, iid, with_for_update=True)
             if imp is None or imp.checkpoint.get("resync") != pending:
                 return  # another attempt counted them already
@@ -493,10 +493,11 @@ class ImportActivities:
         beat: Heartbeat,
     ) -> StartDealWorkflowsResult:
         async def page_after(after: uuid.UUID) -> list[DealWorkflowInput]:
-            async with tenant_tx(self._sm, inp.tenant_id) as session:
-                page = await open_deals_page(session, after=after, limit=_START_PAGE, import_id=iid)
+            async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+                page = await open_deals_page(session=session, after=after, limit=_START_PAGE, import_id=iid)
             return [
-                deal_seed(row, stall_days=self._stall_days, moves_per_run=self._moves_per_run) for row in page
+                deal_seed(row=row, stall_days=self._stall_days, moves_per_run=self._moves_per_run)
+                for row in page
             ]
 
         # The next page is read while this one's starts are in flight, so Temporal is the bound.
@@ -510,7 +511,7 @@ class ImportActivities:
                 raise
             started += len(seeds)
             last_id = uuid.UUID(seeds[-1].campaign_id)
-            async with tenant_tx(self._sm, inp.tenant_id) as session:
+            async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
                 await session.execute(
                     update(EtlImport).where(EtlImport.id == iid).values(workflows_started=started)
                 )
@@ -571,7 +572,7 @@ async def close_if_workflow_closed(
     closed_as, detail = closure
     if not closes_import(closed_as, age):
         return None
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         return await close_open_import(
             session=session,
             tenant_id=tenant_id,
@@ -593,7 +594,7 @@ async def repair_stuck_imports(
     marked `failed`. Idempotent: run it as often as you like (the maintenance round does).
     """
     now = datetime.now(UTC)
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         candidates = await open_imports(session=session, created_before=now - older_than, limit=limit)
     sem = asyncio.Semaphore(_RESYNC_CONCURRENCY)
 
@@ -690,10 +691,14 @@ async def _resolve(
     if kind not in ("campaigns", "show_downloads"):
         return [r for _, r in records]
     shows = await ids_by_external_id(
-        session, Show, {str(r["show_external_id"]) for _, r in records if r.get("show_external_id")}
+        session=session,
+        model=Show,
+        keys={str(r["show_external_id"]) for _, r in records if r.get("show_external_id")},
     )
     advertisers = (
-        await ids_by_external_id(session, Advertiser, {str(r["advertiser_external_id"]) for _, r in records})
+        await ids_by_external_id(
+            session=session, model=Advertiser, keys={str(r["advertiser_external_id"]) for _, r in records}
+        )
         if kind == "campaigns"
         else {}
     )

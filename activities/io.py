@@ -159,11 +159,11 @@ class IoActivities:
         """
         io_id = uuid.UUID(inp.io_id)
         try:
-            async with tenant_tx(self._sm, inp.tenant_id) as session:
+            async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
                 claim = await _claim(session, inp.tenant_id, inp.booking.request_id, inp.io_id)
                 if claim == "abandoned":
                     return ReserveIoResult(applied=False)
-                existing = await load_io(session, io_id)
+                existing = await load_io(session=session, io_id=io_id)
                 if existing is None:
                     if claim == "applied":
                         # Claimed by an attempt whose rows are gone: nothing to follow, say so.
@@ -173,13 +173,13 @@ class IoActivities:
                             non_retryable=True,
                         )
                     await reserve_booking(
-                        session,
+                        session=session,
                         tenant_id=inp.tenant_id,
                         io_id=io_id,
                         booking=inp.booking,
                         choice=secrets.choice,
                     )
-                    existing = await load_io(session, io_id)
+                    existing = await load_io(session=session, io_id=io_id)
                     assert existing is not None
                 snap = snapshot_of(existing, inp.tenant_id)
                 await _emit_scheduled(session, snap, inp.at)
@@ -196,8 +196,8 @@ class IoActivities:
     @activity.defn(name="load_io")
     async def load_io(self, inp: LoadIoInput) -> IoSnapshot:
         """Reads the booked IO and emits io.scheduled; retryable until the booking commits."""
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
-            record = await load_io(session, uuid.UUID(inp.io_id))
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            record = await load_io(session=session, io_id=uuid.UUID(inp.io_id))
             if record is None:
                 # The API starts the workflow inside its booking transaction: the row may not be
                 # visible yet, or the transaction rolled back. Only this case gives up; a
@@ -216,7 +216,7 @@ class IoActivities:
     async def mark_aired(self, inp: MarkAiredInput) -> None:
         """Marks units aired, one io.ad_aired each, and moves the IO to live or measuring."""
         ids = [uuid.UUID(u) for u in inp.unit_ids]
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             await session.execute(
                 update(AdUnit)
                 .where(AdUnit.id.in_(ids), AdUnit.status == UnitStatus.SCHEDULED.value)
@@ -256,7 +256,7 @@ class IoActivities:
 
         Returns `applied=False` (nothing written) when the API had given up on the request.
         """
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
             if claim != "claimed":
                 return RecordDeliveryResult(applied=claim == "applied")
@@ -289,7 +289,7 @@ class IoActivities:
         """Books a make-good unit for a shortfall in the show's next free slot (or finds none)."""
         original = inp.unit
         new_id = makegood_unit_id(original.id)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             existing = (
                 await session.execute(
                     select(AdUnit, Show.name).join(Show, Show.id == AdUnit.show_id).where(AdUnit.id == new_id)
@@ -301,7 +301,7 @@ class IoActivities:
             if show is None:
                 return BookMakegoodResult(unit=None)
             day = await next_free_day(
-                session,
+                session=session,
                 tenant_id=inp.tenant_id,
                 show=show,
                 placement=original.placement.value,
@@ -366,7 +366,7 @@ class IoActivities:
         Returns `applied=False` (nothing written) when the API had given up on the request.
         """
         io_id = uuid.UUID(inp.io_id)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
             if claim != "claimed":
                 return CancelIoResult(applied=claim == "applied")
@@ -414,7 +414,7 @@ class IoActivities:
         retried activity writes nothing new.
         """
         io_id = uuid.UUID(inp.io_id)
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             await session.execute(
                 update(IoBooking)
                 .where(
@@ -468,7 +468,7 @@ class IoActivities:
 
         Returns `applied=False` (nothing written) when the API had given up on the request.
         """
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             claim = await _claim(session, inp.tenant_id, inp.request_id, inp.io_id)
             if claim != "claimed":
                 return CloseDeliveryResult(applied=claim == "applied")
@@ -505,7 +505,7 @@ class IoActivities:
         """Writes the invoice and each unit's final status and bill; emits io.completed."""
         io_id = uuid.UUID(inp.io_id)
         billed = {line.ad_unit_id: line.amount_usd for line in inp.invoice.lines}
-        async with tenant_tx(self._sm, inp.tenant_id) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             for unit_id, status in inp.unit_statuses.items():
                 await session.execute(
                     update(AdUnit)
@@ -561,8 +561,8 @@ async def io_drift(
     task that upserts its status.
     """
     tid = str(tenant_id)
-    async with tenant_tx(sm, tid) as session:
-        rows = await io_statuses(session)
+    async with tenant_tx(sm=sm, tenant_id=tid) as session:
+        rows = await io_statuses(session=session)
     if not rows:
         return []
     listed: dict[str, tuple[str | None, bool]] = {}
@@ -581,7 +581,7 @@ async def io_drift(
         found = wid in listed
         async with sem:
             if confirm:
-                async with tenant_tx(sm, tid) as session:
+                async with tenant_tx(sm=sm, tenant_id=tid) as session:
                     row_status = (
                         await session.scalar(select(IoBooking.status).where(IoBooking.id == io_id))
                         or row_status

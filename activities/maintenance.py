@@ -135,13 +135,13 @@ async def sweep_tenant_open_deals(
             progress()
     started, after = 0, uuid.UUID(int=0)
     while True:
-        async with tenant_tx(sm, tenant_id) as session:
-            page = await open_deals_page(session, after=after, limit=500)
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
+            page = await open_deals_page(session=session, after=after, limit=500)
         if not page:
             break
         after = page[-1].campaign.id
         seeds = [
-            deal_seed(row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
+            deal_seed(row=row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
             for row in page
         ]
         missing = [s for s in seeds if deal_workflow_id(s.tenant_id, s.campaign_id) not in running]
@@ -192,9 +192,9 @@ async def repair_tenant_drift(
     """
     after = uuid.UUID(int=0)
     while True:
-        async with tenant_tx(sm, tenant_id) as session:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
             page = await recently_changed_deals(
-                session, since=since, until=until, after=after, limit=_DRIFT_PAGE
+                session=session, since=since, until=until, after=after, limit=_DRIFT_PAGE
             )
         if not page:
             return

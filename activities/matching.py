@@ -174,7 +174,7 @@ class MatchActivities:
         """Scores every advertiser-show pair of the tenant and swaps in the new top-N rankings."""
         tid = uuid.UUID(inp.tenant_id)
         key = f"match.recalculated/{inp.run_key}"
-        async with tenant_tx(self._sm, tid) as session:
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
             done = await session.scalar(select(Event.payload).where(Event.idempotency_key == key))
         if done is not None:
             return MatchRecalcResult.model_validate(done)
@@ -189,8 +189,8 @@ class MatchActivities:
         started = time.monotonic()
         phases = _Phases(started)
         today = datetime.now(UTC).date()
-        async with tenant_tx(self._sm, tid) as session:
-            features = await load_features(session, tid, today)
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
+            features = await load_features(session=session, tenant_id=tid, today=today)
         phases.done("load")
         beat.set({"phase": "score", "advertisers_scored": 0, "of": len(features.advertisers)})
         # The database drops rankings no reader needs any more while this process scores.
@@ -215,8 +215,8 @@ class MatchActivities:
             return encoder.encode(batch.show_idx, batch.adv_idx, batch.scores, batch.signals, free, past)
 
         beat.set({"phase": "waiting for the writer lock"})
-        async with tenant_tx(self._sm, tid) as session:
-            stage = await open_generation(session, tid)
+        async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
+            stage = await open_generation(session=session, tenant_id=tid)
             starts = range(0, len(pairs), _WRITE_BATCH)
             # The next batch is encoded (NumPy, in a thread) while the database copies this one.
             pending = asyncio.create_task(asyncio.to_thread(encode, 0)) if starts else None
@@ -271,7 +271,7 @@ class MatchActivities:
         Best effort: a failure here leaves an old partition for the next run, never fails this one.
         """
         try:
-            async with tenant_tx(self._sm, tid) as session:
-                await prune_generations(session, tid, keep_from)
+            async with tenant_tx(sm=self._sm, tenant_id=tid) as session:
+                await prune_generations(session=session, tenant_id=tid, keep_from=keep_from)
         except Exception:  # noqa: BLE001 - housekeeping; the ranking itself is committed
             activity.logger.warning("dropping old ranking partitions failed", exc_info=True)

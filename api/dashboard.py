@@ -151,4 +151,4 @@ async def get_dashboard(
         stall_days=settings.stall_days,
         list_limit=limit,
     )
-    return await dashboard(db.tx, query)
+    return await dashboard(tx=db.tx, q=query)

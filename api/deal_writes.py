@@ -139,7 +139,7 @@ class SeedCache:
 
 def workflow_input(row: DealRow, settings: Settings) -> DealWorkflowInput:
     """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
-    return deal_seed(row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
+    return deal_seed(row=row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
 
 
 def start_options(inp: DealWorkflowInput, settings: Settings) -> dict[str, Any]:

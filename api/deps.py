@@ -125,7 +125,7 @@ async def tenant_of_key_hash(sm: SessionMaker, cache: KeyCache, key_hash: str) -
     if tenant is not None:
         return tenant
     async with sm() as session:
-        tenant = await tenant_for_key_hash(session, key_hash)
+        tenant = await tenant_for_key_hash(session=session, key_hash=key_hash)
     if tenant is not None:
         cache.put(key_hash, tenant)
     return tenant
@@ -189,7 +189,7 @@ class TenantDb:
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
         """One transaction with SET LOCAL app.tenant_id; commits on success."""
-        async with tenant_tx(self.sm, self.tenant_id) as session:
+        async with tenant_tx(sm=self.sm, tenant_id=self.tenant_id) as session:
             yield session
 
 

@@ -73,7 +73,7 @@ async def begin_keyed(
             session=session,
             tenant_id=db.tenant_id,
             idempotency_key=key,
-            fingerprint=fingerprint(payload),
+            fingerprint=fingerprint(payload=payload),
             entity_type=entity_type,
             entity_id=entity_id,
             expires_at=now + timedelta(seconds=settings.update_budget_seconds),

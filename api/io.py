@@ -167,7 +167,7 @@ async def availability(
         if show is None:
             raise errors.not_found("show", show_id)
         used = await booked_per_day(
-            session,
+            session=session,
             show_id=sid,
             placement=placement.value,
             first=first,
@@ -369,7 +369,7 @@ async def io_document(
     """The IO document a publisher sends: parties, units, prices, totals, promo code, terms."""
     iid = parse_id(io_id, "IO")
     async with db.tx() as session:
-        record = await load_io(session, iid)
+        record = await load_io(session=session, io_id=iid)
         publisher = await publisher_name(session=session, tenant_id=db.tenant_id)
     if record is None:
         raise errors.not_found("IO", io_id)

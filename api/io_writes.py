@@ -48,7 +48,7 @@ _REUSED = "request; use a new key"
 async def read_io(db: TenantDb, io_id: uuid.UUID, settings: Settings) -> IoPublic:
     """The IO as clients see it (404 when this tenant has none)."""
     async with db.tx() as session:
-        record = await load_io(session, io_id)
+        record = await load_io(session=session, io_id=io_id)
     if record is None:
         raise errors.not_found("IO", str(io_id))
     return public_io(record, db.tenant_id, settings)
@@ -137,9 +137,9 @@ async def _booked_before(
     """The IO an earlier attempt with this key booked, if it was applied."""
     async with db.tx() as session:
         if replayed_request is not None:
-            return await io_of_request(session, replayed_request)
+            return await io_of_request(session=session, request_id=replayed_request)
         # Bookings made before the write fence carry their key on the row only.
-        return await io_with_idempotency_key(session, idempotency_key)
+        return await io_with_idempotency_key(session=session, key=idempotency_key)
 
 
 async def _checked_start(
@@ -149,7 +149,7 @@ async def _checked_start(
     returns the IO workflow's input and start options."""
     try:
         async with db.tx() as session:
-            facts = await booking_facts(session, booking)
+            facts = await booking_facts(session=session, booking=booking)
         facts.check(booking)
     except BookingRefused as exc:
         raise errors.booking_refused(exc.kind, exc.detail) from None

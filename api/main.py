@@ -38,10 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.database_url:
             raise RuntimeError("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
         app.state.settings = settings
         app.state.engine = engine
-        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.sessionmaker = make_sessionmaker(engine=engine)
         # Lazy: the API starts (and /readyz can say so) while Temporal is still coming up.
         app.state.temporal = await connect_temporal(settings, lazy=True)
         try:

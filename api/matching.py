@@ -322,7 +322,7 @@ def _match(row: RankedMatch) -> MatchPublic:
         score=float(m.score),
         signals=Signals(**{k: round(float(getattr(m, k)), 4) for k in SIGNALS}),
         # Worded now, for this page only, from the facts the recalculation kept.
-        rationale=stored_rationale(s, a, m, computed_on, weights),
+        rationale=stored_rationale(show=s, advertiser=a, match=m, computed_on=computed_on, weights=weights),
         generation=m.generation,
     )
 

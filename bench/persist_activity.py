@@ -51,11 +51,11 @@ def _pct(xs: list[float], p: float) -> float:
 async def main() -> None:
     moves = int(os.environ.get("BENCH_MOVES", "300"))
     root = Path(tempfile.mkdtemp(prefix="sf-bench-"))
-    server = start_server(root / "pg")
-    db = ensure_database(server, "bench", "sponsorflow_app")
-    await asyncio.to_thread(upgrade, db.owner_url)
-    engine = make_engine(db.app_url)
-    sm = make_sessionmaker(engine)
+    server = start_server(pgdata=root / "pg")
+    db = ensure_database(server=server, name="bench", app_role="sponsorflow_app")
+    await asyncio.to_thread(upgrade, url=db.owner_url)
+    engine = make_engine(url=db.app_url)
+    sm = make_sessionmaker(engine=engine)
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
@@ -65,7 +65,7 @@ async def main() -> None:
     acts = DealActivities(sm)
     tq = f"bench-{uuid.uuid4()}"
     tenant = await create_tenant(sm=sm, name="bench")
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         adv = Advertiser(tenant_id=tenant.id, name="Acme")
         s.add(adv)
         await s.flush()
@@ -73,7 +73,7 @@ async def main() -> None:
 
     async def new_deal(local: bool) -> object:
         workflow_run = DealWorkflow.run if local else DealWorkflowRegularWrite.run
-        async with tenant_tx(sm, tenant.id) as s:
+        async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
             c = await insert_deal(
                 session=s,
                 tenant_id=tenant.id,

@@ -42,7 +42,7 @@ async def _rows(session: AsyncSession, sql: str, params: dict[str, Any]) -> list
     return list((await session.execute(text(sql), params)).all())
 
 
-async def pipeline(session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
+async def pipeline(*, session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
     """Count, value and weighted value per stage (every stage, zeros included)."""
     rows = await _rows(
         session,
@@ -68,7 +68,7 @@ async def pipeline(session: AsyncSession, q: DashboardQuery) -> list[dict[str, A
     return out
 
 
-async def win_rate(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
+async def win_rate(*, session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     """Won and lost deals closed inside the window, the win rate, and average days to close a win."""
     (row,) = await _rows(
         session,
@@ -91,7 +91,7 @@ async def win_rate(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     }
 
 
-async def stalled(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
+async def stalled(*, session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     """Open deals past their stage's stall limit, longest-waiting first.
 
     One index range per stage (tenant, stage, stage_changed_at): counted index-only, and the oldest
@@ -142,7 +142,7 @@ async def stalled(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     }
 
 
-async def upcoming_air_dates(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
+async def upcoming_air_dates(*, session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     """Booked units airing from today through the next 14 days (partial index on scheduled units)."""
     today = q.now.date()
     params = {
@@ -183,7 +183,7 @@ async def upcoming_air_dates(session: AsyncSession, q: DashboardQuery) -> dict[s
     }
 
 
-async def underdelivering(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
+async def underdelivering(*, session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     """Live or measuring IOs whose aired impression goals are behind pace, worst first."""
     rows = await _rows(
         session,
@@ -229,7 +229,7 @@ async def underdelivering(session: AsyncSession, q: DashboardQuery) -> dict[str,
     }
 
 
-async def top_matches(session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
+async def top_matches(*, session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
     """The best-scoring pairs of the current ranking."""
 
     async def read(generation: int) -> list[Any]:
@@ -251,7 +251,7 @@ async def top_matches(session: AsyncSession, q: DashboardQuery) -> list[dict[str
         )
 
     # The generation in a statement of its own (see read_current_ranking).
-    rows = await read_current_ranking(session, q.tenant_id, read)
+    rows = await read_current_ranking(session=session, tenant_id=q.tenant_id, read=read)
     return [
         {
             "advertiser_id": str(r.advertiser_id),
@@ -264,7 +264,7 @@ async def top_matches(session: AsyncSession, q: DashboardQuery) -> list[dict[str
     ]
 
 
-async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
+async def latest_imports(*, session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
     """The newest imports with their status."""
     rows = await _rows(
         session,
@@ -290,7 +290,7 @@ async def latest_imports(session: AsyncSession, q: DashboardQuery) -> list[dict[
     ]
 
 
-async def latest_events(session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
+async def latest_events(*, session: AsyncSession, q: DashboardQuery) -> list[dict[str, Any]]:
     """The newest events, newest first."""
     rows = await _rows(
         session,
@@ -313,14 +313,14 @@ async def latest_events(session: AsyncSession, q: DashboardQuery) -> list[dict[s
     ]
 
 
-def week_start(day: date) -> date:
+def week_start(*, day: date) -> date:
     """The Monday of a day's ISO week."""
     return day - timedelta(days=day.weekday())
 
 
-async def stage_movement(session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
+async def stage_movement(*, session: AsyncSession, q: DashboardQuery) -> dict[str, Any]:
     """Moves into each stage per ISO week (UTC), the last 12 weeks including this one."""
-    first = week_start(q.now.date()) - timedelta(weeks=MOVEMENT_WEEKS - 1)
+    first = week_start(day=q.now.date()) - timedelta(weeks=MOVEMENT_WEEKS - 1)
     rows = await _rows(
         session,
         """
@@ -341,26 +341,26 @@ async def stage_movement(session: AsyncSession, q: DashboardQuery) -> dict[str, 
 
 
 async def dashboard(
-    tx: Callable[[], AbstractAsyncContextManager[AsyncSession]], q: DashboardQuery
+    *, tx: Callable[[], AbstractAsyncContextManager[AsyncSession]], q: DashboardQuery
 ) -> dict[str, Any]:
     """Every card. Two read transactions run side by side: the stage totals (the one full pass over
     the tenant's deals) and everything else; each card is consistent in itself."""
 
     async def totals() -> list[dict[str, Any]]:
         async with tx() as session:
-            return await pipeline(session, q)
+            return await pipeline(session=session, q=q)
 
     async def cards() -> dict[str, Any]:
         async with tx() as session:
             return {
-                "win_rate": await win_rate(session, q),
-                "stalled": await stalled(session, q),
-                "upcoming_air_dates": await upcoming_air_dates(session, q),
-                "underdelivering": await underdelivering(session, q),
-                "top_matches": await top_matches(session, q),
-                "latest_imports": await latest_imports(session, q),
-                "latest_events": await latest_events(session, q),
-                "stage_movement": await stage_movement(session, q),
+                "win_rate": await win_rate(session=session, q=q),
+                "stalled": await stalled(session=session, q=q),
+                "upcoming_air_dates": await upcoming_air_dates(session=session, q=q),
+                "underdelivering": await underdelivering(session=session, q=q),
+                "top_matches": await top_matches(session=session, q=q),
+                "latest_imports": await latest_imports(session=session, q=q),
+                "latest_events": await latest_events(session=session, q=q),
+                "stage_movement": await stage_movement(session=session, q=q),
             }
 
     stages, rest = await asyncio.gather(totals(), cards())

@@ -111,7 +111,7 @@ async def get_deal(*, session: AsyncSession, campaign_id: uuid.UUID) -> DealRow 
     return DealRow(campaign=row[0], advertiser_name=row[1], show_name=row[2])
 
 
-def deal_seed(row: DealRow, *, stall_days: dict[str, int], moves_per_run: int) -> DealWorkflowInput:
+def deal_seed(*, row: DealRow, stall_days: dict[str, int], moves_per_run: int) -> DealWorkflowInput:
     """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
     c = row.campaign
     return DealWorkflowInput(
@@ -132,7 +132,7 @@ def deal_seed(row: DealRow, *, stall_days: dict[str, int], moves_per_run: int) -
 
 
 async def open_deals_page(
-    session: AsyncSession, *, after: uuid.UUID, limit: int, import_id: uuid.UUID | None = None
+    *, session: AsyncSession, after: uuid.UUID, limit: int, import_id: uuid.UUID | None = None
 ) -> list[DealRow]:
     """The tenant's open deals (optionally only those an import wrote) after `after`, by id."""
     stmt = (
@@ -191,7 +191,7 @@ def deals_query(
     return stmt
 
 
-def align(row: DealRow, history: list[HistoryRow]) -> None:
+def align(*, row: DealRow, history: list[HistoryRow]) -> None:
     """Makes the (detached) row's stage agree with its history's last entry.
 
     Row and history are two statements under READ COMMITTED; a move committed between them
@@ -220,7 +220,7 @@ async def get_deal_with_history(
         return None, []
     history = await get_history(session=session, campaign_id=campaign_id)
     session.expunge(row.campaign)
-    align(row, history)
+    align(row=row, history=history)
     return row, history
 
 

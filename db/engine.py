@@ -18,17 +18,17 @@ from sqlalchemy.ext.asyncio import (
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(*, url: str, pool_size: int = 10) -> AsyncEngine:
     """Creates the one engine of a process (API or worker)."""
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def make_sessionmaker(engine: AsyncEngine) -> SessionMaker:
+def make_sessionmaker(*, engine: AsyncEngine) -> SessionMaker:
     """Creates the session factory handed to activities and API dependencies."""
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID | str) -> None:
+async def set_tenant(*, session: AsyncSession, tenant_id: uuid.UUID | str) -> None:
     """Scopes the current transaction to one tenant; RLS policies read this setting."""
     await session.execute(
         text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(uuid.UUID(str(tenant_id)))}
@@ -36,21 +36,21 @@ async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID | str) -> None:
 
 
 @asynccontextmanager
-async def tenant_tx(sm: SessionMaker, tenant_id: uuid.UUID | str) -> AsyncIterator[AsyncSession]:
+async def tenant_tx(*, sm: SessionMaker, tenant_id: uuid.UUID | str) -> AsyncIterator[AsyncSession]:
     """Opens one transaction scoped to `tenant_id`; commits on success, rolls back on error."""
     async with sm() as session, session.begin():
-        await set_tenant(session, tenant_id)
+        await set_tenant(session=session, tenant_id=tenant_id)
         yield session
 
 
-async def tenant_for_key_hash(session: AsyncSession, key_hash: str) -> uuid.UUID | None:
+async def tenant_for_key_hash(*, session: AsyncSession, key_hash: str) -> uuid.UUID | None:
     """Resolves an API key hash to its tenant through the SECURITY DEFINER lookup function."""
     row = await session.execute(text("SELECT sponsorflow_tenant_for_key(:h)"), {"h": key_hash})
     value = row.scalar()
     return uuid.UUID(str(value)) if value else None
 
 
-async def raw_connection(session: AsyncSession) -> Any:
+async def raw_connection(*, session: AsyncSession) -> Any:
     """The session's asyncpg connection, for COPY (which SQLAlchemy does not expose)."""
     conn = await session.connection()
     raw = (await conn.get_raw_connection()).driver_connection

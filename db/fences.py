@@ -32,7 +32,7 @@ def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
 
-def fingerprint(payload: Any) -> str:
+def fingerprint(*, payload: Any) -> str:
     """A stable digest of a request body, to refuse an Idempotency-Key reused for another request."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

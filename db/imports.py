@@ -148,7 +148,7 @@ async def stage_catalog(
     rows = [(r["external_id"], *(enc(r.get(c, default)) for c, enc, default in plan)) for r in records]
     stage = _stage_table(table)
     staged = [c.name for c in table.c if c.name not in _NOT_STAGED]
-    raw = await raw_connection(session)
+    raw = await raw_connection(session=session)
     await raw.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
         f"SELECT {', '.join(staged)} FROM {table.name} WITH NO DATA"
@@ -242,7 +242,7 @@ def _defaults(model: Any) -> dict[str, Any]:
 
 
 async def ids_by_external_id(
-    session: AsyncSession, model: type[Show] | type[Advertiser], keys: set[str]
+    *, session: AsyncSession, model: type[Show] | type[Advertiser], keys: set[str]
 ) -> dict[str, uuid.UUID]:
     """Maps external ids of this tenant to row ids (RLS scopes the lookup)."""
     if not keys:
@@ -258,7 +258,7 @@ async def stage_campaigns(*, session: AsyncSession, records: list[dict[str, Any]
     written by a fixed number of set-based statements (`upsert_campaigns`), whatever the chunk
     size: one COPY, one read of the deals that exist, one upsert with history and events.
     """
-    raw = await raw_connection(session)
+    raw = await raw_connection(session=session)
     await raw.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sf_campaign_stage (ord int, external_id text, advertiser_id uuid, "
         "show_id uuid, name text, value_usd numeric(14, 2), stage text, probability int, lost_reason text, "
@@ -431,7 +431,7 @@ async def stage_downloads(*, session: AsyncSession, records: list[dict[str, Any]
     Downloads are the million-row kind: staging by COPY and merging with one statement is what
     makes them fast. The staging table is per connection and empties itself at commit.
     """
-    raw = await raw_connection(session)
+    raw = await raw_connection(session=session)
     await raw.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sf_download_stage "
         "(show_id uuid, date date, country text, downloads bigint) ON COMMIT DELETE ROWS"

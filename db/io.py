@@ -39,7 +39,7 @@ async def _advisory_lock(session: AsyncSession, key: str) -> None:
 
 
 async def lock_slots(
-    session: AsyncSession, tenant_id: uuid.UUID | str, days: Iterable[tuple[uuid.UUID, date]]
+    *, session: AsyncSession, tenant_id: uuid.UUID | str, days: Iterable[tuple[uuid.UUID, date]]
 ) -> None:
     """Serialises bookings of the same show episodes until this transaction ends.
 
@@ -50,12 +50,12 @@ async def lock_slots(
         await _advisory_lock(session, f"slot/{tenant_id}/{show_id}/{day.isoformat()}")
 
 
-async def lock_vanity_domain(session: AsyncSession, tenant_id: uuid.UUID | str, domain: str) -> None:
+async def lock_vanity_domain(*, session: AsyncSession, tenant_id: uuid.UUID | str, domain: str) -> None:
     """Serialises vanity path choices on one advertiser domain until this transaction ends."""
     await _advisory_lock(session, f"vanity/{tenant_id}/{domain.lower()}")
 
 
-async def slot_usage(session: AsyncSession, keys: Iterable[SlotKey]) -> dict[SlotKey, int]:
+async def slot_usage(*, session: AsyncSession, keys: Iterable[SlotKey]) -> dict[SlotKey, int]:
     """Returns how many live (not cancelled) units occupy each (show, air date, placement)."""
     wanted = sorted(set(keys))
     if not wanted:
@@ -72,8 +72,8 @@ async def slot_usage(session: AsyncSession, keys: Iterable[SlotKey]) -> dict[Slo
 
 
 async def next_free_day(
-    session: AsyncSession,
     *,
+    session: AsyncSession,
     tenant_id: uuid.UUID | str,
     show: Show,
     placement: str,
@@ -100,9 +100,9 @@ async def next_free_day(
     day = after + timedelta(days=1)
     while day <= last:
         if used.get(day, 0) < capacity:
-            await lock_slots(session, tenant_id, [(show.id, day)])
+            await lock_slots(session=session, tenant_id=tenant_id, days=[(show.id, day)])
             # Re-count under the lock: a booking may have taken it since the read above.
-            now_used = (await slot_usage(session, [(show.id, day, placement)])).get(
+            now_used = (await slot_usage(session=session, keys=[(show.id, day, placement)])).get(
                 (show.id, day, placement), 0
             )
             if now_used < capacity:
@@ -112,7 +112,7 @@ async def next_free_day(
 
 
 async def booked_per_day(
-    session: AsyncSession, *, show_id: uuid.UUID, placement: str, first: date, last: date
+    *, session: AsyncSession, show_id: uuid.UUID, placement: str, first: date, last: date
 ) -> dict[date, int]:
     """Live (not cancelled) units of one show and placement per air date in [first, last]."""
     rows = await session.execute(
@@ -130,7 +130,7 @@ async def booked_per_day(
 
 
 async def claim_promo_code(
-    session: AsyncSession, *, tenant_id: uuid.UUID | str, code: str, io_id: uuid.UUID
+    *, session: AsyncSession, tenant_id: uuid.UUID | str, code: str, io_id: uuid.UUID
 ) -> bool:
     """Reserves `code` for the IO; False when the tenant already has it in any case."""
     stmt = (
@@ -142,7 +142,7 @@ async def claim_promo_code(
     return (await session.execute(stmt)).scalar() is not None
 
 
-async def taken_vanity_paths(session: AsyncSession, *, domain: str, prefix: str) -> set[str]:
+async def taken_vanity_paths(*, session: AsyncSession, domain: str, prefix: str) -> set[str]:
     """Returns the lower-cased paths already used on `domain` that start with `prefix`."""
     rows = await session.execute(
         select(func.lower(IoBooking.vanity_path)).where(
@@ -164,7 +164,7 @@ class IoRecord:
     promo_status: str | None
 
 
-async def load_io(session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None:
+async def load_io(*, session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None:
     """Reads one IO of the session's tenant (RLS), or None."""
     row = (
         await session.execute(
@@ -213,7 +213,7 @@ class BookingFacts:
         )
 
 
-async def booking_facts(session: AsyncSession, booking: BookIoInput) -> BookingFacts:
+async def booking_facts(*, session: AsyncSession, booking: BookIoInput) -> BookingFacts:
     """Reads the deal, advertiser and shows of a booking (the session's tenant, RLS)."""
     campaign = await session.get(Campaign, uuid.UUID(booking.campaign_id))
     advertiser = await session.get(Advertiser, campaign.advertiser_id) if campaign is not None else None
@@ -223,8 +223,8 @@ async def booking_facts(session: AsyncSession, booking: BookIoInput) -> BookingF
 
 
 async def reserve_booking(
-    session: AsyncSession,
     *,
+    session: AsyncSession,
     tenant_id: uuid.UUID | str,
     io_id: uuid.UUID,
     booking: BookIoInput,
@@ -236,14 +236,16 @@ async def reserve_booking(
     its promo code (given, or generated with `choice`) and vanity path, then its units.
     """
     tid = uuid.UUID(str(tenant_id))
-    facts = await booking_facts(session, booking)
+    facts = await booking_facts(session=session, booking=booking)
     facts.check(booking)
     assert facts.campaign is not None and facts.advertiser is not None
     advertiser = facts.advertiser
     units = booking.ad_units
 
-    await lock_slots(session, tid, [(uuid.UUID(u.show_id), u.air_date) for u in units])
-    usage = await slot_usage(session, [(uuid.UUID(u.show_id), u.air_date, u.placement.value) for u in units])
+    await lock_slots(session=session, tenant_id=tid, days=[(uuid.UUID(u.show_id), u.air_date) for u in units])
+    usage = await slot_usage(
+        session=session, keys=[(uuid.UUID(u.show_id), u.air_date, u.placement.value) for u in units]
+    )
     conflicts = slot_conflicts(
         units,
         shows={sid: (s.name, s.slots) for sid, s in facts.shows.items()},
@@ -255,17 +257,17 @@ async def reserve_booking(
     domain = advertiser.domain
     vanity_path: str | None = None
     if domain:
-        await lock_vanity_domain(session, tid, domain)
+        await lock_vanity_domain(session=session, tenant_id=tid, domain=domain)
         if booking.vanity_path:
             if booking.vanity_path.lower() in await taken_vanity_paths(
-                session, domain=domain, prefix=booking.vanity_path
+                session=session, domain=domain, prefix=booking.vanity_path
             ):
                 raise vanity_taken(domain, booking.vanity_path)
             vanity_path = booking.vanity_path
         else:
             base = slugify(facts.shows[units[0].show_id].name)
             vanity_path = next_vanity_path(
-                base, await taken_vanity_paths(session, domain=domain, prefix=base)
+                base, await taken_vanity_paths(session=session, domain=domain, prefix=base)
             )
 
     prices = [u.price for u in units]
@@ -287,13 +289,13 @@ async def reserve_booking(
     await session.flush()
 
     if booking.promo_code:
-        if not await claim_promo_code(session, tenant_id=tid, code=booking.promo_code, io_id=io_id):
+        if not await claim_promo_code(session=session, tenant_id=tid, code=booking.promo_code, io_id=io_id):
             raise promo_taken(booking.promo_code)
         io.promo_code = booking.promo_code
     else:
         for _ in range(PROMO_CODE_TRIES):
             code = generate_promo_code(advertiser.name, choice)
-            if await claim_promo_code(session, tenant_id=tid, code=code, io_id=io_id):
+            if await claim_promo_code(session=session, tenant_id=tid, code=code, io_id=io_id):
                 io.promo_code = code
                 break
         else:
@@ -321,7 +323,7 @@ async def reserve_booking(
     await session.flush()
 
 
-async def io_of_request(session: AsyncSession, request_id: str) -> uuid.UUID | None:
+async def io_of_request(*, session: AsyncSession, request_id: str) -> uuid.UUID | None:
     """The IO a fenced request was about (the write fence's entity), or None."""
     entity = await session.scalar(
         select(WriteRequest.entity_id).where(
@@ -331,7 +333,7 @@ async def io_of_request(session: AsyncSession, request_id: str) -> uuid.UUID | N
     return uuid.UUID(entity) if entity else None
 
 
-async def io_with_idempotency_key(session: AsyncSession, key: str) -> uuid.UUID | None:
+async def io_with_idempotency_key(*, session: AsyncSession, key: str) -> uuid.UUID | None:
     """The IO booked with this Idempotency-Key (kept on the row; older bookings have only this)."""
     found: uuid.UUID | None = await session.scalar(
         select(IoBooking.id).where(IoBooking.idempotency_key == key)
@@ -339,7 +341,7 @@ async def io_with_idempotency_key(session: AsyncSession, key: str) -> uuid.UUID 
     return found
 
 
-async def io_statuses(session: AsyncSession) -> dict[uuid.UUID, str]:
+async def io_statuses(*, session: AsyncSession) -> dict[uuid.UUID, str]:
     """Every IO of the session's tenant with its status."""
     rows = await session.execute(select(IoBooking.id, IoBooking.status))
     return {r[0]: r[1] for r in rows}

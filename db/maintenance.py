@@ -22,7 +22,7 @@ class ChangedDeal:
 
 
 async def recently_changed_deals(
-    session: AsyncSession, *, since: datetime, until: datetime, after: uuid.UUID, limit: int
+    *, session: AsyncSession, since: datetime, until: datetime, after: uuid.UUID, limit: int
 ) -> list[ChangedDeal]:
     """Deals of the session's tenant whose stage or details changed in [since, until), by id."""
     rows = await session.execute(

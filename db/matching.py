@@ -45,13 +45,13 @@ class Features:
     weights: dict[str, float]
 
 
-def weights_of(settings: dict[str, Any] | None) -> dict[str, float]:
+def weights_of(*, settings: dict[str, Any] | None) -> dict[str, float]:
     """The tenant's match weights: its own where set, the documented defaults elsewhere."""
     own = (settings or {}).get("match_weights") or {}
     return {s: float(own.get(s, DEFAULT_WEIGHTS[s])) for s in SIGNALS}
 
 
-async def load_features(session: AsyncSession, tenant_id: uuid.UUID, today: date) -> Features:
+async def load_features(*, session: AsyncSession, tenant_id: uuid.UUID, today: date) -> Features:
     """Reads the tenant's shows, advertisers, downloads trend, inventory and past delivery."""
     settings = await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id))
     trend = {
@@ -112,12 +112,14 @@ async def load_features(session: AsyncSession, tenant_id: uuid.UUID, today: date
         for day, n in booked.get(s.id, {}).items():
             free[day] = max(0, cap - n)
         recent, prior = _trend(trend.get(s.id))
-        shows.append(show_features(s, recent, prior, tuple(free)))
+        shows.append(show_features(s=s, recent=recent, prior=prior, free_mid_slots=tuple(free)))
     advertisers = [
-        advertiser_features(a, today)
+        advertiser_features(a=a, today=today)
         for a in (await session.scalars(select(Advertiser).order_by(Advertiser.id))).all()
     ]
-    return Features(shows=shows, advertisers=advertisers, past_delivery=past, weights=weights_of(settings))
+    return Features(
+        shows=shows, advertisers=advertisers, past_delivery=past, weights=weights_of(settings=settings)
+    )
 
 
 def _trend(row: Any) -> tuple[float | None, float | None]:
@@ -136,7 +138,7 @@ def _f(v: Any) -> float | None:
 
 
 def show_features(
-    s: Show, recent: float | None, prior: float | None, free_mid_slots: tuple[int, ...]
+    *, s: Show, recent: float | None, prior: float | None, free_mid_slots: tuple[int, ...]
 ) -> ShowFeatures:
     """A show row as scoring sees it, with its download trend and free mid-roll slots."""
     return ShowFeatures(
@@ -155,7 +157,7 @@ def show_features(
     )
 
 
-def advertiser_features(a: Advertiser, today: date) -> AdvertiserFeatures:
+def advertiser_features(*, a: Advertiser, today: date) -> AdvertiserFeatures:
     """An advertiser row as scoring sees it; its flight window counts in days from `today`."""
     start = max(0, (a.flight_start - today).days) if a.flight_start else 0
     if a.flight_end is not None:
@@ -180,7 +182,7 @@ def advertiser_features(a: Advertiser, today: date) -> AdvertiserFeatures:
 
 
 def stored_rationale(
-    show: Show, advertiser: Advertiser, match: Match, computed_on: date, weights: Mapping[str, float]
+    *, show: Show, advertiser: Advertiser, match: Match, computed_on: date, weights: Mapping[str, float]
 ) -> str:
     """The rationale of a stored match, worded now from the facts its recalculation kept.
 
@@ -191,11 +193,11 @@ def stored_rationale(
     """
     if match.free_slots is None:
         return match.rationale
-    sf = show_features(show, match.recent_downloads, match.prior_downloads, ())
+    sf = show_features(s=show, recent=match.recent_downloads, prior=match.prior_downloads, free_mid_slots=())
     return explain(
         sf,
-        advertiser_features(advertiser, computed_on),
-        weights_of({"match_weights": dict(weights)}),
+        advertiser_features(a=advertiser, today=computed_on),
+        weights_of(settings={"match_weights": dict(weights)}),
         free_slots=match.free_slots,
         past_delivery=match.past_delivery,
     )
@@ -402,14 +404,14 @@ class GenerationStage:
         return self.generation
 
 
-async def current_generation(session: AsyncSession) -> int | None:
+async def current_generation(*, session: AsyncSession) -> int | None:
     """The tenant's current ranking generation (the newest committed), or None before the first."""
     value = await session.scalar(select(func.max(MatchGeneration.generation)))
     return int(value) if value is not None else None
 
 
 async def read_current_ranking(
-    session: AsyncSession, tenant_id: uuid.UUID, read: Callable[[int], Awaitable[Sequence[T]]]
+    *, session: AsyncSession, tenant_id: uuid.UUID, read: Callable[[int], Awaitable[Sequence[T]]]
 ) -> Sequence[T]:
     """Rows of the tenant's current ranking, read by `read(generation)` in a statement of its own.
 
@@ -425,7 +427,7 @@ async def read_current_ranking(
     be dropped under them (pruning keeps the previous generation).
     """
     await _publish_lock(session, tenant_id, shared=True)
-    generation = await current_generation(session)
+    generation = await current_generation(session=session)
     if generation is None:
         return []
     return await read(generation)
@@ -497,7 +499,7 @@ async def ranked_matches(
         return (await session.execute(statement(generation))).all()
 
     if after is None:
-        return await read_current_ranking(session, tenant_id, read)
+        return await read_current_ranking(session=session, tenant_id=tenant_id, read=read)
     return await read(after.generation)
 
 
@@ -516,7 +518,7 @@ async def rankings_before(*, session: AsyncSession, before: int | None, limit: i
 
 async def tenant_weights(*, session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, float]:
     """The tenant's match weights (weights_of its settings: the documented defaults unless set)."""
-    return weights_of(await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)))
+    return weights_of(settings=await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)))
 
 
 async def set_tenant_weights(
@@ -530,7 +532,9 @@ async def set_tenant_weights(
     tenant.settings = settings
 
 
-async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_from: int | None = None) -> int:
+async def prune_generations(
+    *, session: AsyncSession, tenant_id: uuid.UUID, keep_from: int | None = None
+) -> int:
     """Drops the tenant's ranking partitions older than `keep_from` (default: the current one).
 
     A recalculation calls it before it scores (the swap will keep the generation it replaces,
@@ -540,7 +544,7 @@ async def prune_generations(session: AsyncSession, tenant_id: uuid.UUID, keep_fr
     """
     await _writer_lock(session, tenant_id)
     if keep_from is None:
-        keep_from = await current_generation(session)
+        keep_from = await current_generation(session=session)
         if keep_from is None:
             return 0
     dropped = await session.scalar(
@@ -562,10 +566,10 @@ async def _writer_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     )
 
 
-async def open_generation(session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
+async def open_generation(*, session: AsyncSession, tenant_id: uuid.UUID) -> GenerationStage:
     """Starts writing a new ranking in the session's transaction, one writer per tenant at a time."""
     await _writer_lock(session, tenant_id)
-    generation = (await current_generation(session) or 0) + 1
+    generation = (await current_generation(session=session) or 0) + 1
     table = await session.scalar(text("SELECT sponsorflow_match_partition_open(:g)"), {"g": generation})
-    raw = await raw_connection(session)
+    raw = await raw_connection(session=session)
     return GenerationStage(session, raw, tenant_id, generation, str(table))

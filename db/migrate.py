@@ -10,7 +10,7 @@ from alembic.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def alembic_config(url: str, app_role: str = "sponsorflow_app") -> Config:
+def alembic_config(*, url: str, app_role: str = "sponsorflow_app") -> Config:
     """Returns an Alembic config pointed at `url` (the schema owner's connection)."""
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
@@ -19,11 +19,11 @@ def alembic_config(url: str, app_role: str = "sponsorflow_app") -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head", *, app_role: str = "sponsorflow_app") -> None:
+def upgrade(*, url: str, revision: str = "head", app_role: str = "sponsorflow_app") -> None:
     """Migrates the database up to `revision`; a no-op when it is already there."""
-    command.upgrade(alembic_config(url, app_role), revision)
+    command.upgrade(alembic_config(url=url, app_role=app_role), revision)
 
 
-def downgrade(url: str, revision: str = "base", *, app_role: str = "sponsorflow_app") -> None:
+def downgrade(*, url: str, revision: str = "base", app_role: str = "sponsorflow_app") -> None:
     """Migrates the database down to `revision`."""
-    command.downgrade(alembic_config(url, app_role), revision)
+    command.downgrade(alembic_config(url=url, app_role=app_role), revision)

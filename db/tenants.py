@@ -33,7 +33,7 @@ async def create_tenant(*, sm: SessionMaker, name: str) -> NewTenant:
     """Creates a tenant and its first API key in one transaction."""
     tenant_id = uuid.uuid4()
     key, prefix, key_hash = new_api_key()
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         session.add(Tenant(id=tenant_id, name=name))
         await session.flush()
         session.add(ApiKey(tenant_id=tenant_id, key_hash=key_hash, prefix=prefix, name="first key"))

@@ -64,7 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pg_server() -> Iterator[Any]:
     """The embedded PostgreSQL server of this test session."""
     root = Path(tempfile.mkdtemp(prefix="sf-test-pg-"))
-    server = start_server(root / "pg")
+    server = start_server(pgdata=root / "pg")
     yield server
     server.cleanup()
     shutil.rmtree(root, ignore_errors=True)
@@ -73,24 +73,24 @@ def pg_server() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def database(pg_server: Any) -> EmbeddedDatabase:
     """A migrated database; tests connect as the non-owner application role."""
-    db = ensure_database(pg_server, "sponsorflow_test", "sponsorflow_app")
-    upgrade(db.owner_url)
+    db = ensure_database(server=pg_server, name="sponsorflow_test", app_role="sponsorflow_app")
+    upgrade(url=db.owner_url)
     return db
 
 
 @pytest.fixture(scope="session")
 async def sm(database: EmbeddedDatabase) -> AsyncIterator[SessionMaker]:
     """Session factory as the application role (RLS applies)."""
-    engine = make_engine(database.app_url, pool_size=20)
-    yield make_sessionmaker(engine)
+    engine = make_engine(url=database.app_url, pool_size=20)
+    yield make_sessionmaker(engine=engine)
     await engine.dispose()
 
 
 @pytest.fixture(scope="session")
 async def owner_sm(database: EmbeddedDatabase) -> AsyncIterator[SessionMaker]:
     """Session factory as the schema owner, for setting up states the API cannot produce."""
-    engine = make_engine(database.owner_url, pool_size=5)
-    yield make_sessionmaker(engine)
+    engine = make_engine(url=database.owner_url, pool_size=5)
+    yield make_sessionmaker(engine=engine)
     await engine.dispose()
 
 

@@ -105,7 +105,7 @@ def _cookie_args(settings: Settings) -> dict[str, Any]:
 
 
 async def _tenant_name(sm: Any, tenant_id: uuid.UUID) -> str:
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         name = await session.scalar(select(Tenant.name).where(Tenant.id == tenant_id))
     return str(name or "")
 

@@ -117,8 +117,8 @@ class Postgres:
         from db.embedded import ensure_database, start_server
 
         # keep_running: this suite stops it itself (pg_ctl), not when its last handle closes.
-        self.server = start_server(self.pgdata, keep_running=True)
-        db = ensure_database(self.server, "sponsorflow", "sponsorflow_app")
+        self.server = start_server(pgdata=self.pgdata, keep_running=True)
+        db = ensure_database(server=self.server, name="sponsorflow", app_role="sponsorflow_app")
         self.owner_url, self.app_url = db.owner_url, db.app_url
 
     def _pg_ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

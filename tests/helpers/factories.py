@@ -72,7 +72,7 @@ async def seed_deal(
 ) -> tuple[uuid.UUID, Campaign]:
     """A fresh tenant with one deal written straight into PostgreSQL (no workflow started)."""
     tenant = await create_tenant(sm=sm, name=f"wf {uuid.uuid4().hex[:6]}")
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         adv = Advertiser(tenant_id=tenant.id, name="Acme")
         s.add(adv)
         await s.flush()
@@ -101,7 +101,7 @@ async def add_deal(
     changed: datetime | None = None,
 ) -> uuid.UUID:
     """A deal written straight into PostgreSQL (history, deal.created), optionally moved at `changed`."""
-    async with tenant_tx(sm, tenant_id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
         c = await insert_deal(
             session=s,
             tenant_id=tenant_id,

@@ -43,7 +43,7 @@ async def io_until(
 
 
 async def event_types(stack: Stack, tenant: NewTenant, io_id: str) -> list[str]:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         return list(
             (await s.scalars(select(Event.type).where(Event.entity_id == io_id).order_by(Event.id))).all()
         )

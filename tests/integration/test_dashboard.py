@@ -27,7 +27,7 @@ async def _io(
     status: str,
     units: list[dict[str, Any]],
 ) -> uuid.UUID:
-    async with tenant_tx(sm, tenant) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant) as s:
         io = IoBooking(tenant_id=tenant, campaign_id=campaign, status=status, measurement_window_days=30)
         s.add(io)
         await s.flush()
@@ -50,7 +50,7 @@ async def _io(
 
 
 async def _seed(sm: SessionMaker, tenant: uuid.UUID) -> dict[str, Any]:
-    async with tenant_tx(sm, tenant) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant) as s:
         adv = Advertiser(tenant_id=tenant, name="Acme Coffee")
         show = Show(tenant_id=tenant, name="The Daily Grind", avg_downloads=40000)
         s.add_all([adv, show])
@@ -101,7 +101,7 @@ async def _seed(sm: SessionMaker, tenant: uuid.UUID) -> dict[str, Any]:
         "live",
         [{"air_date": aired, "status": "aired", "impressions_goal": 10000, "delivered_impressions": 5000}],
     )
-    async with tenant_tx(sm, tenant) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant) as s:
         s.add(EtlImport(tenant_id=tenant, kind="shows", filename="shows.csv", status="completed"))
     return ids
 
@@ -157,11 +157,11 @@ async def test_the_cards_add_up_from_the_tenants_rows(stack: Stack, tenant: NewT
 
 
 async def test_moves_show_up_in_the_weekly_movement(stack: Stack, tenant: NewTenant) -> None:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         adv = Advertiser(tenant_id=tenant.id, name="Acme")
         s.add(adv)
     deal = await add_deal(stack.sm, tenant.id, adv.id, "Mover", 100, created=NOW - timedelta(days=30))
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         for i, (frm, to, days_ago) in enumerate(
             [("lead", "qualified", 21), ("qualified", "proposal", 14), ("proposal", "negotiation", 0)]
         ):

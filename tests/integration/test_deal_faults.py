@@ -46,7 +46,7 @@ def _worker(stack: Stack) -> Any:
 
 
 async def _moves(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> list[tuple[str | None, str]]:
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         rows = (
             await s.execute(
                 select(DealStageHistory.from_stage, DealStageHistory.to_stage)
@@ -58,7 +58,7 @@ async def _moves(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> list[tuple
 
 
 async def _events(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> int:
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         n = await s.scalar(
             select(func.count())
             .select_from(Event)
@@ -79,7 +79,7 @@ async def _until(check: Any, timeout: float = 30.0) -> None:
 
 async def _agrees(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> bool:
     """Row, the workflow's state query and its search attributes all show the same stage entry."""
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         c = await s.get(Campaign, uuid.UUID(deal_id))
         assert c is not None
         row = {"stage": c.stage, "stage_changed_at": c.stage_changed_at.isoformat()}
@@ -100,7 +100,7 @@ async def _agrees(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> bool:
 async def _registered_request(stack: Stack, tenant_id: uuid.UUID, key: str) -> str:
     """The request id the API registered for an Idempotency-Key (while the request waits)."""
     for _ in range(100):
-        async with tenant_tx(stack.sm, tenant_id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
             found = await s.scalar(
                 select(WriteRequest.request_id).where(WriteRequest.idempotency_key.like(f"%:{key}"))
             )
@@ -121,7 +121,7 @@ async def _write_behind(
 ) -> RecordStageChangeResult:
     """Commits a move the way the stage write's local activity does, behind the workflow's back
     (what a write inside a workflow task the server then lost leaves)."""
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         c = await s.get(Campaign, uuid.UUID(deal_id))
         assert c is not None
         frm, entered = Stage(c.stage), c.stage_changed_at
@@ -408,7 +408,7 @@ async def test_the_fence_decides_once(sm: SessionMaker, stack: Stack) -> None:
         rid = f"req-{uuid.uuid4().hex}"
 
         async def claim(rid: str = rid) -> str:
-            async with tenant_tx(sm, tenant.id) as s:
+            async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
                 return (
                     await claim_request(
                         session=s, tenant_id=tenant.id, request_id=rid, entity_type="deal", entity_id="x"
@@ -416,7 +416,7 @@ async def test_the_fence_decides_once(sm: SessionMaker, stack: Stack) -> None:
                 ).outcome
 
         async def abandon(rid: str = rid) -> str:
-            async with tenant_tx(sm, tenant.id) as s:
+            async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
                 return await abandon_request(
                     session=s, tenant_id=tenant.id, request_id=rid, entity_type="deal", entity_id="x"
                 )

@@ -29,7 +29,7 @@ from workflows.starters import deal_workflow_id
 
 
 async def _count(sm: SessionMaker, tenant_id: uuid.UUID, model: type, **where: object) -> int:
-    async with tenant_tx(sm, tenant_id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
         stmt = select(func.count()).select_from(model)
         for k, v in where.items():
             stmt = stmt.where(getattr(model, k) == v)
@@ -129,7 +129,7 @@ async def test_stall_timer_fires_once_per_stage_entry(
         assert not (await handle.query(DealWorkflow.state)).stalled
         await env.sleep(timedelta(days=4))
         assert await _count(sm, tenant_id, Event, entity_id=str(c.id), type="deal.stalled") == 2
-        async with tenant_tx(sm, tenant_id) as s:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
             payloads = (
                 await s.scalars(
                     select(Event.payload).where(Event.entity_id == str(c.id), Event.type == "deal.stalled")

@@ -37,7 +37,7 @@ PATH_TO = {
 
 
 async def _events(stack: Stack, tenant_id: uuid.UUID, deal_id: str, type_: str) -> int:
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         return int(
             await s.scalar(
                 select(func.count()).select_from(Event).where(Event.entity_id == deal_id, Event.type == type_)
@@ -141,7 +141,7 @@ async def test_update_with_start_on_a_postgres_only_deal(stack: Stack) -> None:
     adv = await make_advertiser(stack.http, h, name="Acme")
     show = await make_show(stack.http, h, name="The Daily Grind")
     # As an import will: the row exists, no workflow was ever started.
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         campaign = await insert_deal(
             session=s,
             tenant_id=tenant.id,
@@ -175,7 +175,7 @@ async def test_worker_start_gives_open_deals_without_a_workflow_their_workflow(s
     # Rows whose workflow never started (as when Temporal was down at POST time): one open, one won.
     rows = {}
     for name, stage in (("Orphan", Stage.PROPOSAL), ("Closed", Stage.WON)):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             c = await insert_deal(
                 session=s,
                 tenant_id=tenant.id,
@@ -360,7 +360,7 @@ async def test_postgres_row_matches_workflow_after_moves(stack: Stack) -> None:
     deal = await make_deal(stack.http, h)
     for stage in ("qualified", "proposal", "negotiation"):
         assert (await move(stack.http, h, deal["id"], stage)).status_code == 200
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         row = await get_deal(session=s, campaign_id=uuid.UUID(deal["id"]))
         n = await s.scalar(
             select(func.count())
@@ -427,7 +427,7 @@ async def test_a_retried_post_with_an_idempotency_key_creates_one_deal(stack: St
     assert first.json()["id"] == twin.json()["id"] == later.json()["id"]
     listed = (await stack.http.get("/api/v1/deals", headers=h)).json()["items"]
     assert [d["id"] for d in listed] == [first.json()["id"]]
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         created = await s.scalar(select(func.count()).select_from(Event).where(Event.type == "deal.created"))
     assert created == 1
     # Another key is another deal; the same key in another tenant is that tenant's own.

@@ -102,7 +102,7 @@ async def test_sigkill_mid_import_resumes_with_exact_counts(headless_stack: Stac
     assert status["status"] == "completed", (status, log.read_text()[-3000:])
     assert (status["rows_processed"], status["rows_inserted"], status["rows_updated"]) == (ROWS, ROWS, 0)
     assert status["rows_failed"] == 0 and status["progress"] == 1.0
-    async with tenant_tx(stack.sm, t.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=t.id) as s:
         stored = await s.scalar(select(func.count()).select_from(ShowDownload))
         total = await s.scalar(select(func.sum(ShowDownload.downloads)))
     assert stored == ROWS and total == sum(range(ROWS))

@@ -86,7 +86,7 @@ async def _row_locked(sm: SessionMaker, tenant_id: uuid.UUID, day: date) -> Asyn
     held, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
-        async with tenant_tx(sm, tenant_id) as session:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
             locked = await session.scalar(
                 select(ShowDownload.id).where(ShowDownload.date == day).with_for_update()
             )
@@ -117,7 +117,7 @@ async def _gated_import(stack: Stack) -> tuple[Any, dict[str, str], str]:
 
 
 async def _committed(sm: SessionMaker, tenant_id: uuid.UUID, import_id: str) -> int:
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         n = await session.scalar(
             select(func.count())
             .select_from(ShowDownload)
@@ -187,7 +187,7 @@ async def _open_import(
     sm: SessionMaker, tenant_id: uuid.UUID, *, created: datetime, status: str = "pending"
 ) -> str:
     iid = uuid.uuid4()
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         session.add(
             EtlImport(
                 id=iid,
@@ -204,7 +204,7 @@ async def _open_import(
 
 
 async def _row(sm: SessionMaker, tenant_id: uuid.UUID, import_id: str) -> EtlImport:
-    async with tenant_tx(sm, tenant_id) as session:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
         row = await session.get(EtlImport, uuid.UUID(import_id))
     assert row is not None
     return row
@@ -363,7 +363,7 @@ async def test_a_start_that_cannot_happen_is_fenced_503_and_never_runs_later(
         )
         result = await late.result()
     assert result.status == "failed" and "could not be started" in (result.error or "")
-    async with tenant_tx(sm, t.id) as session:
+    async with tenant_tx(sm=sm, tenant_id=t.id) as session:
         assert await session.scalar(select(func.count()).select_from(Show)) == 0
     row = await _row(sm, t.id, import_id)
     assert (row.status, row.started_at) == ("failed", None)

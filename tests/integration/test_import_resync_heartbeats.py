@@ -135,7 +135,7 @@ async def test_load_rows_heartbeats_while_a_chunk_waits_on_a_lock(quick_heartbea
     held, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
-        async with tenant_tx(stack.sm, t.id) as session:
+        async with tenant_tx(sm=stack.sm, tenant_id=t.id) as session:
             await session.scalar(select(Show.id).where(Show.external_id == "s-1").with_for_update())
             held.set()
             await release.wait()
@@ -197,7 +197,7 @@ async def test_match_recalculation_heartbeats_through_a_slow_load_and_lock_wait(
             await end_load.wait()
 
     async def hold_writer_lock() -> None:  # what a concurrent recalculation would hold
-        async with tenant_tx(sm, t.id) as session:
+        async with tenant_tx(sm=sm, tenant_id=t.id) as session:
             await session.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"match/{t.id}"}
             )

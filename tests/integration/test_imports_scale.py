@@ -73,7 +73,7 @@ async def test_crm_campaigns_exact_counts_and_two_phases(stack: Stack) -> None:
     assert status["status"] == "completed", status
     assert (status["rows_processed"], status["rows_inserted"], status["rows_updated"]) == (ROWS, ROWS, 0)
     assert status["workflows_started"] == n_open
-    async with tenant_tx(stack.sm, t.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=t.id) as s:
         deals = await s.scalar(select(func.count()).select_from(Campaign))
         history = await s.scalar(select(func.count()).select_from(DealStageHistory))
         created = await s.scalar(

@@ -72,7 +72,7 @@ async def _booked(stack: Stack) -> tuple[NewTenant, dict[str, Any]]:
 
 
 async def _count(sm: SessionMaker, tenant: NewTenant, model: Any, **where: Any) -> int:
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         stmt = select(func.count()).select_from(model)
         for k, v in where.items():
             stmt = stmt.where(getattr(model, k) == v)
@@ -147,7 +147,7 @@ async def test_every_io_activity_is_idempotent(api_only: Stack, sm: SessionMaker
     for _ in range(2):
         await env.run(acts.complete_io, done)
     assert await _count(sm, tenant, Event, entity_id=iid, type="io.completed") == 1
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         row = await s.get(IoBooking, uuid.UUID(iid))
         assert row is not None and row.invoice is not None
         assert row.invoice["total_usd"] == "100.00" and row.status == "cancelled"
@@ -173,7 +173,7 @@ async def test_load_io_retries_until_the_booking_commits_then_gives_up(sm: Sessi
 async def _abandoned(sm: SessionMaker, tenant: NewTenant, entity_id: str) -> str:
     """A request the API gave up on (fenced as abandoned before any write)."""
     request_id = new_request_id()
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         assert (
             await abandon_request(
                 session=s, tenant_id=tenant.id, request_id=request_id, entity_type="io", entity_id=entity_id
@@ -228,7 +228,7 @@ async def test_reserve_io_books_once_and_never_for_an_abandoned_request(
         )
     assert refused.value.type == BOOKING_CONFLICT and refused.value.non_retryable
     assert "already in use" in refused.value.details[0]
-    async with tenant_tx(sm, tenant.id) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
         assert await request_state(session=s, request_id=rid) is None
     assert await _count(sm, tenant, IoBooking) == 1 and await _count(sm, tenant, AdUnit) == 1
 

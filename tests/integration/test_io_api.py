@@ -34,7 +34,7 @@ async def _won_deal(stack: Stack, h: dict[str, str], **adv: Any) -> tuple[dict[s
 
 
 async def _counts(stack: Stack, tenant: NewTenant) -> tuple[int, int, int]:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         ios = await s.scalar(select(func.count()).select_from(IoBooking))
         units = await s.scalar(select(func.count()).select_from(AdUnit))
         codes = await s.scalar(select(func.count()).select_from(PromoCode))
@@ -44,7 +44,7 @@ async def _counts(stack: Stack, tenant: NewTenant) -> tuple[int, int, int]:
 async def _events(stack: Stack, tenant: NewTenant, io_id: str, type_: str, want: int = 1) -> list[Event]:
     """Waits (the workflow writes them) until `want` events of a type exist for the IO."""
     for _ in range(100):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             rows = list(
                 (await s.scalars(select(Event).where(Event.entity_id == io_id, Event.type == type_))).all()
             )
@@ -324,7 +324,7 @@ async def test_delivery_is_refused_for_unknown_unaired_or_negative(stack: Stack,
         f"/api/v1/io/{uuid.uuid4()}/delivery", json={"ad_unit_id": unit_id, "impressions": 5}, headers=h
     )
     assert r.status_code == 404
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         reported = await s.scalar(
             select(func.count()).select_from(Event).where(Event.type == "io.delivery_reported")
         )

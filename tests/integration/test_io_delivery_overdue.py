@@ -46,7 +46,7 @@ async def ts_stack(
 
 
 async def _events(stack: Stack, tenant: NewTenant, io_id: str, type_: str) -> list[dict[str, Any]]:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         rows = await s.scalars(
             select(Event.payload).where(Event.entity_id == io_id, Event.type == type_).order_by(Event.id)
         )
@@ -312,7 +312,7 @@ async def test_io_drift_knows_an_io_awaiting_delivery(stack: Stack, owner_sm: Se
         await asyncio.sleep(0.2)
     else:
         raise AssertionError("the IO never settled in awaiting_delivery")
-    async with tenant_tx(owner_sm, tenant.id) as s:
+    async with tenant_tx(sm=owner_sm, tenant_id=tenant.id) as s:
         await s.execute(
             update(IoBooking).where(IoBooking.id == uuid.UUID(io["id"])).values(status="measuring")
         )

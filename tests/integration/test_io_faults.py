@@ -66,7 +66,7 @@ async def _until(check: Any, timeout: float = 30.0) -> None:
 
 
 async def _count(stack: Stack, tenant: NewTenant, model: Any, **where: Any) -> int:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         stmt = select(func.count()).select_from(model)
         for k, v in where.items():
             stmt = stmt.where(getattr(model, k) == v)
@@ -75,7 +75,7 @@ async def _count(stack: Stack, tenant: NewTenant, model: Any, **where: Any) -> i
 
 async def _abandoned_request(stack: Stack, tenant: NewTenant) -> WriteRequest:
     """The one request the API fenced off (its id is the update id it sent)."""
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         (row,) = (await s.scalars(select(WriteRequest).where(WriteRequest.state == "abandoned"))).all()
     return row
 
@@ -290,7 +290,7 @@ async def test_io_drift_finds_a_row_its_workflow_disagrees_with(stack: Stack, ow
     await _until(settled)
     assert (await stack.http.get(f"/api/v1/io/{aired['id']}", headers=h)).json()["status"] == "measuring"
 
-    async with tenant_tx(owner_sm, tenant.id) as s:
+    async with tenant_tx(sm=owner_sm, tenant_id=tenant.id) as s:
         await s.execute(update(IoBooking).where(IoBooking.id == uuid.UUID(later["id"])).values(status="live"))
     (drift,) = await io_drift(stack.client, stack.sm, tenant.id)
     assert drift.io_id == later["id"] and drift.row_status == "live"
@@ -317,11 +317,11 @@ async def test_a_booking_whose_write_won_the_race_is_answered_201_and_adopted(
         )
 
         async def registered(stack: Stack = stack, tenant: NewTenant = tenant) -> bool:
-            async with tenant_tx(stack.sm, tenant.id) as s:
+            async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
                 return bool(await s.scalar(select(func.count()).select_from(WriteRequest)))
 
         await _until(registered)
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             pending = (await s.scalars(select(WriteRequest))).one()
         # The booking's write commits while the API still waits (a worker that answers late).
         spec = ad_unit(deal["show_id"], SOON)

@@ -170,7 +170,7 @@ async def test_a_round_starts_the_workflow_of_an_open_deal_that_has_none(
 ) -> None:
     tenant = await mstack.new_tenant()
     adv = await make_advertiser(mstack.http, mstack.auth(tenant), name="Acme")
-    async with tenant_tx(mstack.sm, tenant.id) as s:
+    async with tenant_tx(sm=mstack.sm, tenant_id=tenant.id) as s:
         c = await insert_deal(
             session=s,
             tenant_id=tenant.id,

@@ -71,7 +71,7 @@ async def test_each_recalculation_is_one_partition_and_only_two_stay(
     ]
     items = await matches(stack, h)
     assert {m["generation"] for m in items} == {3} and len(items) == results[-1].matches_written
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         generations = (await s.scalars(select(MatchGeneration).order_by(MatchGeneration.generation))).all()
     # Every ranking is remembered with its date, weights and trigger, also after its rows went.
     assert [g.generation for g in generations] == [1, 2, 3]
@@ -89,14 +89,14 @@ async def test_partitions_are_read_only_through_matches(stack: Stack, owner_sm: 
     # Not even the owning tenant's session may read or write the partition table directly.
     for tid in (tenant.id, other.id):
         with pytest.raises(DBAPIError, match="permission denied"):
-            async with tenant_tx(stack.sm, tid) as s:
+            async with tenant_tx(sm=stack.sm, tenant_id=tid) as s:
                 await s.execute(text(f"SELECT count(*) FROM {part}"))
-    async with tenant_tx(stack.sm, other.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=other.id) as s:
         assert (await s.execute(text("SELECT count(*) FROM matches"))).scalar() == 0
         assert (await s.execute(text("SELECT count(*) FROM match_generations"))).scalar() == 0
     # The application role cannot write into the ranking except through a new generation.
     with pytest.raises(DBAPIError, match="permission denied"):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             await s.execute(text("DELETE FROM matches"))
 
 
@@ -107,13 +107,13 @@ async def test_partition_functions_refuse_what_they_must(stack: Stack) -> None:
         async with stack.sm() as s, s.begin():
             await s.execute(text("SELECT sponsorflow_match_partition_open(5)"))
     with pytest.raises(DBAPIError, match="not newer than the current one"):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             await s.execute(text("SELECT sponsorflow_match_partition_open(1)"))
     with pytest.raises(DBAPIError, match="is not being written"):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             await s.execute(text("SELECT sponsorflow_match_partition_attach(7)"))
     with pytest.raises(DBAPIError, match="already attached"):
-        async with tenant_tx(stack.sm, tenant.id) as s:
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
             await s.execute(text("SELECT sponsorflow_match_partition_attach(1)"))
 
 
@@ -138,8 +138,8 @@ async def _write(sm: SessionMaker, tenant_id: uuid.UUID, show_ids: list[uuid.UUI
         np.ones(n, dtype=np.int64),
         np.full(n, np.nan),
     )
-    async with tenant_tx(sm, tenant_id) as s:
-        stage = await open_generation(s, tenant_id)
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
+        stage = await open_generation(session=s, tenant_id=tenant_id)
         await stage.copy(data)
         return await stage.swap(
             computed_on=datetime.now(UTC).date(),
@@ -160,8 +160,8 @@ async def test_a_show_deleted_before_the_swap_leaves_the_old_ranking_whole(stack
     # check refuses the whole generation; nothing of it is left behind.
     with pytest.raises(DBAPIError, match="foreign key"):
         await _write(stack.sm, tenant.id, [*shows, uuid.uuid4()], uuid.UUID(adv["id"]))
-    async with tenant_tx(stack.sm, tenant.id) as s:
-        assert await current_generation(s) == first.generation
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
+        assert await current_generation(session=s) == first.generation
     assert await matches(stack, h) == before
     # The next generation number is free again and writes fine.
     assert await _write(stack.sm, tenant.id, shows, uuid.UUID(adv["id"])) == first.generation + 1
@@ -179,20 +179,20 @@ async def test_pruning_skips_a_partition_a_reader_holds_and_drops_it_later(
     reader = stack.sm()
     try:
         await reader.begin()
-        await set_tenant(reader, tenant.id)
+        await set_tenant(session=reader, tenant_id=tenant.id)
         # A long read of the old generation holds its partition until the transaction ends.
         await reader.execute(text("SELECT count(*) FROM matches WHERE generation = 1"))
         started = time.monotonic()
-        async with tenant_tx(stack.sm, tenant.id) as s:
-            assert await prune_generations(s, tenant.id, keep_from=2) == 0
+        async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
+            assert await prune_generations(session=s, tenant_id=tenant.id, keep_from=2) == 0
         assert time.monotonic() - started < 5, "pruning waited for the reader instead of moving on"
         assert old in await _partitions(owner_sm, tenant.id)
         assert (await reader.execute(text("SELECT count(*) FROM matches WHERE generation = 1"))).scalar() > 0
     finally:
         await reader.rollback()
         await reader.close()
-    async with tenant_tx(stack.sm, tenant.id) as s:
-        assert await prune_generations(s, tenant.id, keep_from=2) == 1
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
+        assert await prune_generations(session=s, tenant_id=tenant.id, keep_from=2) == 1
     assert old not in await _partitions(owner_sm, tenant.id)
 
 
@@ -203,7 +203,7 @@ async def test_a_ranking_commits_only_after_the_readers_that_chose_the_old_one(s
     assert await _write(stack.sm, tenant.id, shows, adv) == 1
     writing: asyncio.Task[int] | None = None
 
-    async with tenant_tx(stack.sm, tenant.id) as reader:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as reader:
 
         async def read(generation: int) -> list[Any]:
             nonlocal writing
@@ -218,14 +218,14 @@ async def test_a_ranking_commits_only_after_the_readers_that_chose_the_old_one(s
             )
             return list(rows)
 
-        rows = await read_current_ranking(reader, tenant.id, read)
+        rows = await read_current_ranking(session=reader, tenant_id=tenant.id, read=read)
     # The old ranking, whole; then the new one commits and is what the next reader sees.
     assert [r.generation for r in rows] == [1, 1] and {r.show_id for r in rows} == set(shows)
     assert writing is not None and await asyncio.wait_for(writing, 10) == 2
     assert {m["generation"] for m in await matches(stack, h)} == {2}
     # A reader arriving while a commit holds the lock waits for it and reads the new ranking.
-    async with tenant_tx(stack.sm, tenant.id) as writer:
-        stage = await open_generation(writer, tenant.id)
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as writer:
+        stage = await open_generation(session=writer, tenant_id=tenant.id)
         await stage.copy(
             MatchEncoder(_features(shows, [adv])).encode(
                 np.arange(2),
@@ -260,10 +260,10 @@ async def test_readers_never_see_an_empty_ranking_while_rankings_commit(
     def commit_rankings() -> None:
         # Another process's worth of writer: its own event loop and connections.
         async def go() -> None:
-            engine = make_engine(database.app_url, pool_size=2)
+            engine = make_engine(url=database.app_url, pool_size=2)
             try:
                 for _ in range(40):
-                    await _write(make_sessionmaker(engine), tenant.id, shows, adv)
+                    await _write(make_sessionmaker(engine=engine), tenant.id, shows, adv)
             finally:
                 await engine.dispose()
 
@@ -303,9 +303,9 @@ async def test_pruning_survives_any_plan_over_the_catalog(stack: Stack, owner_sm
     tenant, h = await _tenant_with_pairs(stack)
     for _ in range(3):
         await recalculate(stack, h)
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         # Push the planner to scan pg_class first, filtering it before the join to pg_inherits.
         for knob in ("enable_hashjoin", "enable_mergejoin", "enable_indexscan", "enable_bitmapscan"):
             await s.execute(text(f"SET LOCAL {knob} = off"))
-        assert await prune_generations(s, tenant.id, keep_from=3) == 1
+        assert await prune_generations(session=s, tenant_id=tenant.id, keep_from=3) == 1
     assert await _partitions(owner_sm, tenant.id) == [f"matches_{tenant.id.hex}_3"]

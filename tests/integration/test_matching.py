@@ -35,7 +35,7 @@ UNSAFE = {
 
 
 async def _events(stack: Stack, tenant: NewTenant, type_: str) -> list[Event]:
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         return list((await s.scalars(select(Event).where(Event.type == type_))).all())
 
 
@@ -209,7 +209,7 @@ async def test_each_tenant_gets_one_schedule_that_runs_the_recalculation(stack: 
         await asyncio.sleep(0.2)
     else:
         raise AssertionError("the triggered schedule did not produce matches")
-    async with tenant_tx(stack.sm, tenant_id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
         payload = await s.scalar(select(Event.payload).where(Event.type == "match.recalculated"))
     assert payload is not None and payload["trigger"] == "schedule"
 

@@ -48,32 +48,32 @@ async def _snapshot(url: str) -> dict[str, Any]:
 
 
 async def test_upgrade_is_idempotent_and_downgrade_round_trips(pg_server: Any) -> None:
-    db = ensure_database(pg_server, f"mig_{uuid.uuid4().hex[:8]}", "sponsorflow_app")
-    await asyncio.to_thread(upgrade, db.owner_url)
+    db = ensure_database(server=pg_server, name=f"mig_{uuid.uuid4().hex[:8]}", app_role="sponsorflow_app")
+    await asyncio.to_thread(upgrade, url=db.owner_url)
     head = await _snapshot(db.owner_url)
     assert head["version"] == [
-        (ScriptDirectory.from_config(alembic_config(db.owner_url)).get_current_head(),)
+        (ScriptDirectory.from_config(alembic_config(url=db.owner_url)).get_current_head(),)
     ]
     assert {r[0] for r in head["rls"] if r[1]} >= set(TENANT_TABLES)
     assert {r[0] for r in head["policies"]} == set(TENANT_TABLES)
 
-    await asyncio.to_thread(upgrade, db.owner_url)
+    await asyncio.to_thread(upgrade, url=db.owner_url)
     assert await _snapshot(db.owner_url) == head, "upgrade head on an up-to-date database changed it"
 
-    await asyncio.to_thread(downgrade, db.owner_url, "base")
+    await asyncio.to_thread(downgrade, url=db.owner_url, revision="base")
     base = await _snapshot(db.owner_url)
     assert {r[0] for r in base["columns"]} <= {"alembic_version"}
     assert base["policies"] == []
 
-    await asyncio.to_thread(upgrade, db.owner_url)
+    await asyncio.to_thread(upgrade, url=db.owner_url)
     assert await _snapshot(db.owner_url) == head
 
 
 async def test_0008_moves_rankings_into_partitions_and_back(pg_server: Any) -> None:
     """Rankings written before 0008 (with facts, and older ones with worded rationales) survive
     the move into partitions, read the same through the API's query, and survive a downgrade."""
-    db = ensure_database(pg_server, f"mig_{uuid.uuid4().hex[:8]}", "sponsorflow_app")
-    await asyncio.to_thread(upgrade, db.owner_url, "0007")
+    db = ensure_database(server=pg_server, name=f"mig_{uuid.uuid4().hex[:8]}", app_role="sponsorflow_app")
+    await asyncio.to_thread(upgrade, url=db.owner_url, revision="0007")
     tenant, show, adv = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     signals = {
         "geo": 0.5,
@@ -116,7 +116,7 @@ async def test_0008_moves_rankings_into_partitions_and_back(pg_server: Any) -> N
                         "words": words,
                     },
                 )
-        await asyncio.to_thread(upgrade, db.owner_url)
+        await asyncio.to_thread(upgrade, url=db.owner_url)
         async with engine.begin() as conn:
             parts = (
                 await conn.execute(
@@ -158,7 +158,7 @@ async def test_0008_moves_rankings_into_partitions_and_back(pg_server: Any) -> N
         assert kept["computed_on"].isoformat() == "2026-11-20"
         assert kept["weights"] == dict(zip(SIGNALS, facts["w"], strict=True))
 
-        await asyncio.to_thread(downgrade, db.owner_url, "0007")
+        await asyncio.to_thread(downgrade, url=db.owner_url, revision="0007")
         async with engine.begin() as conn:
             back = (
                 await conn.execute(text("SELECT signals, facts, rationale FROM matches ORDER BY generation"))

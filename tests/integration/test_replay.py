@@ -117,7 +117,7 @@ async def _a_deal_under_faults(client: Client, sm: SessionMaker) -> WorkflowHist
             id="req-r1",
         )
         # The API gave up on req-r2 before a worker ran it: refused, nothing written.
-        async with tenant_tx(sm, tenant_id) as s:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
             await abandon_request(
                 session=s, tenant_id=tenant_id, request_id="req-r2", entity_type="deal", entity_id=cid
             )
@@ -137,7 +137,7 @@ async def _a_deal_under_faults(client: Client, sm: SessionMaker) -> WorkflowHist
         # A write nobody is waiting for, and an import's value change: resync adopts both.
         state = await handle.query(DealWorkflow.state)
         await orphan(Stage.NEGOTIATION, Stage.PROPOSAL, state.stage_entered_at, None)
-        async with tenant_tx(sm, tenant_id) as s:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
             await s.execute(
                 update(Campaign).where(Campaign.id == campaign.id).values(value_usd=Decimal("30000"))
             )

@@ -44,14 +44,14 @@ async def test_sql_as_app_role_sees_only_its_tenant(stack: Stack) -> None:
     await make_deal(stack.http, ha)
     async with stack.sm() as s, s.begin():
         assert (await s.execute(text("SELECT current_user"))).scalar() == "sponsorflow_app"
-        await set_tenant(s, b.id)
+        await set_tenant(session=s, tenant_id=b.id)
         for table, column in TENANT_TABLES.items():
             n = (
                 await s.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :a"), {"a": a.id})
             ).scalar()
             assert n == 0, f"{table}: tenant B read {n} of A's rows"
     async with stack.sm() as s, s.begin():
-        await set_tenant(s, a.id)
+        await set_tenant(session=s, tenant_id=a.id)
         n = (await s.execute(text("SELECT count(*) FROM campaigns"))).scalar()
         assert n == 1
 
@@ -69,7 +69,7 @@ async def test_writing_into_another_tenant_is_refused(stack: Stack) -> None:
     a, b = await stack.new_tenant("A"), await stack.new_tenant("B")
     with pytest.raises(DBAPIError, match="row-level security"):
         async with stack.sm() as s, s.begin():
-            await set_tenant(s, b.id)
+            await set_tenant(session=s, tenant_id=b.id)
             await s.execute(
                 text("INSERT INTO shows (id, tenant_id, name, avg_downloads) VALUES (:i, :t, 'x', 1)"),
                 {"i": uuid.uuid4(), "t": a.id},
@@ -95,6 +95,6 @@ async def test_keys(stack: Stack) -> None:
     ).status_code == 200
     # Stored hashed: the key itself is nowhere in the table.
     async with stack.sm() as s, s.begin():
-        await set_tenant(s, body["id"])
+        await set_tenant(session=s, tenant_id=body["id"])
         stored = (await s.execute(text("SELECT key_hash FROM api_keys"))).scalars().all()
     assert stored and body["api_key"] not in stored and all(len(h) == 64 for h in stored)

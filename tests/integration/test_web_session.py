@@ -139,7 +139,7 @@ async def test_a_revoked_key_ends_its_web_sessions(uncached: Stack) -> None:
     async with _browser(uncached) as b:
         await _sign_in(b, tenant.api_key)
         assert (await b.get("/")).status_code == 200
-        async with tenant_tx(uncached.sm, tenant.id) as s:
+        async with tenant_tx(sm=uncached.sm, tenant_id=tenant.id) as s:
             await s.execute(update(ApiKey).values(revoked_at=datetime.now(UTC)))
         r = await b.get("/")
         assert r.status_code == 303 and r.headers["location"].startswith("/signin")
@@ -157,7 +157,7 @@ def _frames(body: str) -> list[dict[str, Any]]:
 
 
 async def _seed_events(sm: SessionMaker, tenant: uuid.UUID, n: int) -> None:
-    async with tenant_tx(sm, tenant) as s:
+    async with tenant_tx(sm=sm, tenant_id=tenant) as s:
         adv = Advertiser(tenant_id=tenant, name="Acme")
         s.add(adv)
     for i in range(n):
@@ -194,7 +194,7 @@ async def test_availability_counts_live_units_per_day(stack: Stack, tenant: NewT
     show = await make_show(stack.http, h, name="Slots", slots={"pre_roll": 1, "mid_roll": 2, "post_roll": 1})
     deal = await make_deal(stack.http, h, show=show)
     day = datetime.now(UTC).date() + timedelta(days=5)
-    async with tenant_tx(stack.sm, tenant.id) as s:
+    async with tenant_tx(sm=stack.sm, tenant_id=tenant.id) as s:
         io = IoBooking(tenant_id=tenant.id, campaign_id=uuid.UUID(deal["id"]))
         s.add(io)
         await s.flush()

@@ -30,26 +30,29 @@ def _row(stage: str, at: datetime, probability: int) -> DealRow:
 def test_a_move_committed_between_the_two_reads_shows_in_the_row_too() -> None:
     row = _row("lead", T0, 10)
     later = T0 + timedelta(minutes=5)
-    align(row, [HistoryRow(None, "lead", "created", T0), HistoryRow("lead", "lost", "budget cut", later)])
+    align(
+        row=row,
+        history=[HistoryRow(None, "lead", "created", T0), HistoryRow("lead", "lost", "budget cut", later)],
+    )
     c = row.campaign
     assert (c.stage, c.stage_changed_at, c.probability, c.lost_reason) == ("lost", later, 0, "budget cut")
 
 
 def test_a_row_that_agrees_with_its_history_is_left_as_it_is() -> None:
     row = _row("proposal", T0, 60)  # a probability set by hand is kept while the stage is unchanged
-    align(row, [HistoryRow("qualified", "proposal", None, T0)])
+    align(row=row, history=[HistoryRow("qualified", "proposal", None, T0)])
     assert (row.campaign.stage, row.campaign.probability) == ("proposal", 60)
 
 
 def test_reopening_clears_the_lost_reason() -> None:
     row = _row("lost", T0, 0)
     row.campaign.lost_reason = "budget cut"
-    align(row, [HistoryRow("lost", "lead", "reopened", T0 + timedelta(days=1))])
+    align(row=row, history=[HistoryRow("lost", "lead", "reopened", T0 + timedelta(days=1))])
     assert (row.campaign.stage, row.campaign.probability) == ("lead", 10)
     assert row.campaign.lost_reason is None
 
 
 def test_no_history_changes_nothing() -> None:
     row = _row("qualified", T0, 25)
-    align(row, [])
+    align(row=row, history=[])
     assert (row.campaign.stage, row.campaign.stage_changed_at) == ("qualified", T0)

@@ -265,7 +265,20 @@ def no_test_module_imports_another(root: Path) -> list[str]:
     return found
 
 
+def db_functions_are_keyword_only(root: Path) -> list[str]:
+    """Every public db/ function takes its arguments by name: `get_deal(session=..., campaign_id=...)`."""
+    found = []
+    for path in sorted((root / "db").glob("*.py")):
+        for node in _parsed(path).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args]
+                if positional:
+                    found.append(f"db/{path.name}:{node.lineno} {node.name}({', '.join(positional)})")
+    return found
+
+
 RULES = [
+    db_functions_are_keyword_only,
     no_test_module_imports_another,
     activities_import_no_workflow,
     workflow_modules_are_sandbox_safe,
@@ -356,6 +369,7 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
             "cli.py": "import worker\n",
             "domain/deals.py": "from db.models import Campaign\n",
             "db/models.py": "Campaign = object\n",
+            "db/deals.py": "def get_deal(session, *, campaign_id):\n    pass\ndef _row(session):\n    pass\n",
             "tests/integration/test_a.py": "def upload():\n    pass\n",
             "tests/integration/test_b.py": (
                 "from tests.integration.test_a import upload\nfrom tests.helpers.imports import FINAL\n"
@@ -371,6 +385,7 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
     assert no_test_module_imports_another(root) == [
         "tests/integration/test_b.py imports tests.integration.test_a"
     ]
+    assert db_functions_are_keyword_only(root) == ["db/deals.py:1 get_deal(session)"]
     assert activities_import_no_workflow(root) == ["activities.deals imports workflows.deals"]
     assert workflow_modules_are_sandbox_safe(root) == ["workflows.matching imports temporalio.client"]
     assert starters_import_no_workflow(root) == ["workflows.starters imports workflows.deals"]
