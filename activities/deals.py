@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
 from db.fences import claim_request, release_claim
-from db.models import Advertiser, Campaign, DealStageHistory, Event, Show
+from db.models import Advertiser, Deal, DealStageHistory, Event, Show
 from domain import events
 from domain.deals import (
     LoadDealInput,
@@ -41,9 +41,7 @@ async def _current_entry(
     """The deal's stage entry as the row has it now, or None if the row is gone."""
     row = (
         await session.execute(
-            select(Campaign.stage, Campaign.stage_changed_at, Campaign.lost_reason).where(
-                Campaign.id == campaign_id
-            )
+            select(Deal.stage, Deal.stage_changed_at, Deal.lost_reason).where(Deal.id == campaign_id)
         )
     ).first()
     return None if row is None else (Stage(row[0]), row[1], row[2])
@@ -99,11 +97,11 @@ class DealActivities:
             # from a row that has since moved must not write over it.
             moved = (
                 await session.execute(
-                    update(Campaign)
+                    update(Deal)
                     .where(
-                        Campaign.id == campaign_id,
-                        Campaign.stage == inp.from_stage.value,
-                        Campaign.stage_changed_at == inp.from_entered_at,
+                        Deal.id == campaign_id,
+                        Deal.stage == inp.from_stage.value,
+                        Deal.stage_changed_at == inp.from_entered_at,
                     )
                     .values(
                         stage=inp.to_stage.value,
@@ -112,7 +110,7 @@ class DealActivities:
                         lost_reason=inp.lost_reason,
                         updated_at=inp.at,
                     )
-                    .returning(Campaign.id)
+                    .returning(Deal.id)
                 )
             ).scalar()
             if moved is None:
@@ -159,10 +157,10 @@ class DealActivities:
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             row = (
                 await session.execute(
-                    select(Campaign, Advertiser.name, Show.name)
-                    .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
-                    .outerjoin(Show, Show.id == Campaign.show_id)
-                    .where(Campaign.id == uuid.UUID(inp.campaign_id))
+                    select(Deal, Advertiser.name, Show.name)
+                    .join(Advertiser, Advertiser.id == Deal.advertiser_id)
+                    .outerjoin(Show, Show.id == Deal.show_id)
+                    .where(Deal.id == uuid.UUID(inp.campaign_id))
                 )
             ).first()
             if row is None:
@@ -194,8 +192,8 @@ class DealActivities:
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             current = (
                 await session.execute(
-                    select(Campaign.stage, Campaign.stage_changed_at)
-                    .where(Campaign.id == uuid.UUID(inp.campaign_id))
+                    select(Deal.stage, Deal.stage_changed_at)
+                    .where(Deal.id == uuid.UUID(inp.campaign_id))
                     .with_for_update()
                 )
             ).first()

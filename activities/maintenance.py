@@ -139,7 +139,7 @@ async def sweep_tenant_open_deals(
             page = await open_deals_page(session=session, after=after, limit=500)
         if not page:
             break
-        after = page[-1].campaign.id
+        after = page[-1].deal.id
         seeds = [
             deal_seed(row=row, stall_days=settings.stall_days, moves_per_run=settings.deal_moves_per_run)
             for row in page

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from api.bodies import JsonBody
 from db.deals import DealRow, HistoryRow
-from db.models import Campaign
+from db.models import Deal
 from domain.stages import Stage, weighted_value
 from settings import Settings
 from workflows.starters import deal_workflow_id
@@ -137,7 +137,7 @@ class DealSummary(BaseModel):
     lost_reason: str | None
 
 
-def days_in_stage(c: Campaign) -> int:
+def days_in_stage(c: Deal) -> int:
     """Whole days the deal has been in its current stage."""
     return max(0, (datetime.now(UTC) - c.stage_changed_at).days)
 
@@ -157,7 +157,7 @@ def entries(history: list[HistoryRow]) -> list[HistoryEntry]:
 
 def public_deal(row: DealRow, history: list[HistoryEntry], settings: Settings) -> DealPublic:
     """A deal as clients see it, from its row and history."""
-    c = row.campaign
+    c = row.deal
     wid = deal_workflow_id(str(c.tenant_id), str(c.id))
     return DealPublic(
         id=str(c.id),
@@ -184,7 +184,7 @@ def public_deal(row: DealRow, history: list[HistoryEntry], settings: Settings) -
     )
 
 
-def summary(c: Campaign) -> DealSummary:
+def summary(c: Deal) -> DealSummary:
     """A deal in a list."""
     return DealSummary(
         id=str(c.id),

@@ -187,7 +187,7 @@ async def create_deal(
             if existing is not None:
                 return await load_deal(db, str(existing), settings)
         raise errors.duplicate(body.external_id) from None
-    seeds.put(db.tenant_id, row.campaign.id, workflow_input(row, settings))
+    seeds.put(db.tenant_id, row.deal.id, workflow_input(row, settings))
     if is_open(body.stage):
         try:
             await start_deal_workflow(client, row, settings)
@@ -195,8 +195,8 @@ async def create_deal(
             # RuntimeError: the lazy client could not connect. The row is the record; the first
             # stage PATCH starts the workflow lazily (update-with-start), so the deal is not
             # lost if Temporal blips here.
-            log.warning("deal %s saved but its workflow did not start: %s", row.campaign.id, exc)
-    return await load_deal(db, str(row.campaign.id), settings)
+            log.warning("deal %s saved but its workflow did not start: %s", row.deal.id, exc)
+    return await load_deal(db, str(row.deal.id), settings)
 
 
 async def _by_idempotency_key(db: TenantDb, key: str) -> uuid.UUID | None:
@@ -384,9 +384,9 @@ class _StageMove:
             row, _ = await read
             if row is None:
                 raise errors.not_found("deal", str(self.cid)) from None
-            if workflow_stage(exc) not in (None, Stage(row.campaign.stage)):
+            if workflow_stage(exc) not in (None, Stage(row.deal.stage)):
                 return None  # the workflow and the row disagree: the careful path repairs and retries
-            if (failure := self._fast_refusal(exc, Stage(row.campaign.stage))) is None:
+            if (failure := self._fast_refusal(exc, Stage(row.deal.stage))) is None:
                 return None  # the write failed: the careful path asks the fence
             raise failure from None
         except (NoAnswer, RPCError):
@@ -435,7 +435,7 @@ class _StageMove:
             raise errors.not_found("deal", self.campaign_id)
         self.seed = workflow_input(row, self.settings)
         self.seeds.put(self.db.tenant_id, self.cid, self.seed)
-        current, entered_at = Stage(row.campaign.stage), row.campaign.stage_changed_at
+        current, entered_at = Stage(row.deal.stage), row.deal.stage_changed_at
         if self.precondition is not None and not self.precondition.holds(current, entered_at):
             return await self._refuse(errors.stage_moved(current, etag(current, entered_at)))
         if judged_without_workflow(current, self.move.stage):
@@ -611,7 +611,7 @@ def answer_after(
 
     Returns None when other moves came in between, so the caller reads a fresh snapshot.
     """
-    c, move, state = row.campaign, result.move, result.state
+    c, move, state = row.deal, result.move, result.state
     seen = (c.stage, c.stage_changed_at)
     after = (state.stage.value, state.stage_entered_at)
     answered = entries(history)

@@ -32,7 +32,7 @@ from api.openapi import (
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.timing import ServerTiming
 from db.deals import deals_query
-from db.models import Campaign
+from db.models import Deal
 from domain.stages import Stage, etag, parse_if_match
 
 __all__ = ["SeedCache", "router"]
@@ -111,7 +111,7 @@ async def get_deals(
     """Lists deals newest first, filtered by stage, advertiser or show."""
     query = deals_query(stage=stage, advertiser_id=advertiser_id, show_id=show_id)
     async with db.tx() as session:
-        rows = list((await session.scalars(newest_first(query, Campaign, cursor, limit))).all())
+        rows = list((await session.scalars(newest_first(query, Deal, cursor, limit))).all())
     return Page(items=[summary(c) for c in rows[:limit]], next_cursor=newest_next_cursor(rows, limit))
 
 

@@ -345,7 +345,7 @@ def render_pdf(doc: IoDocument) -> bytes:
     details = [
         ("Publisher", doc.publisher),
         ("Advertiser", _advertiser(doc)),
-        ("Campaign", doc.campaign_name),
+        ("Deal", doc.campaign_name),
         ("Issued", doc.issued_on.isoformat()),
         ("Status", _label(doc.status)),
     ]
@@ -461,7 +461,7 @@ def _xl_io_sheet(ws: Any, doc: IoDocument) -> None:
         ("Publisher", doc.publisher),
         ("Advertiser", doc.advertiser),
         ("Advertiser domain", doc.advertiser_domain or ""),
-        ("Campaign", doc.campaign_name),
+        ("Deal", doc.campaign_name),
         ("Issued", doc.issued_on),
         ("Status", _label(doc.status)),
         ("Promo code", doc.promo_code or ""),

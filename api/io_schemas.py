@@ -291,7 +291,7 @@ def public_io(record: IoRecord, tenant_id: uuid.UUID, settings: Settings) -> IoP
     return IoPublic(
         id=str(io.id),
         campaign_id=str(io.campaign_id),
-        campaign_name=record.campaign.name,
+        campaign_name=record.deal.name,
         advertiser_id=str(record.advertiser.id),
         advertiser_name=record.advertiser.name,
         status=IoStatus(io.status),
@@ -358,7 +358,7 @@ def document_of(record: IoRecord, publisher: str) -> IoDocument:
         publisher=publisher,
         advertiser=record.advertiser.name,
         advertiser_domain=record.advertiser.domain,
-        campaign_name=record.campaign.name,
+        campaign_name=record.deal.name,
         status=io.status,
         promo_code=io.promo_code,
         vanity_url=io.vanity_url,

@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.events import emit_event
-from db.models import Advertiser, Campaign, DealStageHistory, Show
+from db.models import Advertiser, Deal, DealStageHistory, Show
 from domain import events
 from domain.deals import DealWorkflowInput
 from domain.stages import OPEN_STAGES, Stage, probability
@@ -22,7 +22,7 @@ from domain.stages import OPEN_STAGES, Stage, probability
 class DealRow:
     """A campaign row with the names its workflow summary needs."""
 
-    campaign: Campaign
+    deal: Deal
     advertiser_name: str
     show_name: str | None
 
@@ -42,9 +42,9 @@ async def insert_deal(
     owner_email: str | None = None,
     external_id: str | None = None,
     idempotency_key: str | None = None,
-) -> Campaign:
+) -> Deal:
     """Writes a new deal, its first history entry and deal.created in the caller's transaction."""
-    campaign = Campaign(
+    campaign = Deal(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
         external_id=external_id,
@@ -100,20 +100,20 @@ async def get_deal(*, session: AsyncSession, campaign_id: uuid.UUID) -> DealRow 
     """Returns the deal with its advertiser and show names, or None (RLS hides other tenants)."""
     row = (
         await session.execute(
-            select(Campaign, Advertiser.name, Show.name)
-            .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
-            .outerjoin(Show, Show.id == Campaign.show_id)
-            .where(Campaign.id == campaign_id)
+            select(Deal, Advertiser.name, Show.name)
+            .join(Advertiser, Advertiser.id == Deal.advertiser_id)
+            .outerjoin(Show, Show.id == Deal.show_id)
+            .where(Deal.id == campaign_id)
         )
     ).first()
     if row is None:
         return None
-    return DealRow(campaign=row[0], advertiser_name=row[1], show_name=row[2])
+    return DealRow(deal=row[0], advertiser_name=row[1], show_name=row[2])
 
 
 def deal_seed(*, row: DealRow, stall_days: dict[str, int], moves_per_run: int) -> DealWorkflowInput:
     """Seeds a DealWorkflow from the deal's row (also for deals that only exist in Postgres)."""
-    c = row.campaign
+    c = row.deal
     return DealWorkflowInput(
         tenant_id=str(c.tenant_id),
         campaign_id=str(c.id),
@@ -136,17 +136,17 @@ async def open_deals_page(
 ) -> list[DealRow]:
     """The tenant's open deals (optionally only those an import wrote) after `after`, by id."""
     stmt = (
-        select(Campaign, Advertiser.name, Show.name)
-        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
-        .outerjoin(Show, Show.id == Campaign.show_id)
-        .where(Campaign.stage.in_([s.value for s in OPEN_STAGES]), Campaign.id > after)
-        .order_by(Campaign.id)
+        select(Deal, Advertiser.name, Show.name)
+        .join(Advertiser, Advertiser.id == Deal.advertiser_id)
+        .outerjoin(Show, Show.id == Deal.show_id)
+        .where(Deal.stage.in_([s.value for s in OPEN_STAGES]), Deal.id > after)
+        .order_by(Deal.id)
         .limit(limit)
     )
     if import_id is not None:
-        stmt = stmt.where(Campaign.last_import_id == import_id)
+        stmt = stmt.where(Deal.last_import_id == import_id)
     rows = (await session.execute(stmt)).all()
-    return [DealRow(campaign=c, advertiser_name=adv, show_name=show) for c, adv, show in rows]
+    return [DealRow(deal=c, advertiser_name=adv, show_name=show) for c, adv, show in rows]
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,13 @@ def deals_query(
     show_id: uuid.UUID | None = None,
 ) -> Select[Any]:
     """Deals filtered by stage, advertiser and show (the caller orders and pages)."""
-    stmt = select(Campaign)
+    stmt = select(Deal)
     if stage is not None:
-        stmt = stmt.where(Campaign.stage == stage.value)
+        stmt = stmt.where(Deal.stage == stage.value)
     if advertiser_id is not None:
-        stmt = stmt.where(Campaign.advertiser_id == advertiser_id)
+        stmt = stmt.where(Deal.advertiser_id == advertiser_id)
     if show_id is not None:
-        stmt = stmt.where(Campaign.show_id == show_id)
+        stmt = stmt.where(Deal.show_id == show_id)
     return stmt
 
 
@@ -200,7 +200,7 @@ def align(*, row: DealRow, history: list[HistoryRow]) -> None:
     """
     if not history:
         return
-    last, c = history[-1], row.campaign
+    last, c = history[-1], row.deal
     if (last.to_stage, last.changed_at) != (c.stage, c.stage_changed_at):
         c.stage, c.stage_changed_at = last.to_stage, last.changed_at
         c.probability = probability(Stage(last.to_stage))
@@ -219,14 +219,14 @@ async def get_deal_with_history(
     if row is None:
         return None, []
     history = await get_history(session=session, campaign_id=campaign_id)
-    session.expunge(row.campaign)
+    session.expunge(row.deal)
     align(row=row, history=history)
     return row, history
 
 
 async def deal_with_idempotency_key(*, session: AsyncSession, key: str) -> uuid.UUID | None:
     """The deal a POST with this Idempotency-Key created, if any."""
-    found: uuid.UUID | None = await session.scalar(select(Campaign.id).where(Campaign.idempotency_key == key))
+    found: uuid.UUID | None = await session.scalar(select(Deal.id).where(Deal.idempotency_key == key))
     return found
 
 

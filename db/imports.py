@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import raw_connection
 from db.events import emit_event
-from db.models import Advertiser, Campaign, EtlImport, EtlRowError, EtlUploadChunk, Show
+from db.models import Advertiser, Deal, EtlImport, EtlRowError, EtlUploadChunk, Show
 from domain import events
 from domain.imports import (
     OPEN_STATUSES,
@@ -419,8 +419,8 @@ async def count_open_deals_written(*, session: AsyncSession, import_id: uuid.UUI
     """How many open deals this import wrote: the deal workflows its second phase starts."""
     count = await session.scalar(
         select(func.count())
-        .select_from(Campaign)
-        .where(Campaign.last_import_id == import_id, Campaign.stage.in_(sorted(_OPEN_STAGE_VALUES)))
+        .select_from(Deal)
+        .where(Deal.last_import_id == import_id, Deal.stage.in_(sorted(_OPEN_STAGE_VALUES)))
     )
     return int(count or 0)
 

@@ -13,7 +13,7 @@ from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import AdUnit, Advertiser, Campaign, IoBooking, PromoCode, Show, Tenant, WriteRequest
+from db.models import AdUnit, Advertiser, Deal, IoBooking, PromoCode, Show, Tenant, WriteRequest
 from domain.io import (
     PROMO_CODE_TRIES,
     BookIoInput,
@@ -158,7 +158,7 @@ class IoRecord:
     """An IO with everything its readers show: deal, advertiser, units and their shows."""
 
     io: IoBooking
-    campaign: Campaign
+    deal: Deal
     advertiser: Advertiser
     units: list[tuple[AdUnit, str]]
     promo_status: str | None
@@ -168,9 +168,9 @@ async def load_io(*, session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None
     """Reads one IO of the session's tenant (RLS), or None."""
     row = (
         await session.execute(
-            select(IoBooking, Campaign, Advertiser)
-            .join(Campaign, Campaign.id == IoBooking.campaign_id)
-            .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+            select(IoBooking, Deal, Advertiser)
+            .join(Deal, Deal.id == IoBooking.campaign_id)
+            .join(Advertiser, Advertiser.id == Deal.advertiser_id)
             .where(IoBooking.id == io_id)
         )
     ).first()
@@ -187,7 +187,7 @@ async def load_io(*, session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None
     promo_status = await session.scalar(select(PromoCode.status).where(PromoCode.io_id == io_id))
     return IoRecord(
         io=row[0],
-        campaign=row[1],
+        deal=row[1],
         advertiser=row[2],
         units=[(u, name) for u, name in units],
         promo_status=promo_status,
@@ -198,7 +198,7 @@ async def load_io(*, session: AsyncSession, io_id: uuid.UUID) -> IoRecord | None
 class BookingFacts:
     """What a booking is checked against: its deal, the deal's advertiser and the units' shows."""
 
-    campaign: Campaign | None
+    deal: Deal | None
     advertiser: Advertiser | None
     shows: dict[str, Show]
 
@@ -206,7 +206,7 @@ class BookingFacts:
         """Raises BookingRefused: a missing or unwon deal, an unknown show, a vanity path without domain."""
         check_booking(
             booking,
-            deal_stage=self.campaign.stage if self.campaign is not None else None,
+            deal_stage=self.deal.stage if self.deal is not None else None,
             advertiser_name=self.advertiser.name if self.advertiser is not None else "",
             advertiser_domain=self.advertiser.domain if self.advertiser is not None else None,
             known_show_ids=set(self.shows),
@@ -215,11 +215,11 @@ class BookingFacts:
 
 async def booking_facts(*, session: AsyncSession, booking: BookIoInput) -> BookingFacts:
     """Reads the deal, advertiser and shows of a booking (the session's tenant, RLS)."""
-    campaign = await session.get(Campaign, uuid.UUID(booking.campaign_id))
+    campaign = await session.get(Deal, uuid.UUID(booking.campaign_id))
     advertiser = await session.get(Advertiser, campaign.advertiser_id) if campaign is not None else None
     ids = {uuid.UUID(u.show_id) for u in booking.ad_units}
     shows = {str(s.id): s for s in await session.scalars(select(Show).where(Show.id.in_(ids)))}
-    return BookingFacts(campaign=campaign, advertiser=advertiser, shows=shows)
+    return BookingFacts(deal=campaign, advertiser=advertiser, shows=shows)
 
 
 async def reserve_booking(
@@ -238,7 +238,7 @@ async def reserve_booking(
     tid = uuid.UUID(str(tenant_id))
     facts = await booking_facts(session=session, booking=booking)
     facts.check(booking)
-    assert facts.campaign is not None and facts.advertiser is not None
+    assert facts.deal is not None and facts.advertiser is not None
     advertiser = facts.advertiser
     units = booking.ad_units
 
@@ -274,7 +274,7 @@ async def reserve_booking(
     io = IoBooking(
         id=io_id,
         tenant_id=tid,
-        campaign_id=facts.campaign.id,
+        campaign_id=facts.deal.id,
         status=IoStatus.SCHEDULED.value,
         payment_terms_days=booking.payment_terms_days,
         underdelivery_policy=booking.underdelivery_policy.value,
@@ -360,8 +360,8 @@ def ios_query(*, campaign_id: uuid.UUID | None = None, status: IoStatus | None =
     )
     stmt = (
         select(IoBooking, Advertiser.name, units.c.n, units.c.next_air)
-        .join(Campaign, Campaign.id == IoBooking.campaign_id)
-        .join(Advertiser, Advertiser.id == Campaign.advertiser_id)
+        .join(Deal, Deal.id == IoBooking.campaign_id)
+        .join(Advertiser, Advertiser.id == Deal.advertiser_id)
         .outerjoin(units, units.c.io_id == IoBooking.id)
     )
     if campaign_id is not None:

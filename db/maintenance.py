@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Campaign
+from db.models import Deal
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,15 @@ async def recently_changed_deals(
 ) -> list[ChangedDeal]:
     """Deals of the session's tenant whose stage or details changed in [since, until), by id."""
     rows = await session.execute(
-        select(Campaign.id, Campaign.stage, Campaign.stage_changed_at)
+        select(Deal.id, Deal.stage, Deal.stage_changed_at)
         .where(
             or_(
-                Campaign.stage_changed_at.between(since, until),
-                Campaign.updated_at.between(since, until),
+                Deal.stage_changed_at.between(since, until),
+                Deal.updated_at.between(since, until),
             ),
-            Campaign.id > after,
+            Deal.id > after,
         )
-        .order_by(Campaign.id)
+        .order_by(Deal.id)
         .limit(limit)
     )
     return [ChangedDeal(id=r[0], stage=r[1], stage_changed_at=r[2]) for r in rows]

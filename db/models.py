@@ -127,8 +127,13 @@ class Advertiser(Base):
     updated_at: Mapped[datetime] = _created()
 
 
-class Campaign(Base):
-    """A deal: an advertiser's sponsorship moving through the pipeline."""
+class Deal(Base):
+    """A deal: an advertiser's sponsorship moving through the pipeline.
+
+    "Deal" is its name in the code and wherever a person looks; the stored names stay those of
+    the contract (ARCHITECTURE section 4): the table `campaigns`, the columns `campaign_id`, the
+    import kind `campaigns`, and `campaign_id` in workflow inputs (recorded histories carry it).
+    """
 
     __tablename__ = "campaigns"
     __table_args__ = (

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from db.deals import insert_deal
 from db.engine import SessionMaker, tenant_tx
-from db.models import Advertiser, Campaign
+from db.models import Advertiser, Deal
 from db.tenants import create_tenant
 from domain.deals import DealWorkflowInput
 from domain.stages import Stage
@@ -69,7 +69,7 @@ async def move(
 
 async def seed_deal(
     sm: SessionMaker, *, stage: Stage = Stage.LEAD, at: datetime | None = None
-) -> tuple[uuid.UUID, Campaign]:
+) -> tuple[uuid.UUID, Deal]:
     """A fresh tenant with one deal written straight into PostgreSQL (no workflow started)."""
     tenant = await create_tenant(sm=sm, name=f"wf {uuid.uuid4().hex[:6]}")
     async with tenant_tx(sm=sm, tenant_id=tenant.id) as s:
@@ -113,11 +113,11 @@ async def add_deal(
             at=created or datetime.now(UTC),
         )
         if changed is not None:
-            await s.execute(update(Campaign).where(Campaign.id == c.id).values(stage_changed_at=changed))
+            await s.execute(update(Deal).where(Deal.id == c.id).values(stage_changed_at=changed))
     return c.id
 
 
-def deal_input(tenant_id: uuid.UUID, c: Campaign, **overrides: Any) -> DealWorkflowInput:
+def deal_input(tenant_id: uuid.UUID, c: Deal, **overrides: Any) -> DealWorkflowInput:
     """The workflow input of a seeded deal."""
     values: dict[str, Any] = {
         "tenant_id": str(tenant_id),

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from activities.deals import DealActivities
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
-from db.models import Campaign, DealStageHistory, Event, WriteRequest
+from db.models import Deal, DealStageHistory, Event, WriteRequest
 from domain.deals import ChangeStageInput, DealState, RecordStageChangeInput, RecordStageChangeResult
 from domain.stages import Stage, probability
 from tests.conftest import Stack, start_stack
@@ -80,7 +80,7 @@ async def _until(check: Any, timeout: float = 30.0) -> None:
 async def _agrees(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> bool:
     """Row, the workflow's state query and its search attributes all show the same stage entry."""
     async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
-        c = await s.get(Campaign, uuid.UUID(deal_id))
+        c = await s.get(Deal, uuid.UUID(deal_id))
         assert c is not None
         row = {"stage": c.stage, "stage_changed_at": c.stage_changed_at.isoformat()}
     handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant_id), deal_id))
@@ -122,7 +122,7 @@ async def _write_behind(
     """Commits a move the way the stage write's local activity does, behind the workflow's back
     (what a write inside a workflow task the server then lost leaves)."""
     async with tenant_tx(sm=stack.sm, tenant_id=tenant_id) as s:
-        c = await s.get(Campaign, uuid.UUID(deal_id))
+        c = await s.get(Deal, uuid.UUID(deal_id))
         assert c is not None
         frm, entered = Stage(c.stage), c.stage_changed_at
     return await DealActivities(stack.sm).record_stage_change(

@@ -367,12 +367,12 @@ async def test_postgres_row_matches_workflow_after_moves(stack: Stack) -> None:
             .select_from(DealStageHistory)
             .where(DealStageHistory.campaign_id == uuid.UUID(deal["id"]))
         )
-    assert row is not None and row.campaign.stage == "negotiation" and row.campaign.probability == 75
+    assert row is not None and row.deal.stage == "negotiation" and row.deal.probability == 75
     assert n == 4
     state = await stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"])).query(
         DealWorkflow.state
     )
-    assert state.stage_entered_at == row.campaign.stage_changed_at
+    assert state.stage_entered_at == row.deal.stage_changed_at
 
 
 async def test_duplicate_external_id_is_409_and_keeps_one_deal(stack: Stack) -> None:

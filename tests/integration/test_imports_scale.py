@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.engine import tenant_tx
-from db.models import Campaign, DealStageHistory, Event
+from db.models import Deal, DealStageHistory, Event
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.timeout(600)
@@ -74,7 +74,7 @@ async def test_crm_campaigns_exact_counts_and_two_phases(stack: Stack) -> None:
     assert (status["rows_processed"], status["rows_inserted"], status["rows_updated"]) == (ROWS, ROWS, 0)
     assert status["workflows_started"] == n_open
     async with tenant_tx(sm=stack.sm, tenant_id=t.id) as s:
-        deals = await s.scalar(select(func.count()).select_from(Campaign))
+        deals = await s.scalar(select(func.count()).select_from(Deal))
         history = await s.scalar(select(func.count()).select_from(DealStageHistory))
         created = await s.scalar(
             select(func.count(func.distinct(Event.entity_id))).where(Event.type == "deal.created")

@@ -24,7 +24,7 @@ from activities.maintenance import MaintenanceActivities
 from db.deals import insert_deal
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
-from db.models import Campaign
+from db.models import Deal
 from domain.deals import DealState
 from domain.maintenance import (
     MaintenanceRound,
@@ -107,8 +107,8 @@ async def _move_behind_its_back(
     at = datetime.now(UTC)
     async with owner_sm() as s, s.begin():
         await s.execute(
-            update(Campaign)
-            .where(Campaign.id == uuid.UUID(deal_id))
+            update(Deal)
+            .where(Deal.id == uuid.UUID(deal_id))
             .values(stage=stage.value, stage_changed_at=at, updated_at=at)
         )
     await asyncio.sleep(QUIET["maintenance_drift_settle_seconds"] + 0.2)

@@ -23,7 +23,7 @@ from temporalio.worker import Replayer
 from activities.deals import DealActivities
 from db.engine import SessionMaker, tenant_tx
 from db.fences import abandon_request
-from db.models import Campaign
+from db.models import Deal
 from domain.deals import ChangeStageInput, RecordStageChangeInput
 from domain.stages import Stage, probability
 from tests.conftest import Stack, new_worker
@@ -138,9 +138,7 @@ async def _a_deal_under_faults(client: Client, sm: SessionMaker) -> WorkflowHist
         state = await handle.query(DealWorkflow.state)
         await orphan(Stage.NEGOTIATION, Stage.PROPOSAL, state.stage_entered_at, None)
         async with tenant_tx(sm=sm, tenant_id=tenant_id) as s:
-            await s.execute(
-                update(Campaign).where(Campaign.id == campaign.id).values(value_usd=Decimal("30000"))
-            )
+            await s.execute(update(Deal).where(Deal.id == campaign.id).values(value_usd=Decimal("30000")))
         await handle.signal(DealWorkflow.resync)
         for _ in range(100):
             state = await handle.query(DealWorkflow.state)

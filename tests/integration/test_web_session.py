@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from api.web import session as ws
 from db.engine import SessionMaker, tenant_tx
-from db.models import AdUnit, Advertiser, ApiKey, Campaign, IoBooking
+from db.models import AdUnit, Advertiser, ApiKey, Deal, IoBooking
 from db.tenants import NewTenant
 from tests.conftest import Stack, start_stack
 from tests.helpers.factories import add_deal, make_deal, make_show
@@ -214,7 +214,7 @@ async def test_availability_counts_live_units_per_day(stack: Stack, tenant: NewT
                     status=status,
                 )
             )
-        await s.execute(update(Campaign).where(Campaign.id == uuid.UUID(deal["id"])).values(stage="won"))
+        await s.execute(update(Deal).where(Deal.id == uuid.UUID(deal["id"])).values(stage="won"))
     r = await stack.http.get(
         "/api/v1/io/availability",
         params={"show_id": show["id"], "placement": "mid_roll", "start": day.isoformat(), "days": 3},
