@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -190,9 +189,8 @@ def main() -> int:
     deals = env_int("BENCH_DASHBOARD_DEALS", 100_000)
     n = env_int("BENCH_DASHBOARD_REQUESTS", 300)
     stack = Stack()
-    try:
-        stack.start()
-        stack.wait_ready()
+
+    def seed_and_measure() -> dict[str, Any]:
         with httpx.Client(base_url=stack.api_url, timeout=30, trust_env=False) as http:
             r = http.post(
                 "/api/v1/tenants",
@@ -206,13 +204,9 @@ def main() -> int:
             f"dashboard: seeded {deals:,} deals (+history, events, IOs, matches) in {seeded:.1f} s",
             flush=True,
         )
-        result = asyncio.run(measure(stack, tenant["api_key"], n))
-    except Exception:
-        print(f"{stack.log_tail()}\nits data and logs are kept in {stack.tmp}", file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
-    stack.discard()
+        return asyncio.run(measure(stack, tenant["api_key"], n))
+
+    result = stack.run(seed_and_measure)
     a, p = result["anchor"], result["product"]
     sample = result.pop("sample")
     for label, m in (("anchor  GET /api/v1/deals?limit=1", a), ("product GET /api/v1/dashboard    ", p)):

@@ -478,25 +478,10 @@ def main() -> int:
     # Matchmaking off: a shows or advertisers import would start a match recalculation, a
     # workload of its own (bench/match_recalc) that would compete with the next runs.
     stack = Stack({"ENABLE_MATCHMAKING": "false"})
-    ok = False
     try:
-        print(f"starting the stack (data in {stack.tmp}) ...", flush=True)
-        stack.start()
-        stack.wait_ready()
-        results = asyncio.run(measure(kinds, stack, files, advertisers, timeout_s))
-        ok = True
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            print(f"\nbenchmark failed: {exc!r}\n{stack.log_tail()}", file=sys.stderr, flush=True)
-        raise
+        results = stack.run(lambda: asyncio.run(measure(kinds, stack, files, advertisers, timeout_s)))
     finally:
-        print("stopping the stack ...", flush=True)
-        code = stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-        if ok:
-            shutil.rmtree(stack.tmp, ignore_errors=True)
-        else:
-            print(f"stack exited with {code}; its data and logs are kept in {stack.tmp}", file=sys.stderr)
     meta = {
         "kinds": kinds,
         "rows_small": small,

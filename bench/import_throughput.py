@@ -519,25 +519,10 @@ def main() -> int:
         raise SystemExit(f"at most {max_rows:,} rows (the dates would run out)")
     files = make_files(small, large)
     stack = Stack({"SPONSORFLOW_IMPORT_CHUNK_ROWS": chunk_rows} if chunk_rows else None)
-    ok = False
     try:
-        print(f"starting the stack (data in {stack.tmp}) ...", flush=True)
-        stack.start()
-        stack.wait_ready()
-        results = asyncio.run(measure(stack, files, timeout_s))
-        ok = True
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            print(f"\nbenchmark failed: {exc!r}\n{stack.log_tail()}", file=sys.stderr, flush=True)
-        raise
+        results = stack.run(lambda: asyncio.run(measure(stack, files, timeout_s)))
     finally:
-        print("stopping the stack ...", flush=True)
-        code = stack.stop()
         shutil.rmtree(files.tmp, ignore_errors=True)
-        if ok:
-            shutil.rmtree(stack.tmp, ignore_errors=True)
-        else:
-            print(f"stack exited with {code}; its data and logs are kept in {stack.tmp}", file=sys.stderr)
     meta = {
         "rows_small": small,
         "rows_large": large,

@@ -26,7 +26,6 @@ import io
 import json
 import math
 import random
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -308,16 +307,7 @@ def main() -> int:
     b = reference(feats, n_ref)
     print(f"(b) reference scorer, extrapolated     {b:8.1f} s", flush=True)
     stack = Stack()
-    try:
-        stack.start()
-        stack.wait_ready()
-        c, rss, result = product(stack, shows, advertisers)
-    except Exception:
-        print(f"{stack.log_tail()}\nits data and logs are kept in {stack.tmp}", file=sys.stderr)
-        raise
-    finally:
-        stack.stop()
-    stack.discard()
+    c, rss, result = stack.run(lambda: product(stack, shows, advertisers))
     ratio = c / a
     print(
         f"(c) product: POST -> matches readable  {c:8.2f} s   ({result['matches_written']:,} matches written)"

@@ -12,12 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
@@ -44,6 +47,7 @@ def env_int(name: str, default: int) -> int:
 
 
 def free_ports(n: int) -> list[int]:
+    """Returns n ports that were free a moment ago (also used by the fault suite's processes)."""
     socks = []
     try:
         for _ in range(n):
@@ -131,6 +135,32 @@ class Stack:
                     pass
                 self.proc.wait()
         return self.proc.returncode
+
+    def run(self, measure: Callable[[], T]) -> T:
+        """Starts the stack, runs `measure` against it, and stops it.
+
+        After a success its data dir is removed; after a failure (or Ctrl-C) the logs' tails are
+        printed and its data and logs are kept, their path printed, for a look.
+        """
+        ok = False
+        try:
+            print(f"starting the stack (data in {self.tmp}) ...", flush=True)
+            self.start()
+            self.wait_ready()
+            result = measure()
+            ok = True
+            return result
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                print(f"\nbenchmark failed: {exc!r}\n{self.log_tail()}", file=sys.stderr, flush=True)
+            raise
+        finally:
+            print("stopping the stack ...", flush=True)
+            code = self.stop()
+            if ok:
+                self.discard()
+            else:
+                print(f"stack exited with {code}; its data and logs are kept in {self.tmp}", file=sys.stderr)
 
     def discard(self) -> None:
         """Removes the stack's data dir and logs (after a run that succeeded; a failed one keeps them)."""

@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 import uuid
@@ -426,24 +425,7 @@ async def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
 def main() -> int:
     cfg = Config.from_env()
     stack = Stack()
-    ok = False
-    try:
-        print(f"starting the stack (data in {stack.tmp}) ...", flush=True)
-        stack.start()
-        stack.wait_ready()
-        out = asyncio.run(measure(stack, cfg))
-        ok = True
-    except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            print(f"\nbenchmark failed: {exc!r}\n{stack.log_tail()}", file=sys.stderr, flush=True)
-        raise
-    finally:
-        print("stopping the stack ...", flush=True)
-        code = stack.stop()
-        if ok:
-            shutil.rmtree(stack.tmp, ignore_errors=True)
-        else:
-            print(f"stack exited with {code}; its data and logs are kept in {stack.tmp}", file=sys.stderr)
+    out = stack.run(lambda: asyncio.run(measure(stack, cfg)))
     targets = evaluate(out["results"])
     out["targets"] = targets
     print()

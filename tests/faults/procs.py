@@ -21,23 +21,10 @@ from typing import Any
 
 import httpx
 
+from bench.stack import free_ports
 from tests.faults.config import ROOT
 
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    """Returns n ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def port_open(port: int) -> bool:
