@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +16,11 @@ from temporalio.client import Client
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from tests.conftest import Stack, start_stack
+from tests.helpers.imports import downloads_csv, worker_process
 
 pytestmark = pytest.mark.timeout(180)
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 200_000
+DRAINING = {"SPONSORFLOW_IMPORT_CHUNK_ROWS": "2000", "SPONSORFLOW_WORKER_SHUTDOWN_SECONDS": "60"}
 
 
 @pytest.fixture
@@ -34,25 +32,6 @@ async def headless_stack(
         yield s
 
 
-def _worker(stack: Stack, log: Path, *, shutdown_seconds: float) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPONSORFLOW_")}
-    env.update(
-        SPONSORFLOW_DATABASE_URL=str(stack.settings.database_url),
-        SPONSORFLOW_TEMPORAL_ADDRESS=stack.settings.temporal_target,
-        SPONSORFLOW_TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
-        SPONSORFLOW_IMPORT_CHUNK_ROWS="2000",
-        SPONSORFLOW_WORKER_SHUTDOWN_SECONDS=str(shutdown_seconds),
-        SPONSORFLOW_ADMIN_TOKEN="unused",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 async def test_sigterm_mid_import_lets_the_activity_finish(headless_stack: Stack, tmp_path: Path) -> None:
     stack = headless_stack
     t = await stack.new_tenant()
@@ -61,15 +40,12 @@ async def test_sigterm_mid_import_lets_the_activity_finish(headless_stack: Stack
         "/api/v1/shows", json={"external_id": "show-1", "name": "Grind", "avg_downloads": 1}, headers=h
     )
     assert r.status_code == 201
-    countries = ["US", "GB", "CA", "DE", "FR", "AU"]
-    lines = ["show_external_id,date,downloads,country"] + [
-        f"show-1,{date(1900, 1, 1) + timedelta(days=i // len(countries))},{i},{countries[i % len(countries)]}"
-        for i in range(ROWS)
-    ]
-    content = ("\n".join(lines) + "\n").encode()
+    content = downloads_csv(ROWS, date(1900, 1, 1))
 
     log = tmp_path / "worker.log"
-    first = _worker(stack, log, shutdown_seconds=60)
+    first = worker_process(
+        stack, log, SPONSORFLOW_IMPORT_CHUNK_ROWS="2000", SPONSORFLOW_WORKER_SHUTDOWN_SECONDS="60"
+    )
     try:
         r = await stack.http.post(
             "/api/v1/etl/upload",
@@ -102,7 +78,9 @@ async def test_sigterm_mid_import_lets_the_activity_finish(headless_stack: Stack
     assert status["status"] == "running"
     print(f"\nSIGTERM at about 4,000 of {ROWS:,} rows; the worker drained and exited 0 in {drained_in:.1f}s")
 
-    second = _worker(stack, log, shutdown_seconds=60)
+    second = worker_process(
+        stack, log, SPONSORFLOW_IMPORT_CHUNK_ROWS="2000", SPONSORFLOW_WORKER_SHUTDOWN_SECONDS="60"
+    )
     try:
         for _ in range(600):
             status = (await stack.http.get(f"/api/v1/etl/status/{import_id}", headers=h)).json()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,9 @@ from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.models import ShowDownload
 from tests.conftest import Stack, start_stack
+from tests.helpers.imports import downloads_csv, worker_process
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 60_000
 
 
@@ -36,19 +33,6 @@ async def headless_stack(
         yield s
 
 
-def _worker(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        SPONSORFLOW_DATABASE_URL=str(stack.settings.database_url),
-        SPONSORFLOW_TEMPORAL_ADDRESS=stack.settings.temporal_target,
-        SPONSORFLOW_TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
-        SPONSORFLOW_ADMIN_TOKEN="unused",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
 async def test_sigkill_mid_import_resumes_with_exact_counts(headless_stack: Stack, tmp_path: Path) -> None:
     stack = headless_stack
     t = await stack.new_tenant()
@@ -57,16 +41,10 @@ async def test_sigkill_mid_import_resumes_with_exact_counts(headless_stack: Stac
         "/api/v1/shows", json={"external_id": "show-1", "name": "Grind", "avg_downloads": 1}, headers=h
     )
     assert r.status_code == 201
-    countries = ["US", "GB", "CA", "DE", "FR", "AU"]
-    # Unique (show, date, country) keys: one day per six rows.
-    lines = ["show_external_id,date,downloads,country"] + [
-        f"show-1,{date(2000, 1, 1) + timedelta(days=i // len(countries))},{i},{countries[i % len(countries)]}"
-        for i in range(ROWS)
-    ]
-    content = ("\n".join(lines) + "\n").encode()
+    content = downloads_csv(ROWS, date(2000, 1, 1))
 
     log = tmp_path / "worker.log"
-    first = _worker(stack, log)
+    first = worker_process(stack, log)
     try:
         r = await stack.http.post(
             "/api/v1/etl/upload",
@@ -89,7 +67,7 @@ async def test_sigkill_mid_import_resumes_with_exact_counts(headless_stack: Stac
         if first.poll() is None:
             first.kill()
 
-    second = _worker(stack, log)
+    second = worker_process(stack, log)
     try:
         for _ in range(1200):
             status = (await stack.http.get(f"/api/v1/etl/status/{import_id}", headers=h)).json()
