@@ -60,6 +60,29 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def wait_for_ready(api_url: str, *, exited: Callable[[], int | None], timeout: float) -> None:
+    """Waits for the API's /readyz to answer 200 (PostgreSQL and Temporal answer it).
+
+    `exited` tells whether `sponsorflow up` has exited (its return code, or None while it runs):
+    then there is nothing to wait for.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    with httpx.Client(timeout=2, trust_env=False) as http:
+        while time.monotonic() < deadline:
+            if (code := exited()) is not None:
+                raise RuntimeError(f"`sponsorflow up` exited with code {code}")
+            try:
+                r = http.get(f"{api_url}/readyz")
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.3)
+    raise RuntimeError(f"the API was not ready within {timeout:.0f}s: {last}")
+
+
 # ---------------------------------------------------------------------------- the stack
 
 
@@ -102,22 +125,9 @@ class Stack:
         )
 
     def wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = ""
-        with httpx.Client(timeout=2, trust_env=False) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"`cli up` exited with code {self.proc.returncode}")
-                try:
-                    r = http.get(f"{self.api_url}/readyz")
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                time.sleep(0.3)
-        raise RuntimeError(f"the API was not ready within {READY_TIMEOUT_S:.0f}s: {last}")
+        proc = self.proc
+        assert proc is not None
+        wait_for_ready(self.api_url, exited=proc.poll, timeout=READY_TIMEOUT_S)
 
     def stop(self) -> int | None:
         """SIGINT to `up` (it stops its children and PostgreSQL); kills the group after 30 s."""

@@ -224,6 +224,31 @@ async def tenant(stack: Stack) -> NewTenant:
     return await stack.new_tenant()
 
 
+# The update budget of the api_only stack (the fault tests wait it out).
+FAULT_BUDGET_S = 1.5
+
+
+@pytest.fixture
+async def api_only(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
+    """The API with a short update budget and no worker: each test runs the worker when it wants."""
+    async for s in start_stack(
+        database,
+        client,
+        sm,
+        worker=False,
+        update_budget_seconds=FAULT_BUDGET_S,
+        worker_sticky_timeout_seconds=1.0,
+    ):
+        yield s
+
+
+def stack_worker(stack: Stack) -> Any:
+    """The worker `stack`'s settings would run, for a test to run when it wants (`async with`)."""
+    from worker import build_worker
+
+    return build_worker(stack.client, stack.settings, stack.sm)
+
+
 SMALL_CHUNK = 3
 
 

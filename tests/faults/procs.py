@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.stack import free_ports
+from bench.stack import free_ports, wait_for_ready
 from tests.faults.config import ROOT
 
 BIN = Path(sys.executable).parent
@@ -279,21 +277,13 @@ class Up:
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Waits for /readyz 200 (PostgreSQL and Temporal answer the API)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        with httpx.Client(timeout=2, trust_env=False) as http:
-            while time.monotonic() < deadline:
-                if not self.running():
-                    raise RuntimeError(f"`sponsorflow up` exited with {self.proc and self.proc.returncode}")
-                try:
-                    r = http.get(f"{self.api_url}/readyz")
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                time.sleep(0.3)
-        raise RuntimeError(f"the API was not ready within {timeout:.0f}s: {last}")
+
+        def exited() -> int | None:
+            if self.running():
+                return None
+            return self.proc.returncode if self.proc is not None else -1
+
+        wait_for_ready(self.api_url, exited=exited, timeout=timeout)
 
     def children(self) -> Children:
         """The children by name: from `<data_dir>/pids.json` when `up` writes it, else from /proc."""

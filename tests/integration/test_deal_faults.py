@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client
 
@@ -22,27 +20,13 @@ from db.engine import SessionMaker, tenant_tx
 from db.models import Deal, DealStageHistory, Event, WriteRequest
 from domain.deals import ChangeStageInput, DealState, RecordStageChangeInput, RecordStageChangeResult
 from domain.stages import Stage, probability
-from tests.conftest import Stack, start_stack
+from tests.conftest import FAULT_BUDGET_S, Stack, stack_worker, start_stack
 from tests.helpers.factories import make_deal, move
-from worker import build_worker
 from workflows import search_attributes as sa
 from workflows.deals import DealWorkflow
 from workflows.starters import deal_workflow_id
 
-BUDGET_S = 1.5
-
-
-@pytest.fixture
-async def api_only(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
-    """The API with a short update budget and no worker: each test runs the worker when it wants."""
-    async for s in start_stack(
-        database, client, sm, worker=False, update_budget_seconds=BUDGET_S, worker_sticky_timeout_seconds=1.0
-    ):
-        yield s
-
-
-def _worker(stack: Stack) -> Any:
-    return build_worker(stack.client, stack.settings, stack.sm)
+BUDGET_S = FAULT_BUDGET_S
 
 
 async def _moves(stack: Stack, tenant_id: uuid.UUID, deal_id: str) -> list[tuple[str | None, str]]:
@@ -144,7 +128,7 @@ async def _write_behind(
 async def _setup(stack: Stack) -> tuple[Any, dict[str, str], dict[str, Any]]:
     tenant = await stack.new_tenant()
     h = stack.auth(tenant)
-    async with _worker(stack):
+    async with stack_worker(stack):
         deal = await make_deal(stack.http, h)
         r = await move(stack.http, h, deal["id"], "qualified")
         assert r.status_code == 200, r.text
@@ -161,7 +145,7 @@ async def test_a_503_never_lands_when_the_worker_comes_back(api_only: Stack) -> 
     assert r.headers.get("Retry-After")
     before = await _moves(stack, tenant.id, deal["id"])
     # The worker returns and finds the queued update: it is refused, not applied.
-    async with _worker(stack):
+    async with stack_worker(stack):
         handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"]))
 
         # Wait until the worker has handled the queued update (its refusal is in the history).
@@ -213,7 +197,7 @@ async def test_a_write_that_won_the_race_is_answered_200_and_adopted(api_only: S
     assert r.status_code == 200, r.text
     assert r.json()["stage"] == "proposal"
     # The workflow learns of its own write by itself (the API's resync nudge), once it runs.
-    async with _worker(stack):
+    async with stack_worker(stack):
         await _until(lambda: _agrees(stack, tenant.id, deal["id"]))
         # A retry with the same key answers what happened, writing nothing.
         again = await stack.http.patch(
@@ -239,7 +223,7 @@ async def test_a_redelivered_update_adopts_its_own_write(api_only: Stack) -> Non
     request_id = f"req-{uuid.uuid4().hex}"
     await _write_behind(stack, tenant.id, deal["id"], Stage.NEGOTIATION, request_id=request_id)
     handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"]))
-    async with _worker(stack):
+    async with stack_worker(stack):
         result = await handle.execute_update(
             DealWorkflow.change_stage,
             ChangeStageInput(stage=Stage.NEGOTIATION, request_id=request_id),
@@ -256,7 +240,7 @@ async def test_resync_adopts_a_row_moved_behind_the_workflows_back(api_only: Sta
     tenant, h, deal = await _setup(stack)
     await _write_behind(stack, tenant.id, deal["id"], Stage.PROPOSAL)
     handle = stack.client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"]))
-    async with _worker(stack):
+    async with stack_worker(stack):
         assert not await _agrees(stack, tenant.id, deal["id"])
         await handle.signal(DealWorkflow.resync)
         await _until(lambda: _agrees(stack, tenant.id, deal["id"]))
@@ -383,7 +367,7 @@ async def test_a_retry_fences_off_the_attempt_it_replaces(api_only: Stack) -> No
         stack.http.patch(url, json={"stage": "proposal", "reason": "r"}, headers=headers)
     )
     await asyncio.sleep(0.3)
-    async with _worker(stack):
+    async with stack_worker(stack):
         a, b = await first, await second
         assert b.status_code == 200, b.text
         assert b.json()["stage"] == "proposal"
@@ -432,7 +416,7 @@ async def test_a_move_judged_from_a_missed_write_is_repaired_and_retried(api_onl
     stack = api_only
     tenant, h, deal = await _setup(stack)
     await _write_behind(stack, tenant.id, deal["id"], Stage.PROPOSAL)
-    async with _worker(stack):
+    async with stack_worker(stack):
         r = await move(stack.http, h, deal["id"], "won")
         assert r.status_code == 200, r.text
         assert r.json()["stage"] == "won"

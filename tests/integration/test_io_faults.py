@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,29 +31,15 @@ from domain.io import (
     ReserveIoInput,
     UnitRequest,
 )
-from tests.conftest import Stack, new_worker, start_stack
+from tests.conftest import FAULT_BUDGET_S, Stack, new_worker, stack_worker, start_stack
 from tests.helpers.factories import ad_unit, book_io, make_deal, make_show
-from worker import build_worker
 from workflows import search_attributes as sa
 from workflows.io import REQUEST_ABANDONED, IoBookingWorkflow
 from workflows.starters import io_workflow_id
 
-BUDGET_S = 1.5
+BUDGET_S = FAULT_BUDGET_S
 TODAY = datetime.now(UTC).date()
 SOON = TODAY + timedelta(days=10)
-
-
-@pytest.fixture
-async def api_only(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
-    """The API with a short update budget and no worker: each test runs the worker when it wants."""
-    async for s in start_stack(
-        database, client, sm, worker=False, update_budget_seconds=BUDGET_S, worker_sticky_timeout_seconds=1.0
-    ):
-        yield s
-
-
-def _worker(stack: Stack) -> Any:
-    return build_worker(stack.client, stack.settings, stack.sm)
 
 
 async def _until(check: Any, timeout: float = 30.0) -> None:
@@ -92,7 +77,7 @@ async def _refused_when_the_worker_returns(stack: Stack, workflow_id: str, reque
 async def _booked(stack: Stack, tenant: NewTenant, air: Any, **extra: Any) -> dict[str, Any]:
     """A won deal and an IO booked on it (the worker runs for this only)."""
     h = stack.auth(tenant)
-    async with _worker(stack):
+    async with stack_worker(stack):
         deal = await make_deal(stack.http, h, stage="won")
         r = await book_io(stack.http, h, deal["id"], [ad_unit(deal["show_id"], air)], **extra)
         assert r.status_code == 201, r.text
@@ -127,7 +112,7 @@ async def test_a_delivery_answered_503_never_lands(api_only: Stack) -> None:
     fenced = await _abandoned_request(stack, tenant)
     assert fenced.entity_id == io["id"]
 
-    async with _worker(stack):
+    async with stack_worker(stack):
         await _refused_when_the_worker_returns(stack, io["workflow_id"], fenced.request_id)
         handle = stack.client.get_workflow_handle(io["workflow_id"])
         snap = await handle.query(IoBookingWorkflow.snapshot)
@@ -155,7 +140,7 @@ async def test_a_cancel_answered_503_never_lands(api_only: Stack) -> None:
     assert "never will be" in r.json()["detail"] and r.headers["Retry-After"]
     fenced = await _abandoned_request(stack, tenant)
 
-    async with _worker(stack):
+    async with stack_worker(stack):
         await _refused_when_the_worker_returns(stack, io["workflow_id"], fenced.request_id)
         got = (await stack.http.get(f"/api/v1/io/{io['id']}", headers=h)).json()
         assert got["status"] == "scheduled" and got["cancel_reason"] is None
@@ -178,7 +163,7 @@ async def test_a_booking_answered_503_never_lands(api_only: Stack) -> None:
     tenant = await stack.new_tenant()
     h = stack.auth(tenant)
     code = f"G{uuid.uuid4().hex[:6]}"
-    async with _worker(stack):
+    async with stack_worker(stack):
         deal = await make_deal(stack.http, h, stage="won")
         show = await make_show(stack.http, h, slots={"mid_roll": 1})
 
@@ -192,7 +177,7 @@ async def test_a_booking_answered_503_never_lands(api_only: Stack) -> None:
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(sa.IO_STATUS) == "booking"
 
-    async with _worker(stack):
+    async with stack_worker(stack):
         await _refused_when_the_worker_returns(stack, wid, fenced.request_id)
         result = await handle.result()
         assert result.status is IoStatus.ABANDONED
@@ -225,7 +210,7 @@ async def test_a_lost_answer_is_learned_by_retrying_with_the_idempotency_key(
         # The client gives up on the answer (a dropped connection) while the worker is away...
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(stack.http.post(url, json=body, headers=h | key), timeout=1.0)
-        async with _worker(stack):
+        async with stack_worker(stack):
             # ...the queued update lands once the worker is back.
             async def landed(stack: Stack = stack, tenant: NewTenant = tenant) -> bool:
                 return await _count(stack, tenant, Event, type="io.delivery_reported") == 1
@@ -258,13 +243,13 @@ async def test_a_booking_retried_with_its_key_after_a_503_books_once(api_only: S
     stack = api_only
     tenant = await stack.new_tenant()
     h = stack.auth(tenant)
-    async with _worker(stack):
+    async with stack_worker(stack):
         deal = await make_deal(stack.http, h, stage="won")
     key = {"Idempotency-Key": f"b-{uuid.uuid4()}"}
     body = {"campaign_id": deal["id"], "ad_units": [ad_unit(deal["show_id"], SOON)]}
     r = await stack.http.post("/api/v1/io", json=body, headers=h | key)
     assert r.status_code == 503, r.text
-    async with _worker(stack):
+    async with stack_worker(stack):
         r = await stack.http.post("/api/v1/io", json=body, headers=h | key)
         assert r.status_code == 201, r.text
         again = await stack.http.post("/api/v1/io", json=body, headers=h | key)
@@ -308,7 +293,7 @@ async def test_a_booking_whose_write_won_the_race_is_answered_201_and_adopted(
     ):
         tenant = await stack.new_tenant()
         h = stack.auth(tenant)
-        async with _worker(stack):
+        async with stack_worker(stack):
             deal = await make_deal(stack.http, h, stage="won")
         key = f"w-{uuid.uuid4()}"
         body = {"campaign_id": deal["id"], "ad_units": [ad_unit(deal["show_id"], SOON)]}
@@ -342,7 +327,7 @@ async def test_a_booking_whose_write_won_the_race_is_answered_201_and_adopted(
         # The API's fence found the write: it answers what happened, not a 503.
         assert r.status_code == 201, r.text
         assert r.json()["id"] == pending.entity_id
-        async with _worker(stack):
+        async with stack_worker(stack):
             # The queued update reaches the workflow, which adopts the booking it finds written.
             handle = stack.client.get_workflow_handle(io_workflow_id(str(tenant.id), pending.entity_id))
             adopted = handle.get_update_handle(pending.request_id, result_type=BookIoResult)
