@@ -320,7 +320,13 @@ def up(settings: Settings) -> int:
             SPONSORFLOW_DATABASE_URL=db.app_url,
             SPONSORFLOW_ADMIN_TOKEN=token,
             SPONSORFLOW_DATA_DIR=str(data_dir),
+            # One build id for the stack's life: a worker restarted after a commit is still the
+            # version that is current, so no pinned run is left on a build nobody runs.
+            SPONSORFLOW_WORKER_BUILD_ID=settings.build_id,
         )
+        if settings.worker_promote is None:
+            # The dev stack's workers make their own version current (production: the release does).
+            env["SPONSORFLOW_WORKER_PROMOTE"] = "true"
         if not settings.temporal_address:
             print("starting the Temporal dev server ...", flush=True)
             from workflows.search_attributes import cli_flags
@@ -351,6 +357,8 @@ def up(settings: Settings) -> int:
                             else []
                         ),
                         *cli_flags(),
+                        # TemporalReportedProblems on a workflow whose task keeps failing.
+                        *settings.dev_server_flags(),
                     ],
                     logs / "temporal.log",
                     backoff(),
@@ -397,7 +405,12 @@ def up(settings: Settings) -> int:
             f"  API            {api_url}\n"
             f"  API docs       {api_url}/docs\n"
             f"  Temporal UI    {settings.ui_base_url}\n"
-            f"  admin token    {token}\n"
+            + (
+                f"  worker version {settings.worker_deployment}:{settings.build_id}\n"
+                if settings.worker_versioning
+                else ""
+            )
+            + f"  admin token    {token}\n"
             + (f"  demo API key   {demo_key}\n" if demo_key else "")
             + f"  logs           {logs}\n"
             "Press Ctrl-C to stop everything.",

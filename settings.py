@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import os
 import secrets
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ADMIN_TOKEN = "changethis"
+HERE = Path(__file__).resolve().parent
 
 
 def _flag(name: str) -> AliasChoices:
@@ -79,12 +81,30 @@ class Settings(BaseSettings):
     up_restart_backoff_max_seconds: float = Field(30.0, gt=0)
     up_restart_reset_seconds: float = Field(60.0, gt=0)
 
+    # Worker versioning (README "Releasing a workflow change"): a worker is the version
+    # `<worker_deployment>:<build id>` of a Temporal Worker Deployment. Unset build id: the package
+    # version plus the git revision ("0.1.0+abc1234"), the version alone without git. Off: an
+    # unversioned worker (the tests' in-process workers; never mix both kinds on one task queue).
+    worker_versioning: bool = True
+    worker_deployment: str = Field("sponsorflow", min_length=1, max_length=200, pattern=r"^[^.\s]+$")
+    worker_build_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^\S+$")
+    # Make this worker's version the deployment's current one once it polls. Unset: yes in
+    # development (`sponsorflow up` sets it anyway), no elsewhere, where the release procedure does
+    # it (`temporal worker deployment set-current-version`).
+    worker_promote: bool | None = None
+
     temporal_address: str | None = None
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     # The dev server's SQLite file in WAL mode: stage changes measured 30-40% faster on the bench
     # machine, but off by default (see the README's benchmark section for why).
     temporal_dev_wal: bool = False
+    # The dev servers `up` and the tests start set the system search attribute
+    # TemporalReportedProblems on a running workflow after this many consecutive failed or timed-out
+    # workflow tasks (a non-determinism error, say), and clear it on its next successful task.
+    # 0: off (the dev server's own default). Production clusters set the same dynamic config value
+    # (system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute).
+    temporal_dev_task_problems_threshold: int = Field(1, ge=0, le=1000)
     temporal_namespace: str = "default"
     temporal_task_queue: str = "sponsorflow"
     temporal_tls: bool = False
@@ -176,6 +196,21 @@ class Settings(BaseSettings):
         """Base URL of the Temporal Web UI, for links from the API."""
         return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
 
+    @property
+    def build_id(self) -> str:
+        """This worker's build id: the configured one, else the package version (+ git revision)."""
+        return self.worker_build_id or default_build_id()
+
+    @property
+    def promotes(self) -> bool:
+        """Whether the worker makes its own version current (unset: only in development)."""
+        return self.worker_promote if self.worker_promote is not None else self.environment == "development"
+
+    def dev_server_flags(self) -> list[str]:
+        """The dynamic config flags of `temporal server start-dev` (the task problems threshold)."""
+        key = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
+        return ["--dynamic-config-value", f"{key}={self.temporal_dev_task_problems_threshold}"]
+
     def workflow_url(self, workflow_id: str) -> str:
         """Link to one workflow in the Temporal Web UI."""
         return (
@@ -193,14 +228,50 @@ class Settings(BaseSettings):
         return self.admin_token or secrets.token_urlsafe(24)
 
 
+def package_version() -> str:
+    """The installed sponsorflow package's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sponsorflow")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def git_revision(repo: Path = HERE) -> str | None:
+    """The short git revision of `repo`'s HEAD, or None outside a git checkout (an image, say)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=7", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if out.returncode == 0 and rev else None
+
+
+@lru_cache
+def default_build_id(repo: Path = HERE) -> str:
+    """The package version plus the git revision ("0.1.0+abc1234"); the version alone without git."""
+    rev = git_revision(repo)
+    return f"{package_version()}+{rev}" if rev else package_version()
+
+
 @lru_cache
 def get_settings() -> Settings:
     """Returns the process-wide settings, read once from the environment."""
     return Settings()
 
 
-async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Any:
-    """Connects the one Temporal client of a process (pydantic converter, TLS/API key if set)."""
+async def connect_temporal(settings: Settings, *, lazy: bool = False, runtime: Any = None) -> Any:
+    """Connects the one Temporal client of a process (pydantic converter, TLS/API key if set).
+
+    `runtime`: the SDK runtime (the worker's forwards the SDK core's logs; None: the default one).
+    """
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.service import TLSConfig
@@ -218,6 +289,7 @@ async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Any:
         tls=tls if settings.temporal_api_key is None else (tls or True),
         api_key=settings.temporal_api_key,
         lazy=lazy,
+        runtime=runtime,
     )
 
 

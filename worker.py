@@ -6,13 +6,16 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.deals import DealActivities
 from activities.imports import ImportActivities, repair_stuck_imports
@@ -31,7 +34,8 @@ from workflows.imports import ImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
-from workflows.starters import start_maintenance
+from workflows.starters import TASK_PROBLEMS_QUERY, set_current_version, start_maintenance
+from workflows.versioning import versioned
 
 # The maintenance singleton runs these (kept importable here for tests and ops scripts).
 __all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]
@@ -123,17 +127,153 @@ def build_worker(
     workflows, activities = registrations(settings, sm)
     if not workflows and not extra_workflows:
         raise SystemExit("every feature flag is off: this worker has nothing to run")
+    everything = [*workflows, *extra_workflows]
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
-        workflows=[*workflows, *extra_workflows],
+        workflows=[versioned(w) for w in everything] if settings.worker_versioning else everything,
         activities=activities,
+        deployment_config=deployment_config(settings),
         # SIGTERM (a deploy, `docker compose stop`, Ctrl-C of `up`): stop polling, let running
         # activities finish for this long, then cancel them; the sticky queue is released at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_seconds),
         # A SIGKILLed worker cannot release its sticky queue: its cached workflows' next tasks wait
         # this long before another worker replays and runs them (the SDK's default is 10 s).
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker_sticky_timeout_seconds),
+    )
+
+
+def deployment_version(settings: Settings) -> WorkerDeploymentVersion:
+    """This worker's version: `<SPONSORFLOW_WORKER_DEPLOYMENT>:<build id>`."""
+    return WorkerDeploymentVersion(deployment_name=settings.worker_deployment, build_id=settings.build_id)
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """The worker's deployment version, or None for an unversioned worker.
+
+    Every production workflow names its behaviour (workflows/versioning.py); the default covers a
+    variant a benchmark or a test registers, and is the one that needs no old build kept alive.
+    """
+    if not settings.worker_versioning:
+        return None
+    return WorkerDeploymentConfig(
+        version=deployment_version(settings),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+    )
+
+
+async def promote_when_polling(client: Client, settings: Settings, *, max_delay: float = 5.0) -> str | None:
+    """Makes this worker's version the deployment's current one, retrying until the server agrees.
+
+    The dev stack's way (SPONSORFLOW_WORKER_PROMOTE): with versioned workers and no current
+    version, nothing would run new workflows. The server learns a version from its workers' polls
+    and refuses it as current until they poll every task queue it knows, hence the retries. A
+    version that is already current stays so (the stack's restarts: same build id). Returns the
+    version that was current before.
+    """
+    version = deployment_version(settings)
+    delay = 0.2
+    while True:
+        try:
+            previous = await set_current_version(
+                client,
+                deployment=version.deployment_name,
+                build_id=version.build_id,
+                identity=f"sponsorflow worker {version.build_id} (SPONSORFLOW_WORKER_PROMOTE)",
+            )
+        except Exception as exc:  # noqa: BLE001 - not polled yet, or Temporal away: try again
+            log.debug("version %s not made current yet (%s); retrying in %gs", version.build_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            continue
+        if previous != version.build_id:
+            log.info(
+                "worker deployment %s: version %s is current (was %s)",
+                version.deployment_name,
+                version.build_id,
+                previous or "unversioned",
+            )
+        return previous
+
+
+def _nondeterminism(record: logging.LogRecord) -> tuple[str, str] | None:
+    """(run id, failure) of an SDK core record that fails a workflow task for non-determinism."""
+    fields = getattr(getattr(record, "temporal_log", None), "fields", None) or {}
+    failure = str(fields.get("failure", ""))
+    run_id = fields.get("run_id")
+    if not run_id or ("NonDeterministicError" not in failure and "Nondeterminism" not in failure):
+        return None
+    start = failure.find('message: "')
+    message = failure[start + 10 : failure.find('"', start + 10)] if start >= 0 else failure
+    return str(run_id), message
+
+
+class NondeterminismWatch(logging.Handler):
+    """Logs an ERROR naming the workflow whose task fails with a non-determinism error.
+
+    The SDK core detects it during replay and logs a WARNING ("Failing workflow task") that names
+    only the run; this handler, on the logger the core's logs are forwarded to, hands the run to
+    `run()`, which finds the workflow's id and type in visibility and logs one ERROR line per run
+    and minute (the task is retried, so the warning repeats). The task keeps failing and being
+    retried (the workflow is not failed): a fix or a rollback lets it carry on where it was.
+    """
+
+    def __init__(self, client: Client, *, repeat_after_s: float = 60.0) -> None:
+        super().__init__(level=logging.WARNING)
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._logged: dict[str, float] = {}
+        self._repeat_after_s = repeat_after_s
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Called by the core's log forwarding, possibly from another thread."""
+        found = _nondeterminism(record)
+        if found is not None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, found)
+
+    async def run(self) -> None:
+        """Reports each run handed over (until cancelled)."""
+        while True:
+            run_id, message = await self._queue.get()
+            now = time.monotonic()
+            if now - self._logged.get(run_id, -self._repeat_after_s) < self._repeat_after_s:
+                continue
+            self._logged[run_id] = now
+            workflow_id, workflow_type = "(unknown)", "workflow"
+            try:
+                async for found in self._client.list_workflows(f'RunId="{run_id}"', limit=1):
+                    workflow_id, workflow_type = found.id, found.workflow_type
+            except Exception:  # noqa: BLE001 - the run id alone still says what happened
+                log.warning("could not look up run %s in visibility", run_id, exc_info=True)
+            # Issue 16 (worker metrics): count it here, e.g.
+            # sponsorflow_workflow_nondeterminism_total{workflow_type=...}; the SDK's own
+            # temporal_workflow_task_execution_failed{failure_reason="NonDeterminismError"} counts it too.
+            log.error(
+                "NON-DETERMINISM: %s %s (run %s) fails its workflow task on this build: %s. The task "
+                "is retried until a compatible build runs it: roll back (set the previous version "
+                "current) or deploy a fix. All such workflows: temporal workflow list --query '%s'",
+                workflow_type,
+                workflow_id,
+                run_id,
+                message,
+                TASK_PROBLEMS_QUERY,
+            )
+
+
+def worker_runtime(core_logger: logging.Logger) -> Runtime:
+    """The worker's SDK runtime: the core's logs (warnings and up) go to `core_logger`.
+
+    Issue 16 adds the worker's Prometheus metrics here (TelemetryConfig.metrics).
+    """
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=core_logger),
+            )
+        )
     )
 
 
@@ -183,7 +323,10 @@ async def run_worker(settings: Settings | None = None) -> None:
     if not settings.database_url:
         raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
     engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
-    client = await connect_temporal(settings)
+    core_log = logging.getLogger("sponsorflow.worker.sdk")
+    client = await connect_temporal(settings, runtime=worker_runtime(core_log))
+    watch = NondeterminismWatch(client)
+    core_log.addHandler(watch)
     sm = make_sessionmaker(engine=engine)
     worker = build_worker(client, settings, sm)
     tune_gc(settings.worker_gc_threshold)
@@ -204,13 +347,28 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    log.info("worker polling task queue %s", settings.temporal_task_queue)
+    if settings.worker_versioning:
+        log.info(
+            "worker polling task queue %s as version %s of worker deployment %s%s",
+            settings.temporal_task_queue,
+            settings.build_id,
+            settings.worker_deployment,
+            " (making it current)" if settings.promotes else "",
+        )
+    else:
+        log.info("worker polling task queue %s (unversioned)", settings.temporal_task_queue)
     async with worker:
         # In the background: the worker polls at once; schedules and the open-deal sweep are the
         # singleton's rounds, not this start's.
-        maintenance = asyncio.create_task(keep_maintenance_running(client, settings))
+        background: list[asyncio.Task[Any]] = [
+            asyncio.create_task(keep_maintenance_running(client, settings)),
+            asyncio.create_task(watch.run()),
+        ]
+        if settings.worker_versioning and settings.promotes:
+            background.append(asyncio.create_task(promote_when_polling(client, settings)))
         await stop.wait()
-        maintenance.cancel()
+        for task in background:
+            task.cancel()
     # Only now: the activities that drained above still needed the engine.
     await engine.dispose()
     log.info("worker stopped")

@@ -109,6 +109,8 @@ async def temporal_env(request: pytest.FixtureRequest) -> AsyncIterator[Workflow
             dev_server_existing_path=str(BIN / "temporal"),
             search_attributes=ALL_KEYS,
             dev_server_log_level="error",
+            # TemporalReportedProblems as `sponsorflow up` sets it (test_worker_versioning.py).
+            dev_server_extra_args=Settings().dev_server_flags(),
         )
     yield env
     await env.shutdown()
@@ -168,6 +170,8 @@ def make_settings(database: EmbeddedDatabase, client: Client, **overrides: Any) 
         "temporal_task_queue": f"tq-{uuid.uuid4()}",
         "admin_token": "test-admin-token",
         "environment": "development",
+        # Unversioned: every test has its own task queue; a versioned test asks for it.
+        "worker_versioning": False,
     }
     values.update(overrides)
     return Settings(**values)

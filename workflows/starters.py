@@ -18,6 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import VersionDrainageStatus
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import (
     Client,
     Schedule,
@@ -613,3 +618,70 @@ async def start_maintenance(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=MAINTENANCE_SUMMARY,
     )
+
+
+# Worker deployments (workflows/versioning.py; the README's "Releasing a workflow change")
+
+# Running workflows a task keeps failing on (a non-determinism error, say): the server sets
+# TemporalReportedProblems after SPONSORFLOW_TEMPORAL_DEV_TASK_PROBLEMS_THRESHOLD consecutive
+# failed or timed-out workflow tasks and clears it on the next successful one.
+TASK_PROBLEMS_QUERY = (
+    'ExecutionStatus="Running" AND TemporalReportedProblems IN '
+    '("category=WorkflowTaskFailed", "category=WorkflowTaskTimedOut")'
+)
+
+
+@dataclass(frozen=True)
+class DeploymentVersions:
+    """A Worker Deployment's versions as the server knows them."""
+
+    current_build_id: str | None
+    ramping_build_id: str | None
+    # build id -> drainage status ("draining", "drained", or "" while current or never drained)
+    versions: dict[str, str]
+
+
+def running_on_version_query(deployment: str, build_id: str) -> str:
+    """The visibility query of the workflows still running on one version (pinned or not moved yet)."""
+    return f'ExecutionStatus="Running" AND TemporalWorkerDeploymentVersion="{deployment}:{build_id}"'
+
+
+async def deployment_versions(client: Client, deployment: str) -> DeploymentVersions | None:
+    """Describes a Worker Deployment; None until a worker of it has polled."""
+    try:
+        got = await client.workflow_service.describe_worker_deployment(
+            DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=deployment)
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    info = got.worker_deployment_info
+    routing = info.routing_config
+    prefix = "VERSION_DRAINAGE_STATUS_"
+    return DeploymentVersions(
+        current_build_id=routing.current_deployment_version.build_id or None,
+        ramping_build_id=routing.ramping_deployment_version.build_id or None,
+        versions={
+            v.deployment_version.build_id: (
+                ""
+                if v.drainage_status == VersionDrainageStatus.VERSION_DRAINAGE_STATUS_UNSPECIFIED
+                else VersionDrainageStatus.Name(v.drainage_status).removeprefix(prefix).lower()
+            )
+            for v in info.version_summaries
+        },
+    )
+
+
+async def set_current_version(client: Client, *, deployment: str, build_id: str, identity: str) -> str | None:
+    """Makes `build_id` the deployment's current version (a no-op if it is); returns the previous one.
+
+    New workflows and auto-upgrade ones go to its workers from now on; pinned ones stay where they
+    are. The server refuses while the version's workers do not poll every task queue it knows.
+    """
+    got = await client.workflow_service.set_worker_deployment_current_version(
+        SetWorkerDeploymentCurrentVersionRequest(
+            namespace=client.namespace, deployment_name=deployment, build_id=build_id, identity=identity
+        )
+    )
+    return got.previous_deployment_version.build_id or None
