@@ -58,7 +58,7 @@ from tests.helpers.upgrade import (
 from worker import registrations
 from workflows.deals import DealWorkflow
 from workflows.io import IoBookingWorkflow
-from workflows.starters import deal_workflow_id, running_on_version_query
+from workflows.starters import deal_workflow_id, deployment_versions, running_on_version_query
 from workflows.versioning import versioned
 
 T = TypeVar("T")
@@ -407,6 +407,12 @@ async def test_a_release_rehearsed_on_the_dev_server(api: Stack, client: Client,
             assert r.status_code == 200, r.text
             assert (await deal_handle(at_lead).result()).stage is Stage.LOST
             await eventually(lambda: expect(running_on(client, on_v1), set()))
+            # The server's own view lags: v1 stays "draining" (not "drained") for its visibility
+            # grace period (minutes), and it cannot be deleted while its workers poll. Retiring
+            # means: the query above is empty, then stop v1's workers; deleting the version is later.
+            versions = await deployment_versions(client, deployment)
+            assert versions is not None and versions.current_build_id == "v2"
+            assert versions.versions["v1"] == "draining"
 
             # ---- What the histories show.
             finals = {d["id"]: await deal_handle(d).fetch_history() for d in [*old_deals, fresh]}
