@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser up test lint bench faults clean
+.PHONY: install browser up test lint bench faults record-histories clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,13 @@ bench: $(STAMP)
 # The fault suite: real processes, faults injected, the HTTP contract checked (tests/faults/).
 faults: $(STAMP)
 	$(BIN)/python -m tests.faults
+
+# The replay corpus (tests/histories/<workflow type>/<scenario>.json): runs every scenario of
+# tests/helpers/scenarios.py against real servers and ADDS a file for each scenario that has none or
+# whose commands changed (never overwrites), then rewrites tests/workflow_contract.json.
+# RECORD_ARGS="--only DealWorkflow --dry-run" (see python -m tests.helpers.recorder --help).
+record-histories: $(STAMP)
+	$(BIN)/python -m tests.helpers.recorder $(RECORD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
