@@ -5,7 +5,6 @@ arrives or an operator closes it. Real PostgreSQL, the real API, the time-skippi
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,7 +25,6 @@ from db.tenants import NewTenant
 from domain.io import IoStatus
 from tests.conftest import Stack, start_stack
 from tests.helpers.factories import ad_unit, book_io, make_deal, make_show
-from tests.helpers.histories import HISTORIES
 from tests.helpers.io import TODAY, deliver, event_types, get_io, io_until, sleep_to
 from workflows.io import IoBookingWorkflow
 from workflows.search_attributes import IO_STATUS
@@ -148,9 +146,6 @@ async def test_no_report_waits_reminds_and_a_late_report_invoices(
     await Replayer(workflows=[IoBookingWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
-    recorded = HISTORIES / "io_booking_workflow_v3_delivery_overdue.json"
-    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
-        recorded.write_text(history.to_json())
 
 
 @pytest.mark.parametrize(("bill_as", "billed_b"), [("zero", "0.00"), ("goal", "400.00")])
@@ -198,9 +193,6 @@ async def test_an_operator_closes_the_missing_delivery(
     r = await stack.http.post(f"/api/v1/io/{io['id']}/close-delivery", json={"bill_as": bill_as}, headers=h)
     assert r.status_code == 409
     assert (await event_types(stack, tenant, io["id"])).count("io.completed") == 1
-    recorded = HISTORIES / "io_booking_workflow_v3_close_delivery.json"
-    if bill_as == "goal" and os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
-        recorded.write_text((await handle.fetch_history()).to_json())
 
 
 async def test_a_cancelled_io_still_waits_for_the_report_of_what_aired(

@@ -4,7 +4,6 @@ real API, the Temporal time-skipping test server."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -22,7 +21,6 @@ from db.engine import SessionMaker
 from domain.io import IoStatus, IoWorkflowInput
 from tests.conftest import Stack, new_worker, start_stack
 from tests.helpers.factories import ad_unit, book_io, make_advertiser, make_deal, make_show
-from tests.helpers.histories import HISTORIES
 from tests.helpers.io import TODAY, deliver, event_types, get_io, io_until, sleep_to
 from workflows.io import IoBookingWorkflow
 from workflows.search_attributes import IO_STATUS
@@ -150,10 +148,6 @@ async def test_full_life_with_a_makegood(ts_stack: Stack, time_skipping_env: Wor
     await Replayer(workflows=[IoBookingWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
-    # This life is booked through update-with-start now: never overwrite v1 (the load_io path).
-    recorded = HISTORIES / "io_booking_workflow_v2_full_life.json"
-    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES") and not recorded.exists():
-        recorded.write_text(history.to_json())
 
 
 async def test_full_life_prorata(ts_stack: Stack, time_skipping_env: WorkflowEnvironment) -> None:

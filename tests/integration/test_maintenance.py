@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,8 +45,6 @@ from workflows.starters import (
     match_schedule_id,
     start_maintenance,
 )
-
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 # Rounds come from run_now only (the timer is an hour), and a row is settled after half a second.
 QUIET: dict[str, Any] = {"maintenance_seconds": 3600, "maintenance_drift_settle_seconds": 0.5}
@@ -369,6 +365,4 @@ async def test_record_and_replay_a_maintenance_history(
         await Replayer(
             workflows=[MaintenanceWorkflow], data_converter=pydantic_data_converter
         ).replay_workflow(history)
-        if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
-            (HISTORIES / "maintenance_workflow_v1.json").write_text(history.to_json())
         await stack.client.get_schedule_handle(match_schedule_id(str(tenant.id))).delete()

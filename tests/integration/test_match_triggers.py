@@ -8,7 +8,6 @@ Real Temporal dev server.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,6 @@ from temporalio.worker import Replayer
 
 from domain.matching import MatchRecalcResult, RecalculateInput
 from tests.conftest import Stack, new_worker
-from tests.helpers.histories import HISTORIES
 from workflows.matching import MatchRecalculationWorkflow
 from workflows.starters import (
     ensure_match_schedule,
@@ -87,8 +85,6 @@ async def test_an_import_during_scoring_makes_the_run_score_once_more(
     await Replayer(
         workflows=[MatchRecalculationWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history)
-    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
-        (HISTORIES / "match_recalculation_workflow_v2_rerun.json").write_text(history.to_json())
 
 
 async def test_an_import_with_no_run_going_starts_one_that_scores_once(

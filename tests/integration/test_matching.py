@@ -4,7 +4,6 @@ Real PostgreSQL, real Temporal dev server."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from typing import Any
 
@@ -18,7 +17,6 @@ from db.models import Event
 from db.tenants import NewTenant
 from tests.conftest import Stack, start_stack
 from tests.helpers.factories import make_advertiser, make_show
-from tests.helpers.histories import HISTORIES
 from tests.helpers.matching import ALIGNED, FINTECH, MISALIGNED, matches, recalculate
 from worker import reconcile_match_schedules
 from workflows.matching import MatchRecalculationWorkflow
@@ -256,8 +254,6 @@ async def test_replay_a_recalculation_history(stack: Stack, tenant: NewTenant) -
     await Replayer(
         workflows=[MatchRecalculationWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history)
-    if os.environ.get("SPONSORFLOW_RECORD_HISTORIES"):
-        (HISTORIES / "match_recalculation_workflow_v1.json").write_text(history.to_json())
 
 
 async def test_status_and_history_of_the_rankings(stack: Stack, tenant: NewTenant) -> None:
