@@ -11,6 +11,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -79,8 +80,9 @@ def test_promotion_defaults_to_development_only() -> None:
     [("worker_deployment", "sponsor.flow"), ("worker_deployment", ""), ("worker_build_id", "a b")],
 )
 def test_bad_deployment_names_and_build_ids_are_refused_naming_the_field(field: str, value: str) -> None:
+    values: dict[str, Any] = {field: value}
     with pytest.raises(ValidationError) as err:
-        Settings(**{field: value})
+        Settings(**values)
     assert field in str(err.value)
 
 
