@@ -168,6 +168,12 @@ class Settings(BaseSettings):
             return "postgresql+asyncpg://" + v[len("postgresql://") :]
         return v
 
+    @field_validator("worker_build_id", mode="before")
+    @classmethod
+    def _empty_build_id_is_unset(cls, v: Any) -> Any:
+        """An empty SPONSORFLOW_WORKER_BUILD_ID (a compose default, say) means the default build id."""
+        return None if v == "" else v
+
     @field_validator("stall_days")
     @classmethod
     def _known_stages(cls, v: dict[str, int]) -> dict[str, int]:

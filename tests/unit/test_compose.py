@@ -16,9 +16,11 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 LOCAL_IMAGE = "sponsorflow"
-REQUIRED_SERVICES = ("postgres", "temporal", "temporal-ui", "api", "worker", "migrate")
-LONG_RUNNING = ("postgres", "temporal", "api", "worker")
-APP_SERVICES = ("api", "worker")
+# Two worker versions side by side, a rollout half-way (README "Releasing a workflow change").
+WORKERS = ("worker-v1", "worker-v2")
+REQUIRED_SERVICES = ("postgres", "temporal", "temporal-ui", "api", *WORKERS, "migrate")
+LONG_RUNNING = ("postgres", "temporal", "api", *WORKERS)
+APP_SERVICES = ("api", *WORKERS)
 PREFIX = "SPONSORFLOW_"
 
 
@@ -61,14 +63,16 @@ def test_long_running_services_have_a_healthcheck(services: dict[str, Any], name
 
 
 def test_api_and_worker_share_one_image(services: dict[str, Any]) -> None:
-    api, worker = services["api"], services["worker"]
+    # worker-v2 is the release built from this checkout; worker-v1 runs the image of the last one.
+    api, worker = services["api"], services["worker-v2"]
     assert api.get("image") and api.get("image") == worker.get("image")
     assert build_context(api) is not None
     assert build_context(api) == build_context(worker)
 
 
-def test_worker_scales_horizontally(services: dict[str, Any]) -> None:
-    worker = services["worker"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_scales_horizontally(services: dict[str, Any], name: str) -> None:
+    worker = services[name]
     assert "container_name" not in worker, "a container_name allows a single replica"
     for port in worker.get("ports", []):
         published = port.get("published") if isinstance(port, dict) else ":" in str(port)

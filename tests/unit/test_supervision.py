@@ -35,11 +35,12 @@ def _seconds(value: str) -> float:
 
 def test_worker_drains_within_the_compose_grace_period() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    grace = _seconds(services["worker"]["stop_grace_period"])
-    env = services["worker"].get("environment") or {}
-    drain = float(env.get("SPONSORFLOW_WORKER_SHUTDOWN_SECONDS", Settings().worker_shutdown_seconds))
-    # The drain plus closing the engine and the client must fit before docker's SIGKILL.
-    assert drain + 3 <= grace
+    for name in ("worker-v1", "worker-v2"):
+        grace = _seconds(services[name]["stop_grace_period"])
+        env = services[name].get("environment") or {}
+        drain = float(env.get("SPONSORFLOW_WORKER_SHUTDOWN_SECONDS", Settings().worker_shutdown_seconds))
+        # The drain plus closing the engine and the client must fit before docker's SIGKILL.
+        assert drain + 3 <= grace
     # The API (compose default: 10 s) likewise.
     api_grace = _seconds(services["api"].get("stop_grace_period", "10s"))
     assert Settings().api_shutdown_seconds + 1 <= api_grace

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from temporalio.common import VersioningBehavior
 
@@ -148,3 +149,23 @@ def test_a_core_nondeterminism_record_yields_its_run_and_message() -> None:
     other = 'Failure { failure: Some(Failure { message: "boom", source: "" }), force_cause: Unspecified }'
     assert _nondeterminism(_core_record({"run_id": "r-2", "failure": other})) is None
     assert _nondeterminism(logging.LogRecord("x", logging.WARNING, __file__, 1, "hi", None, None)) is None
+
+
+def test_compose_runs_two_worker_versions_of_one_deployment_side_by_side() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    v1, v2 = services["worker-v1"], services["worker-v2"]
+    env1, env2 = v1["environment"], v2["environment"]
+    for env in (env1, env2):
+        assert env["SPONSORFLOW_WORKER_VERSIONING"] == "true"
+        assert env["SPONSORFLOW_WORKER_PROMOTE"] == "false", "only the release makes a version current"
+    assert env1["SPONSORFLOW_WORKER_DEPLOYMENT"] == env2["SPONSORFLOW_WORKER_DEPLOYMENT"] == "sponsorflow"
+    assert env1["SPONSORFLOW_TEMPORAL_TASK_QUEUE"] == env2["SPONSORFLOW_TEMPORAL_TASK_QUEUE"]
+    assert env1["SPONSORFLOW_WORKER_BUILD_ID"] != env2["SPONSORFLOW_WORKER_BUILD_ID"]
+    # v2 is built from this checkout; v1 runs the image of the release before and is never rebuilt.
+    assert "build" in v2 and "build" not in v1
+    assert v1["command"] == v2["command"] == ["sponsorflow", "worker"]
+    # A server that has Worker Deployments and TemporalReportedProblems, flagging at the first failure.
+    assert services["temporal"]["image"] == "temporalio/server:1.32.0"
+    dynamic = yaml.safe_load(compose["configs"]["temporal-dynamic-config"]["content"])
+    assert dynamic["system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"] == [{"value": 1}]
