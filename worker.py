@@ -217,15 +217,18 @@ class NondeterminismWatch(logging.Handler):
     `run()`, which finds the workflow's id and type in visibility and logs one ERROR line per run
     and minute (the task is retried, so the warning repeats). The task keeps failing and being
     retried (the workflow is not failed): a fix or a rollback lets it carry on where it was.
+    A failure the server did not record (no retried task a second later: a stale cached copy on a
+    worker that resumed after a freeze, which `make faults` shows) is only a WARNING.
     """
 
-    def __init__(self, client: Client, *, repeat_after_s: float = 60.0) -> None:
+    def __init__(self, client: Client, *, repeat_after_s: float = 60.0, settle_s: float = 1.0) -> None:
         super().__init__(level=logging.WARNING)
         self._client = client
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
         self._repeat_after_s = repeat_after_s
+        self._settle_s = settle_s
 
     def emit(self, record: logging.LogRecord) -> None:
         """Called by the core's log forwarding, possibly from another thread."""
@@ -241,22 +244,41 @@ class NondeterminismWatch(logging.Handler):
             if now - self._logged.get(run_id, -self._repeat_after_s) < self._repeat_after_s:
                 continue
             self._logged[run_id] = now
-            workflow_id, workflow_type = "(unknown)", "workflow"
+            workflow_id, workflow_type, attempt = "(unknown)", "workflow", 0
             try:
                 async for found in self._client.list_workflows(f'RunId="{run_id}"', limit=1):
                     workflow_id, workflow_type = found.id, found.workflow_type
+                if workflow_id != "(unknown)":
+                    # The server retries a task it recorded as failed at once: attempt 2 and up.
+                    await asyncio.sleep(self._settle_s)
+                    desc = await self._client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+                    attempt = desc.raw_description.pending_workflow_task.attempt
             except Exception:  # noqa: BLE001 - the run id alone still says what happened
-                log.warning("could not look up run %s in visibility", run_id, exc_info=True)
+                log.warning("could not look up run %s in Temporal", run_id, exc_info=True)
+            if workflow_id != "(unknown)" and attempt < 2:
+                # A stale cached copy (a worker resuming after a freeze) the server had moved past:
+                # its task was not recorded as failed, and the next one replays from the history.
+                log.warning(
+                    "non-determinism on a stale cached copy of %s %s (run %s): %s; the server did not "
+                    "record it and the workflow carries on (an ERROR follows if it repeats)",
+                    workflow_type,
+                    workflow_id,
+                    run_id,
+                    message,
+                )
+                self._logged.pop(run_id, None)
+                continue
             # Issue 16 (worker metrics): count it here, e.g.
             # sponsorflow_workflow_nondeterminism_total{workflow_type=...}; the SDK's own
             # temporal_workflow_task_execution_failed{failure_reason="NonDeterminismError"} counts it too.
             log.error(
-                "NON-DETERMINISM: %s %s (run %s) fails its workflow task on this build: %s. The task "
-                "is retried until a compatible build runs it: roll back (set the previous version "
-                "current) or deploy a fix. All such workflows: temporal workflow list --query '%s'",
+                "NON-DETERMINISM: %s %s (run %s) fails its workflow task on this build (attempt %s): "
+                "%s. The task is retried until a compatible build runs it: roll back (set the previous "
+                "version current) or deploy a fix. All such workflows: temporal workflow list --query '%s'",
                 workflow_type,
                 workflow_id,
                 run_id,
+                attempt or "?",
                 message,
                 TASK_PROBLEMS_QUERY,
             )
