@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 import inspect
 import json
 import sys
@@ -275,6 +276,71 @@ def source_patch_ids(cls: type) -> list[str]:
     return sorted(ids)
 
 
+def _without_docstrings(node: ast.AST) -> ast.AST:
+    for sub in ast.walk(node):
+        body = getattr(sub, "body", None)
+        if (
+            isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            sub.body = body[1:] or [ast.Pass()]
+    return node
+
+
+def _module_definitions(module_name: str) -> dict[str, ast.AST]:
+    """The module-level definitions of a domain module: def, class, NAME = ..., by name."""
+    module = sys.modules[module_name]
+    tree = ast.parse(Path(inspect.getfile(module)).read_text(encoding="utf-8"))
+    found: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    found[t.id] = node
+    return found
+
+
+def domain_rules(cls: type) -> dict[str, str]:
+    """What a workflow decides with from domain/: `module.name` -> a digest of its definition.
+
+    Every name the workflow's module imports from a `domain` module, and every definition of the
+    same module those refer to (transitively): a rule such as `check_transition` or
+    `DEFAULT_STALL_DAYS` decides the workflow's commands as much as the workflow's own code.
+    Comments, docstrings and formatting do not count.
+    """
+    tree = ast.parse(Path(inspect.getfile(cls)).read_text(encoding="utf-8"))
+    todo: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "domain":
+            todo += [(node.module, a.name) for a in node.names]
+    digests: dict[str, str] = {}
+    while todo:
+        module_name, name = todo.pop()
+        obj = getattr(sys.modules[module_name], name, None)
+        home = getattr(obj, "__module__", module_name) if callable(obj) else module_name
+        if not str(home).startswith("domain"):
+            continue
+        key = f"{home}.{name}"
+        if key in digests:
+            continue
+        definitions = _module_definitions(str(home))
+        node = definitions.get(name)
+        if node is None:
+            continue
+        dumped = ast.dump(_without_docstrings(node), annotate_fields=False)
+        digests[key] = hashlib.sha256(dumped.encode()).hexdigest()[:16]
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in definitions and sub.id != name:
+                todo.append((str(home), sub.id))
+    return dict(sorted(digests.items()))
+
+
 def _schema(tp: Any) -> Any:
     return TypeAdapter(tp).json_schema()
 
@@ -289,7 +355,7 @@ def workflow_contract(cls: type) -> dict[str, Any]:
             "args": [_schema(tp) for tp in hints.values()],
             "returns": _schema(returns),
         }
-    return {"patches": source_patch_ids(cls), "payloads": models}
+    return {"patches": source_patch_ids(cls), "payloads": models, "rules": domain_rules(cls)}
 
 
 def current_contract(workflows: Iterable[type] = WORKFLOWS) -> dict[str, Any]:
@@ -359,13 +425,19 @@ def contract_problems(committed: dict[str, Any], current: dict[str, Any]) -> lis
                             changed += _describe_change(a, b)
                         if part == "argument" and len(o) != len(n):
                             changed.append(f"    {len(o)} arguments before, {len(n)} now")
+        was_rules, now_rules = was.get("rules", {}), now.get("rules", {})
+        for rule in sorted(was_rules.keys() | now_rules.keys()):
+            if was_rules.get(rule) != now_rules.get(rule):
+                how = "new" if rule not in was_rules else "gone" if rule not in now_rules else "changed"
+                changed.append(f"  {rule}: {how} (a domain/ rule the workflow decides with)")
         if not changed:
             continue
         grown = set(now["patches"]) - set(was["patches"])
         if grown:
             continue
         problems.append(
-            f"{wf}: the payloads its history carries changed, and no new workflow.patched id came "
+            f"{wf}: the payloads its history carries or the rules it decides with changed, and no new "
+            "workflow.patched id came "
             f"with the change (patches: {sorted(now['patches']) or 'none'}):\n" + "\n".join(changed)
         )
     return problems

@@ -74,12 +74,46 @@ def test_a_changed_input_model_fails_the_contract_guard_unless_a_patch_came_with
     grown = create_model("DealWorkflowInput", __base__=DealWorkflowInput, region=(str, ...))
     changed = _with_run_input(committed, grown)
     (problem,) = contract_problems(committed, changed)
-    assert problem.startswith("DealWorkflow: the payloads its history carries changed")
+    assert problem.startswith("DealWorkflow: the payloads its history carries or the rules it decides with")
     assert "run run argument:" in problem and "DealWorkflowInput.region added" in problem
 
     patched = copy.deepcopy(changed)
     patched["DealWorkflow"]["patches"].append("deal-region")
     assert contract_problems(committed, patched) == []
+
+
+def test_the_contract_holds_the_domain_rules_each_workflow_decides_with() -> None:
+    rules = current_contract()["DealWorkflow"]["rules"]
+    # Imported by the workflow, and what those refer to in their module (allowed_targets is
+    # called by check_transition, not imported by the workflow).
+    for name in ("check_transition", "DEFAULT_STALL_DAYS", "allowed_targets"):
+        assert f"domain.stages.{name}" in rules, sorted(rules)
+    assert "domain.io.build_invoice" in current_contract()["IoBookingWorkflow"]["rules"]
+
+
+def test_a_changed_domain_rule_fails_the_contract_guard_unless_a_patch_came_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import domain.stages
+
+    committed = current_contract()
+    source = Path(domain.stages.__file__).read_text(encoding="utf-8")
+    changed_source = source.replace("Stage.PROPOSAL: 21", "Stage.PROPOSAL: 28")
+    assert changed_source != source, "the stall limit of proposal is no longer written as expected"
+    copy_of = tmp_path / "stages.py"
+    copy_of.write_text(changed_source, encoding="utf-8")
+    monkeypatch.setattr(domain.stages, "__file__", str(copy_of))
+    now = current_contract()
+    (problem,) = contract_problems(committed, now)
+    assert problem.startswith("DealWorkflow:")
+    assert "domain.stages.DEFAULT_STALL_DAYS: changed (a domain/ rule the workflow decides with)" in problem
+
+    patched = copy.deepcopy(now)
+    patched["DealWorkflow"]["patches"].append("stall-proposal-28")
+    assert contract_problems(committed, patched) == []
+    # A comment or a docstring is no rule.
+    copy_of.write_text(source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n", encoding="utf-8")
+    assert contract_problems(committed, current_contract()) == []
 
 
 def test_a_removed_handler_and_a_new_workflow_fail_the_contract_guard() -> None:
