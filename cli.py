@@ -282,6 +282,15 @@ class Supervisor:
         self.pids_path.unlink(missing_ok=True)
 
 
+def metrics_lines(settings: Settings, api_url: str) -> list[str]:
+    """The metrics URLs `up` prints: the API's and each worker's (none for what is turned off)."""
+    lines = [f"{'API metrics':<15}{api_url}{settings.api_metrics_path}"] if settings.api_metrics_path else []
+    for n in range(1, settings.workers + 1):
+        if address := settings.worker_metrics_address_for(n):
+            lines.append(f"worker metrics http://{address}/metrics  (worker-{n})")
+    return lines
+
+
 def up(settings: Settings) -> int:
     """Starts the whole dev stack in the foreground; Ctrl-C stops everything it started."""
     data_dir = settings.data_dir.resolve()
@@ -377,7 +386,8 @@ def up(settings: Settings) -> int:
                     logs / ("worker.log" if n == 1 else f"worker-{n}.log"),
                     backoff(),
                     grace=settings.worker_shutdown_seconds + 10,
-                    env=env,
+                    # Each worker serves its metrics on a port of its own: the address's + n - 1.
+                    env={**env, "SPONSORFLOW_WORKER_METRICS_ADDRESS": settings.worker_metrics_address_for(n)},
                     cwd=HERE,
                 )
             )
@@ -410,6 +420,7 @@ def up(settings: Settings) -> int:
                 if settings.worker_versioning
                 else ""
             )
+            + "".join(f"  {line}\n" for line in metrics_lines(settings, api_url))
             + f"  admin token    {token}\n"
             + (f"  demo API key   {demo_key}\n" if demo_key else "")
             + f"  logs           {logs}\n"

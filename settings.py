@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NoReturn
@@ -92,6 +93,12 @@ class Settings(BaseSettings):
     # development (`sponsorflow up` sets it anyway), no elsewhere, where the release procedure does
     # it (`temporal worker deployment set-current-version`).
     worker_promote: bool | None = None
+
+    # Observability (README "Operations"): the API's Prometheus scrape path (empty: none), and the
+    # host:port of each worker's (the Temporal SDK's runtime metrics and the product's; empty: none).
+    # `up` gives worker N the port + N - 1.
+    api_metrics_path: str = Field("/metrics", pattern=r"^(/[^\s?#]*)?$")
+    worker_metrics_address: str = Field("127.0.0.1:9464", pattern=r"^(\S+:\d{1,5})?$")
 
     temporal_address: str | None = None
     temporal_port: int = 7233
@@ -212,6 +219,13 @@ class Settings(BaseSettings):
         """Whether the worker makes its own version current (unset: only in development)."""
         return self.worker_promote if self.worker_promote is not None else self.environment == "development"
 
+    def worker_metrics_address_for(self, index: int) -> str:
+        """Worker `index`'s (1, 2, ...) metrics address under `up`: the configured port + index - 1."""
+        if not self.worker_metrics_address:
+            return ""
+        host, _, port = self.worker_metrics_address.rpartition(":")
+        return f"{host}:{int(port) + index - 1}"
+
     def dev_server_flags(self) -> list[str]:
         """The dynamic config flags of `temporal server start-dev` (the task problems threshold)."""
         key = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
@@ -273,10 +287,13 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def connect_temporal(settings: Settings, *, lazy: bool = False, runtime: Any = None) -> Any:
+async def connect_temporal(
+    settings: Settings, *, lazy: bool = False, runtime: Any = None, interceptors: Sequence[Any] = ()
+) -> Any:
     """Connects the one Temporal client of a process (pydantic converter, TLS/API key if set).
 
-    `runtime`: the SDK runtime (the worker's forwards the SDK core's logs; None: the default one).
+    `runtime`: the SDK runtime (the worker's forwards the SDK core's logs and serves its metrics;
+    None: the default one). `interceptors`: client interceptors (the API's metrics).
     """
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
@@ -296,6 +313,7 @@ async def connect_temporal(settings: Settings, *, lazy: bool = False, runtime: A
         api_key=settings.temporal_api_key,
         lazy=lazy,
         runtime=runtime,
+        interceptors=list(interceptors),
     )
 
 

@@ -13,10 +13,18 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
-from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.common import MetricMeter, VersioningBehavior, WorkerDeploymentVersion
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
+from activities import metrics as product_metrics
 from activities.deals import DealActivities
 from activities.imports import ImportActivities, repair_stuck_imports
 from activities.io import IoActivities, io_drift
@@ -41,6 +49,9 @@ from workflows.versioning import versioned
 __all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]
 
 log = logging.getLogger("sponsorflow.worker")
+
+# sponsorflow_workflow_nondeterminism_total{workflow_type} on the worker's endpoint.
+NONDETERMINISM_METRIC = "sponsorflow_workflow_nondeterminism"
 
 
 async def _close_stuck_imports(
@@ -221,9 +232,26 @@ class NondeterminismWatch(logging.Handler):
     worker that resumed after a freeze, which `make faults` shows) is only a WARNING.
     """
 
-    def __init__(self, client: Client, *, repeat_after_s: float = 60.0, settle_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        repeat_after_s: float = 60.0,
+        settle_s: float = 1.0,
+        meter: MetricMeter | None = None,
+    ) -> None:
         super().__init__(level=logging.WARNING)
         self._client = client
+        # One per ERROR line below (the SDK's temporal_workflow_task_execution_failed_total with
+        # failure_reason="NonDeterminismError" counts every failed attempt, stale copies too).
+        self._counter = (
+            meter.create_counter(
+                NONDETERMINISM_METRIC,
+                "Workflows whose task failed for non-determinism (as logged: once per run and minute).",
+            )
+            if meter is not None
+            else None
+        )
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
@@ -268,9 +296,8 @@ class NondeterminismWatch(logging.Handler):
                 )
                 self._logged.pop(run_id, None)
                 continue
-            # Issue 16 (worker metrics): count it here, e.g.
-            # sponsorflow_workflow_nondeterminism_total{workflow_type=...}; the SDK's own
-            # temporal_workflow_task_execution_failed{failure_reason="NonDeterminismError"} counts it too.
+            if self._counter is not None:
+                self._counter.add(1, {"workflow_type": workflow_type})
             log.error(
                 "NON-DETERMINISM: %s %s (run %s) fails its workflow task on this build (attempt %s): "
                 "%s. The task is retried until a compatible build runs it: roll back (set the previous "
@@ -284,19 +311,48 @@ class NondeterminismWatch(logging.Handler):
             )
 
 
-def worker_runtime(core_logger: logging.Logger) -> Runtime:
-    """The worker's SDK runtime: the core's logs (warnings and up) go to `core_logger`.
+def metrics_config(address: str) -> PrometheusConfig:
+    """The worker's Prometheus endpoint on `address`: the SDK's metrics and the product's.
 
-    Issue 16 adds the worker's Prometheus metrics here (TelemetryConfig.metrics).
+    Prometheus conventions: counters end in `_total`, durations are seconds and end in
+    `_seconds` (the SDK's defaults are bare names and milliseconds).
     """
-    return Runtime(
-        telemetry=TelemetryConfig(
-            logging=LoggingConfig(
-                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-                forwarding=LogForwardingConfig(logger=core_logger),
-            )
-        )
+    return PrometheusConfig(
+        bind_address=address,
+        counters_total_suffix=True,
+        unit_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=product_metrics.BUCKETS,
     )
+
+
+def worker_runtime(core_logger: logging.Logger, *, metrics_address: str = "") -> Runtime:
+    """The worker's SDK runtime: the core's logs (warnings and up) go to `core_logger`, and its
+    metrics are served on `metrics_address` (host:port; empty: none).
+
+    An address already taken (another stack's worker on this machine, say) is logged as an ERROR
+    and the worker runs without metrics rather than not at all.
+    """
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=core_logger),
+    )
+    if metrics_address:
+        try:
+            runtime = Runtime(
+                telemetry=TelemetryConfig(logging=logging_config, metrics=metrics_config(metrics_address))
+            )
+        except ValueError as exc:  # the SDK's "Failed starting Prometheus exporter: ..."
+            log.error(
+                "worker metrics NOT served: %s (SPONSORFLOW_WORKER_METRICS_ADDRESS=%s); set it to a "
+                "free host:port, or to empty to turn them off",
+                exc,
+                metrics_address,
+            )
+        else:
+            log.info("worker metrics on http://%s/metrics", metrics_address)
+            return runtime
+    return Runtime(telemetry=TelemetryConfig(logging=logging_config))
 
 
 async def keep_maintenance_running(client: Client, settings: Settings) -> None:
@@ -346,8 +402,9 @@ async def run_worker(settings: Settings | None = None) -> None:
         raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
     engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
     core_log = logging.getLogger("sponsorflow.worker.sdk")
-    client = await connect_temporal(settings, runtime=worker_runtime(core_log))
-    watch = NondeterminismWatch(client)
+    runtime = worker_runtime(core_log, metrics_address=settings.worker_metrics_address)
+    client = await connect_temporal(settings, runtime=runtime)
+    watch = NondeterminismWatch(client, meter=runtime.metric_meter)
     core_log.addHandler(watch)
     sm = make_sessionmaker(engine=engine)
     worker = build_worker(client, settings, sm)

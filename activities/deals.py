@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import metrics
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
 from db.fences import claim_request, release_claim
@@ -149,6 +150,7 @@ class DealActivities:
                 occurred_at=inp.at,
                 idempotency_key=inp.idempotency_key,
             )
+        metrics.stage_moved(inp.from_stage.value, inp.to_stage.value)
         return RecordStageChangeResult(outcome="applied")
 
     @activity.defn(name="load_deal")
@@ -214,4 +216,6 @@ class DealActivities:
                 occurred_at=inp.at,
                 idempotency_key=key,
             )
+        if emitted:
+            metrics.stall_emitted(inp.stage.value)
         return RecordStallResult(emitted=emitted)

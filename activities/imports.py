@@ -7,6 +7,7 @@ import itertools
 import os
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import metrics
 from activities.heartbeat import Heartbeat
 from db.deals import deal_seed, open_deals_page
 from db.engine import SessionMaker, set_tenant, tenant_tx
@@ -445,6 +447,7 @@ class ImportActivities:
             await session.commit()
         finally:
             await session.close()  # rolls back whatever did not commit
+        metrics.import_chunk_committed(kind, batch.rows, Counter(e.column for e in errors))
         if outcome.resync:
             await self._resync(tid, iid, outcome.resync)
 

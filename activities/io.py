@@ -22,6 +22,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities import metrics
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
 from db.fences import claim_request
@@ -266,7 +267,7 @@ class IoActivities:
                 .values(delivered_impressions=inp.impressions, status=inp.unit_status.value)
             )
             share = round(inp.impressions / inp.impressions_goal, 4) if inp.impressions_goal else None
-            await emit_event(
+            emitted = await emit_event(
                 session=session,
                 tenant_id=inp.tenant_id,
                 type=events.IO_DELIVERY_REPORTED,
@@ -282,6 +283,8 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.delivery_reported/{inp.ad_unit_id}/{inp.seq}",
             )
+        if emitted:  # a retry of an import's report rewrites the unit but emits (and counts) nothing
+            metrics.delivery_reported(via="import" if inp.request_id is None else "api")
         return RecordDeliveryResult(applied=True)
 
     @activity.defn(name="book_makegood")
@@ -357,7 +360,9 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.makegood_scheduled/{original.id}",
             )
-            return BookMakegoodResult(unit=unit_state(unit, show.name))
+            booked = BookMakegoodResult(unit=unit_state(unit, show.name))
+        metrics.makegood_booked(original.placement.value)
+        return booked
 
     @activity.defn(name="cancel_io")
     async def cancel_io(self, inp: CancelUnitsInput) -> CancelIoResult | None:
@@ -522,7 +527,7 @@ class IoActivities:
                     updated_at=inp.at,
                 )
             )
-            await emit_event(
+            invoiced = await emit_event(
                 session=session,
                 tenant_id=inp.tenant_id,
                 type=events.IO_COMPLETED,
@@ -538,6 +543,8 @@ class IoActivities:
                 occurred_at=inp.at,
                 idempotency_key=f"io.completed/{inp.io_id}",
             )
+        if invoiced:
+            metrics.invoice_issued(cancelled=inp.io_status is IoStatus.CANCELLED)
 
 
 # Queries and describes in flight at once while checking a tenant's IOs for drift.

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from sqlalchemy import select
 from temporalio import activity
 
+from activities import metrics
 from activities.heartbeat import Heartbeat
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
@@ -260,6 +261,7 @@ class MatchActivities:
                 occurred_at=datetime.now(UTC),
                 idempotency_key=key,
             )
+        metrics.match_phases(result.phases)
         # Committed: the generation before the previous one has no reader left to wait for.
         beat.set({"phase": "prune", "generation": generation})
         await self._prune(tid, generation - 1)

@@ -19,6 +19,7 @@ from api import (
     io,
     keys,
     matching,
+    metrics,
     openapi,
     tenants,
 )
@@ -43,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine=engine)
         # Lazy: the API starts (and /readyz can say so) while Temporal is still coming up.
-        app.state.temporal = await connect_temporal(settings, lazy=True)
+        app.state.temporal = await connect_temporal(
+            settings, lazy=True, interceptors=[metrics.TemporalClientMetrics(app.state.metrics)]
+        )
         try:
             yield
         finally:
@@ -67,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
     openapi.install(app)
+    # Last: its middleware wraps every route and error handler; its route is outside the OpenAPI.
+    metrics.install(app, path=settings.api_metrics_path)
     return app
 
 
