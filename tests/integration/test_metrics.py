@@ -7,6 +7,7 @@ Runtime per test session: each holds its own threads and HTTP server)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
+from temporalio.worker import Worker
 
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
@@ -26,7 +28,9 @@ from tests.conftest import Stack, start_stack
 from tests.helpers.factories import ad_unit, book_io, make_advertiser, make_deal, move
 from tests.helpers.imports import upload
 from tests.helpers.io import TODAY, deliver, io_until
-from worker import build_worker, worker_runtime
+from tests.helpers.unversioned_incompatible import UnversionedIncompatibleDeal
+from worker import NondeterminismWatch, build_worker, registrations, worker_runtime
+from workflows.starters import DEAL_RESYNC_SIGNAL
 
 PATCH_ROUTE = "/api/v1/deals/{campaign_id}/stage"
 
@@ -62,6 +66,7 @@ class MetricsStack:
 
     stack: Stack
     worker_url: str
+    worker_client: Client
 
     async def api(self) -> Samples:
         r = await self.stack.http.get("/metrics")
@@ -70,10 +75,7 @@ class MetricsStack:
         return Samples(r.text)
 
     async def worker(self) -> Samples:
-        async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
-            r = await http.get(self.worker_url)
-        assert r.status_code == 200, r.text
-        return Samples(r.text)
+        return await scrape(self.worker_url)
 
 
 class Samples:
@@ -106,16 +108,29 @@ async def metrics_stack(
     database: EmbeddedDatabase, client: Client, sm: SessionMaker, served: Served
 ) -> AsyncIterator[MetricsStack]:
     """The API (its own Temporal client, with the metrics interceptor) and a metrics-serving worker."""
-    worker_client = await Client.connect(
+    worker_client = await served_client(client, served)
+    async for stack in start_stack(database, client, sm, worker=False):
+        async with AsyncExitStack() as running:
+            await running.enter_async_context(build_worker(worker_client, stack.settings, sm))
+            yield MetricsStack(stack, served.url, worker_client)
+
+
+async def served_client(client: Client, served: Served) -> Client:
+    """A client of the session's server on the metrics Runtime (what a worker process connects)."""
+    return await Client.connect(
         client.service_client.config.target_host,
         namespace=client.namespace,
         data_converter=pydantic_data_converter,
         runtime=served.runtime,
     )
-    async for stack in start_stack(database, client, sm, worker=False):
-        async with AsyncExitStack() as running:
-            await running.enter_async_context(build_worker(worker_client, stack.settings, sm))
-            yield MetricsStack(stack, served.url)
+
+
+async def scrape(url: str) -> Samples:
+    """The worker endpoint's samples."""
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        r = await http.get(url)
+    assert r.status_code == 200, r.text
+    return Samples(r.text)
 
 
 def _tq(ms: MetricsStack) -> dict[str, str]:
@@ -266,3 +281,44 @@ def test_a_taken_metrics_port_leaves_the_worker_running_without_metrics(
         runtime = worker_runtime(logging.getLogger("tests.sdk"), metrics_address=served.address)
     assert isinstance(runtime, Runtime)
     assert any("worker metrics NOT served" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_nondeterminism_error_is_counted_once_per_workflow(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker, served: Served
+) -> None:
+    worker_client = await served_client(client, served)
+    # The SDK core's logs of the session Runtime reach the watch, as in `sponsorflow worker`.
+    core_log = logging.getLogger("tests.sdk")
+    watch = NondeterminismWatch(worker_client, meter=served.runtime.metric_meter)
+    core_log.addHandler(watch)
+    watching = asyncio.create_task(watch.run())
+    counted = "sponsorflow_workflow_nondeterminism_total"
+    try:
+        async for stack in start_stack(database, client, sm, worker=False):
+            h = stack.auth(await stack.new_tenant())
+            async with build_worker(worker_client, stack.settings, sm):
+                deal = await make_deal(stack.http, h)
+                assert (await move(stack.http, h, deal["id"], "qualified")).status_code == 200
+            before = (await scrape(served.url)).value(counted, workflow_type="DealWorkflow")
+            # A release that changed DealWorkflow's commands unpatched replays the deal and fails.
+            _, activities = registrations(stack.settings, sm)
+            bad = Worker(
+                worker_client,
+                task_queue=stack.settings.temporal_task_queue,
+                workflows=[UnversionedIncompatibleDeal],
+                activities=activities,
+            )
+            async with bad:
+                await worker_client.get_workflow_handle(deal["workflow_id"]).signal(DEAL_RESYNC_SIGNAL)
+                for _ in range(150):
+                    now = (await scrape(served.url)).value(counted, workflow_type="DealWorkflow")
+                    if now > before:
+                        break
+                    await asyncio.sleep(0.2)
+                # Retried tasks fail again; the counter follows the ERROR line: once per run and minute.
+                await asyncio.sleep(2)
+                now = (await scrape(served.url)).value(counted, workflow_type="DealWorkflow")
+                assert now - before == 1
+    finally:
+        watching.cancel()
+        core_log.removeHandler(watch)
