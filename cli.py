@@ -1,4 +1,4 @@
-"""The `sponsorflow` command: up, worker, api, migrate, tenant create, import."""
+"""The `sponsorflow` command: up, worker, api, migrate, tenant create, import, trace."""
 
 from __future__ import annotations
 
@@ -168,6 +168,8 @@ class Child:
     grace: float
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    # SPONSORFLOW_LOG_FORMAT=json: `up`'s own lines in the child's log are JSON lines too.
+    json_log: bool = False
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -194,9 +196,14 @@ class Child:
     def note(self, line: str) -> None:
         """Prints a line on up's output and appends it to the child's log."""
         print(line, flush=True)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        if self.json_log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            entry = {"ts": stamp, "level": "INFO", "logger": "sponsorflow.up", "message": line}
+            text = json.dumps({**entry, "service": "sponsorflow-up", "child": self.name}) + "\n"
+        else:
+            text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} sponsorflow up: {line}\n"
         with self.log_path.open("a") as log:
-            log.write(f"{stamp} sponsorflow up: {line}\n")
+            log.write(text)
 
 
 class Supervisor:
@@ -333,6 +340,9 @@ def up(settings: Settings) -> int:
             # version that is current, so no pinned run is left on a build nobody runs.
             SPONSORFLOW_WORKER_BUILD_ID=settings.build_id,
         )
+        if settings.trace_file is not None:
+            # The children run in the repository: a relative path means the one `up` was given.
+            env["SPONSORFLOW_TRACE_FILE"] = str(settings.trace_file.expanduser().resolve())
         if settings.worker_promote is None:
             # The dev stack's workers make their own version current (production: the release does).
             env["SPONSORFLOW_WORKER_PROMOTE"] = "true"
@@ -389,6 +399,7 @@ def up(settings: Settings) -> int:
                     # Each worker serves its metrics on a port of its own: the address's + n - 1.
                     env={**env, "SPONSORFLOW_WORKER_METRICS_ADDRESS": settings.worker_metrics_address_for(n)},
                     cwd=HERE,
+                    json_log=settings.log_format == "json",
                 )
             )
         sup.start(
@@ -400,6 +411,7 @@ def up(settings: Settings) -> int:
                 grace=settings.api_shutdown_seconds + 5,
                 env=env,
                 cwd=HERE,
+                json_log=settings.log_format == "json",
             )
         )
         api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -661,6 +673,47 @@ def import_file(api: str, key: str | None, path: Path, kind: str, out: TextIO, e
     return 0 if st["status"] == "completed" else 1
 
 
+def print_trace(path: Path, trace_id: str, out: TextIO, err: TextIO) -> int:
+    """Prints the spans of one trace (a traceparent or its trace id) as a tree, in start order."""
+    from telemetry import read_trace
+
+    parts = trace_id.strip().lower().split("-")
+    wanted = parts[1] if len(parts) == 4 else parts[0]
+    try:
+        spans = read_trace(path, wanted)
+    except OSError as exc:
+        print(f"cannot read {path}: {exc}", file=err)
+        return 2
+    if not spans:
+        print(f"no span of trace {wanted} in {path}", file=err)
+        return 1
+    ids = {s["span_id"] for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for s in spans:
+        children.setdefault(s["parent_id"] if s["parent_id"] in ids else None, []).append(s)
+    t0 = min(s["start"] for s in spans)
+
+    def show(parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda s: s["start"]):
+            offset = _offset_ms(t0, s["start"])
+            status = "" if s["status"] != "ERROR" else f"  ERROR {s.get('status_description') or ''}"
+            out.write(
+                f"{offset:>9.1f} ms {s['duration_ms']:>9.2f} ms  {s['service'] or '':<19} "
+                f"{'  ' * depth}{s['name']}{status}\n"
+            )
+            show(s["span_id"], depth + 1)
+
+    out.write(f"trace {wanted}: {len(spans)} spans (start offset, duration, service, span)\n")
+    show(None, 0)
+    return 0
+
+
+def _offset_ms(t0: str, t: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(t) - datetime.fromisoformat(t0)).total_seconds() * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parses the command line and runs one command."""
     parser = argparse.ArgumentParser(prog="sponsorflow", description=__doc__)
@@ -668,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run the whole dev stack (PostgreSQL, Temporal, worker, API, demo data)")
     sub.add_parser("worker", help="run the Temporal worker")
     api_cmd = sub.add_parser("api", help="run the HTTP API")
-    api_cmd.add_argument("--log-level", default="info", help="uvicorn's log level (default: info)")
+    api_cmd.add_argument(
+        "--log-level", default=None, help="the API's log level (default: SPONSORFLOW_LOG_LEVEL, info)"
+    )
     sub.add_parser("migrate", help="apply database migrations")
     tenant = sub.add_parser("tenant", help="manage tenants")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
@@ -679,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--kind", required=True, help="shows | advertisers | campaigns | show_downloads")
     imp.add_argument("--api", help="API base URL (default: SPONSORFLOW_API_URL or the configured host:port)")
     imp.add_argument("--key", help="tenant API key (default: SPONSORFLOW_API_KEY)")
+    trace_cmd = sub.add_parser("trace", help="print one trace's spans from SPONSORFLOW_TRACE_FILE as a tree")
+    trace_cmd.add_argument("trace_id", help="the trace id (the middle part of a response's traceparent)")
+    trace_cmd.add_argument("--file", type=Path, help="the trace file (default: SPONSORFLOW_TRACE_FILE)")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "up":
@@ -691,12 +749,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         import uvicorn
 
+        import telemetry
+
+        level = args.log_level or settings.log_level
+        # Every logger (uvicorn's too) through the one redacting handler, text or JSON.
+        telemetry.configure_logging(settings, service="sponsorflow-api", level=level)
         uvicorn.run(
             "api.main:app_factory",
             factory=True,
             host=settings.api_host,
             port=settings.api_port,
-            log_level=args.log_level,
+            log_level=level,
+            log_config=None,
+            # JSON mode writes its own access line (route template, tenant, workflow and trace ids).
+            access_log=settings.log_format == "text",
             # SIGTERM: stop accepting, finish requests in flight, then end what still runs (the
             # web app's event streams never finish by themselves) and run the lifespan's shutdown.
             timeout_graceful_shutdown=settings.api_shutdown_seconds,
@@ -716,6 +782,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         key = args.key or os.environ.get("SPONSORFLOW_API_KEY")
         return import_file(api, key, args.file, args.kind, sys.stdout, sys.stderr)
+    if args.command == "trace":
+        path = args.file or settings.trace_file
+        if path is None:
+            print("no trace file: pass --file or set SPONSORFLOW_TRACE_FILE", file=sys.stderr)
+            return 2
+        return print_trace(path, args.trace_id, sys.stdout, sys.stderr)
     return 2
 
 

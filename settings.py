@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -157,6 +157,25 @@ class Settings(BaseSettings):
     # How often each worker makes sure the singleton runs (and retries after a failed start).
     maintenance_ensure_seconds: float = Field(300.0, gt=0)
 
+    # Logs (telemetry.py): `text`, the terminal's `time LEVEL logger message`, or `json`, one object
+    # per line with the trace, tenant, workflow and run ids (and an access line per HTTP request).
+    log_format: Literal["text", "json"] = "text"
+    # The worker's and the CLI's log level; the API's is `sponsorflow api --log-level` (default this).
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Traces (off unless asked for): every finished span of this process appended to this file as
+    # one JSON line, for reading one trace without a collector (README "Traces").
+    trace_file: Path | None = None
+    # The standard OpenTelemetry variables that turn tracing on (the SDK reads the others itself:
+    # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_HEADERS ...).
+    otel_sdk_disabled: bool = Field(False, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+    otel_traces_exporter: str | None = Field(None, validation_alias=AliasChoices("OTEL_TRACES_EXPORTER"))
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
     enable_etl_csv_upload: bool = Field(True, validation_alias=_flag("ENABLE_ETL_CSV_UPLOAD"))
     enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))
     enable_io_bookings: bool = Field(True, validation_alias=_flag("ENABLE_IO_BOOKINGS"))
@@ -174,6 +193,24 @@ class Settings(BaseSettings):
         if v.startswith("postgresql://"):
             return "postgresql+asyncpg://" + v[len("postgresql://") :]
         return v
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        """SPONSORFLOW_LOG_FORMAT=JSON and SPONSORFLOW_LOG_LEVEL=INFO mean the same as lower case."""
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator(
+        "trace_file",
+        "otel_traces_exporter",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """An empty variable (a compose default, say) means unset."""
+        return None if v == "" else v
 
     @field_validator("worker_build_id", mode="before")
     @classmethod
@@ -299,6 +336,8 @@ async def connect_temporal(
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.service import TLSConfig
 
+    import telemetry
+
     tls: bool | TLSConfig = settings.temporal_tls
     if settings.temporal_tls_cert_path and settings.temporal_tls_key_path:
         tls = TLSConfig(
@@ -313,7 +352,10 @@ async def connect_temporal(
         api_key=settings.temporal_api_key,
         lazy=lazy,
         runtime=runtime,
-        interceptors=list(interceptors),
+        # Also: the request's log lines name the workflow (telemetry); with tracing on, the SDK's
+        # OpenTelemetry plugin (spans and context propagation, client and worker).
+        interceptors=[*interceptors, *telemetry.temporal_interceptors(settings)],
+        plugins=telemetry.temporal_plugins(settings),
     )
 
 

@@ -24,6 +24,7 @@ from temporalio.runtime import (
 )
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
+import telemetry
 from activities import metrics as product_metrics
 from activities.deals import DealActivities
 from activities.imports import ImportActivities, repair_stuck_imports
@@ -400,7 +401,10 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise SystemExit("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
+    # Tracing (when asked for) before the client: its plugin needs the process's tracer provider.
+    telemetry.tracer_provider(settings, service="sponsorflow-worker")
     engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
+    telemetry.instrument_engine(engine, settings)
     core_log = logging.getLogger("sponsorflow.worker.sdk")
     runtime = worker_runtime(core_log, metrics_address=settings.worker_metrics_address)
     client = await connect_temporal(settings, runtime=runtime)
@@ -455,8 +459,10 @@ async def run_worker(settings: Settings | None = None) -> None:
 
 def main() -> None:
     """Entry point of `python worker.py` and `sponsorflow worker`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_worker())
+    settings = get_settings()
+    # Text (`time LEVEL logger message`) or JSON lines with the workflow/run/trace ids; redacted.
+    telemetry.configure_logging(settings, service="sponsorflow-worker")
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

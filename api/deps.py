@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode
 
+import telemetry
 from api import errors
 from api.web import session as web_session
 from db.engine import SessionMaker, tenant_for_key_hash, tenant_tx
@@ -173,6 +174,7 @@ async def get_tenant_id(
     tenant = await tenant_of_key_hash(sm, cache, key_hash)
     if tenant is None:
         raise _unauthorized()
+    telemetry.bind(tenant_id=tenant)  # the request's log lines name its tenant
     return tenant
 
 

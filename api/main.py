@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import telemetry
 from api import (
     catalog,
     dashboard,
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.database_url:
             raise RuntimeError("SPONSORFLOW_DATABASE_URL is not set (use `sponsorflow up` for a dev stack)")
         engine = make_engine(url=settings.database_url, pool_size=settings.db_pool_size)
+        telemetry.instrument_engine(engine, settings)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine=engine)
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     # Last: its middleware wraps every route and error handler; its route is outside the OpenAPI.
     metrics.install(app, path=settings.api_metrics_path)
+    # Outermost: server spans (tracing on) and the traceparent header / log context of every request.
+    telemetry.install_http(app, settings)
     return app
 
 

@@ -6,6 +6,8 @@
   no db/ or api/ and not the starters: the sandbox loads only deterministic code;
 - workflows.starters imports no workflow module, so activities -> starters never closes a loop;
 - worker.py does not import cli.py (cli runs the worker: one direction only); domain/ imports no other folder;
+- telemetry.py (tracing and logging setup) imports no project module at run time: the API, the worker,
+  settings and the CLI all use it;
 - no import cycle between the project's modules (imports inside functions count too);
 - no code reads a private attribute of the Temporal SDK (`handle._start_workflow_response`).
 
@@ -27,7 +29,7 @@ import temporalio
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("activities", "api", "db", "domain", "workflows")
-TOP_MODULES = ("cli", "settings", "worker")
+TOP_MODULES = ("cli", "settings", "telemetry", "worker")
 # Where private SDK attributes are looked for: the product, its tests and benchmarks.
 PRIVATE_SCAN = (*PACKAGES, "tests", "bench")
 
@@ -165,6 +167,13 @@ def domain_imports_no_other_folder(root: Path) -> list[str]:
     ]
 
 
+def telemetry_imports_no_project_module(root: Path) -> list[str]:
+    """telemetry.py sits under everything that sets up a process: it imports none of them back."""
+    targets = import_graph(root).get("telemetry", set())
+    others = (*PACKAGES, *(m for m in TOP_MODULES if m != "telemetry"))
+    return [f"telemetry imports {t}" for other in others for t in sorted(_names(targets, other))]
+
+
 def import_cycles(root: Path) -> list[str]:
     """Strongly connected groups of project modules (Tarjan): each is an import cycle."""
     edges = _project_edges(import_graph(root))
@@ -285,6 +294,7 @@ RULES = [
     starters_import_no_workflow,
     worker_imports_no_cli,
     domain_imports_no_other_folder,
+    telemetry_imports_no_project_module,
     import_cycles,
     private_sdk_attributes,
 ]
@@ -368,6 +378,13 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
             "worker.py": "if __name__ == '__main__':\n    from cli import exit_skipping_teardown\n",
             "cli.py": "import worker\n",
             "domain/deals.py": "from db.models import Campaign\n",
+            # settings only for the type checker is fine; a runtime import of api/ is not.
+            "telemetry.py": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n"
+                "    from settings import Settings\n"
+                "from api.deals import start\n"
+            ),
             "db/models.py": "Campaign = object\n",
             "db/deals.py": "def get_deal(session, *, campaign_id):\n    pass\ndef _row(session):\n    pass\n",
             "tests/integration/test_a.py": "def upload():\n    pass\n",
@@ -391,6 +408,7 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
     assert starters_import_no_workflow(root) == ["workflows.starters imports workflows.deals"]
     assert worker_imports_no_cli(root) == ["worker imports cli"]
     assert domain_imports_no_other_folder(root) == ["domain.deals imports db.models"]
+    assert telemetry_imports_no_project_module(root) == ["telemetry imports api.deals"]
     assert import_cycles(root) == ["activities.deals <-> workflows.deals", "cli <-> worker"]
     assert sorted(private_sdk_attributes(root, ("api",))) == [
         "api/deals.py:2 reads _start_workflow_response",
