@@ -221,3 +221,25 @@ def test_the_switches_of_tracing(monkeypatch: pytest.MonkeyPatch, tmp_path: Any)
     monkeypatch.setenv("SPONSORFLOW_TRACE_FILE", "")
     s = Settings()
     assert s.log_format == "json" and s.trace_file is None
+
+
+def test_ups_own_lines_in_a_childs_log_follow_its_format(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli import Backoff, Child
+
+    def child(json_log: bool) -> Child:
+        return Child(
+            "api", [], tmp_path / f"api-{json_log}.log", Backoff(0.5, 30, 60), grace=1, json_log=json_log
+        )
+
+    child(True).note("api exited with code 1; restarting in 0.5 s (restart 1)")
+    child(False).note("api restarted (pid 42)")
+    line = json.loads((tmp_path / "api-True.log").read_text())
+    assert (
+        line["logger"] == "sponsorflow.up"
+        and line["child"] == "api"
+        and line["message"].startswith("api exited")
+    )
+    assert (tmp_path / "api-False.log").read_text().endswith(" sponsorflow up: api restarted (pid 42)\n")
+    assert "api restarted (pid 42)" in capsys.readouterr().out
