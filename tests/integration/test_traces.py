@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 import telemetry
 from db.embedded import EmbeddedDatabase
@@ -30,6 +32,7 @@ from db.tenants import NewTenant, create_tenant
 from settings import Settings, connect_temporal
 from tests.conftest import make_settings
 from tests.helpers.factories import make_advertiser, make_deal, move
+from workflows.deals import DealWorkflow
 from workflows.starters import deal_workflow_id
 
 # The process's tracer provider is global and set once: one in-memory exporter for the module.
@@ -114,7 +117,9 @@ def _ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     return names
 
 
-async def test_a_patch_is_one_trace_from_http_through_the_update_and_activity_to_sql(traced: Traced) -> None:
+async def test_a_patch_is_one_trace_from_http_through_the_update_and_activity_to_sql(
+    traced: Traced, client: Client
+) -> None:
     tenant, h = await _tenant(traced)
     adv = await make_advertiser(traced.http, h)
     deal = await make_deal(traced.http, h, advertiser=adv)
@@ -154,6 +159,11 @@ async def test_a_patch_is_one_trace_from_http_through_the_update_and_activity_to
     # ... and the API's own SQL (the key lookup) too, under the server span only.
     api_sql = [s for s in spans if s.attributes and s.attributes.get("db.system") == "postgresql"]
     assert len(api_sql) > len(sql_under_activity)
+
+    # The plugin adds headers, never commands: the traced history replays on an untraced worker.
+    history = await client.get_workflow_handle(deal_workflow_id(str(tenant.id), deal["id"])).fetch_history()
+    replayer = Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter)
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
 
 
 async def test_the_trace_file_holds_parseable_json_lines_of_the_request(traced: Traced) -> None:
