@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ADMIN_TOKEN = "changethis"
+DEFAULT_WEBHOOK_SECRET_KEY = "development-webhook-secret-key"
 HERE = Path(__file__).resolve().parent
 
 
@@ -180,6 +181,32 @@ class Settings(BaseSettings):
     enable_deal_pipeline: bool = Field(True, validation_alias=_flag("ENABLE_DEAL_PIPELINE"))
     enable_io_bookings: bool = Field(True, validation_alias=_flag("ENABLE_IO_BOOKINGS"))
     enable_matchmaking: bool = Field(True, validation_alias=_flag("ENABLE_MATCHMAKING"))
+    enable_webhooks: bool = Field(True, validation_alias=_flag("ENABLE_WEBHOOKS"))
+
+    # Webhooks (README "Webhooks"). The key that encrypts endpoint secrets at rest (any string;
+    # unset: a development key, refused outside development: no webhook runs without a real one).
+    webhook_secret_key: str | None = None
+    # Allow URLs resolving to loopback, private or link-local addresses (unset: only in
+    # development); the cloud metadata address is refused always.
+    webhook_allow_private: bool | None = None
+    # One attempt's HTTP timeout; retries with exponential backoff and jitter from the initial
+    # delay up to the maximum interval, for this many hours after the first attempt.
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_retry_hours: float = Field(72.0, gt=0)
+    webhook_retry_initial_seconds: float = Field(5.0, gt=0)
+    webhook_retry_max_interval_seconds: float = Field(3600.0, gt=0)
+    # Per endpoint: deliveries in flight at once (one per entity), the outbox poll after work and
+    # when idle, how long an event transaction may take to commit (the cursor trails by it), when
+    # a delivery retrying this long marks the endpoint failing, and the history length at which
+    # its workflow continues as new.
+    webhook_max_in_flight: int = Field(8, ge=1, le=100)
+    webhook_poll_seconds: float = Field(1.0, gt=0)
+    webhook_idle_poll_seconds: float = Field(5.0, gt=0)
+    webhook_outbox_settle_seconds: float = Field(300.0, ge=0)
+    webhook_failing_after_seconds: float = Field(30.0, gt=0)
+    webhook_history_limit: int = Field(10_000, ge=100)
+    # After a rotation the previous secret keeps signing beside the new one for this long.
+    webhook_previous_secret_hours: float = Field(24.0, ge=0)
 
     @field_validator("database_url", "migration_database_url")
     @classmethod
@@ -235,6 +262,24 @@ class Settings(BaseSettings):
         if self.environment != "development" and self.admin_token in (None, DEFAULT_ADMIN_TOKEN):
             raise ValueError("SPONSORFLOW_ADMIN_TOKEN must be set to a real secret outside development")
         return self
+
+    @property
+    def webhook_secret_key_value(self) -> str:
+        """The key endpoint secrets are encrypted with (ValueError: the default outside development)."""
+        if self.webhook_secret_key:
+            return self.webhook_secret_key
+        if self.environment != "development":
+            raise ValueError(
+                "SPONSORFLOW_WEBHOOK_SECRET_KEY must be set to a real secret outside development"
+            )
+        return DEFAULT_WEBHOOK_SECRET_KEY
+
+    @property
+    def webhook_private_allowed(self) -> bool:
+        """Whether webhook URLs may resolve to private addresses (unset: only in development)."""
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.environment == "development"
 
     @property
     def temporal_target(self) -> str:

@@ -36,6 +36,7 @@ from activities.maintenance import (
     reconcile_match_schedules,
 )
 from activities.matching import MatchActivities
+from activities.webhooks import WebhookActivities
 from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, exit_skipping_teardown, get_settings
 from workflows.deals import DealWorkflow
@@ -45,6 +46,7 @@ from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
 from workflows.starters import TASK_PROBLEMS_QUERY, set_current_version, start_maintenance
 from workflows.versioning import versioned
+from workflows.webhooks import WebhookEndpointWorkflow
 
 # The maintenance singleton runs these (kept importable here for tests and ops scripts).
 __all__ = ["reconcile_deal_workflows", "reconcile_match_schedules"]
@@ -114,6 +116,20 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             imports.repair_stuck_imports,
         ]
         plug_check("stuck_imports", _close_stuck_imports)
+    if settings.enable_webhooks:
+        try:
+            hooks = WebhookActivities(sm, settings)
+        except ValueError as exc:  # the development secret key outside development
+            log.error("webhooks are not delivered by this worker: %s", exc)
+        else:
+            workflows.append(WebhookEndpointWorkflow)
+            activities += [
+                hooks.claim_deliveries,
+                hooks.deliver_webhook,
+                hooks.fail_delivery,
+                hooks.requeue_deliveries,
+                hooks.emit_test_event,
+            ]
     # Whatever the flags: its phases skip the features that are off.
     maintenance = MaintenanceActivities(sm, settings)
     workflows.append(MaintenanceWorkflow)

@@ -23,6 +23,7 @@ from api import (
     metrics,
     openapi,
     tenants,
+    webhooks,
 )
 from api.deps import DATABASE_UNAVAILABLE, KeyCache
 from api.web import pages
@@ -68,7 +69,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app, database_errors=DATABASE_UNAVAILABLE, allow=openapi.allowed_methods(app))
 
-    for module in (health, tenants, keys, catalog, deals, io, imports, matching, dashboard, events, pages):
+    for module in (
+        health,
+        tenants,
+        keys,
+        catalog,
+        deals,
+        io,
+        imports,
+        matching,
+        dashboard,
+        events,
+        webhooks,
+        pages,
+    ):
         app.include_router(module.router)
     app.mount("/static", pages.RevalidatedStaticFiles(directory=pages.STATIC_DIR), name="static")
     openapi.install(app)

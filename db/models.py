@@ -476,6 +476,57 @@ class Event(Base):
     idempotency_key: Mapped[str] = mapped_column(String(300), nullable=False, unique=True)
 
 
+class WebhookEndpoint(Base):
+    """A tenant's webhook subscriber: where to POST which events, signed with its secret."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    url: Mapped[str] = mapped_column(String(2000), nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(String(60)), nullable=False)
+    format: Mapped[str] = mapped_column(String(20), nullable=False, server_default="standard")
+    status: Mapped[str] = mapped_column(String(12), nullable=False, server_default="active")
+    description: Mapped[str | None] = mapped_column(String(500))
+    # Fernet tokens (db/webhooks.SecretBox): a database dump alone cannot sign.
+    secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    after_event_id: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: pending until a 2xx (delivered) or the retry window ends (failed)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
+    )
+    id: Mapped[uuid.UUID] = _pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    event_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    )
+    event_type: Mapped[str] = mapped_column(String(60), nullable=False)
+    entity_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    status: Mapped[str] = mapped_column(String(12), nullable=False, server_default="pending")
+    queue_seq: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("nextval('webhook_delivery_queue_seq')")
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    give_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+
+
 # Every table under row-level security, and the column its policy compares.
 TENANT_TABLES: dict[str, str] = {
     "tenants": "id",
@@ -495,4 +546,6 @@ TENANT_TABLES: dict[str, str] = {
     "match_generations": "tenant_id",
     "events": "tenant_id",
     "write_requests": "tenant_id",
+    "webhook_endpoints": "tenant_id",
+    "webhook_deliveries": "tenant_id",
 }

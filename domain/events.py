@@ -17,6 +17,10 @@ IO_CANCELLED = "io.cancelled"
 ETL_IMPORT_COMPLETED = "etl.import_completed"
 ETL_ERROR = "etl.error"
 MATCH_RECALCULATED = "match.recalculated"
+# Webhooks: a test sent from the API (to the one endpoint it names), and an endpoint paused
+# after failing for days (its entity is the endpoint).
+WEBHOOK_TEST = "webhook.test"
+WEBHOOK_DISABLED = "webhook.disabled"
 
 # deal.created carries the same fields whichever way the deal was made (POST /api/v1/deals or a
 # `campaigns` import: import_id is null for the first); its idempotency key is the prefix + the
@@ -63,5 +67,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         ETL_IMPORT_COMPLETED,
         ETL_ERROR,
         MATCH_RECALCULATED,
+        WEBHOOK_TEST,
+        WEBHOOK_DISABLED,
     }
 )

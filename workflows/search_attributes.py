@@ -11,8 +11,19 @@ ADVERTISER_ID = SearchAttributeKey.for_keyword("AdvertiserId")
 SHOW_ID = SearchAttributeKey.for_keyword("ShowId")
 DEAL_VALUE = SearchAttributeKey.for_float("DealValue")
 STAGE_ENTERED_AT = SearchAttributeKey.for_datetime("StageEnteredAt")
+# A webhook endpoint's delivery workflow: healthy, failing or paused.
+WEBHOOK_STATUS = SearchAttributeKey.for_keyword("WebhookStatus")
 
-ALL_KEYS = (TENANT_ID, DEAL_STAGE, IO_STATUS, ADVERTISER_ID, SHOW_ID, DEAL_VALUE, STAGE_ENTERED_AT)
+ALL_KEYS = (
+    TENANT_ID,
+    DEAL_STAGE,
+    IO_STATUS,
+    ADVERTISER_ID,
+    SHOW_ID,
+    DEAL_VALUE,
+    STAGE_ENTERED_AT,
+    WEBHOOK_STATUS,
+)
 
 
 def cli_flags() -> list[str]:

@@ -56,6 +56,8 @@ from domain.imports import ClosedAs, ImportWorkflowInput
 from domain.io import BookIoInput, IoStatus, IoWorkflowInput, booking_summary
 from domain.maintenance import MaintenanceInput
 from domain.matching import MatchRecalcInput, MatchRecalcResult
+from domain.webhooks import WebhookConfig, WebhookEndpointInput
+from domain.webhooks import summary as webhook_summary
 from workflows import search_attributes as sa
 
 # Workflow type names (the classes' names, or the `name=` of their @workflow.defn) and the
@@ -69,6 +71,12 @@ DEAL_RESYNC_SIGNAL = "resync"
 IO_DELIVERY_REPORTED_SIGNAL = "delivery_reported"
 IO_SNAPSHOT_QUERY = "snapshot"
 MATCH_ROWS_CHANGED_SIGNAL = "rows_changed"
+WEBHOOK_WORKFLOW = "WebhookEndpointWorkflow"
+WEBHOOK_WAKE_SIGNAL = "wake"
+WEBHOOK_RETRY_UPDATE = "retry"
+WEBHOOK_REPLAY_UPDATE = "replay"
+WEBHOOK_TEST_UPDATE = "send_test"
+WEBHOOK_STATE_QUERY = "state"
 
 
 # Deals
@@ -617,6 +625,50 @@ async def start_maintenance(
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=MAINTENANCE_SUMMARY,
+    )
+
+
+# Webhooks
+
+
+def webhook_workflow_id(tenant_id: str, endpoint_id: str) -> str:
+    """The workflow id of an endpoint's deliveries (the tenant is part of it)."""
+    return f"webhook/{tenant_id}/{endpoint_id}"
+
+
+def webhook_start_options(
+    tenant_id: str, endpoint_id: str, task_queue: str, *, host: str, description: str | None
+) -> dict[str, Any]:
+    """Start options of an endpoint's workflow: USE_EXISTING, so every start finds the one running."""
+    return {
+        "id": webhook_workflow_id(tenant_id, endpoint_id),
+        "task_queue": task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "search_attributes": TypedSearchAttributes(
+            [SearchAttributePair(sa.TENANT_ID, tenant_id), SearchAttributePair(sa.WEBHOOK_STATUS, "healthy")]
+        ),
+        "static_summary": webhook_summary(host, description),
+    }
+
+
+async def wake_webhook_workflow(
+    client: Client,
+    tenant_id: str,
+    endpoint_id: str,
+    task_queue: str,
+    *,
+    host: str,
+    description: str | None,
+    config: WebhookConfig,
+    signal: bool = True,
+) -> WorkflowHandle[Any, Any]:
+    """Signal-with-start `wake`: the endpoint's workflow runs, and polls at once (`signal`: else
+    only makes sure it runs, for an update that wakes it itself)."""
+    return await client.start_workflow(
+        WEBHOOK_WORKFLOW,
+        WebhookEndpointInput(tenant_id=tenant_id, endpoint_id=endpoint_id, config=config),
+        start_signal=WEBHOOK_WAKE_SIGNAL if signal else None,
+        **webhook_start_options(tenant_id, endpoint_id, task_queue, host=host, description=description),
     )
 
 

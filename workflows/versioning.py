@@ -29,12 +29,14 @@ with workflow.unsafe.imports_passed_through():
     from domain.io import IoWorkflowInput, IoWorkflowResult
     from domain.maintenance import MaintenanceInput
     from domain.matching import MatchRecalcInput, MatchRecalcResult
+    from domain.webhooks import WebhookEndpointInput, WebhookEndpointResult
 
 from workflows.deals import DealWorkflow
 from workflows.imports import ImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
+from workflows.webhooks import WebhookEndpointWorkflow
 
 AUTO_UPGRADE = VersioningBehavior.AUTO_UPGRADE
 PINNED = VersioningBehavior.PINNED
@@ -90,6 +92,16 @@ class VersionedMatchRecalculationWorkflow(MatchRecalculationWorkflow):
         return await super().run(inp)
 
 
+@workflow.defn(name="WebhookEndpointWorkflow", versioning_behavior=AUTO_UPGRADE)
+class VersionedWebhookEndpointWorkflow(WebhookEndpointWorkflow):
+    """WebhookEndpointWorkflow on a versioned worker: an endpoint's loop follows the current version."""
+
+    @workflow.run
+    async def run(self, inp: WebhookEndpointInput) -> WebhookEndpointResult:
+        """Delivers exactly as WebhookEndpointWorkflow does."""
+        return await super().run(inp)
+
+
 # Each production workflow class -> what a versioned worker registers in its place.
 VERSIONED: dict[type, type] = {
     DealWorkflow: VersionedDealWorkflow,
@@ -97,6 +109,7 @@ VERSIONED: dict[type, type] = {
     MaintenanceWorkflow: VersionedMaintenanceWorkflow,
     ImportWorkflow: VersionedImportWorkflow,
     MatchRecalculationWorkflow: VersionedMatchRecalculationWorkflow,
+    WebhookEndpointWorkflow: VersionedWebhookEndpointWorkflow,
 }
 
 # The behaviour of each workflow type, as ops see it (TemporalWorkflowVersioningBehavior).
@@ -106,6 +119,7 @@ BEHAVIOURS: dict[str, VersioningBehavior] = {
     "MaintenanceWorkflow": AUTO_UPGRADE,
     "CsvImportWorkflow": PINNED,
     "MatchRecalculationWorkflow": PINNED,
+    "WebhookEndpointWorkflow": AUTO_UPGRADE,
 }
 
 

@@ -30,6 +30,7 @@ from workflows.imports import ImportWorkflow
 from workflows.io import IoBookingWorkflow
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.matching import MatchRecalculationWorkflow
+from workflows.webhooks import WebhookEndpointWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 # Outside tests/histories/ so that every *.json under it is a history.
@@ -43,6 +44,7 @@ WORKFLOWS: tuple[type, ...] = (
     ImportWorkflow,
     MatchRecalculationWorkflow,
     MaintenanceWorkflow,
+    WebhookEndpointWorkflow,
 )
 
 # What to do when a guard fails; every message ends with it.

@@ -68,6 +68,7 @@ from workflows.starters import (
     start_maintenance,
     start_recalculation,
 )
+from workflows.webhooks import WebhookEndpointWorkflow
 
 Server = Literal["dev", "time-skipping"]
 
@@ -1011,6 +1012,46 @@ async def maintenance_rounds(ctx: Ctx) -> WorkflowHistory:
         finally:
             await stack.client.get_workflow_handle(handle.id).terminate("replay scenario over")
             await stack.client.get_schedule_handle(match_schedule_id(tenant_id)).delete()
+
+
+# ---------------------------------------------------------------------------------------------
+# WebhookEndpointWorkflow
+
+# Polls only when woken (a timer of an hour), so the commands do not depend on timing.
+_WEBHOOK_QUIET: dict[str, Any] = {
+    "webhook_poll_seconds": 3600,
+    "webhook_idle_poll_seconds": 3600,
+    "webhook_retry_initial_seconds": 0.2,
+    "webhook_timeout_seconds": 2.0,
+}
+
+
+@scenario(WebhookEndpointWorkflow, "test_event_500_then_200_then_deleted")
+async def webhook_delivery(ctx: Ctx) -> WorkflowHistory:
+    """Created (signal-with-start), a test event retried after a 500 and delivered, then deleted."""
+    from tests.helpers.receivers import receiver
+
+    async with ctx.stack(**_WEBHOOK_QUIET) as stack, receiver("error", "ok") as r:
+        _, h = await _new_tenant(stack)
+        created = await stack.http.post(
+            "/api/v1/webhooks", json={"url": r.url, "event_types": ["*"]}, headers=h
+        )
+        assert created.status_code == 201, created.text
+        hook = created.json()
+        handle = stack.client.get_workflow_handle(hook["workflow_id"])
+        await settled_history(handle)
+        sent = await stack.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)
+        assert sent.status_code == 202, sent.text
+        await r.wait_for(2)
+
+        async def delivered() -> bool:
+            got = await stack.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)
+            return [d["status"] for d in got.json()["items"]] == ["delivered"]
+
+        await _until(delivered, "the test event delivered")
+        await settled_history(handle)
+        assert (await stack.http.delete(f"/api/v1/webhooks/{hook['id']}", headers=h)).status_code == 204
+        return await _closed(handle)
 
 
 def by_id() -> dict[str, Scenario]:

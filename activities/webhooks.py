@@ -1,0 +1,293 @@
+"""Webhook side effects: claim outbox events into deliveries, send one delivery, requeue, test.
+
+The endpoint's workflow decides what to send and when; these persist and send. A delivery's
+secret is read and decrypted here, inside the attempt, so it never travels through Temporal
+(inputs and results carry ids only). Each attempt's outcome is written to its row before the
+activity answers, so the deliveries list shows attempts, the last status code and error while
+Temporal retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from db.engine import SessionMaker, tenant_tx
+from db.webhooks import (
+    SecretBox,
+    claim_events,
+    emit_test_event,
+    get_delivery,
+    get_endpoint,
+    load_attempt,
+    mark_delivered,
+    mark_failed,
+    open_secrets,
+    pending_deliveries,
+    record_failure,
+    replay_window,
+    requeue_delivery,
+    start_window,
+)
+from domain.webhooks import (
+    ClaimDeliveriesInput,
+    ClaimDeliveriesResult,
+    DeliverWebhookInput,
+    DeliverWebhookResult,
+    EmitTestEventInput,
+    FailDeliveryInput,
+    FailDeliveryResult,
+    RequeueDeliveriesInput,
+    RequeueDeliveriesResult,
+    SendTestResult,
+    address_refusal,
+    message_id,
+    next_step,
+    parse_retry_after,
+    request_body,
+    retry_delay,
+    retry_refusal,
+    signature_header,
+    signing_secrets,
+)
+from settings import Settings
+
+log = logging.getLogger("sponsorflow.webhooks")
+
+ATTEMPT_FAILED = "WebhookAttemptFailed"
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to now (empty: it does not resolve)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def url_refusal(url: str, *, allow_private: bool) -> str | None:
+    """Why the URL's host may not be called now (None: it may); checked at creation and per attempt."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return address_refusal(await resolve(parts.hostname or "", port), allow_private=allow_private)
+
+
+def _transport_error(exc: httpx.HTTPError, timeout_s: float) -> str:
+    # Never str(exc) alone: some messages carry the URL, and a URL's path can hold a token.
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {timeout_s:g} s ({type(exc).__name__})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closed without a complete answer"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect (refused, unreachable or TLS failure)"
+    return f"request failed ({type(exc).__name__})"
+
+
+class WebhookActivities:
+    """Activities of webhook delivery, bound to the worker's session factory and settings."""
+
+    def __init__(self, sessionmaker: SessionMaker, settings: Settings) -> None:
+        self._sm = sessionmaker
+        self._settings = settings
+        self._box = SecretBox(settings.webhook_secret_key_value)
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=httpx.Timeout(self._settings.webhook_timeout_seconds),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                trust_env=False,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        """Closes the HTTP client's connections (worker shutdown, tests)."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @activity.defn(name="claim_webhook_deliveries")
+    async def claim_deliveries(self, inp: ClaimDeliveriesInput) -> ClaimDeliveriesResult:
+        """Queues the matching events after the cursor (idempotent) and hands out pending deliveries."""
+        endpoint_id = uuid.UUID(inp.endpoint_id)
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            endpoint = await get_endpoint(session=session, endpoint_id=endpoint_id)
+            if endpoint is None:
+                cursor = inp.event_cursor or 0
+                return ClaimDeliveriesResult(
+                    endpoint="gone", event_cursor=cursor, observed_max_event_id=cursor
+                )
+            cursor = inp.event_cursor if inp.event_cursor is not None else endpoint.after_event_id
+            if endpoint.status == "paused":
+                return ClaimDeliveriesResult(
+                    endpoint="paused", event_cursor=cursor, observed_max_event_id=cursor
+                )
+            claim = await claim_events(session=session, endpoint=endpoint, cursor=cursor, limit=inp.limit)
+            full = claim.picked >= inp.limit
+            # A full batch: only up to its last event is everything visible handed out.
+            observed = claim.max_picked if full and claim.max_picked is not None else claim.newest_event_id
+            refs = await pending_deliveries(
+                session=session, endpoint_id=endpoint_id, after_seq=inp.after_seq, limit=inp.limit
+            )
+        return ClaimDeliveriesResult(
+            endpoint="active",
+            event_cursor=cursor,
+            observed_max_event_id=max(observed, cursor),
+            claimed=claim.claimed,
+            deliveries=refs,
+            more=full or len(refs) >= inp.limit,
+        )
+
+    @activity.defn(name="deliver_webhook")
+    async def deliver_webhook(self, inp: DeliverWebhookInput) -> DeliverWebhookResult:
+        """One attempt: sign, POST (10 s, no redirects), record; a failure raises for Temporal's retry."""
+        s = self._settings
+        delivery_id = uuid.UUID(inp.delivery_id)
+        now = datetime.now(UTC)
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            attempt = await load_attempt(session=session, delivery_id=delivery_id)
+            if attempt is None:
+                return DeliverWebhookResult(outcome="gone")
+            row = attempt.delivery
+            if row.status != "pending":
+                return DeliverWebhookResult(outcome="skipped", attempts=row.attempts)
+            if attempt.endpoint.status == "paused":
+                return DeliverWebhookResult(outcome="paused", attempts=row.attempts)
+            give_up_at = row.give_up_at
+            if give_up_at is None:
+                give_up_at = now + timedelta(hours=s.webhook_retry_hours)
+                await start_window(session=session, delivery_id=delivery_id, now=now, give_up_at=give_up_at)
+            endpoint = open_secrets(row=attempt.endpoint, box=self._box)
+            attempts = row.attempts + 1
+        body = request_body(attempt.event, endpoint.format)
+        status_code: int | None = None
+        retry_after: float | None = None
+        error: str | None = None
+        refusal = await url_refusal(endpoint.url, allow_private=s.webhook_private_allowed)
+        if refusal is not None:
+            error = f"address refused: {refusal}"
+        else:
+            ts = int(time.time())
+            msg_id = message_id(inp.delivery_id)
+            signing = signing_secrets(endpoint.secret, endpoint.previous_secret, endpoint.previous_until, now)
+            headers = {
+                "content-type": "application/json",
+                "user-agent": "sponsorflow-webhooks/1",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": signature_header(signing, msg_id, ts, body),
+            }
+            try:
+                response = await self._client().post(endpoint.url, content=body.encode(), headers=headers)
+            except httpx.HTTPError as exc:
+                error = _transport_error(exc, s.webhook_timeout_seconds)
+            else:
+                status_code = response.status_code
+                if 200 <= status_code < 300:
+                    error = None
+                elif 300 <= status_code < 400:
+                    error = f"HTTP {status_code}: a redirect, which is not followed"
+                else:
+                    error = f"HTTP {status_code}"
+                    if status_code == 429:
+                        retry_after = parse_retry_after(
+                            response.headers.get("retry-after"), datetime.now(UTC)
+                        )
+        done_at = datetime.now(UTC)
+        if error is None and status_code is not None:
+            async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+                await mark_delivered(
+                    session=session, delivery_id=delivery_id, status_code=status_code, at=done_at
+                )
+            return DeliverWebhookResult(outcome="delivered", status_code=status_code, attempts=attempts)
+        delay = retry_after
+        if delay is None:
+            delay = retry_delay(
+                attempts,
+                initial_seconds=s.webhook_retry_initial_seconds,
+                max_seconds=s.webhook_retry_max_interval_seconds,
+                rand=random.random(),
+            )
+        step, at = next_step(now=done_at, give_up_at=give_up_at, delay_seconds=delay)
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            await record_failure(
+                session=session,
+                delivery_id=delivery_id,
+                status_code=status_code,
+                error=error or "failed",
+                next_attempt_at=at,
+            )
+        if step == "give_up":
+            log.info(
+                "webhook delivery %s failed for good after %d attempts: %s", inp.delivery_id, attempts, error
+            )
+            return DeliverWebhookResult(outcome="failed", status_code=status_code, attempts=attempts)
+        raise ApplicationError(
+            f"attempt {attempts} failed: {error}; next in {delay:.1f} s",
+            type=ATTEMPT_FAILED,
+            next_retry_delay=timedelta(seconds=delay),
+        )
+
+    @activity.defn(name="fail_webhook_delivery")
+    async def fail_delivery(self, inp: FailDeliveryInput) -> FailDeliveryResult:
+        """Marks a pending delivery failed (its activity timed out without deciding)."""
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            changed = await mark_failed(
+                session=session, delivery_id=uuid.UUID(inp.delivery_id), error=inp.error
+            )
+        return FailDeliveryResult(changed=changed)
+
+    @activity.defn(name="requeue_webhook_deliveries")
+    async def requeue_deliveries(self, inp: RequeueDeliveriesInput) -> RequeueDeliveriesResult:
+        """Sends one delivery again (retry), or every matching event of a window (replay)."""
+        endpoint_id = uuid.UUID(inp.endpoint_id)
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            endpoint = await get_endpoint(session=session, endpoint_id=endpoint_id, lock=True)
+            if endpoint is None:
+                return RequeueDeliveriesResult(found=False)
+            if inp.delivery_id is not None:
+                row = await get_delivery(
+                    session=session,
+                    endpoint_id=endpoint_id,
+                    delivery_id=uuid.UUID(inp.delivery_id),
+                    lock=True,
+                )
+                if row is None:
+                    return RequeueDeliveriesResult(found=False)
+                refusal = retry_refusal(row.status)
+                if refusal is not None:
+                    return RequeueDeliveriesResult(refused=refusal)
+                await requeue_delivery(session=session, delivery=row)
+                return RequeueDeliveriesResult(requeued=1)
+            assert inp.since is not None
+            requeued, added = await replay_window(
+                session=session, endpoint=endpoint, since=inp.since, until=inp.until
+            )
+        return RequeueDeliveriesResult(requeued=requeued, added=added)
+
+    @activity.defn(name="emit_webhook_test_event")
+    async def emit_test_event(self, inp: EmitTestEventInput) -> SendTestResult:
+        """Writes the webhook.test event of one `send_test` update (its id is the key)."""
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            event_id = await emit_test_event(
+                session=session,
+                tenant_id=uuid.UUID(inp.tenant_id),
+                endpoint_id=uuid.UUID(inp.endpoint_id),
+                key=inp.key,
+                note=inp.note,
+                at=inp.occurred_at,
+            )
+        return SendTestResult(event_id=event_id)

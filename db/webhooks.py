@@ -1,0 +1,427 @@
+"""Webhook endpoints and deliveries: CRUD, the outbox claim, and each attempt's record.
+
+Secrets are stored as Fernet tokens (`SecretBox`, key from SPONSORFLOW_WEBHOOK_SECRET_KEY): a dump
+of the database alone cannot sign. Every function runs inside a tenant transaction (RLS).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.events import emit_event
+from db.models import Event, WebhookDelivery, WebhookEndpoint
+from domain.events import WEBHOOK_TEST
+from domain.webhooks import ALL_EVENTS, DeliveryRef, WebhookEvent
+
+
+class SecretBox:
+    """Encrypts and decrypts endpoint secrets with a key derived from the configured one."""
+
+    def __init__(self, key: str) -> None:
+        # Any string works as configuration; Fernet wants 32 url-safe base64 bytes.
+        digest = hashlib.sha256(f"sponsorflow-webhook-secrets|{key}".encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def seal(self, secret: str) -> str:
+        """The stored form of a secret."""
+        return self._fernet.encrypt(secret.encode()).decode()
+
+    def open(self, token: str) -> str:
+        """The secret of a stored token (ValueError: another key sealed it)."""
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ValueError(
+                "the webhook secret cannot be decrypted with SPONSORFLOW_WEBHOOK_SECRET_KEY"
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+
+async def create_endpoint(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    url: str,
+    event_types: list[str],
+    format: str,
+    description: str | None,
+    sealed_secret: str,
+) -> WebhookEndpoint:
+    """Inserts an endpoint whose cursor starts at the tenant's newest event."""
+    newest = await session.scalar(select(func.coalesce(func.max(Event.id), 0)))
+    row = WebhookEndpoint(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        url=url,
+        event_types=event_types,
+        format=format,
+        description=description,
+        secret_encrypted=sealed_secret,
+        after_event_id=int(newest or 0),
+    )
+    session.add(row)
+    await session.flush()
+    await session.refresh(row)
+    return row
+
+
+async def get_endpoint(
+    *, session: AsyncSession, endpoint_id: uuid.UUID, lock: bool = False
+) -> WebhookEndpoint | None:
+    """One endpoint of the tenant (None: not this tenant's, or gone)."""
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.scalars(stmt)).first()
+
+
+async def update_endpoint(
+    *, session: AsyncSession, row: WebhookEndpoint, changes: dict[str, Any]
+) -> WebhookEndpoint:
+    """Applies the given column changes to a locked endpoint row."""
+    for column, value in changes.items():
+        setattr(row, column, value)
+    row.updated_at = func.now()
+    await session.flush()
+    await session.refresh(row)
+    return row
+
+
+async def delete_endpoint(*, session: AsyncSession, endpoint_id: uuid.UUID) -> bool:
+    """Deletes an endpoint and its deliveries; returns whether it existed."""
+    row = await get_endpoint(session=session, endpoint_id=endpoint_id, lock=True)
+    if row is None:
+        return False
+    await session.delete(row)
+    return True
+
+
+@dataclass(frozen=True)
+class EndpointSecrets:
+    """What an attempt needs of its endpoint, secrets decrypted (never leaves the activity)."""
+
+    url: str
+    format: str
+    status: str
+    secret: str
+    previous_secret: str | None
+    previous_until: datetime | None
+
+
+def open_secrets(*, row: WebhookEndpoint, box: SecretBox) -> EndpointSecrets:
+    """The endpoint with its secrets decrypted."""
+    return EndpointSecrets(
+        url=row.url,
+        format=row.format,
+        status=row.status,
+        secret=box.open(row.secret_encrypted),
+        previous_secret=box.open(row.previous_secret_encrypted) if row.previous_secret_encrypted else None,
+        previous_until=row.previous_secret_expires_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliveries
+
+
+_CLAIM = text(
+    """
+    WITH picked AS (
+        SELECT e.id, e.tenant_id, e.type, e.entity_id
+        FROM events e
+        WHERE e.id > :cursor
+          AND ((e.type = :test AND e.entity_id = :endpoint_text)
+               OR (e.type <> :test AND (:every OR e.type = ANY(:types))))
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries d
+              WHERE d.endpoint_id = CAST(:endpoint AS uuid) AND d.event_id = e.id
+          )
+        ORDER BY e.id
+        LIMIT :limit
+    ), claimed AS (
+        INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_type, entity_id)
+        SELECT gen_random_uuid(), p.tenant_id, CAST(:endpoint AS uuid), p.id, p.type, p.entity_id
+        FROM picked p ORDER BY p.id
+        ON CONFLICT (endpoint_id, event_id) DO NOTHING
+        RETURNING event_id
+    )
+    SELECT (SELECT count(*) FROM picked) AS picked, (SELECT max(id) FROM picked) AS max_picked,
+           (SELECT count(*) FROM claimed) AS claimed
+    """
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim did: events picked (at most the limit), newly queued, the tenant's newest."""
+
+    picked: int
+    max_picked: int | None
+    claimed: int
+    newest_event_id: int
+
+
+async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, cursor: int, limit: int) -> Claim:
+    """Queues a delivery for each matching event after `cursor` not queued yet (idempotent)."""
+    # Read before the claim: every event up to it that is visible now gets picked below.
+    newest = int(await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+    every = ALL_EVENTS in endpoint.event_types
+    row = (
+        await session.execute(
+            _CLAIM,
+            {
+                "cursor": cursor,
+                "test": WEBHOOK_TEST,
+                "endpoint_text": str(endpoint.id),
+                "endpoint": endpoint.id,
+                "every": every,
+                "types": [] if every else list(endpoint.event_types),
+                "limit": limit,
+            },
+        )
+    ).one()
+    return Claim(
+        picked=int(row.picked),
+        max_picked=int(row.max_picked) if row.max_picked is not None else None,
+        claimed=int(row.claimed),
+        newest_event_id=newest,
+    )
+
+
+async def pending_deliveries(
+    *, session: AsyncSession, endpoint_id: uuid.UUID, after_seq: int, limit: int
+) -> list[DeliveryRef]:
+    """The endpoint's pending deliveries after `after_seq`, in queue order."""
+    rows = (
+        await session.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.event_id,
+                WebhookDelivery.entity_id,
+                WebhookDelivery.queue_seq,
+            )
+            .where(
+                WebhookDelivery.endpoint_id == endpoint_id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.queue_seq > after_seq,
+            )
+            .order_by(WebhookDelivery.queue_seq)
+            .limit(limit)
+        )
+    ).all()
+    return [
+        DeliveryRef(id=str(r.id), event_id=r.event_id, entity_id=r.entity_id, queue_seq=r.queue_seq)
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A delivery about to be attempted: its row, its event as the events API shows it, its endpoint."""
+
+    delivery: WebhookDelivery
+    event: WebhookEvent
+    endpoint: WebhookEndpoint
+
+
+async def load_attempt(*, session: AsyncSession, delivery_id: uuid.UUID) -> Attempt | None:
+    """The delivery with its event and endpoint (None: the endpoint or the delivery is gone)."""
+    found = (
+        await session.execute(
+            select(WebhookDelivery, Event, WebhookEndpoint)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.id == delivery_id)
+        )
+    ).first()
+    if found is None:
+        return None
+    d, e, ep = found
+    event = WebhookEvent(
+        id=str(e.id),
+        type=e.type,
+        entity_type=e.entity_type,
+        entity_id=e.entity_id,
+        payload=e.payload,
+        occurred_at=e.occurred_at,
+    )
+    return Attempt(delivery=d, event=event, endpoint=ep)
+
+
+async def start_window(
+    *, session: AsyncSession, delivery_id: uuid.UUID, now: datetime, give_up_at: datetime
+) -> None:
+    """Fixes a delivery's retry window at its first attempt (a retry or replay opens a new one)."""
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.first_attempt_at.is_(None))
+        .values(first_attempt_at=now, give_up_at=give_up_at)
+    )
+
+
+async def mark_delivered(
+    *, session: AsyncSession, delivery_id: uuid.UUID, status_code: int, at: datetime
+) -> bool:
+    """A 2xx: delivered (only a pending row changes; a duplicate attempt changes nothing)."""
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
+        .values(
+            status="delivered",
+            attempts=WebhookDelivery.attempts + 1,
+            last_status_code=status_code,
+            last_error=None,
+            next_attempt_at=None,
+            delivered_at=at,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def record_failure(
+    *,
+    session: AsyncSession,
+    delivery_id: uuid.UUID,
+    status_code: int | None,
+    error: str,
+    next_attempt_at: datetime | None,
+) -> bool:
+    """A failed attempt: pending with its next attempt's time, or failed when there is none."""
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
+        .values(
+            status="pending" if next_attempt_at is not None else "failed",
+            attempts=WebhookDelivery.attempts + 1,
+            last_status_code=status_code,
+            last_error=error[:500],
+            next_attempt_at=next_attempt_at,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_failed(*, session: AsyncSession, delivery_id: uuid.UUID, error: str) -> bool:
+    """Ends a pending delivery as failed without an attempt (its window ran out)."""
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
+        .values(status="failed", last_error=error[:500], next_attempt_at=None)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+_REQUEUE = {
+    "status": "pending",
+    "attempts": 0,
+    "first_attempt_at": None,
+    "give_up_at": None,
+    "next_attempt_at": None,
+    "delivered_at": None,
+    "last_error": None,
+    "last_status_code": None,
+}
+
+
+async def requeue_delivery(*, session: AsyncSession, delivery: WebhookDelivery) -> None:
+    """Puts a delivered or failed delivery back in the queue (same id: same webhook-id)."""
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id)
+        .values(**_REQUEUE, queue_seq=text("nextval('webhook_delivery_queue_seq')"))
+    )
+
+
+_REPLAY_ADD = text(
+    """
+    INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_type, entity_id)
+    SELECT gen_random_uuid(), e.tenant_id, CAST(:endpoint AS uuid), e.id, e.type, e.entity_id
+    FROM events e
+    WHERE e.occurred_at >= :since AND (CAST(:until AS timestamptz) IS NULL OR e.occurred_at < :until)
+      AND ((e.type = :test AND e.entity_id = :endpoint_text)
+           OR (e.type <> :test AND (:every OR e.type = ANY(:types))))
+    ORDER BY e.id
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
+    """
+)
+
+
+async def replay_window(
+    *, session: AsyncSession, endpoint: WebhookEndpoint, since: datetime, until: datetime | None
+) -> tuple[int, int]:
+    """Queues every matching event of [since, until) again: (requeued, added)."""
+    window = [Event.occurred_at >= since] + ([Event.occurred_at < until] if until is not None else [])
+    done = (
+        select(WebhookDelivery.id)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status != "pending", *window)
+        .order_by(Event.id)
+    )
+    ids = list((await session.scalars(done)).all())
+    for did in ids:
+        await session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == did)
+            .values(**_REQUEUE, queue_seq=text("nextval('webhook_delivery_queue_seq')"))
+        )
+    every = ALL_EVENTS in endpoint.event_types
+    added = await session.execute(
+        _REPLAY_ADD,
+        {
+            "since": since,
+            "until": until,
+            "test": WEBHOOK_TEST,
+            "endpoint": endpoint.id,
+            "endpoint_text": str(endpoint.id),
+            "every": every,
+            "types": [] if every else list(endpoint.event_types),
+        },
+    )
+    return len(ids), int(added.rowcount)  # type: ignore[attr-defined]
+
+
+async def get_delivery(
+    *, session: AsyncSession, endpoint_id: uuid.UUID, delivery_id: uuid.UUID, lock: bool = False
+) -> WebhookDelivery | None:
+    """One delivery of one endpoint."""
+    stmt = select(WebhookDelivery).where(
+        WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint_id
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.scalars(stmt)).first()
+
+
+async def emit_test_event(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    endpoint_id: uuid.UUID,
+    key: str,
+    note: str | None,
+    at: datetime,
+) -> int:
+    """Writes the webhook.test event of one request (idempotent by its key); returns its id."""
+    await emit_event(
+        session=session,
+        tenant_id=tenant_id,
+        type=WEBHOOK_TEST,
+        entity_type="webhook",
+        entity_id=str(endpoint_id),
+        payload={"endpoint_id": str(endpoint_id), "message": note or "a test event sent from sponsorflow"},
+        occurred_at=at,
+        idempotency_key=key,
+    )
+    return int(await session.scalar(select(Event.id).where(Event.idempotency_key == key)) or 0)

@@ -1,0 +1,383 @@
+"""WebhookEndpointWorkflow: one per endpoint, it moves the tenant's outbox to that endpoint.
+
+The product writes events into the outbox (`events`) in the transaction of the change they
+report, and waits for nothing here. This workflow polls the outbox on a short durable timer
+(sooner after a `wake` signal), claims the matching events after its cursor into
+webhook_deliveries (idempotent, UNIQUE (endpoint_id, event_id)), and sends each pending delivery
+with an activity that Temporal retries with backoff for about three days. Deliveries of one entity
+go one after the other, in the order they were queued; different entities go in parallel, at
+most `max_in_flight` at a time. One slow endpoint delays only its own workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.webhooks import WebhookActivities
+    from domain.webhooks import (
+        ClaimDeliveriesInput,
+        ClaimDeliveriesResult,
+        DeliverWebhookInput,
+        DeliveryRef,
+        EmitTestEventInput,
+        FailDeliveryInput,
+        Observation,
+        Outcome,
+        ReplayInput,
+        RequeueDeliveriesInput,
+        RequeueResult,
+        RetryDeliveryInput,
+        SendTestInput,
+        SendTestResult,
+        WebhookEndpointInput,
+        WebhookEndpointResult,
+        WebhookState,
+        health,
+    )
+    from workflows import search_attributes as sa
+
+_SHORT = timedelta(seconds=30)
+_SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+# Each attempt sets its own delay (ApplicationError.next_retry_delay: backoff with jitter, or a
+# 429's Retry-After); these only bound it should an attempt fail without one (a worker crash).
+_DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5), backoff_coefficient=2.0, maximum_interval=timedelta(hours=1)
+)
+_ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# Observations closer together than this are merged (the later time, the larger id).
+_MERGE = timedelta(seconds=10)
+# Before continue-as-new: longer than one attempt (10 s), so only a delivery waiting for its next
+# retry is cut off (and picked up again by the next run).
+_DRAIN = timedelta(seconds=15)
+
+
+@workflow.defn
+class WebhookEndpointWorkflow:
+    """Delivers one endpoint's events, forever, until the endpoint is deleted."""
+
+    @workflow.init
+    def __init__(self, inp: WebhookEndpointInput) -> None:
+        self._inp = inp
+        self._config = inp.config
+        self._event_cursor = inp.event_cursor
+        self._observations: list[Observation] = list(inp.observations)
+        self._delivered = inp.delivered
+        self._failed = inp.failed
+        # Pending deliveries handed out up to this queue position (0: none yet this run).
+        self._after_seq = 0
+        self._queues: dict[str, deque[DeliveryRef]] = {}
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, datetime] = {}
+        self._slots = asyncio.Semaphore(max(inp.config.max_in_flight, 1))
+        # Claims and requeues are the only writers of an endpoint's queue order: one at a time.
+        self._db_lock = asyncio.Lock()
+        self._wake = False
+        self._paused = False
+        self._gone = False
+        self._draining = False
+        self._last_failed = False
+        self._health = ""
+
+    @workflow.run
+    async def run(self, inp: WebhookEndpointInput) -> WebhookEndpointResult:
+        """Claim, send, wait; continue-as-new before the history grows large; end when deleted."""
+        self.show_health()
+        while True:
+            result = await self.claim()
+            if self._gone:
+                await self.stop_chains()
+                return WebhookEndpointResult(delivered=self._delivered, failed=self._failed)
+            self.show_health()
+            if self.history_is_large():
+                await self.continue_as_new()
+            if result is not None and result.more:
+                continue
+            await self.wait_for_next_poll(busy=bool(result and (result.claimed or result.deliveries)))
+
+    async def claim(self) -> ClaimDeliveriesResult | None:
+        """One claim: new events into deliveries, then hand the pending ones to their chains."""
+        # This claim answers every wake so far; one arriving during it asks for the next.
+        self._wake = False
+        async with self._db_lock:
+            if not self._queues and not self._in_flight:
+                # Nothing handed out is outstanding: look at every pending delivery again (those a
+                # pause, a continue-as-new or an ended chain left behind).
+                self._after_seq = 0
+            scan_from = self.settled_cursor()
+            result = await workflow.execute_activity_method(
+                WebhookActivities.claim_deliveries,
+                ClaimDeliveriesInput(
+                    tenant_id=self._inp.tenant_id,
+                    endpoint_id=self._inp.endpoint_id,
+                    event_cursor=scan_from,
+                    after_seq=self._after_seq,
+                    limit=self._config.claim_limit,
+                ),
+                start_to_close_timeout=_SHORT,
+                retry_policy=_SHORT_RETRY,
+            )
+        self._gone = result.endpoint == "gone"
+        self._paused = result.endpoint == "paused"
+        if self._event_cursor is None:
+            self._event_cursor = result.event_cursor
+        self.observe(result.observed_max_event_id)
+        for ref in result.deliveries:
+            self._after_seq = max(self._after_seq, ref.queue_seq)
+            self.enqueue(ref)
+        return result
+
+    def settled_cursor(self) -> int | None:
+        """Moves the cursor to the newest observation old enough that nothing below it is in flight.
+
+        Event ids come from a sequence and commit out of order: an id seen as the newest at T may
+        have a smaller id committing after T. A transaction writing events commits within
+        `outbox_settle_seconds`, so by T + settle everything up to that id is visible; the scan
+        after the cursor overlaps until then, and the claim's NOT EXISTS skips what it queued.
+        """
+        if self._event_cursor is None:
+            return None
+        horizon = workflow.now() - timedelta(seconds=self._config.outbox_settle_seconds)
+        keep: list[Observation] = []
+        for o in self._observations:
+            if o.at <= horizon:
+                self._event_cursor = max(self._event_cursor, o.max_event_id)
+            else:
+                keep.append(o)
+        self._observations = keep
+        return self._event_cursor
+
+    def observe(self, max_event_id: int) -> None:
+        """Records what this claim saw (after it completed: a conservative time)."""
+        now = workflow.now()
+        last = self._observations[-1] if self._observations else None
+        if last is not None and max_event_id <= last.max_event_id:
+            return
+        if self._event_cursor is not None and max_event_id <= self._event_cursor:
+            return
+        if last is not None and now - last.at < _MERGE:
+            last.at, last.max_event_id = now, max_event_id
+        else:
+            self._observations.append(Observation(at=now, max_event_id=max_event_id))
+
+    def enqueue(self, ref: DeliveryRef) -> None:
+        """Appends a delivery to its entity's chain, starting the chain if it is not running."""
+        self._queues.setdefault(ref.entity_id, deque()).append(ref)
+        if ref.entity_id not in self._chains:
+            self._chains[ref.entity_id] = asyncio.create_task(self.run_chain(ref.entity_id))
+
+    async def run_chain(self, entity_id: str) -> None:
+        """Sends one entity's deliveries in order, each once a slot is free."""
+        queue = self._queues[entity_id]
+        try:
+            while queue and not self._draining and not self._gone:
+                ref = queue[0]
+                async with self._slots:
+                    if self._draining or self._gone:
+                        break
+                    self._in_flight[ref.id] = workflow.now()
+                    try:
+                        outcome = await self.deliver(ref)
+                    finally:
+                        self._in_flight.pop(ref.id, None)
+                queue.popleft()
+                self.record(outcome)
+                if outcome in ("paused", "gone"):
+                    # The rest stays pending in the database; the claim after the resume finds it.
+                    queue.clear()
+                    self._wake = True
+        finally:
+            self._queues.pop(entity_id, None)
+            self._chains.pop(entity_id, None)
+
+    async def deliver(self, ref: DeliveryRef) -> Outcome:
+        """One delivery, retried by Temporal until a 2xx or the end of its window."""
+        try:
+            result = await workflow.execute_activity_method(
+                WebhookActivities.deliver_webhook,
+                DeliverWebhookInput(
+                    tenant_id=self._inp.tenant_id, endpoint_id=self._inp.endpoint_id, delivery_id=ref.id
+                ),
+                start_to_close_timeout=_ATTEMPT_TIMEOUT,
+                # A guard only: each attempt gives up by itself at the delivery's give_up_at.
+                schedule_to_close_timeout=timedelta(hours=self._config.retry_window_hours + 2),
+                retry_policy=_DELIVERY_RETRY,
+                summary=f"deliver event {ref.event_id}",
+            )
+        except ActivityError as exc:
+            await workflow.execute_activity_method(
+                WebhookActivities.fail_delivery,
+                FailDeliveryInput(
+                    tenant_id=self._inp.tenant_id,
+                    delivery_id=ref.id,
+                    error=f"gave up: {exc.cause or exc}"[:300],
+                ),
+                start_to_close_timeout=_SHORT,
+                retry_policy=_SHORT_RETRY,
+            )
+            return "failed"
+        return result.outcome
+
+    def record(self, outcome: Outcome) -> None:
+        """Counts an outcome and keeps WebhookStatus current."""
+        if outcome == "delivered":
+            self._delivered += 1
+            self._last_failed = False
+        elif outcome == "failed":
+            self._failed += 1
+            self._last_failed = True
+        elif outcome == "paused":
+            self._paused = True
+        self.show_health()
+
+    def show_health(self) -> None:
+        """Upserts WebhookStatus when it changed, and the current details every time."""
+        now = workflow.now()
+        oldest = min(self._in_flight.values(), default=None)
+        state = health(
+            paused=self._paused,
+            oldest_in_flight_seconds=(now - oldest).total_seconds() if oldest is not None else None,
+            failing_after_seconds=self._config.failing_after_seconds,
+            last_failed=self._last_failed,
+        )
+        if state != self._health:
+            self._health = state
+            workflow.upsert_search_attributes([sa.WEBHOOK_STATUS.value_set(state)])
+        queued = sum(len(q) for q in self._queues.values())
+        workflow.set_current_details(
+            f"{state}: {self._delivered} delivered, {self._failed} failed, "
+            f"{len(self._in_flight)} in flight, {queued} queued"
+        )
+
+    async def wait_for_next_poll(self, *, busy: bool) -> None:
+        """A durable timer: short after work, longer when idle, cut short by `wake`."""
+        # Not shorter while a delivery retries: its chain waits on Temporal's retry timer, and
+        # polling faster would only grow the history.
+        seconds = self._config.poll_seconds if busy else self._config.idle_poll_seconds
+        try:
+            await workflow.wait_condition(
+                lambda: self._wake, timeout=timedelta(seconds=seconds), timeout_summary="next outbox poll"
+            )
+        except TimeoutError:
+            pass
+
+    def history_is_large(self) -> bool:
+        """Whether this run should hand over to a new one."""
+        info = workflow.info()
+        return (
+            info.get_current_history_length() >= self._config.history_limit
+            or info.is_continue_as_new_suggested()
+        )
+
+    async def continue_as_new(self) -> None:
+        """Lets deliveries in flight finish (up to 15 s), stops the rest, and continues as new.
+
+        What was handed out but not finished stays pending in the database; the new run's first
+        claim hands it out again (the same delivery id, so the same webhook-id).
+        """
+        self._draining = True
+        try:
+            await workflow.wait_condition(
+                lambda: not self._in_flight and workflow.all_handlers_finished(),
+                timeout=_DRAIN,
+                timeout_summary="deliveries in flight before continue-as-new",
+            )
+        except TimeoutError:
+            pass
+        await self.stop_chains()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            self._inp.model_copy(
+                update={
+                    "event_cursor": self._event_cursor,
+                    "observations": self._observations,
+                    "delivered": self._delivered,
+                    "failed": self._failed,
+                }
+            )
+        )
+
+    async def stop_chains(self) -> None:
+        """Cancels every chain (and its activity in flight) and waits for them to end."""
+        chains = list(self._chains.values())
+        for task in chains:
+            task.cancel()
+        await asyncio.gather(*chains, return_exceptions=True)
+
+    @workflow.signal
+    def wake(self) -> None:
+        """Poll now: an event was written, or the endpoint changed (paused, resumed, deleted)."""
+        self._wake = True
+
+    @workflow.update
+    async def retry(self, inp: RetryDeliveryInput) -> RequeueResult:
+        """Sends a delivered or failed delivery again (same webhook-id)."""
+        return await self.requeue(
+            RequeueDeliveriesInput(
+                tenant_id=self._inp.tenant_id, endpoint_id=self._inp.endpoint_id, delivery_id=inp.delivery_id
+            )
+        )
+
+    @workflow.update
+    async def replay(self, inp: ReplayInput) -> RequeueResult:
+        """Sends the matching events of [since, until) again."""
+        return await self.requeue(
+            RequeueDeliveriesInput(
+                tenant_id=self._inp.tenant_id,
+                endpoint_id=self._inp.endpoint_id,
+                since=inp.since,
+                until=inp.until,
+            )
+        )
+
+    async def requeue(self, inp: RequeueDeliveriesInput) -> RequeueResult:
+        """Requeues under the claim's lock, then polls at once."""
+        async with self._db_lock:
+            result = await workflow.execute_activity_method(
+                WebhookActivities.requeue_deliveries,
+                inp,
+                start_to_close_timeout=_SHORT,
+                retry_policy=_SHORT_RETRY,
+            )
+        self._wake = True
+        return RequeueResult(
+            requeued=result.requeued, added=result.added, refused=result.refused, found=result.found
+        )
+
+    @workflow.update
+    async def send_test(self, inp: SendTestInput) -> SendTestResult:
+        """Writes a webhook.test event for this endpoint and polls at once."""
+        info = workflow.current_update_info()
+        key = f"webhook.test/{self._inp.endpoint_id}/{info.id if info else workflow.uuid4()}"
+        result = await workflow.execute_activity_method(
+            WebhookActivities.emit_test_event,
+            EmitTestEventInput(
+                tenant_id=self._inp.tenant_id,
+                endpoint_id=self._inp.endpoint_id,
+                key=key,
+                note=inp.note,
+                occurred_at=workflow.now(),
+            ),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_SHORT_RETRY,
+        )
+        self._wake = True
+        return result
+
+    @workflow.query
+    def state(self) -> WebhookState:
+        """What the workflow is doing now."""
+        return WebhookState(
+            health=self._health or "healthy",
+            event_cursor=self._event_cursor,
+            in_flight=len(self._in_flight),
+            queued=sum(len(q) for q in self._queues.values()),
+            delivered=self._delivered,
+            failed=self._failed,
+        )
