@@ -50,14 +50,14 @@ class WebhookCreated(WebhookPublic):
     secret: str
 
 
-class SecretRotated(BaseModel):
+class WebhookSecretRotated(BaseModel):
     """The new secret (shown once); the previous one keeps signing beside it until the time given."""
 
     secret: str
     previous_secret_expires_at: datetime
 
 
-class DeliveryPublic(BaseModel):
+class WebhookDeliveryPublic(BaseModel):
     """One event sent (or being sent) to one endpoint."""
 
     id: str
@@ -72,7 +72,7 @@ class DeliveryPublic(BaseModel):
     created_at: datetime
 
 
-class ReplayBody(JsonBody):
+class WebhookReplay(JsonBody):
     """The window of events to send again: occurred_at in [since, until)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -80,14 +80,14 @@ class ReplayBody(JsonBody):
     until: datetime | None = None
 
 
-class TestSent(BaseModel):
+class WebhookTestSent(BaseModel):
     """The webhook.test event written; the endpoint's workflow sends it at once."""
 
     event_id: str
     status: Literal["queued"] = "queued"
 
 
-class Requeued(BaseModel):
+class WebhookRequeued(BaseModel):
     """Deliveries queued again (`requeued`) and events queued for the first time (`added`)."""
 
     requeued: int

@@ -19,18 +19,18 @@ from temporalio.client import Client
 from activities.webhooks import url_refusal
 from api import errors
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
-from api.openapi import not_found, problem
+from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.webhook_schemas import (
-    DeliveryPublic,
-    ReplayBody,
-    Requeued,
-    SecretRotated,
-    TestSent,
     WebhookCreate,
     WebhookCreated,
+    WebhookDeliveryPublic,
     WebhookPatch,
     WebhookPublic,
+    WebhookReplay,
+    WebhookRequeued,
+    WebhookSecretRotated,
+    WebhookTestSent,
 )
 from db.models import WebhookDelivery, WebhookEndpoint
 from db.webhooks import SecretBox, create_endpoint, delete_endpoint, get_endpoint, update_endpoint
@@ -104,8 +104,8 @@ def _public(row: WebhookEndpoint) -> WebhookPublic:
     )
 
 
-def _delivery(d: WebhookDelivery) -> DeliveryPublic:
-    return DeliveryPublic(
+def _delivery(d: WebhookDelivery) -> WebhookDeliveryPublic:
+    return WebhookDeliveryPublic(
         id=str(d.id),
         event_id=str(d.event_id),
         event_type=d.event_type,
@@ -164,6 +164,17 @@ async def _endpoint(db: TenantDbDep, webhook_id: str) -> WebhookEndpoint:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: not_found("webhook")}
+_BAD_ENDPOINT = invalid(
+    "an invalid body, an unknown event type (the message lists the known ones), or a URL that may not "
+    "be called (not https, credentials in it, a host that does not resolve or resolves to a refused address)",
+    [
+        {
+            "loc": ["body", "url"],
+            "msg": "this URL may not be called: 169.254.169.254 is the cloud metadata address",
+            "type": "value_error",
+        }
+    ],
+)
 
 
 @router.post(
@@ -171,6 +182,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: not_found("webhook")}
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookCreated,
     operation_id="createWebhook",
+    responses={422: _BAD_ENDPOINT},
 )
 async def create_webhook(
     body: WebhookCreate, db: TenantDbDep, box: BoxDep, settings: SettingsDep, client: TemporalDep
@@ -202,7 +214,9 @@ async def create_webhook(
     return WebhookCreated(**_public(row).model_dump(), secret=secret)
 
 
-@router.get("", response_model=Page[WebhookPublic], operation_id="listWebhooks")
+@router.get(
+    "", response_model=Page[WebhookPublic], operation_id="listWebhooks", responses={422: invalid_cursor()}
+)
 async def list_webhooks(
     db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
 ) -> Page[WebhookPublic]:
@@ -223,7 +237,10 @@ async def get_webhook(webhook_id: str, db: TenantDbDep) -> WebhookPublic:
 
 
 @router.patch(
-    "/{webhook_id}", response_model=WebhookPublic, operation_id="updateWebhook", responses=_NOT_FOUND
+    "/{webhook_id}",
+    response_model=WebhookPublic,
+    operation_id="updateWebhook",
+    responses={**_NOT_FOUND, 422: _BAD_ENDPOINT},
 )
 async def update_webhook(
     webhook_id: str, body: WebhookPatch, db: TenantDbDep, settings: SettingsDep, client: TemporalDep
@@ -286,13 +303,13 @@ async def delete_webhook(webhook_id: str, db: TenantDbDep, client: TemporalDep) 
 
 @router.post(
     "/{webhook_id}/rotate-secret",
-    response_model=SecretRotated,
+    response_model=WebhookSecretRotated,
     operation_id="rotateWebhookSecret",
     responses=_NOT_FOUND,
 )
 async def rotate_secret(
     webhook_id: str, db: TenantDbDep, box: BoxDep, settings: SettingsDep
-) -> SecretRotated:
+) -> WebhookSecretRotated:
     """A new secret (shown once); the previous one keeps signing beside it for 24 h."""
     wid = parse_id(webhook_id, "webhook")
     secret = generate_secret()
@@ -310,7 +327,7 @@ async def rotate_secret(
                 "secret_encrypted": box.seal(secret),
             },
         )
-    return SecretRotated(secret=secret, previous_secret_expires_at=until)
+    return WebhookSecretRotated(secret=secret, previous_secret_expires_at=until)
 
 
 async def _ask(
@@ -329,7 +346,7 @@ async def _ask(
 @router.post(
     "/{webhook_id}/test",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=TestSent,
+    response_model=WebhookTestSent,
     operation_id="testWebhook",
     responses={
         **_NOT_FOUND,
@@ -340,7 +357,9 @@ async def _ask(
         ),
     },
 )
-async def send_test(webhook_id: str, db: TenantDbDep, settings: SettingsDep, client: TemporalDep) -> TestSent:
+async def send_test(
+    webhook_id: str, db: TenantDbDep, settings: SettingsDep, client: TemporalDep
+) -> WebhookTestSent:
     """Writes a `webhook.test` event for this endpoint; its workflow sends it at once."""
     row = await _endpoint(db, webhook_id)
     refusal = test_refusal(row.status)
@@ -349,18 +368,18 @@ async def send_test(webhook_id: str, db: TenantDbDep, settings: SettingsDep, cli
     result: SendTestResult = await _ask(
         client, settings, row, WEBHOOK_TEST_UPDATE, SendTestInput(), SendTestResult
     )
-    return TestSent(event_id=str(result.event_id))
+    return WebhookTestSent(event_id=str(result.event_id))
 
 
 @router.get(
     "/{webhook_id}/deliveries",
-    response_model=Page[DeliveryPublic],
+    response_model=Page[WebhookDeliveryPublic],
     operation_id="listWebhookDeliveries",
-    responses=_NOT_FOUND,
+    responses={**_NOT_FOUND, 422: invalid_cursor()},
 )
 async def list_deliveries(
     webhook_id: str, db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
-) -> Page[DeliveryPublic]:
+) -> Page[WebhookDeliveryPublic]:
     """The endpoint's deliveries, newest first."""
     row = await _endpoint(db, webhook_id)
     stmt = newest_first(
@@ -374,7 +393,7 @@ async def list_deliveries(
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=Requeued,
+    response_model=WebhookRequeued,
     operation_id="retryWebhookDelivery",
     responses={
         404: not_found("webhook or delivery"),
@@ -383,7 +402,7 @@ async def list_deliveries(
 )
 async def retry_delivery(
     webhook_id: str, delivery_id: str, db: TenantDbDep, settings: SettingsDep, client: TemporalDep
-) -> Requeued:
+) -> WebhookRequeued:
     """Sends a delivered or failed delivery again (the same webhook-id)."""
     row = await _endpoint(db, webhook_id)
     did = parse_id(delivery_id, "delivery")
@@ -394,19 +413,25 @@ async def retry_delivery(
         raise errors.not_found("delivery", delivery_id)
     if result.refused:
         raise errors.conflict(result.refused, code="delivery_pending")
-    return Requeued(requeued=result.requeued, added=result.added)
+    return WebhookRequeued(requeued=result.requeued, added=result.added)
 
 
 @router.post(
     "/{webhook_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=Requeued,
+    response_model=WebhookRequeued,
     operation_id="replayWebhook",
-    responses=_NOT_FOUND,
+    responses={
+        **_NOT_FOUND,
+        422: invalid(
+            "an invalid body, a time without a time zone, or a window that ends before it starts",
+            [{"loc": ["body", "until"], "msg": "until must be after since", "type": "value_error"}],
+        ),
+    },
 )
 async def replay(
-    webhook_id: str, body: ReplayBody, db: TenantDbDep, settings: SettingsDep, client: TemporalDep
-) -> Requeued:
+    webhook_id: str, body: WebhookReplay, db: TenantDbDep, settings: SettingsDep, client: TemporalDep
+) -> WebhookRequeued:
     """Sends the endpoint's matching events of [since, until) again, each under its own webhook-id."""
     for name, value in (("since", body.since), ("until", body.until)):
         if value is not None and value.tzinfo is None:
@@ -424,4 +449,4 @@ async def replay(
     )
     if not result.found:
         raise errors.not_found("webhook", webhook_id)
-    return Requeued(requeued=result.requeued, added=result.added)
+    return WebhookRequeued(requeued=result.requeued, added=result.added)
