@@ -37,6 +37,8 @@ class Receiver:
     script: list[Behaviour]
     retry_after: str = "1"
     redirect_to: str = "http://127.0.0.1:9/elsewhere"
+    # When set, decides each request's behaviour from the request (instead of the script).
+    decide: Callable[[Received], Behaviour] | None = None
     requests: list[Received] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -100,7 +102,7 @@ def _handler(receiver: Receiver) -> Callable[[asyncio.StreamReader, asyncio.Stre
                     return
                 n = len(receiver.requests)
                 await receiver.record(req)
-                what = receiver.behaviour(n)
+                what = receiver.decide(req) if receiver.decide else receiver.behaviour(n)
                 if what == "hang":
                     await asyncio.sleep(3600)
                     return
@@ -125,10 +127,13 @@ def _handler(receiver: Receiver) -> Callable[[asyncio.StreamReader, asyncio.Stre
 
 @asynccontextmanager
 async def receiver(
-    *script: Behaviour, retry_after: str = "1", redirect_to: str | None = None
+    *script: Behaviour,
+    retry_after: str = "1",
+    redirect_to: str | None = None,
+    decide: Callable[[Received], Behaviour] | None = None,
 ) -> AsyncIterator[Receiver]:
-    """Runs a receiver answering by `script` (default: always 200) until the block ends."""
-    r = Receiver(port=0, script=list(script) or ["ok"], retry_after=retry_after)
+    """Runs a receiver answering by `script` (default: always 200), or by `decide`, until the block ends."""
+    r = Receiver(port=0, script=list(script) or ["ok"], retry_after=retry_after, decide=decide)
     if redirect_to is not None:
         r.redirect_to = redirect_to
     server = await asyncio.start_server(_handler(r), "127.0.0.1", 0)

@@ -1,0 +1,179 @@
+"""Webhooks under the conditions that lose events elsewhere: a worker away while events are written,
+an event that commits after a later one, continue-as-new mid-stream, a slow endpoint or entity.
+
+Events are written straight into the outbox (as the product's activities write them), so the
+tests need no other workflow. Every delivery is verified with `standardwebhooks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+from temporalio.client import Client
+
+from db.embedded import EmbeddedDatabase
+from db.engine import SessionMaker, tenant_tx
+from db.events import emit_event
+from tests.conftest import Stack, stack_worker, start_stack
+from tests.helpers.receivers import Received, receiver
+
+FAST: dict[str, Any] = {
+    "webhook_poll_seconds": 0.2,
+    "webhook_idle_poll_seconds": 0.3,
+    "webhook_retry_initial_seconds": 0.2,
+    "webhook_retry_max_interval_seconds": 1.0,
+    "webhook_timeout_seconds": 1.0,
+    "webhook_outbox_settle_seconds": 1.0,
+}
+
+
+@pytest.fixture
+async def api_first(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
+    """The API alone, fast webhook clocks: each test runs the worker when it wants."""
+    async for s in start_stack(database, client, sm, worker=False, **FAST):
+        yield s
+
+
+async def _emit(sm: SessionMaker, tenant_id: uuid.UUID, entity: str, n: int) -> None:
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
+        await emit_event(
+            session=session,
+            tenant_id=tenant_id,
+            type="io.ad_aired",
+            entity_type="io",
+            entity_id=entity,
+            payload={"n": n},
+            occurred_at=datetime.now(UTC),
+            idempotency_key=f"test/{uuid.uuid4()}",
+        )
+
+
+async def _create(stack: Stack, h: dict[str, str], url: str) -> dict[str, Any]:
+    r = await stack.http.post(
+        "/api/v1/webhooks", json={"url": url, "event_types": ["io.ad_aired"]}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _bodies(secret: str, reqs: list[Received]) -> list[dict[str, Any]]:
+    return [dict(Webhook(secret).verify(q.body, q.headers)) for q in reqs]
+
+
+async def test_events_written_while_no_worker_runs_are_delivered_once_it_is_back(api_first: Stack) -> None:
+    t = await api_first.new_tenant()
+    h = api_first.auth(t)
+    async with receiver("ok") as r:
+        hook = await _create(api_first, h, r.url)
+        async with stack_worker(api_first):
+            await _emit(api_first.sm, t.id, "io-1", 1)
+            await r.wait_for(1)
+        # The worker is gone: the product keeps writing.
+        for n in range(2, 7):
+            await _emit(api_first.sm, t.id, f"io-{n % 2}", n)
+        await asyncio.sleep(1.0)
+        assert len(r.requests) == 1
+        async with stack_worker(api_first):
+            reqs = await r.wait_for(6)
+            await asyncio.sleep(2.0)  # past the settle time: the overlap finds nothing new
+        assert sorted(b["payload"]["n"] for b in _bodies(hook["secret"], r.requests)) == [1, 2, 3, 4, 5, 6]
+        assert len(reqs) == len(r.requests) == 6
+
+
+async def test_an_event_that_commits_after_a_later_one_is_not_skipped(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    # The cursor trails the newest event seen by the settle time (5 s here): a transaction that
+    # took an id before a later event committed has that long to commit.
+    async for stack in start_stack(
+        database, client, sm, worker=False, **FAST | {"webhook_outbox_settle_seconds": 5}
+    ):
+        await _late_commit(stack)
+
+
+async def _late_commit(api_first: Stack) -> None:
+    t = await api_first.new_tenant()
+    h = api_first.auth(t)
+    async with receiver("ok") as r, stack_worker(api_first):
+        hook = await _create(api_first, h, r.url)
+        # A transaction takes its event id, then commits only after a later event was delivered.
+        async with tenant_tx(sm=api_first.sm, tenant_id=t.id) as slow:
+            await emit_event(
+                session=slow,
+                tenant_id=t.id,
+                type="io.ad_aired",
+                entity_type="io",
+                entity_id="slow",
+                payload={"n": "early id, late commit"},
+                occurred_at=datetime.now(UTC),
+                idempotency_key=f"test/{uuid.uuid4()}",
+            )
+            await _emit(api_first.sm, t.id, "fast", 2)
+            await r.wait_for(1)
+            await asyncio.sleep(0.5)
+        reqs = await r.wait_for(2)
+        bodies = _bodies(hook["secret"], reqs)
+        assert [b["entity_id"] for b in bodies] == ["fast", "slow"]
+        assert int(bodies[1]["id"]) < int(bodies[0]["id"])
+
+
+async def test_continue_as_new_mid_stream_loses_and_repeats_nothing(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    async for stack in start_stack(database, client, sm, **FAST, webhook_history_limit=100):
+        t = await stack.new_tenant()
+        h = stack.auth(t)
+        async with receiver("ok") as r:
+            hook = await _create(stack, h, r.url)
+            for n in range(40):
+                await _emit(stack.sm, t.id, f"io-{n % 4}", n)
+            await r.wait_for(40, timeout=60)
+            await asyncio.sleep(1.5)
+            bodies = _bodies(hook["secret"], r.requests)
+            assert sorted(b["payload"]["n"] for b in bodies) == list(range(40))
+            # In order per entity.
+            for entity in ("io-0", "io-1", "io-2", "io-3"):
+                ns = [b["payload"]["n"] for b in bodies if b["entity_id"] == entity]
+                assert ns == sorted(ns)
+            history = await stack.client.get_workflow_handle(hook["workflow_id"]).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            assert started.continued_execution_run_id, "the current run continued an earlier one"
+
+
+async def test_a_slow_entity_or_endpoint_delays_no_other(api_first: Stack) -> None:
+    t = await api_first.new_tenant()
+    h = api_first.auth(t)
+
+    def stuck_on_io_slow(req: Received) -> Any:
+        return "hang" if json.loads(req.body)["entity_id"] == "slow" else "ok"
+
+    async with (
+        receiver("hang") as dead,
+        receiver(decide=stuck_on_io_slow) as mixed,
+        stack_worker(api_first),
+    ):
+        await _create(api_first, h, dead.url)
+        hook = await _create(api_first, h, mixed.url)
+        await _emit(api_first.sm, t.id, "slow", 1)
+        await dead.wait_for(1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for n in range(2, 6):
+            await _emit(api_first.sm, t.id, f"io-{n}", n)
+        others = {"io-2", "io-3", "io-4", "io-5"}
+        while not others <= {json.loads(q.body)["entity_id"] for q in mixed.requests}:
+            assert loop.time() - t0 < 10, "the other entities never arrived"
+            await asyncio.sleep(0.05)
+        took = loop.time() - t0
+        # Four other entities delivered while "slow" keeps timing out (1 s each) on both endpoints.
+        got = Counter(b["entity_id"] for b in _bodies(hook["secret"], mixed.requests))
+        assert {k: v for k, v in got.items() if k != "slow"} == {"io-2": 1, "io-3": 1, "io-4": 1, "io-5": 1}
+        assert took < 3.0
