@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.import_kinds
 	$(BIN)/python -m bench.match_recalc
 	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.instrumentation
 
 # The fault suite: real processes, faults injected, the HTTP contract checked (tests/faults/).
 faults: $(STAMP)

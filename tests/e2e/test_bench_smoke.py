@@ -61,6 +61,16 @@ BENCHMARKS: dict[str, tuple[dict[str, str], str]] = {
         {"BENCH_DASHBOARD_DEALS": "300", "BENCH_DASHBOARD_REQUESTS": "5"},
         r"dashboard/anchor p50 = \d+\.\d+x",
     ),
+    # Two stacks (instrumented and not): the ratio and the checks that each was what it claims.
+    "instrumentation": (
+        {
+            "BENCH_INSTR_MOVES": "8",
+            "BENCH_INSTR_ROUNDS": "2",
+            "BENCH_INSTR_DEALS": "2",
+            "BENCH_INSTR_WARMUP": "2",
+        },
+        r"ratio on/off p50 = \d+\.\d+x[\s\S]*checks: the on stack counted 10 PATCHes and 10 stage moves",
+    ),
 }
 
 

@@ -13,13 +13,24 @@ from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS_CONFIG = ROOT / "ops" / "prometheus" / "prometheus.yml"
+GRAFANA_DASHBOARD_PROVIDERS = ROOT / "ops" / "grafana" / "provisioning" / "dashboards"
 DOCKERFILE = ROOT / "Dockerfile"
 
 LOCAL_IMAGE = "sponsorflow"
 # Two worker versions side by side, a rollout half-way (README "Releasing a workflow change").
 WORKERS = ("worker-v1", "worker-v2")
-REQUIRED_SERVICES = ("postgres", "temporal", "temporal-ui", "api", *WORKERS, "migrate")
-LONG_RUNNING = ("postgres", "temporal", "api", *WORKERS)
+REQUIRED_SERVICES = (
+    "postgres",
+    "temporal",
+    "temporal-ui",
+    "api",
+    *WORKERS,
+    "migrate",
+    "prometheus",
+    "grafana",
+)
+LONG_RUNNING = ("postgres", "temporal", "api", *WORKERS, "prometheus", "grafana")
 APP_SERVICES = ("api", *WORKERS)
 PREFIX = "SPONSORFLOW_"
 
@@ -123,3 +134,62 @@ def test_dockerfile_is_production_ready() -> None:
     users = [line.split(None, 1)[1] for line in instructions if line.upper().startswith("USER ")]
     assert users, "the image runs as root"
     assert users[-1].split(":")[0] not in ("root", "0"), f"the image runs as {users[-1]}"
+
+
+# ---------------------------------------------------------------------------- the operations pack
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts from this checkout: {container path: host path}."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        if source.startswith("./"):
+            mounts[rest.split(":")[0]] = ROOT / source
+    return mounts
+
+
+def test_prometheus_reads_the_ops_config_and_rules(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    mounts = bind_mounts(prometheus)
+    config_path = next(
+        arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file=")
+    )
+    assert mounts[config_path] == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for rule_file in config["rule_files"]:
+        assert rule_file in mounts and mounts[rule_file].exists(), f"{rule_file} is not mounted from ops/"
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_where_they_serve(services: dict[str, Any]) -> None:
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    api_env = environment(services["api"])
+    (target,) = [t for sc in jobs["sponsorflow-api"]["static_configs"] for t in sc["targets"]]
+    assert target == f"api:{api_env['SPONSORFLOW_API_PORT']}"
+    path = api_env.get("SPONSORFLOW_API_METRICS_PATH", Settings.model_fields["api_metrics_path"].default)
+    assert path and jobs["sponsorflow-api"]["metrics_path"] == path
+    # Every service running `sponsorflow worker` is a DNS name of the worker job, on its metrics port.
+    workers = [name for name, svc in services.items() if svc.get("command") == ["sponsorflow", "worker"]]
+    assert sorted(workers) == sorted(WORKERS)
+    (dns,) = jobs["sponsorflow-worker"]["dns_sd_configs"]
+    assert sorted(dns["names"]) == sorted(workers)
+    for name in workers:
+        address = environment(services[name]).get("SPONSORFLOW_WORKER_METRICS_ADDRESS", "")
+        host, _, port = address.rpartition(":")
+        assert host == "0.0.0.0", f"{name} serves its metrics on {address!r}: unreachable from prometheus"
+        assert int(port) == dns["port"], name
+
+
+def test_grafana_is_provisioned_from_ops(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    mounts = bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == ROOT / "ops" / "grafana" / "provisioning"
+    for path in sorted(GRAFANA_DASHBOARD_PROVIDERS.glob("*.yml")):
+        for provider in yaml.safe_load(path.read_text())["providers"]:
+            folder = mounts[provider["options"]["path"]]
+            assert sorted(folder.glob("*.json")), f"no dashboard in {folder}"
+    env = environment(grafana)
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${"), (
+        "Grafana's admin password must come from the shell"
+    )
+    assert "prometheus" in grafana.get("depends_on", {})

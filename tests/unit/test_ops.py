@@ -279,7 +279,7 @@ def test_the_dashboard_is_provisioned_on_the_provisioned_prometheus(dashboard: d
         for path in sorted(DASHBOARD_PROVIDERS.glob("*.yml"))
         for p in yaml.safe_load(path.read_text())["providers"]
     ]
-    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert provider["type"] == "file" and provider["options"]["path"] == "/etc/grafana/dashboards"
     assert dashboard["uid"] and dashboard["title"]
     for panel in panels(dashboard):
         if panel["type"] == "row":
