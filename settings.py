@@ -205,6 +205,8 @@ class Settings(BaseSettings):
     webhook_outbox_settle_seconds: float = Field(300.0, ge=0)
     webhook_failing_after_seconds: float = Field(30.0, gt=0)
     webhook_history_limit: int = Field(10_000, ge=100)
+    # An endpoint whose every attempt failed for this long is paused with a webhook.disabled event.
+    webhook_disable_after_hours: float = Field(120.0, gt=0)
     # After a rotation the previous secret keeps signing beside the new one for this long.
     webhook_previous_secret_hours: float = Field(24.0, ge=0)
 

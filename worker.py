@@ -127,6 +127,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
                 hooks.claim_deliveries,
                 hooks.deliver_webhook,
                 hooks.fail_delivery,
+                hooks.disable_endpoint,
                 hooks.requeue_deliveries,
                 hooks.emit_test_event,
             ]

@@ -26,6 +26,7 @@ from db.engine import SessionMaker, tenant_tx
 from db.webhooks import (
     SecretBox,
     claim_events,
+    disable_endpoint,
     emit_test_event,
     get_delivery,
     get_endpoint,
@@ -44,6 +45,8 @@ from domain.webhooks import (
     ClaimDeliveriesResult,
     DeliverWebhookInput,
     DeliverWebhookResult,
+    DisableEndpointInput,
+    DisableEndpointResult,
     EmitTestEventInput,
     FailDeliveryInput,
     FailDeliveryResult,
@@ -144,6 +147,7 @@ class WebhookActivities:
             )
         return ClaimDeliveriesResult(
             endpoint="active",
+            failing_since=endpoint.failing_since,
             event_cursor=cursor,
             observed_max_event_id=max(observed, cursor),
             claimed=claim.claimed,
@@ -191,9 +195,18 @@ class WebhookActivities:
                 "webhook-signature": signature_header(signing, msg_id, ts, body),
             }
             try:
-                response = await self._client().post(endpoint.url, content=body.encode(), headers=headers)
+                # One deadline for the whole attempt (httpx's timeout is per phase), and the
+                # answer's body is never read: only its status and headers count.
+                async with asyncio.timeout(s.webhook_timeout_seconds):
+                    request = self._client().build_request(
+                        "POST", endpoint.url, content=body.encode(), headers=headers
+                    )
+                    response = await self._client().send(request, stream=True)
+                    await response.aclose()
             except httpx.HTTPError as exc:
                 error = _transport_error(exc, s.webhook_timeout_seconds)
+            except TimeoutError:
+                error = f"no answer within {s.webhook_timeout_seconds:g} s"
             else:
                 status_code = response.status_code
                 if 200 <= status_code < 300:
@@ -210,7 +223,11 @@ class WebhookActivities:
         if error is None and status_code is not None:
             async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
                 await mark_delivered(
-                    session=session, delivery_id=delivery_id, status_code=status_code, at=done_at
+                    session=session,
+                    endpoint_id=uuid.UUID(inp.endpoint_id),
+                    delivery_id=delivery_id,
+                    status_code=status_code,
+                    at=done_at,
                 )
             return DeliverWebhookResult(outcome="delivered", status_code=status_code, attempts=attempts)
         delay = retry_after
@@ -225,6 +242,8 @@ class WebhookActivities:
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             await record_failure(
                 session=session,
+                endpoint_id=uuid.UUID(inp.endpoint_id),
+                at=done_at,
                 delivery_id=delivery_id,
                 status_code=status_code,
                 error=error or "failed",
@@ -240,6 +259,21 @@ class WebhookActivities:
             type=ATTEMPT_FAILED,
             next_retry_delay=timedelta(seconds=delay),
         )
+
+    @activity.defn(name="disable_webhook_endpoint")
+    async def disable_endpoint(self, inp: DisableEndpointInput) -> DisableEndpointResult:
+        """Pauses an endpoint that has failed continuously, with a webhook.disabled event."""
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            changed = await disable_endpoint(
+                session=session,
+                endpoint_id=uuid.UUID(inp.endpoint_id),
+                failing_since=inp.failing_since,
+                at=datetime.now(UTC),
+                reason=inp.reason,
+            )
+        if changed:
+            log.warning("webhook endpoint %s paused: %s", inp.endpoint_id, inp.reason)
+        return DisableEndpointResult(paused=changed)
 
     @activity.defn(name="fail_webhook_delivery")
     async def fail_delivery(self, inp: FailDeliveryInput) -> FailDeliveryResult:

@@ -77,6 +77,7 @@ def webhook_config(settings: Settings) -> WebhookConfig:
         failing_after_seconds=settings.webhook_failing_after_seconds,
         retry_window_hours=settings.webhook_retry_hours,
         history_limit=settings.webhook_history_limit,
+        disable_after_hours=settings.webhook_disable_after_hours,
     )
 
 
@@ -264,6 +265,8 @@ async def update_webhook(
         if body.status is None:
             raise errors.unprocessable(["body", "status"], "status is active or paused")
         changes["status"] = body.status
+        # A pause or a resume ends a failing streak: the next failure starts a new one.
+        changes["failing_since"] = None
     async with db.tx() as session:
         row = await get_endpoint(session=session, endpoint_id=wid, lock=True)
         if row is None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.events import emit_event
 from db.models import Event, WebhookDelivery, WebhookEndpoint
-from domain.events import WEBHOOK_TEST
+from domain.events import WEBHOOK_DISABLED, WEBHOOK_TEST
 from domain.webhooks import ALL_EVENTS, DeliveryRef, WebhookEvent
 
 
@@ -272,9 +272,17 @@ async def start_window(
 
 
 async def mark_delivered(
-    *, session: AsyncSession, delivery_id: uuid.UUID, status_code: int, at: datetime
+    *, session: AsyncSession, endpoint_id: uuid.UUID, delivery_id: uuid.UUID, status_code: int, at: datetime
 ) -> bool:
-    """A 2xx: delivered (only a pending row changes; a duplicate attempt changes nothing)."""
+    """A 2xx: delivered (only a pending row changes; a duplicate attempt changes nothing).
+
+    The endpoint is healthy again: its failing streak ends.
+    """
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(failing_since=None, last_success_at=at)
+    )
     result = await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
@@ -293,12 +301,22 @@ async def mark_delivered(
 async def record_failure(
     *,
     session: AsyncSession,
+    endpoint_id: uuid.UUID,
     delivery_id: uuid.UUID,
     status_code: int | None,
     error: str,
     next_attempt_at: datetime | None,
+    at: datetime,
 ) -> bool:
-    """A failed attempt: pending with its next attempt's time, or failed when there is none."""
+    """A failed attempt: pending with its next attempt's time, or failed when there is none.
+
+    The endpoint's failing streak starts here unless one is running.
+    """
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_(None))
+        .values(failing_since=at)
+    )
     result = await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
@@ -425,3 +443,31 @@ async def emit_test_event(
         idempotency_key=key,
     )
     return int(await session.scalar(select(Event.id).where(Event.idempotency_key == key)) or 0)
+
+
+async def disable_endpoint(
+    *, session: AsyncSession, endpoint_id: uuid.UUID, failing_since: datetime, at: datetime, reason: str
+) -> bool:
+    """Pauses an endpoint still failing since `failing_since`, with its webhook.disabled event."""
+    row = await get_endpoint(session=session, endpoint_id=endpoint_id, lock=True)
+    if row is None or row.status != "active" or row.failing_since != failing_since:
+        return False
+    row.status = "paused"
+    # The streak is answered; after a resume a new one starts at the next failure.
+    row.failing_since = None
+    row.updated_at = at
+    await emit_event(
+        session=session,
+        tenant_id=row.tenant_id,
+        type=WEBHOOK_DISABLED,
+        entity_type="webhook",
+        entity_id=str(endpoint_id),
+        payload={
+            "endpoint_id": str(endpoint_id),
+            "failing_since": failing_since.isoformat(),
+            "reason": reason,
+        },
+        occurred_at=at,
+        idempotency_key=f"{WEBHOOK_DISABLED}/{endpoint_id}/{failing_since.isoformat()}",
+    )
+    return True

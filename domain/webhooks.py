@@ -247,6 +247,15 @@ def test_refusal(status: str) -> str | None:
     return None
 
 
+def disable_reason(*, failing_since: datetime | None, now: datetime, after_hours: float) -> str | None:
+    """Why an endpoint is paused now (None: it is not): it has failed continuously that long."""
+    if failing_since is None or now - failing_since < timedelta(hours=after_hours):
+        return None
+    days = after_hours / 24
+    span = f"{days:g} days" if days >= 1 else f"{after_hours:.3g} hours"
+    return f"every attempt failed for {span} (since {failing_since.isoformat()}); set it active to resume"
+
+
 def health(
     *, paused: bool, oldest_in_flight_seconds: float | None, failing_after_seconds: float, last_failed: bool
 ) -> Health:
@@ -272,6 +281,7 @@ class WebhookConfig(BaseModel):
     failing_after_seconds: float = 30.0
     retry_window_hours: float = 72.0
     claim_limit: int = 200
+    disable_after_hours: float = 120.0
     history_limit: int = 10_000
 
 
@@ -325,6 +335,8 @@ class ClaimDeliveriesResult(BaseModel):
     """The endpoint's state, what was handed out, and what the claim saw of the outbox."""
 
     endpoint: Literal["active", "paused", "gone"]
+    # The endpoint's first failed attempt since its last success (None: not failing).
+    failing_since: datetime | None = None
     event_cursor: int
     observed_max_event_id: int
     claimed: int = 0
@@ -346,6 +358,21 @@ class DeliverWebhookResult(BaseModel):
     outcome: Outcome
     status_code: int | None = None
     attempts: int = 0
+
+
+class DisableEndpointInput(BaseModel):
+    """Pauses an endpoint that is still failing since `failing_since`."""
+
+    tenant_id: str
+    endpoint_id: str
+    failing_since: datetime
+    reason: str
+
+
+class DisableEndpointResult(BaseModel):
+    """Whether it was paused now (False: it recovered, was paused or deleted meanwhile)."""
+
+    paused: bool
 
 
 class FailDeliveryInput(BaseModel):

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         ClaimDeliveriesResult,
         DeliverWebhookInput,
         DeliveryRef,
+        DisableEndpointInput,
         EmitTestEventInput,
         FailDeliveryInput,
         Observation,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         WebhookEndpointInput,
         WebhookEndpointResult,
         WebhookState,
+        disable_reason,
         health,
     )
     from workflows import search_attributes as sa
@@ -125,6 +127,8 @@ class WebhookEndpointWorkflow:
             )
         self._gone = result.endpoint == "gone"
         self._paused = result.endpoint == "paused"
+        if result.endpoint == "active" and result.failing_since is not None:
+            await self.disable_if_failing_too_long(result.failing_since)
         if self._event_cursor is None:
             self._event_cursor = result.event_cursor
         self.observe(result.observed_max_event_id)
@@ -132,6 +136,27 @@ class WebhookEndpointWorkflow:
             self._after_seq = max(self._after_seq, ref.queue_seq)
             self.enqueue(ref)
         return result
+
+    async def disable_if_failing_too_long(self, failing_since: datetime) -> None:
+        """Pauses the endpoint (webhook.disabled) once every attempt has failed for days."""
+        reason = disable_reason(
+            failing_since=failing_since, now=workflow.now(), after_hours=self._config.disable_after_hours
+        )
+        if reason is None:
+            return
+        result = await workflow.execute_activity_method(
+            WebhookActivities.disable_endpoint,
+            DisableEndpointInput(
+                tenant_id=self._inp.tenant_id,
+                endpoint_id=self._inp.endpoint_id,
+                failing_since=failing_since,
+                reason=reason,
+            ),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_SHORT_RETRY,
+        )
+        if result.paused:
+            self._paused = True
 
     def settled_cursor(self) -> int | None:
         """Moves the cursor to the newest observation old enough that nothing below it is in flight.

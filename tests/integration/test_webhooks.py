@@ -202,6 +202,38 @@ async def test_a_delivery_fails_after_its_window_and_a_retry_sends_it_again(
             assert (await stack.http.post(url, headers=h)).status_code == 202
 
 
+async def test_an_endpoint_failing_continuously_is_paused_with_webhook_disabled(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    async for stack in start_stack(database, client, sm, **FAST | {"webhook_disable_after_hours": 2 / 3600}):
+        h = await _tenant(stack)
+        async with receiver("error") as dead, receiver("ok") as watcher:
+            hook = await _endpoint(stack, h, dead.url)
+            ops = await _endpoint(stack, h, watcher.url, ["webhook.disabled"])
+            await _test(stack, h, hook["id"])
+            (req,) = await watcher.wait_for(1)
+            body = _verify(ops["secret"], req)
+            assert (body["type"], body["entity_type"], body["entity_id"]) == (
+                "webhook.disabled",
+                "webhook",
+                hook["id"],
+            )
+            assert "every attempt failed" in body["payload"]["reason"]
+            one = await stack.http.get(f"/api/v1/webhooks/{hook['id']}", headers=h)
+            assert one.json()["status"] == "paused"
+            # Paused: the attempts stop; the delivery stays pending for when it is resumed.
+            await asyncio.sleep(1.0)
+            seen = len(dead.requests)
+            await asyncio.sleep(1.0)
+            assert len(dead.requests) == seen
+            (d,) = await _deliveries(stack, h, hook["id"])
+            assert d["status"] == "pending"
+            dead.script[:] = ["ok"]
+            r = await stack.http.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "active"}, headers=h)
+            assert r.status_code == 200
+            await _delivered(stack, h, hook["id"])
+
+
 async def test_pause_stops_deliveries_until_resumed(hooks: Stack) -> None:
     h = await _tenant(hooks)
     async with receiver("ok") as r:

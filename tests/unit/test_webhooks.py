@@ -21,6 +21,7 @@ from domain.webhooks import (
     address_refusal,
     check_event_types,
     check_url,
+    disable_reason,
     generate_secret,
     health,
     message_id,
@@ -251,3 +252,11 @@ def test_the_starters_name_what_the_workflow_defines() -> None:
     ):
         assert callable(getattr(WebhookEndpointWorkflow, name, None)), name
     assert starters.webhook_workflow_id("t", "e") == "webhook/t/e"
+
+
+def test_an_endpoint_is_disabled_after_failing_continuously_for_its_limit() -> None:
+    since = NOW - timedelta(days=5)
+    assert disable_reason(failing_since=None, now=NOW, after_hours=120) is None
+    assert disable_reason(failing_since=since + timedelta(seconds=1), now=NOW, after_hours=120) is None
+    reason = disable_reason(failing_since=since, now=NOW, after_hours=120)
+    assert reason is not None and "5 days" in reason
