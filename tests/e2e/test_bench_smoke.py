@@ -61,15 +61,19 @@ BENCHMARKS: dict[str, tuple[dict[str, str], str]] = {
         {"BENCH_DASHBOARD_DEALS": "300", "BENCH_DASHBOARD_REQUESTS": "5"},
         r"dashboard/anchor p50 = \d+\.\d+x",
     ),
-    # Two stacks (instrumented and not): the ratio and the checks that each was what it claims.
+    # Two of its stacks (traced and off): the ratio and the checks that each was what it claims.
     "instrumentation": (
         {
+            "BENCH_INSTR_MODES": "traced",
             "BENCH_INSTR_MOVES": "8",
             "BENCH_INSTR_ROUNDS": "2",
             "BENCH_INSTR_DEALS": "2",
             "BENCH_INSTR_WARMUP": "2",
         },
-        r"ratio on/off p50 = \d+\.\d+x[\s\S]*checks: the on stack counted 10 PATCHes and 10 stage moves",
+        r"ratio traced/off p50 = \d+\.\d+x[\s\S]*"
+        r"traced\s+10 moves made, counted 10 PATCHes \(API\) and 10 stage moves \(worker\), "
+        r"traced \d+ spans\s+"
+        r"off\s+10 moves made, GET /metrics answers 404",
     ),
 }
 
