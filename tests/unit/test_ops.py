@@ -335,3 +335,17 @@ def test_the_dashboard_shows_what_issue_16_asks(dashboard: dict[str, Any]) -> No
     assert not wanted - shown, f"the dashboard shows nothing of {sorted(wanted - shown)}"
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
     assert len(rows) >= 4, rows
+
+
+def test_every_job_label_names_a_scrape_job(rules: list[dict[str, Any]], dashboard: dict[str, Any]) -> None:
+    jobs = [job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]]
+    exprs = [rule["expr"] for rule in rules]
+    exprs += [t["expr"] for panel in panels(dashboard) for t in panel.get("targets", [])]
+    matched = 0
+    for expr in exprs:
+        for value in label_values(expr, "job"):
+            assert any(re.fullmatch(value, job) for job in jobs), (
+                f"job {value!r} in {expr!r} is no scrape job"
+            )
+            matched += 1
+    assert matched, "no expression selects a job"
