@@ -38,6 +38,7 @@ from db.webhooks import (
     record_failure,
     replay_window,
     requeue_delivery,
+    slack_context,
     start_window,
 )
 from domain.webhooks import (
@@ -176,7 +177,12 @@ class WebhookActivities:
                 await start_window(session=session, delivery_id=delivery_id, now=now, give_up_at=give_up_at)
             endpoint = open_secrets(row=attempt.endpoint, box=self._box)
             attempts = row.attempts + 1
-        body = request_body(attempt.event, endpoint.format)
+            context = None
+            if endpoint.format == "slack":
+                context = await slack_context(
+                    session=session, entity_type=attempt.event.entity_type, entity_id=attempt.event.entity_id
+                )
+        body = request_body(attempt.event, endpoint.format, context)
         status_code: int | None = None
         retry_after: float | None = None
         error: str | None = None

@@ -17,10 +17,11 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.deals import get_deal
 from db.events import emit_event
-from db.models import Event, WebhookDelivery, WebhookEndpoint
+from db.models import Event, IoBooking, WebhookDelivery, WebhookEndpoint
 from domain.events import WEBHOOK_DISABLED, WEBHOOK_TEST
-from domain.webhooks import ALL_EVENTS, DeliveryRef, WebhookEvent
+from domain.webhooks import ALL_EVENTS, DeliveryRef, SlackContext, WebhookEvent
 
 
 class SecretBox:
@@ -471,3 +472,23 @@ async def disable_endpoint(
         idempotency_key=f"{WEBHOOK_DISABLED}/{endpoint_id}/{failing_since.isoformat()}",
     )
     return True
+
+
+async def slack_context(*, session: AsyncSession, entity_type: str, entity_id: str) -> SlackContext | None:
+    """The deal a deal's or an IO's event is about, as a chat sentence names it."""
+    try:
+        key = uuid.UUID(entity_id)
+    except ValueError:
+        return None
+    if entity_type == "io":
+        found = await session.scalar(select(IoBooking.campaign_id).where(IoBooking.id == key))
+        if found is None:
+            return None
+        key = found
+    elif entity_type != "deal":
+        return None
+    row = await get_deal(session=session, campaign_id=key)
+    if row is None:
+        return None
+    title = f"{row.advertiser_name} x {row.show_name}" if row.show_name else row.advertiser_name
+    return SlackContext(title=title, value_usd=float(row.deal.value_usd))

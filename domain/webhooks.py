@@ -179,17 +179,85 @@ def message_id(delivery_id: str) -> str:
     return f"msg_{delivery_id.replace('-', '')}"
 
 
-def slack_text(event: WebhookEvent) -> str:
-    """Phase 1 of `"format": "slack"`: the event in one line (phase 2 writes sentences per type)."""
-    return (
-        f"{event.type} on {event.entity_type} {event.entity_id}: {json.dumps(event.payload, sort_keys=True)}"
-    )
+class SlackContext(BaseModel):
+    """What a chat sentence names besides the event: the deal as people say it, and its value."""
+
+    title: str
+    value_usd: float | None = None
 
 
-def request_body(event: WebhookEvent, format: str) -> str:
-    """The exact bytes (as text) that are signed and sent."""
+def _usd(value: Any) -> str:
+    try:
+        return f"${float(value):,.0f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _sentence(event: WebhookEvent, who: str, value: str) -> str | None:
+    p = event.payload
+    t = event.type
+    if t == "deal.created":
+        return f"New deal: {who}{value} in {p.get('stage', 'lead')}"
+    if t == "deal.stage_changed":
+        to = p.get("to")
+        if to == "won":
+            return f"{who} was won{value}"
+        if to == "lost":
+            return f"{who} was lost{value}: {p.get('reason') or 'no reason given'}"
+        return f"{who} moved to {to}{value}"
+    if t == "deal.stalled":
+        return f"{who} stalled in {p.get('stage')} for {p.get('limit_days')} days"
+    if t == "io.scheduled":
+        return (
+            f"IO booked for {who}: {p.get('units')} ad unit(s), {_usd(p.get('total_usd'))}, "
+            f"first airs {p.get('first_air_date')}"
+        )
+    if t == "io.ad_aired":
+        return f"{who}: the ad aired on {p.get('show_name')} ({p.get('placement')}, {p.get('air_date')})"
+    if t == "io.delivery_reported":
+        share = p.get("delivered_share")
+        pct = f" ({float(share) * 100:.0f}%)" if share is not None else ""
+        goal = f" of {int(p['impressions_goal']):,}" if p.get("impressions_goal") else ""
+        return f"{who}: {int(p.get('impressions') or 0):,}{goal} impressions delivered{pct}"
+    if t in ("io.delivery_overdue", "io.delivery_reminder"):
+        return f"{who}: a delivery report is overdue"
+    if t == "io.makegood_scheduled":
+        return f"{who}: a make-good is scheduled"
+    if t == "io.completed":
+        return (
+            f"IO for {who} completed: invoice {p.get('invoice_number')}, "
+            f"{_usd(p.get('total_usd'))} due {p.get('due_date')}"
+        )
+    if t == "io.cancelled":
+        return f"IO for {who} cancelled: {p.get('reason') or 'no reason given'}"
+    if t == "etl.import_completed":
+        return (
+            f"Import of {p.get('filename')} ({p.get('kind')}) finished {p.get('status')}: "
+            f"{p.get('rows_total')} rows, {p.get('rows_failed')} failed"
+        )
+    if t == "etl.error":
+        return f"Import of {p.get('filename')} ({p.get('kind')}) failed: {p.get('reason')}"
+    if t == "match.recalculated":
+        return f"Match recommendations recalculated: {p.get('matches_written')} matches"
+    if t == WEBHOOK_TEST:
+        return f"Test from sponsorflow: {p.get('message')}"
+    if t == "webhook.disabled":
+        return f"A webhook endpoint was paused: {p.get('reason')}"
+    return None
+
+
+def slack_text(event: WebhookEvent, context: SlackContext | None = None) -> str:
+    """A sentence a person reads in a chat channel ("Acme x The Daily Grind moved to negotiation
+    ($24,000)"); an event type without one names the type and the entity."""
+    who = context.title if context else f"{event.entity_type} {event.entity_id}"
+    value = f" ({_usd(context.value_usd)})" if context and context.value_usd is not None else ""
+    return _sentence(event, who, value) or f"{event.type} on {event.entity_type} {event.entity_id}"
+
+
+def request_body(event: WebhookEvent, format: str, context: SlackContext | None = None) -> str:
+    """The exact bytes (as text) that are signed and sent: the event, or `{"text"}` for a chat."""
     if format == "slack":
-        return json.dumps({"text": slack_text(event)})
+        return json.dumps({"text": slack_text(event, context)})
     return event.model_dump_json()
 
 

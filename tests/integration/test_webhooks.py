@@ -129,6 +129,24 @@ async def test_a_stage_move_reaches_a_subscribed_endpoint_once_and_not_an_unsubs
         assert await _deliveries(hooks, h, b["id"]) == []
 
 
+async def test_a_slack_endpoint_gets_a_sentence(hooks: Stack) -> None:
+    h = await _tenant(hooks)
+    async with receiver("ok") as r:
+        res = await hooks.http.post(
+            "/api/v1/webhooks",
+            json={"url": r.url, "event_types": ["deal.stage_changed"], "format": "slack"},
+            headers=h,
+        )
+        assert res.status_code == 201 and res.json()["format"] == "slack"
+        deal = await make_deal(hooks.http, h, value_usd=24000)
+        await move(hooks.http, h, deal["id"], "negotiation")
+        (req,) = await r.wait_for(1)
+        body = _verify(res.json()["secret"], req)
+        adv = (await hooks.http.get(f"/api/v1/advertisers/{deal['advertiser_id']}", headers=h)).json()["name"]
+        show = (await hooks.http.get(f"/api/v1/shows/{deal['show_id']}", headers=h)).json()["name"]
+        assert body == {"text": f"{adv} x {show} moved to negotiation ($24,000)"}
+
+
 async def test_a_500_is_retried_with_the_same_webhook_id_until_a_200(hooks: Stack) -> None:
     h = await _tenant(hooks)
     async with receiver("error", "error", "ok") as r:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import textwrap
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from db.webhooks import SecretBox
 from domain.events import EVENT_TYPES, WEBHOOK_TEST
 from domain.webhooks import (
+    SlackContext,
     WebhookEvent,
     WebhookRuleError,
     address_refusal,
@@ -32,6 +34,7 @@ from domain.webhooks import (
     retry_refusal,
     signature_header,
     signing_secrets,
+    slack_text,
     subscribed,
     summary,
 )
@@ -160,7 +163,7 @@ def test_the_body_is_the_event_as_the_events_api_shows_it() -> None:
         '{"id":"7","type":"deal.stage_changed","entity_type":"deal","entity_id":"d",'
         '"payload":{"from":"lead"},"occurred_at":"2026-12-01T12:00:00Z"}'
     )
-    assert request_body(event, "slack").startswith('{"text": "deal.stage_changed')
+    assert json.loads(request_body(event, "slack")) == {"text": "deal d moved to None"}
     assert message_id("0b9c-11") == "msg_0b9c11"
 
 
@@ -260,3 +263,26 @@ def test_an_endpoint_is_disabled_after_failing_continuously_for_its_limit() -> N
     assert disable_reason(failing_since=since + timedelta(seconds=1), now=NOW, after_hours=120) is None
     reason = disable_reason(failing_since=since, now=NOW, after_hours=120)
     assert reason is not None and "5 days" in reason
+
+
+def _event(type: str, **payload: object) -> WebhookEvent:
+    return WebhookEvent(
+        id="1", type=type, entity_type="deal", entity_id="d", payload=payload, occurred_at=NOW
+    )
+
+
+def test_slack_texts_are_sentences_a_person_reads() -> None:
+    deal = SlackContext(title="Acme x The Daily Grind", value_usd=24000)
+    assert slack_text(_event("deal.stage_changed", **{"from": "proposal", "to": "negotiation"}), deal) == (
+        "Acme x The Daily Grind moved to negotiation ($24,000)"
+    )
+    assert slack_text(_event("deal.stalled", stage="proposal", limit_days=21), deal) == (
+        "Acme x The Daily Grind stalled in proposal for 21 days"
+    )
+    assert slack_text(_event("deal.stage_changed", to="lost", reason="budget cut"), deal) == (
+        "Acme x The Daily Grind was lost ($24,000): budget cut"
+    )
+    report = _event("io.delivery_reported", impressions=45000, impressions_goal=50000, delivered_share=0.9)
+    assert slack_text(report, deal) == "Acme x The Daily Grind: 45,000 of 50,000 impressions delivered (90%)"
+    assert slack_text(_event("deal.created", stage="lead")) == "New deal: deal d in lead"
+    assert slack_text(_event("some.future_type")) == "some.future_type on deal d"
