@@ -563,10 +563,14 @@ def log_context(record: logging.LogRecord) -> dict[str, Any]:
             out["workflow_id"], out["run_id"] = req.workflow_id, req.run_id
         out["tenant_id"] = req.tenant_id
     span = trace.get_current_span().get_span_context()
-    if span.is_valid:
-        out["trace_id"], out["span_id"] = format(span.trace_id, "032x"), format(span.span_id, "016x")
-    elif req is not None:
-        out["trace_id"], out["span_id"] = req.trace_id, req.span_id
+    span_ids = (format(span.trace_id, "032x"), format(span.span_id, "016x")) if span.is_valid else None
+    if req is not None:
+        # Inside a request its trace id is the one the response's traceparent names (a span of
+        # another trace, e.g. one a test or a library left current, must not take its place).
+        out["trace_id"] = req.trace_id
+        out["span_id"] = span_ids[1] if span_ids and span_ids[0] == req.trace_id else req.span_id
+    elif span_ids is not None:
+        out["trace_id"], out["span_id"] = span_ids
     if not out.get("tenant_id"):
         out["tenant_id"] = tenant_of_workflow(out.get("workflow_id"))
     return {k: v for k, v in out.items() if v is not None}
