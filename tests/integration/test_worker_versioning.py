@@ -120,9 +120,16 @@ async def test_sponsorflow_worker_promotes_its_version_and_keeps_it_across_a_res
         import_version = await versioning_info(client, status["workflow_id"])
         assert import_version.behavior == VersioningBehaviorProto.VERSIONING_BEHAVIOR_PINNED
         assert import_version.deployment_version.build_id == build
-        # The query the README gives for "which runs still hold this version".
-        still = [w.id async for w in client.list_workflows(running_on_version_query(deployment, build))]
-        assert deal["workflow_id"] in still and status["workflow_id"] not in still
+
+        # The query the README gives for "which runs still hold this version": the open deal, and
+        # not the import once its run has closed (its status row commits a moment before the run
+        # ends, and visibility follows a moment later).
+        async def holding() -> list[str] | None:
+            query = running_on_version_query(deployment, build)
+            still = [w.id async for w in client.list_workflows(query)]
+            return still if deal["workflow_id"] in still and status["workflow_id"] not in still else None
+
+        await eventually(holding, 30, "the deal, and not the finished import, runs on the version")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
