@@ -447,6 +447,7 @@ async def deal_life_with_stall(ctx: Ctx) -> WorkflowHistory:
             id=f"deal/replay/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )
+        await handle.query(DealWorkflow.state)  # its first task (the sync) has run: moves come after
         await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.QUALIFIED))
         try:
             await handle.execute_update(DealWorkflow.change_stage, ChangeStageInput(stage=Stage.WON))
@@ -499,6 +500,8 @@ async def deal_under_faults(ctx: Ctx) -> WorkflowHistory:
             id=f"deal/replay/{uuid.uuid4()}",
             task_queue=w.task_queue,
         )
+        # Its first task (the sync) has run: whether the first move joined it was a race.
+        await handle.query(DealWorkflow.state)
         moved = await handle.execute_update(
             DealWorkflow.change_stage,
             ChangeStageInput(stage=Stage.QUALIFIED, request_id="req-r1"),
