@@ -130,5 +130,6 @@ async def test_flag_off_hides_imports(no_imports_stack: Stack) -> None:
         "DealWorkflow",
         "IoBookingWorkflow",
         "MatchRecalculationWorkflow",
+        "WebhookEndpointWorkflow",
         "MaintenanceWorkflow",
     ]
