@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.match_recalc
 	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.instrumentation
+	$(BIN)/python -m bench.webhook_fanout
 
 # The fault suite: real processes, faults injected, the HTTP contract checked (tests/faults/).
 faults: $(STAMP)

@@ -75,6 +75,11 @@ BENCHMARKS: dict[str, tuple[dict[str, str], str]] = {
         r"traced \d+ spans\s+"
         r"off\s+10 moves made, GET /metrics answers 404",
     ),
+    # Every event reached every endpoint (the run waits for all of them), then the bare loop's.
+    "webhook_fanout": (
+        {"BENCH_WEBHOOK_EVENTS": "20", "BENCH_WEBHOOK_ENDPOINTS": "2", "BENCH_WEBHOOK_TIMEOUT_S": "60"},
+        r"product\s+[\d.]+\s+[\d.]+[\s\S]*lag product/anchor p50 = \d+\.\d+x, p99 = \d+\.\d+x",
+    ),
 }
 
 
