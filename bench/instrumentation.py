@@ -9,6 +9,8 @@ identical but for the instrumentation:
            FastAPI, Temporal client/update/activity and SQL spans)
   sampled  the same, traces sampled at the root (OTEL_TRACES_SAMPLER=parentbased_traceidratio, 0.1)
   metrics  the metrics only, tracing off
+  control  a second stack like `off`: control/off is the run's noise floor (two identical stacks
+           differ by a few percent; a ratio within that is no cost anyone can see)
   off      SPONSORFLOW_API_METRICS_PATH="" and SPONSORFLOW_WORKER_METRICS_ADDRESS="" (no SDK
            metrics; the product counters go to the SDK's no-op meter), tracing off (no OTEL_*)
 
@@ -69,12 +71,15 @@ MODES: dict[str, tuple[bool, str | None]] = {
     "traced": (True, "all"),
     "sampled": (True, SAMPLE_RATIO),
     "metrics": (True, None),
+    "control": (False, None),
     "off": (False, None),
 }
+CONTROL = "control"  # a second `off`: how far two identical stacks differ in this run
 DESCRIBED = {
     "traced": "API /metrics + worker metrics (scraped every round) + every trace to a file",
     "sampled": f"the same, traces sampled at the root: parentbased_traceidratio {SAMPLE_RATIO}",
     "metrics": "API /metrics + worker metrics (scraped every round), tracing off",
+    "control": "a second stack like off: control/off is this run's noise between two identical stacks",
     "off": "SPONSORFLOW_API_METRICS_PATH='' SPONSORFLOW_WORKER_METRICS_ADDRESS='', tracing off",
 }
 
@@ -330,6 +335,8 @@ async def measure(stacks: dict[str, Instrumented], cfg: Config) -> dict[str, Any
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for mode, ratio in results["ratio_to_off"].items():
+        if mode == CONTROL:
+            continue
         for key, label in (("p50_ms", "off"), ("p50_bare", "no instrumentation at all")):
             value = ratio[key]
             out.append(
@@ -361,9 +368,10 @@ def render(meta: dict[str, Any], results: dict[str, Any], targets: list[dict[str
             f"{r['mean_ms']:>8.2f} {r['throughput_per_s']:>8.1f}"
         )
     for mode, q in results["ratio_to_off"].items():
+        noise = " (noise)" if mode == CONTROL else ""
         lines.append(
-            f"ratio {mode}/off p50 = {q['p50_ms']:.3f}x, p95 = {q['p95_ms']:.3f}x, p99 = {q['p99_ms']:.3f}x, "
-            f"mean = {q['mean_ms']:.3f}x"
+            f"ratio {mode}/off{noise} p50 = {q['p50_ms']:.3f}x, p95 = {q['p95_ms']:.3f}x, "
+            f"p99 = {q['p99_ms']:.3f}x, mean = {q['mean_ms']:.3f}x"
         )
     lines += [
         "",
@@ -373,6 +381,7 @@ def render(meta: dict[str, Any], results: dict[str, Any], targets: list[dict[str
         *(
             f"ratio {mode}/no instrumentation p50 = {q['p50_bare']:.3f}x"
             for mode, q in results["ratio_to_off"].items()
+            if mode != CONTROL
         ),
         f"a scrape of both endpoints took {results['scrape_ms_p50']:.1f} ms (p50, once per round, not timed)",
         "",
