@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     # a delivery retrying this long marks the endpoint failing, and the history length at which
     # its workflow continues as new.
     webhook_max_in_flight: int = Field(8, ge=1, le=100)
+    # Deliveries of one entity sent by one activity, in order (a failure retries from there).
+    webhook_batch_size: int = Field(20, ge=1, le=200)
     webhook_poll_seconds: float = Field(1.0, gt=0)
     webhook_idle_poll_seconds: float = Field(5.0, gt=0)
     webhook_outbox_settle_seconds: float = Field(300.0, ge=0)

@@ -126,6 +126,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
             activities += [
                 hooks.claim_deliveries,
                 hooks.deliver_webhook,
+                hooks.deliver_webhooks,
                 hooks.fail_delivery,
                 hooks.disable_endpoint,
                 hooks.requeue_deliveries,

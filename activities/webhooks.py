@@ -46,6 +46,8 @@ from domain.webhooks import (
     ClaimDeliveriesResult,
     DeliverWebhookInput,
     DeliverWebhookResult,
+    DeliverWebhooksInput,
+    DeliverWebhooksResult,
     DisableEndpointInput,
     DisableEndpointResult,
     EmitTestEventInput,
@@ -158,17 +160,41 @@ class WebhookActivities:
 
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(self, inp: DeliverWebhookInput) -> DeliverWebhookResult:
-        """One attempt: sign, POST (10 s, no redirects), record; a failure raises for Temporal's retry."""
+        """One attempt: sign, POST (10 s, no redirects), record; a failure raises for Temporal's retry.
+
+        The first runs' activity (before the webhook-batches patch); new runs send batches.
+        """
+        return await self._attempt(inp.tenant_id, inp.endpoint_id, inp.delivery_id)
+
+    @activity.defn(name="deliver_webhooks")
+    async def deliver_webhooks(self, inp: DeliverWebhooksInput) -> DeliverWebhooksResult:
+        """One entity's next deliveries in order, one attempt each, until one fails (raised: Temporal
+        retries the batch, and what was delivered answers `delivered` again without a request)."""
+        outcomes: list[DeliverWebhookResult] = []
+        for i, delivery_id in enumerate(inp.delivery_ids):
+            activity.heartbeat(i)
+            result = await self._attempt(inp.tenant_id, inp.endpoint_id, delivery_id)
+            outcomes.append(result)
+            if result.outcome in ("paused", "gone"):
+                break
+        return DeliverWebhooksResult(outcomes=outcomes)
+
+    async def _attempt(self, tenant_id: str, endpoint_id: str, delivery_id_text: str) -> DeliverWebhookResult:
         s = self._settings
-        delivery_id = uuid.UUID(inp.delivery_id)
+        delivery_id = uuid.UUID(delivery_id_text)
         now = datetime.now(UTC)
+        inp = DeliverWebhookInput(tenant_id=tenant_id, endpoint_id=endpoint_id, delivery_id=delivery_id_text)
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             attempt = await load_attempt(session=session, delivery_id=delivery_id)
             if attempt is None:
                 return DeliverWebhookResult(outcome="gone")
             row = attempt.delivery
             if row.status != "pending":
-                return DeliverWebhookResult(outcome="skipped", attempts=row.attempts)
+                # Decided already (an earlier attempt of this batch, or another run): say how.
+                outcome = "delivered" if row.status == "delivered" else "failed"
+                return DeliverWebhookResult(
+                    outcome=outcome, status_code=row.last_status_code, attempts=row.attempts
+                )
             if attempt.endpoint.status == "paused":
                 return DeliverWebhookResult(outcome="paused", attempts=row.attempts)
             give_up_at = row.give_up_at

@@ -78,6 +78,7 @@ def webhook_config(settings: Settings) -> WebhookConfig:
         retry_window_hours=settings.webhook_retry_hours,
         history_limit=settings.webhook_history_limit,
         disable_after_hours=settings.webhook_disable_after_hours,
+        batch_size=settings.webhook_batch_size,
     )
 
 

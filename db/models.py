@@ -494,7 +494,6 @@ class WebhookEndpoint(Base):
     after_event_id: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     # The first failed attempt since the last success (None: the last attempt succeeded).
     failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 

@@ -277,12 +277,13 @@ async def mark_delivered(
 ) -> bool:
     """A 2xx: delivered (only a pending row changes; a duplicate attempt changes nothing).
 
-    The endpoint is healthy again: its failing streak ends.
+    The endpoint is healthy again: its failing streak ends (a no-op, and no row lock, when none
+    runs: the endpoint's parallel chains do not queue on its row).
     """
     await session.execute(
         update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id)
-        .values(failing_since=None, last_success_at=at)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_not(None))
+        .values(failing_since=None)
     )
     result = await session.execute(
         update(WebhookDelivery)

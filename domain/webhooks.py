@@ -349,6 +349,8 @@ class WebhookConfig(BaseModel):
     failing_after_seconds: float = 30.0
     retry_window_hours: float = 72.0
     claim_limit: int = 200
+    # Deliveries of one entity sent by one activity (in order; a failure retries from there).
+    batch_size: int = 20
     disable_after_hours: float = 120.0
     history_limit: int = 10_000
 
@@ -426,6 +428,20 @@ class DeliverWebhookResult(BaseModel):
     outcome: Outcome
     status_code: int | None = None
     attempts: int = 0
+
+
+class DeliverWebhooksInput(BaseModel):
+    """Sends one entity's next deliveries, in order (ids only: the activity reads the rest)."""
+
+    tenant_id: str
+    endpoint_id: str
+    delivery_ids: list[str]
+
+
+class DeliverWebhooksResult(BaseModel):
+    """One outcome per delivery attempted, in order (fewer than asked after a pause)."""
+
+    outcomes: list[DeliverWebhookResult]
 
 
 class DisableEndpointInput(BaseModel):

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ClaimDeliveriesInput,
         ClaimDeliveriesResult,
         DeliverWebhookInput,
+        DeliverWebhooksInput,
         DeliveryRef,
         DisableEndpointInput,
         EmitTestEventInput,
@@ -53,6 +54,8 @@ _DELIVERY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5), backoff_coefficient=2.0, maximum_interval=timedelta(hours=1)
 )
 _ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# New runs send one entity's deliveries in batches (one activity for several); older runs one each.
+BATCHES_PATCH = "webhook-batches"
 # Observations closer together than this are merged (the later time, the larger id).
 _MERGE = timedelta(seconds=10)
 # Before continue-as-new: longer than one attempt (10 s), so only a delivery waiting for its next
@@ -202,18 +205,24 @@ class WebhookEndpointWorkflow:
         queue = self._queues[entity_id]
         try:
             while queue and not self._draining and not self._gone:
-                ref = queue[0]
+                # One activity per batch of the entity's queue: a fraction of the Temporal round
+                # trips per delivery. Runs recorded before the patch send one delivery per activity.
+                batched = workflow.patched(BATCHES_PATCH)
+                refs = list(queue)[: max(self._config.batch_size, 1)] if batched else [queue[0]]
                 async with self._slots:
                     if self._draining or self._gone:
                         break
-                    self._in_flight[ref.id] = workflow.now()
+                    self._in_flight[refs[0].id] = workflow.now()
                     try:
-                        outcome = await self.deliver(ref)
+                        outcomes = (
+                            await self.deliver_batch(refs) if batched else [await self.deliver(refs[0])]
+                        )
                     finally:
-                        self._in_flight.pop(ref.id, None)
-                queue.popleft()
-                self.record(outcome)
-                if outcome in ("paused", "gone"):
+                        self._in_flight.pop(refs[0].id, None)
+                for outcome in outcomes:
+                    queue.popleft()
+                    self.record(outcome)
+                if any(o in ("paused", "gone") for o in outcomes):
                     # The rest stays pending in the database; the claim after the resume finds it.
                     queue.clear()
                     self._wake = True
@@ -248,6 +257,39 @@ class WebhookEndpointWorkflow:
             )
             return "failed"
         return result.outcome
+
+    async def deliver_batch(self, refs: list[DeliveryRef]) -> list[Outcome]:
+        """The next deliveries of one entity in one activity, retried by Temporal from the first
+        that fails until a 2xx or the end of that delivery's window."""
+        try:
+            result = await workflow.execute_activity_method(
+                WebhookActivities.deliver_webhooks,
+                DeliverWebhooksInput(
+                    tenant_id=self._inp.tenant_id,
+                    endpoint_id=self._inp.endpoint_id,
+                    delivery_ids=[r.id for r in refs],
+                ),
+                start_to_close_timeout=_ATTEMPT_TIMEOUT * len(refs),
+                heartbeat_timeout=_ATTEMPT_TIMEOUT,
+                # A guard only: each attempt gives up by itself at its delivery's give_up_at.
+                schedule_to_close_timeout=timedelta(hours=self._config.retry_window_hours + 2),
+                retry_policy=_DELIVERY_RETRY,
+                summary=f"deliver events {refs[0].event_id}..{refs[-1].event_id}",
+            )
+        except ActivityError as exc:
+            for ref in refs:  # only the pending ones change
+                await workflow.execute_activity_method(
+                    WebhookActivities.fail_delivery,
+                    FailDeliveryInput(
+                        tenant_id=self._inp.tenant_id,
+                        delivery_id=ref.id,
+                        error=f"gave up: {exc.cause or exc}"[:300],
+                    ),
+                    start_to_close_timeout=_SHORT,
+                    retry_policy=_SHORT_RETRY,
+                )
+            return ["failed"] * len(refs)
+        return [o.outcome for o in result.outcomes]
 
     def record(self, outcome: Outcome) -> None:
         """Counts an outcome and keeps WebhookStatus current."""

@@ -5,7 +5,7 @@
 the previous secret keeps signing until `previous_secret_expires_at` after a rotation.
 `after_event_id` is where the endpoint's outbox cursor starts (the tenant's newest event when the
 endpoint was created: events before it are only sent by a replay). `failing_since` is the first
-failed attempt since the last success (`last_success_at`): the endpoint is paused with a
+failed attempt since the last success: the endpoint is paused with a
 `webhook.disabled` event once it has failed continuously for SPONSORFLOW_WEBHOOK_DISABLE_AFTER_HOURS.
 
 `webhook_deliveries` is the durable queue the endpoint's workflow claims events into:
@@ -66,7 +66,6 @@ def upgrade() -> None:
             previous_secret_expires_at timestamptz,
             after_event_id bigint NOT NULL DEFAULT 0,
             failing_since timestamptz,
-            last_success_at timestamptz,
             created_at timestamptz NOT NULL DEFAULT now(),
             updated_at timestamptz NOT NULL DEFAULT now()
         )

@@ -128,7 +128,9 @@ async def _late_commit(api_first: Stack) -> None:
 async def test_continue_as_new_mid_stream_loses_and_repeats_nothing(
     database: EmbeddedDatabase, client: Client, sm: SessionMaker
 ) -> None:
-    async for stack in start_stack(database, client, sm, **FAST, webhook_history_limit=100):
+    async for stack in start_stack(
+        database, client, sm, **FAST, webhook_history_limit=100, webhook_batch_size=1
+    ):
         t = await stack.new_tenant()
         h = stack.auth(t)
         async with receiver("ok") as r:
