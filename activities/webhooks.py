@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from db.engine import SessionMaker, tenant_tx
@@ -28,6 +29,7 @@ from db.webhooks import (
     claim_events,
     disable_endpoint,
     emit_test_event,
+    endpoint_summaries,
     get_delivery,
     get_endpoint,
     load_attempt,
@@ -56,6 +58,7 @@ from domain.webhooks import (
     RequeueDeliveriesInput,
     RequeueDeliveriesResult,
     SendTestResult,
+    WebhookConfig,
     address_refusal,
     message_id,
     next_step,
@@ -67,6 +70,8 @@ from domain.webhooks import (
     signing_secrets,
 )
 from settings import Settings
+from workflows import search_attributes as sa
+from workflows.starters import WEBHOOK_WORKFLOW, wake_webhook_workflow, webhook_workflow_id
 
 log = logging.getLogger("sponsorflow.webhooks")
 
@@ -98,6 +103,55 @@ def _transport_error(exc: httpx.HTTPError, timeout_s: float) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "could not connect (refused, unreachable or TLS failure)"
     return f"request failed ({type(exc).__name__})"
+
+
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """The workflow settings an endpoint's workflow starts with (the API's and the sweep's)."""
+    return WebhookConfig(
+        poll_seconds=settings.webhook_poll_seconds,
+        idle_poll_seconds=settings.webhook_idle_poll_seconds,
+        outbox_settle_seconds=settings.webhook_outbox_settle_seconds,
+        max_in_flight=settings.webhook_max_in_flight,
+        failing_after_seconds=settings.webhook_failing_after_seconds,
+        retry_window_hours=settings.webhook_retry_hours,
+        history_limit=settings.webhook_history_limit,
+        disable_after_hours=settings.webhook_disable_after_hours,
+        batch_size=settings.webhook_batch_size,
+    )
+
+
+async def ensure_endpoint_workflows(
+    client: Client, settings: Settings, sm: SessionMaker, tenant_id: uuid.UUID
+) -> int:
+    """Maintenance check: starts the workflow of each of the tenant's endpoints that has none
+    running (terminated by hand, or its start lost); returns how many were started."""
+    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
+        endpoints = await endpoint_summaries(session=session)
+    if not endpoints:
+        return 0
+    query = (
+        f"WorkflowType = '{WEBHOOK_WORKFLOW}' AND ExecutionStatus = 'Running' "
+        f"AND {sa.TENANT_ID.name} = '{tenant_id}'"
+    )
+    running = {wf.id async for wf in client.list_workflows(query)}
+    started = 0
+    for endpoint_id, url, description in endpoints:
+        if webhook_workflow_id(str(tenant_id), str(endpoint_id)) in running:
+            continue
+        # Signal-with-start (USE_EXISTING): one started meanwhile, not yet visible, is only woken.
+        await wake_webhook_workflow(
+            client,
+            str(tenant_id),
+            str(endpoint_id),
+            settings.temporal_task_queue,
+            host=urlsplit(url).hostname or "?",
+            description=description,
+            config=webhook_config(settings),
+        )
+        started += 1
+    if started:
+        log.info("started %d missing webhook workflow(s) of tenant %s", started, tenant_id)
+    return started
 
 
 class WebhookActivities:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import select
 from temporalio.client import Client
 
-from activities.webhooks import url_refusal
+from activities.webhooks import url_refusal, webhook_config
 from api import errors
 from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
 from api.openapi import invalid, invalid_cursor, not_found, problem
@@ -40,7 +40,6 @@ from domain.webhooks import (
     RetryDeliveryInput,
     SendTestInput,
     SendTestResult,
-    WebhookConfig,
     WebhookRuleError,
     check_event_types,
     check_url,
@@ -65,21 +64,6 @@ router = APIRouter(
     tags=["webhooks"],
     dependencies=[Depends(feature_flag("enable_webhooks", "ENABLE_WEBHOOKS"))],
 )
-
-
-def webhook_config(settings: Settings) -> WebhookConfig:
-    """The workflow settings a new endpoint's workflow starts with."""
-    return WebhookConfig(
-        poll_seconds=settings.webhook_poll_seconds,
-        idle_poll_seconds=settings.webhook_idle_poll_seconds,
-        outbox_settle_seconds=settings.webhook_outbox_settle_seconds,
-        max_in_flight=settings.webhook_max_in_flight,
-        failing_after_seconds=settings.webhook_failing_after_seconds,
-        retry_window_hours=settings.webhook_retry_hours,
-        history_limit=settings.webhook_history_limit,
-        disable_after_hours=settings.webhook_disable_after_hours,
-        batch_size=settings.webhook_batch_size,
-    )
 
 
 async def _box(settings: SettingsDep) -> SecretBox:

@@ -88,6 +88,16 @@ async def get_endpoint(
     return (await session.scalars(stmt)).first()
 
 
+async def endpoint_summaries(*, session: AsyncSession) -> list[tuple[uuid.UUID, str, str | None]]:
+    """Every endpoint of the tenant: (id, url, description)."""
+    rows = await session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.description).order_by(
+            WebhookEndpoint.id
+        )
+    )
+    return [(r[0], r[1], r[2]) for r in rows.all()]
+
+
 async def update_endpoint(
     *, session: AsyncSession, row: WebhookEndpoint, changes: dict[str, Any]
 ) -> WebhookEndpoint:

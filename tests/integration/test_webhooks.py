@@ -337,6 +337,34 @@ async def test_deleting_an_endpoint_ends_its_workflow(hooks: Stack) -> None:
         assert (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}", headers=h)).status_code == 404
 
 
+async def test_the_maintenance_check_restarts_a_missing_endpoint_workflow(hooks: Stack) -> None:
+    from activities.maintenance import PLUGGED_CHECKS
+    from activities.webhooks import ensure_endpoint_workflows
+
+    assert PLUGGED_CHECKS.get("webhook_workflows") is ensure_endpoint_workflows
+    t = await hooks.new_tenant()
+    h = hooks.auth(t)
+    async with receiver("ok") as r:
+        hook = await _endpoint(hooks, h, r.url)
+        handle = hooks.client.get_workflow_handle(hook["workflow_id"])
+        await handle.terminate("ops terminated it by hand")
+
+        async def not_running() -> bool:
+            query = f'WorkflowId="{hook["workflow_id"]}" AND ExecutionStatus="Running"'
+            return not [w async for w in hooks.client.list_workflows(query)]
+
+        await _until(not_running, "the terminated workflow out of the running list")
+        assert await ensure_endpoint_workflows(hooks.client, hooks.settings, hooks.sm, t.id) == 1
+        await _test(hooks, h, hook["id"])
+        await r.wait_for(1)
+
+        async def visible() -> bool:
+            return not await not_running()
+
+        await _until(visible, "the new run listed")
+        assert await ensure_endpoint_workflows(hooks.client, hooks.settings, hooks.sm, t.id) == 0
+
+
 async def test_the_api_refuses_bad_endpoints_and_other_tenants(
     database: EmbeddedDatabase, client: Client, sm: SessionMaker
 ) -> None:
