@@ -219,6 +219,9 @@ export function eventSummary(e) {
     }
     case "etl.error": return `${p.filename}: ${p.status ? `${p.status}: ` : ""}${p.reason ?? "failed"}`;
     case "match.recalculated": return `${num(p.matches_written)} matches from ${num(p.pairs_scored)} pairs${p.trigger ? ` (${p.trigger})` : ""}`;
+    case "webhook.test": return `webhook test: ${p.message ?? "a test event"}`;
+    case "webhook.disabled":
+      return `webhook paused: ${p.reason ?? "every attempt failed"}${p.failing_since ? ` (failing since ${dateTime(p.failing_since)})` : ""}`;
     default:
       return Object.entries(p).slice(0, 3).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
   }
