@@ -634,7 +634,14 @@ class TextFormatter(logging.Formatter):
 
 def redactor(settings: Settings) -> Redactor:
     """The redaction of this process: the patterns plus the secrets its settings hold."""
-    return Redactor([settings.admin_token, settings.session_secret, settings.temporal_api_key])
+    return Redactor(
+        [
+            settings.admin_token,
+            settings.session_secret,
+            settings.temporal_api_key,
+            settings.webhook_secret_key,
+        ]
+    )
 
 
 def log_handler(settings: Settings, *, service: str, stream: Any = None) -> logging.Handler:
