@@ -26,6 +26,8 @@ IO_DELIVERIES = "sponsorflow_io_deliveries_reported"
 IO_MAKEGOODS = "sponsorflow_io_makegoods_booked"
 IO_INVOICES = "sponsorflow_io_invoices_issued"
 MATCH_PHASE = "sponsorflow_match_recalculation_phase_duration"
+WEBHOOK_ATTEMPTS = "sponsorflow_webhook_attempts"
+WEBHOOK_FAILED = "sponsorflow_webhook_deliveries_failed"
 
 # Histogram buckets (seconds) for worker.metrics_config: a large tenant's scoring takes minutes.
 BUCKETS: dict[str, list[float]] = {
@@ -40,6 +42,9 @@ _HELP = {
     IO_DELIVERIES: "Delivery reports stored (io.delivery_reported), via the API or an import.",
     IO_MAKEGOODS: "Make-good ad units booked for a shortfall, by placement.",
     IO_INVOICES: "Invoices issued when an IO completes (io.completed), cancelled: whether it was.",
+    WEBHOOK_ATTEMPTS: "Webhook delivery attempts recorded, by result (delivered, http_3xx/4xx/429/5xx, "
+    "timeout, connection, refused) and endpoint format.",
+    WEBHOOK_FAILED: "Webhook deliveries given up after their retry window (failed), by endpoint format.",
 }
 
 
@@ -90,3 +95,27 @@ def match_phases(seconds: Mapping[str, float]) -> None:
     )
     for phase, s in seconds.items():
         histogram.record(timedelta(seconds=s), {"phase": phase})
+
+
+def webhook_attempt(result: str, *, format: str) -> None:
+    """One delivery attempt whose outcome was written to its row."""
+    _count(WEBHOOK_ATTEMPTS, 1, {"result": result, "format": format})
+
+
+def webhook_given_up(*, format: str) -> None:
+    """One delivery marked failed at the end of its window."""
+    _count(WEBHOOK_FAILED, 1, {"format": format})
+
+
+def webhook_result(status_code: int | None, error: str | None) -> str:
+    """The `result` label of an attempt: delivered, http_<class> (429 apart), timeout, connection, refused."""
+    if status_code is not None:
+        if 200 <= status_code < 300 and error is None:
+            return "delivered"
+        return "http_429" if status_code == 429 else f"http_{status_code // 100}xx"
+    text = (error or "").lower()
+    if text.startswith("address refused"):
+        return "refused"
+    if "no answer within" in text or "timed out" in text or "timeout" in text:
+        return "timeout"
+    return "connection"

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities import metrics
 from db.engine import SessionMaker, tenant_tx
 from db.webhooks import (
     SecretBox,
@@ -315,6 +316,7 @@ class WebhookActivities:
                     status_code=status_code,
                     at=done_at,
                 )
+            metrics.webhook_attempt("delivered", format=endpoint.format)
             return DeliverWebhookResult(outcome="delivered", status_code=status_code, attempts=attempts)
         delay = retry_after
         if delay is None:
@@ -335,7 +337,9 @@ class WebhookActivities:
                 error=error or "failed",
                 next_attempt_at=at,
             )
+        metrics.webhook_attempt(metrics.webhook_result(status_code, error), format=endpoint.format)
         if step == "give_up":
+            metrics.webhook_given_up(format=endpoint.format)
             log.info(
                 "webhook delivery %s failed for good after %d attempts: %s", inp.delivery_id, attempts, error
             )

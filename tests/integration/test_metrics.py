@@ -28,6 +28,7 @@ from tests.conftest import Stack, start_stack
 from tests.helpers.factories import ad_unit, book_io, make_advertiser, make_deal, move
 from tests.helpers.imports import upload
 from tests.helpers.io import TODAY, deliver, io_until
+from tests.helpers.receivers import receiver
 from tests.helpers.unversioned_incompatible import UnversionedIncompatibleDeal
 from worker import NondeterminismWatch, build_worker, registrations, worker_runtime
 from workflows.starters import DEAL_RESYNC_SIGNAL
@@ -258,6 +259,38 @@ async def test_an_io_delivery_report_counts_once(metrics_stack: MetricsStack) ->
     update = {"operation": "update", "workflow_type": "IoBookingWorkflow"}
     took = "sponsorflow_temporal_client_request_duration_seconds_count"
     assert api1.value(took, **update) - api0.value(took, **update) == 2
+
+
+async def test_webhook_attempts_are_counted_by_result(metrics_stack: MetricsStack) -> None:
+    ms, stack = metrics_stack, metrics_stack.stack
+    h = stack.auth(await stack.new_tenant())
+    async with receiver("error", "ok") as r:
+        created = await stack.http.post(
+            "/api/v1/webhooks", json={"url": r.url, "event_types": ["deal.stalled"]}, headers=h
+        )
+        assert created.status_code == 201, created.text
+        hook = created.json()
+        worker0 = await ms.worker()
+        sent = await stack.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)
+        assert sent.status_code == 202, sent.text
+        await r.wait_for(2, timeout=30)
+
+        attempts = "sponsorflow_webhook_attempts_total"
+
+        async def counted() -> bool:
+            worker1 = await ms.worker()
+            moved = {
+                result: worker1.value(attempts, result=result, format="standard", **_tq(ms))
+                - worker0.value(attempts, result=result, format="standard", **_tq(ms))
+                for result in ("http_5xx", "delivered")
+            }
+            return moved == {"http_5xx": 1, "delivered": 1}
+
+        for _ in range(50):  # the second attempt's row commits a moment after the receiver saw it
+            if await counted():
+                break
+            await asyncio.sleep(0.1)
+        assert await counted()
 
 
 async def test_a_metrics_path_that_is_off_or_moved(

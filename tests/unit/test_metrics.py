@@ -165,3 +165,16 @@ def test_product_metrics_count_nothing_outside_an_activity() -> None:
 def test_match_phase_buckets_reach_minutes() -> None:
     buckets: Any = product_metrics.BUCKETS[product_metrics.MATCH_PHASE]
     assert buckets == sorted(buckets) and buckets[-1] >= 300
+
+
+def test_a_webhook_attempt_is_labelled_by_what_it_met() -> None:
+    result = product_metrics.webhook_result
+    assert result(204, None) == "delivered"
+    assert result(302, "HTTP 302: a redirect, which is not followed") == "http_3xx"
+    assert result(404, "HTTP 404") == "http_4xx"
+    assert result(429, "HTTP 429") == "http_429"
+    assert result(503, "HTTP 503") == "http_5xx"
+    assert result(None, "no answer within 10 s (ReadTimeout)") == "timeout"
+    assert result(None, "could not connect (refused, unreachable or TLS failure)") == "connection"
+    assert result(None, "the connection closed without a complete answer") == "connection"
+    assert result(None, "address refused: 127.0.0.1 is a loopback address") == "refused"
