@@ -43,6 +43,7 @@ _PAGES = {
     "io": "IO",
     "matches": "Matches",
     "events": "Events",
+    "webhooks": "Webhooks",
 }
 _NAV = (
     ("/", "Dashboard"),
@@ -51,6 +52,7 @@ _NAV = (
     ("/ios", "IOs"),
     ("/matches", "Matches"),
     ("/events", "Events"),
+    ("/webhooks", "Webhooks"),
 )
 # Inline styles are allowed for the score bars the module sizes; scripts only from this origin.
 _CSP = (
@@ -297,3 +299,9 @@ async def matches_page(
 async def events_page(request: Request, settings: SettingsDep, sm: SessionMakerDep) -> Response:
     """Live event feed."""
     return await _page(request, "events", settings, sm)
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request, settings: SettingsDep, sm: SessionMakerDep) -> Response:
+    """Webhooks: endpoints (secret shown once), pause/resume, send a test, deliveries with retry."""
+    return await _page(request, "webhooks", settings, sm)

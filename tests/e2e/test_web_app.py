@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
+from standardwebhooks.webhooks import Webhook
 
 from api.main import create_app
 from db.embedded import EmbeddedDatabase
@@ -31,6 +32,7 @@ from db.tenants import NewTenant, create_tenant
 from domain.events import EVENT_TYPES
 from tests.conftest import make_settings
 from tests.helpers.factories import ad_unit, make_advertiser, make_deal, make_show, move
+from tests.helpers.receivers import receiver
 from worker import build_worker
 
 pytestmark = pytest.mark.timeout(300)
@@ -516,6 +518,88 @@ async def test_an_io_awaiting_delivery_is_closed_from_its_page(live: Live) -> No
     assert float(got["invoice"]["total_usd"]) == 550.0
     assert [u["delivered_impressions"] for u in got["ad_units"] if u["impressions_goal"]] == [10000]
     await page.context.close()
+
+
+async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -> None:
+    tenant, h = await live.tenant("Webhook Network")
+    other, oh = await live.tenant("Rival Hooks")
+    async with receiver("ok") as r, receiver("ok") as rival:
+        hidden = (
+            await live.http.post(
+                "/api/v1/webhooks", json={"url": rival.url, "event_types": ["*"]}, headers=oh
+            )
+        ).json()
+        page = await live.signed_in(tenant)
+        await page.goto("/webhooks")
+        await expect(page.locator(".topbar nav a.active")).to_have_text("Webhooks")
+        form = page.locator("[data-testid=webhook-form]")
+        # The checkboxes are the API's known event types (webhook.test is not subscribable).
+        boxes = form.locator("[data-testid=webhook-event-types] input[type=checkbox]")
+        await expect(boxes.first).to_be_visible()
+        values = set(await boxes.evaluate_all("bs => bs.map((b) => b.value)"))
+        assert values == (EVENT_TYPES - {"webhook.test"}) | {"*"}, values
+        await expect(page.locator("[data-testid=webhook-list]")).to_have_count(0)  # none yet
+
+        await form.locator("input[name=url]").fill(r.url)
+        await form.locator("input[name=description]").fill("CRM sync")
+        await form.locator("input[value='deal.stage_changed']").check()
+        await form.locator("input[value='io.completed']").check()
+        await form.locator("[data-testid=webhook-add]").click()
+        secret_el = page.locator("[data-testid=webhook-secret]")
+        await expect(secret_el).to_contain_text("whsec_")
+        await expect(page.locator("[data-testid=webhook-secret-panel]")).to_contain_text("shown this once")
+        secret = (await secret_el.inner_text()).strip()
+        row = page.locator("[data-testid=webhook-row]")
+        await expect(row).to_have_count(1)  # never the other tenant's endpoint
+        await expect(row).to_contain_text("127.0.0.1")
+        await expect(row).to_contain_text("deal.stage_changed, io.completed")
+        await expect(row.locator("[data-testid=webhook-status]")).to_have_text("active")
+        (hook,) = (await live.http.get("/api/v1/webhooks", headers=h)).json()["items"]
+        assert hook["event_types"] == ["deal.stage_changed", "io.completed"] and hook["url"] == r.url
+        assert hook["id"] != hidden["id"]
+        await shot(page, "19-webhooks-secret-once")
+
+        # The secret is gone after a reload: the page never sees it again.
+        await page.reload()
+        await expect(row).to_have_count(1)
+        assert secret not in await page.content()
+        await expect(page.locator("[data-testid=webhook-secret-panel]")).to_be_hidden()
+
+        # Send a test: the receiver gets it signed with that secret, the page shows it delivered, 200.
+        await row.locator("[data-testid=webhook-test]").click()
+        (req,) = await r.wait_for(1)
+        body = Webhook(secret).verify(req.body, req.headers)
+        assert body["type"] == "webhook.test"
+        delivery = page.locator("[data-testid=deliveries] [data-testid=delivery-row]")
+        await expect(delivery).to_have_count(1, timeout=20_000)
+        await expect(delivery.locator("[data-testid=delivery-status]")).to_have_text(
+            "delivered", timeout=20_000
+        )
+        await expect(delivery.locator("[data-testid=delivery-code]")).to_have_text("200")
+        await expect(delivery).to_contain_text("webhook.test")
+        await expect(delivery.locator("[data-testid=delivery-retry]")).to_have_count(0)  # only failed ones
+        await shot(page, "20-webhooks-delivered")
+
+        # Pause: the status shows it, the API agrees, and a test is no longer offered.
+        await row.locator("[data-testid=webhook-toggle]").click()
+        await expect(row.locator("[data-testid=webhook-status]")).to_have_text("paused")
+        await expect(row.locator("[data-testid=webhook-toggle]")).to_have_text("Resume")
+        await expect(row.locator("[data-testid=webhook-test]")).to_be_disabled()
+        got = (await live.http.get(f"/api/v1/webhooks/{hook['id']}", headers=h)).json()
+        assert got["status"] == "paused"
+        await page.context.close()
+
+        # On a phone: no sideways scrolling (the tables scroll inside their card).
+        phone = await live.signed_in(tenant, width=375, height=812)
+        await phone.goto("/webhooks")
+        await expect(phone.locator("[data-testid=webhook-row]")).to_have_count(1)
+        await phone.locator("[data-testid=webhook-show-deliveries]").click()
+        await expect(phone.locator("[data-testid=delivery-row]")).to_have_count(1)
+        overflow = await phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the webhooks page overflows a phone by {overflow}px"
+        await shot(phone, "21-webhooks-phone")
+        await phone.context.close()
+        assert rival.requests == []
 
 
 def test_every_event_type_has_a_one_liner() -> None:

@@ -13,6 +13,7 @@ const PAGES = {
   io_new: ["/ios", () => import("./pages/io_new.js")],
   matches: ["/matches", () => import("./pages/matches.js")],
   events: ["/events", () => import("./pages/events.js")],
+  webhooks: ["/webhooks", () => import("./pages/webhooks.js")],
 };
 
 async function start() {

@@ -1,0 +1,217 @@
+// Webhooks: the tenant's endpoints, add one (its secret shown once), pause/resume, send a test,
+// and one endpoint's deliveries with Retry on the failed ones. Everything goes through /api/v1/webhooks.
+
+import { ApiError, api, app, dateTime, empty, flashBox, h, label, loading, mount, qs, statusBadge, thead } from "../lib.js";
+
+const ALL = "*";
+// Asked for while a delivery is pending (or just after an action), so a test's result shows up by itself.
+const POLL_MS = 1000;
+
+export default async function webhooks() {
+  const flash = flashBox();
+  const typesBox = h("div", { class: "event-types", "data-testid": "webhook-event-types" }, loading("Loading event types…"));
+  const submit = h("button", { type: "submit", "data-testid": "webhook-add" }, "Add endpoint");
+  const form = h("form", { class: "card webhook-form", "data-testid": "webhook-form" },
+    h("h2", {}, "Add an endpoint"),
+    h("div", { class: "row" },
+      h("label", { class: "grow" }, "URL",
+        h("input", { type: "url", name: "url", required: true, maxlength: 2000, placeholder: "https://hooks.example.com/sponsorflow" })),
+      h("label", {}, "Format",
+        h("select", { name: "format" },
+          h("option", { value: "standard" }, "Standard Webhooks (JSON)"),
+          h("option", { value: "slack" }, "Slack (chat message)"))),
+      h("label", { class: "grow" }, "Description (optional)", h("input", { type: "text", name: "description", maxlength: 500 }))),
+    h("fieldset", { class: "types" }, h("legend", {}, "Event types"), typesBox),
+    h("div", { class: "actions" }, submit));
+  const secretPanel = h("section", { class: "card secret-once", "data-testid": "webhook-secret-panel", role: "status", hidden: true });
+  const listBody = h("tbody", {});
+  const listWrap = h("div", {}, loading());
+  const listTable = h("div", { class: "table-wrap" },
+    h("table", { "data-testid": "webhook-list" }, thead("Endpoint", "Event types", "Format", "Status", "Actions"), listBody));
+  const deliveriesPanel = h("section", { class: "card", "data-testid": "deliveries-panel", hidden: true });
+  mount(app(),
+    h("div", { class: "page-head" }, h("h1", {}, "Webhooks"),
+      h("p", { class: "muted" }, "Every event of this network, pushed to the systems you use: signed Standard Webhooks, or a chat message.")),
+    flash, form, secretPanel,
+    h("section", { class: "card" }, h("h2", {}, "Endpoints"), listWrap),
+    deliveriesPanel);
+
+  let selected = null; // the endpoint whose deliveries are shown
+  let watching = 0; // bumps to stop an older deliveries poll
+  let pollUntil = 0; // keep polling until then even when nothing is pending (a test was just sent)
+
+  form.addEventListener("submit", (e) => { e.preventDefault(); create(); });
+  await Promise.all([loadTypes(), loadList()]);
+
+  /** The known event types: the API's 422 for an unknown one lists them (nothing is created). */
+  async function loadTypes() {
+    let known = [];
+    try {
+      await api("/api/v1/webhooks", { method: "POST", body: { url: "https://example.invalid/", event_types: ["?"] } });
+    } catch (e) {
+      const msg = Array.isArray(e.detail) ? e.detail.map((d) => d.msg || "").join(" ") : String(e.detail || "");
+      const at = msg.indexOf("known: ");
+      if (at >= 0) known = msg.slice(at + 7).split(",").map((t) => t.trim()).filter(Boolean);
+      else if (!(e instanceof ApiError) || e.status !== 422) flash.show(`Could not read the event types: ${e.message}`);
+    }
+    const all = h("input", { type: "checkbox", name: "event_types", value: ALL, "data-testid": "event-type-all" });
+    const boxes = known.map((t) => h("input", { type: "checkbox", name: "event_types", value: t }));
+    all.addEventListener("change", () => { for (const b of boxes) b.disabled = all.checked; });
+    mount(typesBox,
+      h("label", { class: "check" }, all, h("span", {}, "All events ", h("span", { class: "mono" }, "*"))),
+      boxes.map((b) => h("label", { class: "check" }, b, h("span", { class: "mono" }, b.value))));
+  }
+
+  async function create() {
+    flash.clear();
+    const f = form.elements;
+    const chosen = [...form.querySelectorAll("input[name=event_types]:checked")].map((b) => b.value);
+    const types = chosen.includes(ALL) ? [ALL] : chosen;
+    if (!types.length) return flash.show("Choose at least one event type, or All events.");
+    const body = { url: f.url.value.trim(), event_types: types, format: f.format.value };
+    if (f.description.value.trim()) body.description = f.description.value.trim();
+    submit.disabled = true;
+    try {
+      const created = await api("/api/v1/webhooks", { method: "POST", body });
+      form.reset();
+      for (const b of form.querySelectorAll("input[name=event_types]")) b.disabled = false;
+      showSecret(created);
+      await loadList();
+      select(created);
+    } catch (e) {
+      flash.show(`The endpoint was not added: ${e.message}`);
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  /** The secret, this once: it is never readable again (rotate it through the API to get a new one). */
+  function showSecret(created) {
+    const code = h("code", { class: "secret mono", "data-testid": "webhook-secret" }, created.secret);
+    const copied = h("span", { class: "muted small", role: "status" });
+    const copy = h("button", { type: "button", class: "secondary", "data-testid": "webhook-secret-copy", onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(created.secret);
+        copied.textContent = "Copied.";
+      } catch {
+        getSelection()?.selectAllChildren(code);
+        copied.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+      }
+    } }, "Copy");
+    mount(secretPanel,
+      h("h2", {}, "Signing secret for ", hostOf(created.url)),
+      h("p", {}, h("strong", {}, "Copy it now: it is shown this once. "),
+        "Your receiver verifies the ", h("span", { class: "mono" }, "webhook-signature"), " header with it."),
+      h("div", { class: "row secret-row" }, code, copy, copied),
+      h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: () => { secretPanel.hidden = true; secretPanel.replaceChildren(); } }, "I saved it")));
+    secretPanel.hidden = false;
+  }
+
+  async function loadList() {
+    try {
+      const page = await api(`/api/v1/webhooks?${qs({ limit: 200 })}`);
+      listBody.replaceChildren(...page.items.map(endpointRow));
+      mount(listWrap, page.items.length ? listTable : empty("No endpoints yet. Add one above."));
+      if (selected) {
+        const fresh = page.items.find((w) => w.id === selected.id);
+        if (fresh) selected = fresh;
+        else { selected = null; deliveriesPanel.hidden = true; }
+      }
+    } catch (e) {
+      mount(listWrap, empty("The endpoints could not be loaded."));
+      flash.show(e.message);
+    }
+  }
+
+  function endpointRow(w) {
+    const paused = w.status === "paused";
+    const toggle = h("button", { type: "button", class: "secondary", "data-testid": "webhook-toggle" }, paused ? "Resume" : "Pause");
+    toggle.addEventListener("click", () => act(toggle, async () => {
+      await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}`, { method: "PATCH", body: { status: paused ? "active" : "paused" } });
+      flash.show(paused ? `${hostOf(w.url)} resumed.` : `${hostOf(w.url)} paused: nothing is sent until it is resumed.`, "ok", 4000);
+      await loadList();
+    }));
+    const test = h("button", { type: "button", class: "secondary", "data-testid": "webhook-test", disabled: paused,
+      title: paused ? "Resume the endpoint to send a test" : "Send a webhook.test event now" }, "Send test");
+    test.addEventListener("click", () => act(test, async () => {
+      await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/test`, { method: "POST" });
+      flash.show(`A test event is on its way to ${hostOf(w.url)}.`, "ok", 4000);
+      pollUntil = Date.now() + 15000;
+      select(w);
+    }));
+    const show = h("button", { type: "button", class: "secondary", "data-testid": "webhook-show-deliveries", onclick: () => select(w) }, "Deliveries");
+    return h("tr", { "data-testid": "webhook-row", dataset: { webhookId: w.id, status: w.status } },
+      h("td", {}, h("strong", { class: "host" }, hostOf(w.url)),
+        w.description && h("div", { class: "muted small" }, w.description),
+        h("div", { class: "muted small url" }, w.url)),
+      h("td", {}, w.event_types.includes(ALL) ? "All events" : h("span", { class: "mono small" }, w.event_types.join(", "))),
+      h("td", {}, label(w.format)),
+      h("td", {}, statusBadge(w.status, { "data-testid": "webhook-status" })),
+      h("td", {}, h("div", { class: "row" }, toggle, test, show)));
+  }
+
+  /** Runs a button's action once at a time; the server's refusal goes to the flash. */
+  async function act(button, fn) {
+    flash.clear();
+    button.disabled = true;
+    try { await fn(); } catch (e) { flash.show(e.message); } finally { button.disabled = false; }
+  }
+
+  /** Shows one endpoint's deliveries and keeps them fresh while one is pending. */
+  async function select(w) {
+    selected = w;
+    const me = ++watching;
+    deliveriesPanel.hidden = false;
+    deliveriesPanel.dataset.webhookId = w.id;
+    const body = h("div", {}, loading("Loading deliveries…"));
+    mount(deliveriesPanel, h("h2", {}, "Deliveries to ", hostOf(w.url)), body);
+    for (;;) {
+      let page;
+      try {
+        page = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/deliveries?${qs({ limit: 50 })}`);
+      } catch (e) {
+        if (me !== watching) return;
+        mount(body, empty("The deliveries could not be loaded."));
+        flash.show(e.message);
+        return;
+      }
+      if (me !== watching) return;
+      mount(body, page.items.length
+        ? h("div", { class: "table-wrap" }, h("table", { "data-testid": "deliveries" },
+          thead("Event", "Status", "#Attempts", "#Last code", "Last error", "Delivered", ""),
+          h("tbody", {}, page.items.map((d) => deliveryRow(w, d)))))
+        : empty("Nothing sent yet. Send a test to see one here."));
+      const pending = page.items.some((d) => d.status === "pending");
+      if (!pending && Date.now() > pollUntil) return;
+      await sleep(POLL_MS);
+      if (me !== watching) return;
+    }
+  }
+
+  function deliveryRow(w, d) {
+    const retry = d.status === "failed" && h("button", { type: "button", class: "secondary", "data-testid": "delivery-retry" }, "Retry");
+    if (retry) {
+      retry.addEventListener("click", () => act(retry, async () => {
+        await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/deliveries/${encodeURIComponent(d.id)}/retry`, { method: "POST" });
+        flash.show("Sending it again.", "ok", 4000);
+        pollUntil = Date.now() + 15000;
+        select(w);
+      }));
+    }
+    return h("tr", { "data-testid": "delivery-row", dataset: { deliveryId: d.id, status: d.status } },
+      h("td", { class: "mono" }, d.event_type),
+      h("td", {}, statusBadge(d.status, { "data-testid": "delivery-status" }),
+        d.status === "pending" && d.next_attempt_at && h("div", { class: "muted small" }, `next try ${dateTime(d.next_attempt_at)}`)),
+      h("td", { class: "num" }, String(d.attempts)),
+      h("td", { class: "num", "data-testid": "delivery-code" }, d.last_status_code == null ? "—" : String(d.last_status_code)),
+      h("td", { class: "error-text" }, d.last_error || ""),
+      h("td", {}, dateTime(d.delivered_at)),
+      h("td", {}, retry || null));
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function hostOf(url) {
+  try { return new URL(url).host; } catch { return url; }
+}
