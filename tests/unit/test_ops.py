@@ -109,6 +109,8 @@ def worker_metric_names() -> set[str]:
         names.add(f"{n}_total")
     for n in (product.IO_DELIVERIES, product.IO_MAKEGOODS, product.IO_INVOICES, NONDETERMINISM_METRIC):
         names.add(f"{n}_total")
+    for n in (product.WEBHOOK_ATTEMPTS, product.WEBHOOK_FAILED):
+        names.add(f"{n}_total")
     names |= _histogram(f"{product.MATCH_PHASE}_seconds")
     return names
 
