@@ -245,16 +245,7 @@ class WebhookEndpointWorkflow:
                 summary=f"deliver event {ref.event_id}",
             )
         except ActivityError as exc:
-            await workflow.execute_activity_method(
-                WebhookActivities.fail_delivery,
-                FailDeliveryInput(
-                    tenant_id=self._inp.tenant_id,
-                    delivery_id=ref.id,
-                    error=f"gave up: {exc.cause or exc}"[:300],
-                ),
-                start_to_close_timeout=_SHORT,
-                retry_policy=_SHORT_RETRY,
-            )
+            await self.give_up([ref], exc)
             return "failed"
         return result.outcome
 
@@ -277,19 +268,23 @@ class WebhookEndpointWorkflow:
                 summary=f"deliver events {refs[0].event_id}..{refs[-1].event_id}",
             )
         except ActivityError as exc:
-            for ref in refs:  # only the pending ones change
-                await workflow.execute_activity_method(
-                    WebhookActivities.fail_delivery,
-                    FailDeliveryInput(
-                        tenant_id=self._inp.tenant_id,
-                        delivery_id=ref.id,
-                        error=f"gave up: {exc.cause or exc}"[:300],
-                    ),
-                    start_to_close_timeout=_SHORT,
-                    retry_policy=_SHORT_RETRY,
-                )
+            await self.give_up(refs, exc)
             return ["failed"] * len(refs)
         return [o.outcome for o in result.outcomes]
+
+    async def give_up(self, refs: list[DeliveryRef], exc: ActivityError) -> None:
+        """Marks deliveries failed once Temporal stopped retrying them (only pending ones change)."""
+        for ref in refs:
+            await workflow.execute_activity_method(
+                WebhookActivities.fail_delivery,
+                FailDeliveryInput(
+                    tenant_id=self._inp.tenant_id,
+                    delivery_id=ref.id,
+                    error=f"gave up: {exc.cause or exc}"[:300],
+                ),
+                start_to_close_timeout=_SHORT,
+                retry_policy=_SHORT_RETRY,
+            )
 
     def record(self, outcome: Outcome) -> None:
         """Counts an outcome and keeps WebhookStatus current."""
