@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
-from temporalio.service import RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode
 
 import telemetry
 from api import errors
@@ -60,6 +60,22 @@ async def get_sessionmaker(request: Request) -> SessionMaker:
 RETRYABLE_RPC = frozenset(
     {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED}
 )
+
+
+def retryable_rpc(exc: RPCError) -> bool:
+    """Whether Temporal asks for another try: busy, restarting, an update aborted, or the workflow
+    task an update rode on failed (FAILED_PRECONDITION with WorkflowNotReadyFailure: the next task
+    takes the update; seen under 50 concurrent moves of one deal)."""
+    if exc.status in RETRYABLE_RPC:
+        return True
+    if exc.status is not RPCStatusCode.FAILED_PRECONDITION:
+        return False
+    try:
+        details = exc.grpc_status.details
+    except Exception:  # an undecodable status is no invitation to retry
+        return False
+    return any(d.type_url.endswith("WorkflowNotReadyFailure") for d in details)
+
 
 # What a database that is away (restarting, failing over, unreachable) raises: SQLAlchemy wraps
 # most of it, but a refused or missing socket at connect time comes through as a plain OSError.

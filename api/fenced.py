@@ -27,7 +27,7 @@ from temporalio.client import RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import errors
-from api.deps import DATABASE_UNAVAILABLE, RETRYABLE_RPC, TenantDb
+from api.deps import DATABASE_UNAVAILABLE, TenantDb, retryable_rpc
 from db.fences import KeyedRequest, abandon_request, begin_keyed_request, fingerprint
 from settings import Settings
 
@@ -145,7 +145,7 @@ async def within_budget(
         except NoAnswer:
             log.warning("%s: no answer from Temporal (attempt %d); resending", what, n)
         except RPCError as exc:
-            if exc.status not in RETRYABLE_RPC:
+            if not retryable_rpc(exc):
                 raise
             log.warning("%s: Temporal answered %s (attempt %d); retrying", what, exc.status.name, n)
             await asyncio.sleep(backoff.pause(n, deadline - time.monotonic()))

@@ -61,6 +61,35 @@ async def test_a_refusal_that_no_retry_can_change_propagates_at_once() -> None:
     assert raised.value.status is RPCStatusCode.NOT_FOUND and len(calls) == 1
 
 
+def _task_failed_under_the_update() -> RPCError:
+    """What the server answers when the workflow task an update rode on failed (WorkflowNotReady)."""
+    from google.protobuf.any_pb2 import Any as AnyProto
+    from temporalio.api.common.v1 import GrpcStatus
+    from temporalio.api.errordetails.v1 import WorkflowNotReadyFailure
+
+    detail = AnyProto()
+    detail.Pack(WorkflowNotReadyFailure())
+    status = GrpcStatus(code=RPCStatusCode.FAILED_PRECONDITION.value, details=[detail])
+    return RPCError(
+        "Unable to perform workflow execution update due to unexpected workflow task failure.",
+        RPCStatusCode.FAILED_PRECONDITION,
+        status.SerializeToString(),
+    )
+
+
+async def test_an_update_whose_workflow_task_failed_is_sent_again() -> None:
+    attempt, calls = _script(_task_failed_under_the_update(), "ok")
+    answer = await within_budget(attempt, what="t", deadline=time.monotonic() + 5, backoff=NO_PAUSE)
+    assert answer == "ok" and len(calls) == 2
+
+
+async def test_another_failed_precondition_propagates_at_once() -> None:
+    attempt, calls = _script(_rpc(RPCStatusCode.FAILED_PRECONDITION), "never")
+    with pytest.raises(RPCError):
+        await within_budget(attempt, what="t", deadline=time.monotonic() + 5, backoff=NO_PAUSE)
+    assert len(calls) == 1
+
+
 async def test_the_budget_running_out_answers_none_for_the_caller_to_fence_off() -> None:
     attempt, calls = _script(*[NoAnswer()] * 1000)
     deadline = time.monotonic() + 0.3
