@@ -546,3 +546,25 @@ class WebhookState(BaseModel):
     queued: int
     delivered: int
     failed: int
+
+
+# What each type an endpoint can subscribe to means (GET /api/v1/webhooks/event-types; the web
+# app's checkboxes). Every SUBSCRIBABLE type and "*" has one; a test compares the two.
+EVENT_TYPE_DESCRIPTIONS: dict[str, str] = {
+    ALL_EVENTS: "every event type, including ones added later",
+    "deal.created": "a deal was created (through the API or a campaigns import)",
+    "deal.stage_changed": "a deal moved to another stage (payload from, to)",
+    "deal.stalled": "a deal stayed in one stage longer than that stage's limit",
+    "io.scheduled": "an insertion order was booked and its ad units scheduled",
+    "io.ad_aired": "an ad unit of an insertion order aired",
+    "io.delivery_reported": "the delivery (downloads) of an aired ad unit was reported",
+    "io.makegood_scheduled": "a make-good unit was scheduled for a unit that under-delivered",
+    "io.delivery_overdue": "the measurement window ended with a CPM unit's delivery unreported",
+    "io.delivery_reminder": "a reminder that a CPM unit's delivery report is still missing",
+    "io.completed": "an insertion order was reconciled and invoiced",
+    "io.cancelled": "an insertion order was cancelled",
+    "etl.import_completed": "an import finished (with its counts)",
+    "etl.error": "an import was refused (with the reason)",
+    "match.recalculated": "the show-advertiser match scores were recalculated",
+    "webhook.disabled": "an endpoint failing continuously for days was paused",
+}
