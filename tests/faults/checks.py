@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tests.faults.hooks import Endpoint, Hit
 from tests.faults.load import Request
 
 
@@ -386,6 +387,141 @@ def check_import(
     if len(set(mine)) != rows:
         f.violation("import_rows_present", expected=rows, found=len(set(mine)))
     return f
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+def phase_at(t: float, windows: list[FaultWindow]) -> str:
+    """The fault (or baseline) whose window, quiet period included, holds run time `t`."""
+    for w in windows:
+        if t <= w.t_quiet_end:
+            return w.name
+    return "drain"
+
+
+def check_webhooks(
+    endpoints: list[Endpoint],
+    events: list[dict[str, Any]],
+    after_event_id: int,
+    deliveries: Mapping[str, list[dict[str, Any]]],
+    windows: list[FaultWindow] | None = None,
+    wall0: float | None = None,
+) -> Findings:
+    """At least once, signed, one webhook-id per event, in order per entity, nothing left pending.
+
+    `events`: the tenant's events as GET /api/v1/events shows them; each one after
+    `after_event_id` (the newest when the endpoints were created) that an endpoint subscribes to
+    must have reached its receiver and been answered 200. `deliveries`: endpoint id -> its
+    deliveries as the API lists them, read once everything settled.
+    """
+    f = Findings()
+    windows = windows or []
+    figures: dict[str, Any] = {}
+    for ep in endpoints:
+        expected = {
+            int(e["id"]): e for e in events if int(e["id"]) > after_event_id and ep.wants(str(e["type"]))
+        }
+        ids: defaultdict[int, set[str]] = defaultdict(set)
+        accepted: dict[int, tuple[int, Hit]] = {}  # event id -> (arrival index, the first 200)
+        duplicates = injected = 0
+        for i, h in enumerate(ep.hits):
+            if not h.signature_ok or h.event_id is None:
+                f.violation(
+                    "webhook_bad_request", endpoint=ep.name, webhook_id=h.webhook_id, problem=h.problem
+                )
+                continue
+            if h.event_id not in expected:
+                f.violation(
+                    "webhook_unexpected",
+                    endpoint=ep.name,
+                    event_id=h.event_id,
+                    event_type=h.event_type,
+                    detail="not an event of this endpoint (unsubscribed type, or before it was created)",
+                )
+                continue
+            ids[h.event_id].add(h.webhook_id)
+            if h.answered != 200:
+                injected += 1
+            elif h.event_id in accepted:
+                duplicates += 1
+            else:
+                accepted[h.event_id] = (i, h)
+        for eid, hids in ids.items():
+            if len(hids) > 1:
+                f.violation("webhook_id_changed", endpoint=ep.name, event_id=eid, webhook_ids=sorted(hids))
+        for eid in sorted(set(expected) - set(accepted)):
+            e = expected[eid]
+            t = _ts(e.get("occurred_at"))
+            phase = phase_at(t.timestamp() - wall0, windows) if t and wall0 is not None else None
+            f.violation(
+                "webhook_missing",
+                endpoint=ep.name,
+                event_id=eid,
+                event_type=e["type"],
+                entity_id=e.get("entity_id"),
+                occurred_at=e.get("occurred_at"),
+                phase=phase,
+                attempts_seen=len([h for h in ep.hits if h.event_id == eid]),
+            )
+        # Order per entity: the events of one entity were first accepted in the order they happened.
+        by_entity: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        for eid, (i, _h) in accepted.items():
+            by_entity[str(expected[eid].get("entity_id"))].append((i, eid))
+        for entity, seq in by_entity.items():
+            order = [eid for _, eid in sorted(seq)]
+            for a, b in zip(order, order[1:], strict=False):
+                if b < a:
+                    f.violation("webhook_out_of_order", endpoint=ep.name, entity_id=entity, first=a, then=b)
+                    break
+        rows = deliveries.get(ep.id, [])
+        status = Counter(str(d.get("status")) for d in rows)
+        for d in rows:
+            if d.get("status") == "pending":
+                f.violation(
+                    "webhook_stuck",
+                    endpoint=ep.name,
+                    delivery_id=d.get("id"),
+                    event_id=d.get("event_id"),
+                    attempts=d.get("attempts"),
+                    last_error=d.get("last_error"),
+                )
+            elif d.get("status") == "failed":
+                f.violation(
+                    "webhook_failed",
+                    endpoint=ep.name,
+                    event_id=d.get("event_id"),
+                    last_error=d.get("last_error"),
+                )
+            elif d.get("status") == "delivered" and int(d.get("event_id") or 0) not in accepted:
+                f.violation("webhook_delivered_unseen", endpoint=ep.name, event_id=d.get("event_id"))
+        lags: defaultdict[str, list[float]] = defaultdict(list)
+        for eid, (_, h) in accepted.items():
+            t = _ts(expected[eid].get("occurred_at"))
+            if t is None:
+                continue
+            lag = h.at - t.timestamp()
+            lags["all"].append(lag)
+            if wall0 is not None:
+                lags[phase_at(t.timestamp() - wall0, windows)].append(lag)
+        figures[ep.name] = {
+            "expected": len(expected),
+            "accepted": len(accepted),
+            "requests": len(ep.hits),
+            "failed_on_purpose": injected,
+            "duplicates": duplicates,
+            "deliveries": dict(status),
+            "lag_s": {
+                k: {"p50": _round(_pct(v, 0.5)), "p99": _round(_pct(v, 0.99)), "max": _round(max(v))}
+                for k, v in lags.items()
+            },
+        }
+    f.figures["webhooks"] = figures
+    return f
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
 
 
 # ---------------------------------------------------------------------------- per-fault figures

@@ -77,6 +77,10 @@ class Config:
     import_heartbeat_s: int = 10
     import_timeout_s: float = 120.0
     workers: int = 2
+    # Webhooks: two endpoints with receivers in the suite (tests/faults/hooks.py); after the
+    # deals settled, how long every event may take to reach them.
+    webhooks: bool = True
+    webhook_settle_timeout_s: float = 180.0
     # The checkout whose `cli up` runs (default: this one), e.g. an older commit to compare with.
     app_dir: Path = ROOT
     output: Path = field(default_factory=lambda: ROOT / "test-output")
@@ -114,6 +118,8 @@ class Config:
             import_heartbeat_s=_int(p + "IMPORT_HEARTBEAT_S", d.import_heartbeat_s),
             import_timeout_s=_float(p + "IMPORT_TIMEOUT_S", d.import_timeout_s),
             workers=_int(p + "WORKERS", d.workers),
+            webhooks=os.environ.get(p + "WEBHOOKS", "1").lower() not in ("0", "false", "no"),
+            webhook_settle_timeout_s=_float(p + "WEBHOOK_SETTLE_TIMEOUT_S", d.webhook_settle_timeout_s),
             app_dir=Path(os.environ.get(p + "APP_DIR") or d.app_dir).resolve(),
             output=Path(out) if out else d.output,
         )

@@ -21,6 +21,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from tests.faults import checks
 from tests.faults.checks import FaultWindow, Findings
 from tests.faults.config import Config
+from tests.faults.hooks import HookSite
+from tests.faults.hooks import deliveries as webhook_deliveries
+from tests.faults.hooks import events as all_events
 from tests.faults.load import (
     ImportRun,
     Load,
@@ -38,6 +41,7 @@ from workflows.search_attributes import (
     IO_STATUS,
     SHOW_ID,
     STAGE_ENTERED_AT,
+    WEBHOOK_STATUS,
 )
 
 
@@ -78,6 +82,7 @@ class FaultSuite:
         self.stack_restarting = False
         self.stopping = False
         self.settle: dict[str, Any] = {}
+        self.hooks = HookSite()
         self.cleaned = False
 
     # ------------------------------------------------------------------ log of what happened
@@ -110,6 +115,10 @@ class FaultSuite:
                 "SPONSORFLOW_WORKERS": str(self.cfg.workers),
                 "SPONSORFLOW_IMPORT_CHUNK_ROWS": str(self.cfg.import_chunk_rows),
                 "SPONSORFLOW_IMPORT_HEARTBEAT_SECONDS": str(self.cfg.import_heartbeat_s),
+                # The receivers listen on 127.0.0.1; a retry after an injected failure comes soon.
+                "SPONSORFLOW_WEBHOOK_ALLOW_PRIVATE": "true",
+                "SPONSORFLOW_WEBHOOK_SECRET_KEY": secrets.token_urlsafe(24),
+                "SPONSORFLOW_WEBHOOK_RETRY_INITIAL_SECONDS": "1",
             },
             app_dir=self.cfg.app_dir,
         )
@@ -182,6 +191,15 @@ class FaultSuite:
             self._expect(r, 201, "create the tenant")
             self.tenant_id, self.key = r.json()["id"], r.json()["api_key"]
             http.headers["Authorization"] = f"Bearer {self.key}"
+            if self.cfg.webhooks:
+                # First, so every event of the run is one the endpoints must get.
+                await self.hooks.start()
+                await self.hooks.create(http)
+                self.log(
+                    "webhook endpoints",
+                    endpoints={e.name: e.id for e in self.hooks.endpoints} if self.hooks.enabled else None,
+                    skipped=self.hooks.skipped,
+                )
             shows = []
             for i in range(max(1, self.cfg.delivery_clients)):
                 r = await http.post(
@@ -603,6 +621,66 @@ class FaultSuite:
             (self.logs / "histories.json").write_text(
                 json.dumps({"histories": histories, "events": events, "io_events": io_events}, indent=1)
             )
+        if self.hooks.enabled:
+            await self.settle_webhooks()
+
+    async def settle_webhooks(self) -> None:
+        """Waits until every event reached every endpoint and nothing is pending; then checks it all."""
+        assert self.up is not None
+        self.timeline.phase = "webhooks"
+        t0 = self.timeline.now()
+        async with httpx.AsyncClient(
+            base_url=self.up.api_url,
+            timeout=30,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {self.key}"},
+        ) as http:
+            while True:
+                events = await all_events(http)
+                rows = {e.id: await webhook_deliveries(http, e.id) for e in self.hooks.endpoints}
+                found = checks.check_webhooks(
+                    self.hooks.endpoints,
+                    events,
+                    self.hooks.after_event_id,
+                    rows,
+                    self.windows,
+                    self.timeline.wall0,
+                )
+                open_ = [v for v in found.violations if v["check"] in ("webhook_missing", "webhook_stuck")]
+                elapsed = self.timeline.now() - t0
+                if not open_ or elapsed >= self.cfg.webhook_settle_timeout_s:
+                    break
+                await asyncio.sleep(self.cfg.settle_poll_s)
+        found.figures["webhooks"]["settled_after_s"] = round(elapsed, 1)
+        found.figures["webhooks"]["settled"] = not open_
+        self.log("webhooks settled", converged=not open_, after_s=round(elapsed, 1), open=len(open_))
+        self.findings.merge(found)
+        await self.check_webhook_workflows()
+
+    async def check_webhook_workflows(self) -> None:
+        """Each endpoint's workflow runs and shows WebhookStatus `healthy` (its row is active)."""
+        assert self.client is not None
+        want = {f"webhook/{self.tenant_id}/{e.id}": e.name for e in self.hooks.endpoints}
+        seen: dict[str, str | None] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            query = f'WorkflowType="WebhookEndpointWorkflow" AND TenantId="{self.tenant_id}"'
+            seen = {
+                wf.id: wf.typed_search_attributes.get(WEBHOOK_STATUS)
+                async for wf in self.client.list_workflows(query + ' AND ExecutionStatus="Running"')
+            }
+            if all(seen.get(w) == "healthy" for w in want):
+                return
+            await asyncio.sleep(2)
+        for wid, name in want.items():
+            if seen.get(wid) != "healthy":
+                self.findings.violation(
+                    "webhook_workflow",
+                    endpoint=name,
+                    workflow_id=wid,
+                    webhook_status=seen.get(wid, "not running"),
+                    detail="the endpoint is active and quiet: its workflow should run and show healthy",
+                )
 
     # ------------------------------------------------------------------ the run
 
@@ -652,6 +730,7 @@ class FaultSuite:
         await self.settle_and_check()
         self.stopping = True
         monitor.cancel()
+        await self.hooks.stop()
         return 1 if self.findings.violations else 0
 
     def cleanup(self) -> None:
@@ -675,6 +754,10 @@ class FaultSuite:
             self.findings.violation("leftover_process", pid=pid, cmd=cmd)
             signal_pid(pid, signal.SIGCONT)
             signal_pid(pid, signal.SIGKILL)
+        if self.hooks.enabled:
+            with (self.logs / "webhooks.jsonl").open("w") as fh:
+                for h in self.hooks.as_json():
+                    fh.write(json.dumps(h) + "\n")
         if self.load is not None:
             with (self.logs / "requests.jsonl").open("w") as fh:
                 for r in self.load.requests:

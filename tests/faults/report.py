@@ -30,6 +30,7 @@ COLUMNS = (
     ("p99 ms", "latency_p99_ms"),
     ("deliv 2xx/503/na", "deliveries"),
     ("deliv ghost", "delivery_ghost"),
+    ("hook p99 s", "webhook_lag_p99_s"),
 )
 
 
@@ -41,6 +42,7 @@ def fault_rows(
     for v in findings.violations:
         if v["check"] in ("ghost_move", "lost_2xx_move", "ghost_delivery", "lost_2xx_delivery"):
             by_phase[(v["check"], v.get("phase", ""))] += 1
+    hook_lag = findings.figures.get("webhooks", {}).get("all", {}).get("lag_s", {})
     rows = []
     for w in windows:
         moves = checks.fault_figures(requests, w, "move")
@@ -56,6 +58,8 @@ def fault_rows(
                 "delivery_ghost": by_phase[("ghost_delivery", w.name)],
                 "delivery_lost_2xx": by_phase[("lost_2xx_delivery", w.name)],
                 "delivery_figures": deliv,
+                # Webhooks to the `all` endpoint: event written -> first 200 at the receiver.
+                "webhook_lag_p99_s": hook_lag.get(w.name, {}).get("p99"),
                 "window": {
                     "t_inject": round(w.t_inject, 2),
                     "t_end": round(w.t_end, 2),
@@ -101,6 +105,15 @@ def invariants(findings: Findings, settle: dict[str, Any]) -> dict[str, Any]:
         "ghost_deliveries": n["ghost_delivery"],
         "lost_2xx_deliveries": n["lost_2xx_delivery"],
         "delivery_figures_wrong": n["delivery_figure"],
+        "webhooks_missing": n["webhook_missing"],
+        "webhook_ids_changed": n["webhook_id_changed"],
+        "webhooks_out_of_order": n["webhook_out_of_order"],
+        "webhooks_stuck_or_failed": n["webhook_stuck"] + n["webhook_failed"],
+        "webhooks_unexpected_or_bad": n["webhook_unexpected"]
+        + n["webhook_bad_request"]
+        + n["webhook_delivered_unseen"],
+        "webhook_workflows_wrong": n["webhook_workflow"],
+        "webhooks": findings.figures.get("webhooks"),
         "import": findings.figures.get("import"),
         "import_violations": sum(v for k, v in n.items() if k.startswith("import")),
         "server_errors_5xx": n["server_error"],

@@ -5,10 +5,12 @@ Pure and fast (no process), so `make test` runs these; the suite itself runs wit
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.faults import checks, report
 from tests.faults.checks import FaultWindow
+from tests.faults.hooks import Endpoint, Hit
 from tests.faults.load import Attempt, Request, next_stage, shows_csv
 
 T = "2026-12-01T09:00:00+00:00"
@@ -192,3 +194,100 @@ def test_the_import_file_has_the_promised_rows() -> None:
     lines = data.decode().splitlines()
     assert total == 53 and len(lines) == 54
     assert sum("lots" in line for line in lines) == 3
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+def hook_event(
+    eid: int, entity: str = "d1", type_: str = "deal.stage_changed", t: float = 100.0
+) -> dict[str, Any]:
+    at = datetime.fromtimestamp(t, UTC).isoformat()
+    return {"id": str(eid), "type": type_, "entity_id": entity, "occurred_at": at}
+
+
+def hit(
+    eid: int, *, answered: int | None = 200, hid: str | None = None, entity: str = "d1", at: float = 101.0
+) -> Hit:
+    return Hit("all", hid or f"msg_{eid}", eid, "deal.stage_changed", entity, at, answered, True)
+
+
+def hook_endpoint(*hits: Hit, types: tuple[str, ...] = ("*",)) -> Endpoint:
+    ep = Endpoint("all", list(types), flaky=False, id="ep1")
+    ep.hits = list(hits)
+    return ep
+
+
+def delivered(*eids: int, status: str = "delivered") -> dict[str, list[dict[str, Any]]]:
+    return {"ep1": [{"id": f"dl{e}", "event_id": e, "status": status} for e in eids]}
+
+
+def test_webhooks_every_event_once_in_order_pass_and_give_figures() -> None:
+    events = [hook_event(1), hook_event(2), hook_event(3, entity="d2")]
+    # A 500 first, then the same webhook-id accepted; a duplicate after acceptance is allowed.
+    ep = hook_endpoint(hit(1, answered=500), hit(1), hit(3, entity="d2"), hit(2), hit(2))
+    f = checks.check_webhooks([ep], events, 0, delivered(1, 2, 3))
+    assert violations(f) == []
+    fig = f.figures["webhooks"]["all"]
+    assert (fig["expected"], fig["accepted"], fig["failed_on_purpose"], fig["duplicates"]) == (3, 3, 1, 1)
+    assert fig["lag_s"]["all"]["p50"] == 1.0
+
+
+def test_webhooks_an_event_never_accepted_is_missing() -> None:
+    events = [hook_event(1), hook_event(2)]
+    ep = hook_endpoint(hit(1), hit(2, answered=500), hit(2, answered=None))
+    f = checks.check_webhooks([ep], events, 0, delivered(1))
+    assert violations(f) == ["webhook_missing"]
+    assert f.violations[0]["event_id"] == 2 and f.violations[0]["attempts_seen"] == 2
+
+
+def test_webhooks_events_before_the_endpoint_or_unsubscribed_are_not_expected_and_must_not_arrive() -> None:
+    events = [hook_event(1), hook_event(2, type_="io.delivery_reported", entity="io1"), hook_event(3)]
+    ep = hook_endpoint(hit(3), hit(2, entity="io1"), types=("deal.stage_changed",))
+    f = checks.check_webhooks([ep], events, 1, delivered(3))
+    assert violations(f) == ["webhook_unexpected"]
+    assert f.figures["webhooks"]["all"]["expected"] == 1
+
+
+def test_webhooks_a_second_webhook_id_for_one_event_is_caught() -> None:
+    ep = hook_endpoint(hit(1, answered=500, hid="msg_a"), hit(1, hid="msg_b"))
+    f = checks.check_webhooks([ep], [hook_event(1)], 0, delivered(1))
+    assert violations(f) == ["webhook_id_changed"]
+
+
+def test_webhooks_one_entity_out_of_order_is_caught_other_entities_may_interleave() -> None:
+    events = [hook_event(1), hook_event(2, entity="d2"), hook_event(3), hook_event(4, entity="d2")]
+    ok = hook_endpoint(hit(2, entity="d2"), hit(1), hit(4, entity="d2"), hit(3))
+    assert violations(checks.check_webhooks([ok], events, 0, delivered(1, 2, 3, 4))) == []
+    bad = hook_endpoint(hit(3), hit(1), hit(2, entity="d2"), hit(4, entity="d2"))
+    f = checks.check_webhooks([bad], events, 0, delivered(1, 2, 3, 4))
+    assert violations(f) == ["webhook_out_of_order"]
+    assert (f.violations[0]["first"], f.violations[0]["then"]) == (3, 1)
+
+
+def test_webhooks_pending_failed_unsigned_and_unseen_deliveries_are_caught() -> None:
+    unsigned = Hit("all", "msg_9", 9, "deal.stage_changed", "d1", 101.0, 500, False, "signature: no match")
+    ep = hook_endpoint(hit(1), unsigned)
+    rows = {
+        "ep1": [
+            {"id": "a", "event_id": 1, "status": "delivered"},
+            {"id": "b", "event_id": 2, "status": "pending", "attempts": 3},
+            {"id": "c", "event_id": 3, "status": "failed"},
+            {"id": "d", "event_id": 4, "status": "delivered"},
+        ]
+    }
+    f = checks.check_webhooks([ep], [hook_event(1)], 0, rows)
+    assert violations(f) == sorted(
+        ["webhook_bad_request", "webhook_stuck", "webhook_failed", "webhook_delivered_unseen"]
+    )
+
+
+def test_webhook_lag_is_grouped_by_the_fault_going_on_when_the_event_happened() -> None:
+    windows = [FaultWindow("baseline", 0, 0, 10), FaultWindow("temporal_kill", 10, 20, 30)]
+    events = [hook_event(1, t=1005.0), hook_event(2, t=1015.0)]
+    ep = hook_endpoint(hit(1, at=1006.0), hit(2, at=1040.0))
+    f = checks.check_webhooks([ep], events, 0, delivered(1, 2), windows, wall0=1000.0)
+    lag = f.figures["webhooks"]["all"]["lag_s"]
+    assert lag["baseline"]["max"] == 1.0 and lag["temporal_kill"]["max"] == 25.0
+    rows = report.fault_rows([], windows, f)
+    assert [r["webhook_lag_p99_s"] for r in rows] == [1.0, 25.0]
