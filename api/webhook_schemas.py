@@ -92,3 +92,16 @@ class WebhookRequeued(BaseModel):
 
     requeued: int
     added: int
+
+
+class WebhookEventType(BaseModel):
+    """An event type an endpoint can subscribe to, and what it means."""
+
+    type: str = Field(examples=["deal.stage_changed"])
+    description: str
+
+
+class WebhookEventTypes(BaseModel):
+    """Every type `event_types` accepts: `*` first, then the known types by name."""
+
+    items: list[WebhookEventType]

@@ -18,13 +18,15 @@ from temporalio.client import Client
 
 from activities.webhooks import url_refusal, webhook_config
 from api import errors
-from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, parse_id
+from api.deps import SettingsDep, TemporalDep, TenantDbDep, feature_flag, get_tenant_id, parse_id
 from api.openapi import invalid, invalid_cursor, not_found, problem
 from api.pagination import CursorParam, LimitParam, Page, newest_first, newest_next_cursor
 from api.webhook_schemas import (
     WebhookCreate,
     WebhookCreated,
     WebhookDeliveryPublic,
+    WebhookEventType,
+    WebhookEventTypes,
     WebhookPatch,
     WebhookPublic,
     WebhookReplay,
@@ -35,6 +37,8 @@ from api.webhook_schemas import (
 from db.models import WebhookDelivery, WebhookEndpoint
 from db.webhooks import SecretBox, create_endpoint, delete_endpoint, get_endpoint, update_endpoint
 from domain.webhooks import (
+    ALL_EVENTS,
+    EVENT_TYPE_DESCRIPTIONS,
     ReplayInput,
     RequeueResult,
     RetryDeliveryInput,
@@ -214,6 +218,21 @@ async def list_webhooks(
             ).all()
         )
     return Page(items=[_public(r) for r in rows[:limit]], next_cursor=newest_next_cursor(rows, limit))
+
+
+# Declared before /{webhook_id}, which would otherwise read "event-types" as an id (a 404).
+@router.get(
+    "/event-types",
+    response_model=WebhookEventTypes,
+    operation_id="listWebhookEventTypes",
+    dependencies=[Depends(get_tenant_id)],
+)
+async def list_event_types() -> WebhookEventTypes:
+    """The values `event_types` accepts, each with what it means: `*` first, then by name."""
+    names = sorted(EVENT_TYPE_DESCRIPTIONS, key=lambda t: (t != ALL_EVENTS, t))
+    return WebhookEventTypes(
+        items=[WebhookEventType(type=t, description=EVENT_TYPE_DESCRIPTIONS[t]) for t in names]
+    )
 
 
 @router.get("/{webhook_id}", response_model=WebhookPublic, operation_id="getWebhook", responses=_NOT_FOUND)

@@ -530,14 +530,24 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
             )
         ).json()
         page = await live.signed_in(tenant)
+        posts: list[str] = []
+        page.on("request", lambda req: posts.append(req.url) if req.method == "POST" else None)
         await page.goto("/webhooks")
         await expect(page.locator(".topbar nav a.active")).to_have_text("Webhooks")
         form = page.locator("[data-testid=webhook-form]")
-        # The checkboxes are the API's known event types (webhook.test is not subscribable).
+        # The checkboxes are the API's known event types (webhook.test is not subscribable), each
+        # with its description, read from GET /api/v1/webhooks/event-types (no refused POST).
         boxes = form.locator("[data-testid=webhook-event-types] input[type=checkbox]")
         await expect(boxes.first).to_be_visible()
         values = set(await boxes.evaluate_all("bs => bs.map((b) => b.value)"))
         assert values == (EVENT_TYPES - {"webhook.test"}) | {"*"}, values
+        described = {
+            i["type"]: i["description"]
+            for i in (await live.http.get("/api/v1/webhooks/event-types", headers=h)).json()["items"]
+        }
+        stage_label = form.locator("label.check", has=page.locator("input[value='deal.stage_changed']"))
+        await expect(stage_label).to_have_attribute("title", described["deal.stage_changed"])
+        assert posts == [], posts
         await expect(page.locator("[data-testid=webhook-list]")).to_have_count(0)  # none yet
 
         await form.locator("input[name=url]").fill(r.url)

@@ -1,7 +1,7 @@
 // Webhooks: the tenant's endpoints, add one (its secret shown once), pause/resume, send a test,
 // and one endpoint's deliveries with Retry on the failed ones. Everything goes through /api/v1/webhooks.
 
-import { ApiError, api, app, dateTime, empty, flashBox, h, label, loading, mount, qs, statusBadge, thead } from "../lib.js";
+import { api, app, dateTime, empty, flashBox, h, label, loading, mount, qs, statusBadge, thead } from "../lib.js";
 
 const ALL = "*";
 // Asked for while a delivery is pending (or just after an action), so a test's result shows up by itself.
@@ -43,23 +43,21 @@ export default async function webhooks() {
   form.addEventListener("submit", (e) => { e.preventDefault(); create(); });
   await Promise.all([loadTypes(), loadList()]);
 
-  /** The known event types: the API's 422 for an unknown one lists them (nothing is created). */
+  /** The event types an endpoint can subscribe to, each with what it means (GET .../event-types). */
   async function loadTypes() {
-    let known = [];
+    let items = [];
     try {
-      await api("/api/v1/webhooks", { method: "POST", body: { url: "https://example.invalid/", event_types: ["?"] } });
+      items = (await api("/api/v1/webhooks/event-types")).items;
     } catch (e) {
-      const msg = Array.isArray(e.detail) ? e.detail.map((d) => d.msg || "").join(" ") : String(e.detail || "");
-      const at = msg.indexOf("known: ");
-      if (at >= 0) known = msg.slice(at + 7).split(",").map((t) => t.trim()).filter(Boolean);
-      else if (!(e instanceof ApiError) || e.status !== 422) flash.show(`Could not read the event types: ${e.message}`);
+      flash.show(`Could not read the event types: ${e.message}`);
     }
+    const described = Object.fromEntries(items.map((i) => [i.type, i.description]));
     const all = h("input", { type: "checkbox", name: "event_types", value: ALL, "data-testid": "event-type-all" });
-    const boxes = known.map((t) => h("input", { type: "checkbox", name: "event_types", value: t }));
+    const boxes = items.filter((i) => i.type !== ALL).map((i) => h("input", { type: "checkbox", name: "event_types", value: i.type }));
     all.addEventListener("change", () => { for (const b of boxes) b.disabled = all.checked; });
     mount(typesBox,
-      h("label", { class: "check" }, all, h("span", {}, "All events ", h("span", { class: "mono" }, "*"))),
-      boxes.map((b) => h("label", { class: "check" }, b, h("span", { class: "mono" }, b.value))));
+      h("label", { class: "check", title: described[ALL] || "" }, all, h("span", {}, "All events ", h("span", { class: "mono" }, "*"))),
+      boxes.map((b) => h("label", { class: "check", title: described[b.value] || "" }, b, h("span", { class: "mono" }, b.value))));
   }
 
   async function create() {

@@ -1,0 +1,52 @@
+"""Webhooks API extras: the event-types catalogue and the OpenAPI links of a new endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.tenants import NewTenant
+from domain.webhooks import SUBSCRIBABLE
+from tests.conftest import Stack
+from tests.helpers.receivers import receiver
+
+EVENT_TYPES = "/api/v1/webhooks/event-types"
+
+
+async def test_event_types_lists_what_an_endpoint_can_subscribe_to(stack: Stack, tenant: NewTenant) -> None:
+    h = stack.auth(tenant)
+    r = await stack.http.get(EVENT_TYPES, headers=h)
+    assert r.status_code == 200, r.text  # not read as an endpoint id (that would be a 404)
+    items = r.json()["items"]
+    types = [i["type"] for i in items]
+    assert types[0] == "*" and types[1:] == sorted(SUBSCRIBABLE)
+    assert "deal.stage_changed" in types and "webhook.test" not in types
+    assert all(isinstance(i["description"], str) and i["description"].strip() for i in items), items
+    stage = next(i for i in items if i["type"] == "deal.stage_changed")
+    assert "stage" in stage["description"]
+    # Every type listed is one the create accepts, all at once.
+    async with receiver("ok") as rec:
+        created = await stack.http.post(
+            "/api/v1/webhooks", json={"url": rec.url, "event_types": types[1:]}, headers=h
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["event_types"] == types[1:]
+        assert (
+            await stack.http.delete(f"/api/v1/webhooks/{created.json()['id']}", headers=h)
+        ).status_code == 204
+
+
+async def test_event_types_needs_a_key(stack: Stack) -> None:
+    r = await stack.http.get(EVENT_TYPES)
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    r = await stack.http.get(EVENT_TYPES, headers={"Authorization": "Bearer sf_not_a_key"})
+    assert r.status_code == 401
+
+
+async def test_openapi_documents_event_types(stack: Stack) -> None:
+    spec: dict[str, Any] = (await stack.http.get("/openapi.json")).json()
+    op = spec["paths"][EVENT_TYPES]["get"]
+    assert op["operationId"] == "listWebhookEventTypes" and op["summary"]
+    assert {"200", "401"} <= set(op["responses"])
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WebhookEventTypes"
+    }
