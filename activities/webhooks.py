@@ -211,6 +211,8 @@ class WebhookActivities:
             claimed=claim.claimed,
             deliveries=refs,
             more=full or len(refs) >= inp.limit,
+            horizon_xid=claim.horizon_xid,
+            snapshot_xmin=claim.snapshot_xmin,
         )
 
     @activity.defn(name="deliver_webhook")

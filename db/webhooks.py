@@ -174,20 +174,52 @@ _CLAIM = text(
 )
 
 
+# One statement, so one snapshot: the newest visible event id, that snapshot's xmin, and this
+# transaction's own xid, assigned while the statement runs (after its snapshot was taken). The
+# columns are evaluated in order: `had_xid` tells whether an earlier statement already gave the
+# transaction its xid (then it may be older than the snapshot, and no horizon is reported).
+_HORIZON = text(
+    """
+    SELECT (SELECT coalesce(max(id), 0) FROM events) AS newest,
+           pg_current_xact_id_if_assigned() IS NOT NULL AS had_xid,
+           pg_current_xact_id()::text::bigint AS horizon_xid,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin
+    """
+)
+
+
 @dataclass(frozen=True)
 class Claim:
-    """What one claim did: events picked (at most the limit), newly queued, the tenant's newest."""
+    """What one claim did: events picked (at most the limit), newly queued, the tenant's newest,
+    and the snapshot horizon of the statement that read the newest (None: not trustworthy)."""
 
     picked: int
     max_picked: int | None
     claimed: int
     newest_event_id: int
+    horizon_xid: int | None
+    snapshot_xmin: int | None
 
 
 async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, cursor: int, limit: int) -> Claim:
-    """Queues a delivery for each matching event after `cursor` not queued yet (idempotent)."""
+    """Queues a delivery for each matching event after `cursor` not queued yet (idempotent).
+
+    The snapshot horizon, why it proves that nothing up to the newest id is still to come: events.id
+    defaults to sponsorflow_next_event_id() (migration 0012), so a writer has its xid BEFORE it takes
+    an id. Let M be the newest id visible to snapshot S, and X this transaction's xid, assigned after
+    S. An id N <= M was taken before M, M before M's commit, that commit before S: so N's writer got
+    its xid before S, hence before X, so its xid < X. Once a later claim's snapshot has xmin >= X,
+    no transaction with an xid below X is running: every id up to M is final, committed (visible to
+    that claim's scan, which runs after its xmin was read) or rolled back (a gap forever).
+
+    X is this transaction's own xid and not S's xmax: pg_snapshot_xmax is one past the highest
+    *completed* xid, and a writer that got its xid after the last completion but before S is
+    running at or above it (xmin = xmax = its xid), so "later xmin >= xmax" would pass with it open.
+    """
     # Read before the claim: every event up to it that is visible now gets picked below.
-    newest = int(await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+    h = (await session.execute(_HORIZON)).one()
+    newest = int(h.newest or 0)
+    trusted = not h.had_xid
     every = ALL_EVENTS in endpoint.event_types
     row = (
         await session.execute(
@@ -208,6 +240,8 @@ async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, curs
         max_picked=int(row.max_picked) if row.max_picked is not None else None,
         claimed=int(row.claimed),
         newest_event_id=newest,
+        horizon_xid=int(h.horizon_xid) if trusted else None,
+        snapshot_xmin=int(h.snapshot_xmin) if trusted else None,
     )
 
 

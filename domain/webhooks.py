@@ -356,10 +356,66 @@ class WebhookConfig(BaseModel):
 
 
 class Observation(BaseModel):
-    """At `at`, every event of the tenant up to `max_event_id` had been handed out or was in flight."""
+    """At `at`, every event of the tenant up to `max_event_id` had been handed out or was in flight.
+
+    `horizon_xid` (claims since the webhook-snapshot-horizon patch): the claim's own transaction
+    id, taken after the snapshot that saw `max_event_id`; every transaction that may still commit
+    an id up to `max_event_id` has a smaller one. None: recorded before the patch (time rule).
+    """
 
     at: datetime
     max_event_id: int
+    horizon_xid: int | None = None
+
+
+class Certificate(BaseModel):
+    """What the last claim proved: no transaction below `snapshot_xmin` was running when it read,
+    and every matching event visible to it up to `covered_through` is queued."""
+
+    snapshot_xmin: int
+    covered_through: int
+
+
+def settle(
+    *,
+    cursor: int,
+    observations: Sequence[Observation],
+    now: datetime,
+    settle_seconds: float,
+    certificate: Certificate | None,
+) -> tuple[int, list[Observation]]:
+    """The outbox cursor after the observations that are final now, and those still waiting.
+
+    An observation with a horizon is final once the last claim's snapshot xmin is at least its
+    horizon and that claim's scan covered its id: every id up to it then belongs to a transaction
+    that has ended (committed, so that scan queued it, or rolled back: a gap forever). No time
+    condition: a transaction open for hours holds the cursor back (the scan only gets wider, the
+    claim's NOT EXISTS keeps it idempotent), it is never skipped. An observation without a horizon
+    (recorded before the patch) keeps the old time rule: final `settle_seconds` after it was made.
+    """
+    horizon = now - timedelta(seconds=settle_seconds)
+    moved = cursor
+    for o in observations:
+        if o.horizon_xid is None:
+            final = o.at <= horizon
+        else:
+            final = (
+                certificate is not None
+                and certificate.snapshot_xmin >= o.horizon_xid
+                and certificate.covered_through >= o.max_event_id
+            )
+        if final:
+            moved = max(moved, o.max_event_id)
+    return moved, [o for o in observations if o.max_event_id > moved]
+
+
+def held_back(observations: Sequence[Observation], now: datetime, after_seconds: float) -> Observation | None:
+    """The oldest observation with a horizon still waiting after `after_seconds` (None: none):
+    some transaction older than its horizon xid is still open."""
+    for o in observations:
+        if o.horizon_xid is not None:
+            return o if (now - o.at).total_seconds() >= after_seconds else None
+    return None
 
 
 class WebhookEndpointInput(BaseModel):
@@ -373,6 +429,8 @@ class WebhookEndpointInput(BaseModel):
     observations: list[Observation] = Field(default_factory=list)
     delivered: int = 0
     failed: int = 0
+    # The last claim's proof (snapshot horizon; None: no claim since the patch yet).
+    certificate: Certificate | None = None
 
 
 class WebhookEndpointResult(BaseModel):
@@ -412,6 +470,10 @@ class ClaimDeliveriesResult(BaseModel):
     claimed: int = 0
     deliveries: list[DeliveryRef] = Field(default_factory=list)
     more: bool = False
+    # The snapshot horizon (None: not read, e.g. paused, gone, or an older worker): the claim's own
+    # xid, taken after the snapshot that saw observed_max_event_id, and that snapshot's xmin.
+    horizon_xid: int | None = None
+    snapshot_xmin: int | None = None
 
 
 class DeliverWebhookInput(BaseModel):
@@ -546,6 +608,8 @@ class WebhookState(BaseModel):
     queued: int
     delivered: int
     failed: int
+    # Since when the cursor waits for a transaction that is still open (None: it is not held).
+    cursor_held_since: datetime | None = None
 
 
 # What each type an endpoint can subscribe to means (GET /api/v1/webhooks/event-types; the web
