@@ -687,22 +687,26 @@ def allowed_methods(app: FastAPI) -> Callable[[str], str]:
     """Returns a function naming every method the app serves at a path (the `Allow` of a 405).
 
     Starlette's own 405 names only the methods of the first route whose path matched, although
-    FastAPI serves each method of a path as a route of its own.
+    FastAPI serves each method of a path as a route of its own. A path declared as it is (e.g.
+    /api/v1/webhooks/event-types) is its own resource: its methods, not those of a sibling
+    `{id}` template that also matches it.
     """
-    table: list[tuple[re.Pattern[str], frozenset[str]]] | None = None
+    table: list[tuple[re.Pattern[str], str | None, frozenset[str]]] | None = None
 
     def allow(path: str) -> str:
         nonlocal table
         if table is None:
             table = [
-                (compile_path(p)[0], frozenset(methods))
+                (compile_path(p)[0], None if "{" in p else p, frozenset(methods))
                 for p, route in served_routes(app)
                 if (methods := getattr(route, "methods", None)) and p
             ]
-        found: set[str] = set()
-        for regex, methods in table:
-            if regex.match(path):
-                found |= methods
+        exact = [methods for _, literal, methods in table if literal == path]
+        found: set[str] = set().union(*exact) if exact else set()
+        if not exact:
+            for regex, _, methods in table:
+                if regex.match(path):
+                    found |= methods
         return ", ".join(sorted(found))
 
     return allow

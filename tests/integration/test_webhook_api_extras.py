@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from db.tenants import NewTenant
@@ -50,3 +51,13 @@ async def test_openapi_documents_event_types(stack: Stack) -> None:
     assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/WebhookEventTypes"
     }
+
+
+async def test_event_types_is_its_own_resource_for_a_405(stack: Stack, tenant: NewTenant) -> None:
+    # /{webhook_id} also matches the path; the 405's Allow names only what event-types serves.
+    h = stack.auth(tenant)
+    for method in ("OPTIONS", "PUT"):
+        r = await stack.http.request(method, EVENT_TYPES, headers=h)
+        assert r.status_code == 405 and r.headers["Allow"] == "GET", (method, r.headers)
+    r = await stack.http.request("OPTIONS", f"/api/v1/webhooks/{uuid.uuid4()}", headers=h)
+    assert r.status_code == 405 and r.headers["Allow"] == "DELETE, GET, PATCH", r.headers
