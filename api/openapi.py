@@ -487,6 +487,19 @@ LINKS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "201": {"RevokeKey": {"operationId": "revokeKey", "parameters": {"key_id": "$response.body#/id"}}}
     },
     "startRecalculation": {"202": {"GetRecalculationStatus": {"operationId": "getRecalculationStatus"}}},
+    "createWebhook": {
+        "201": {
+            "GetWebhook": {"operationId": "getWebhook", "parameters": {"webhook_id": "$response.body#/id"}},
+            "ListWebhookDeliveries": {
+                "operationId": "listWebhookDeliveries",
+                "parameters": {"webhook_id": "$response.body#/id"},
+            },
+            "SendWebhookTest": {
+                "operationId": "testWebhook",
+                "parameters": {"webhook_id": "$response.body#/id"},
+            },
+        }
+    },
 }
 
 _WRITE_METHODS = frozenset({"post", "put", "patch", "delete"})

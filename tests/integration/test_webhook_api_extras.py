@@ -61,3 +61,14 @@ async def test_event_types_is_its_own_resource_for_a_405(stack: Stack, tenant: N
         assert r.status_code == 405 and r.headers["Allow"] == "GET", (method, r.headers)
     r = await stack.http.request("OPTIONS", f"/api/v1/webhooks/{uuid.uuid4()}", headers=h)
     assert r.status_code == 405 and r.headers["Allow"] == "DELETE, GET, PATCH", r.headers
+
+
+async def test_openapi_links_a_new_endpoint_to_its_read_deliveries_and_test(stack: Stack) -> None:
+    spec: dict[str, Any] = (await stack.http.get("/openapi.json")).json()
+    links = spec["paths"]["/api/v1/webhooks"]["post"]["responses"]["201"]["links"]
+    by_operation = {link["operationId"]: link for link in links.values()}
+    assert set(by_operation) == {"getWebhook", "listWebhookDeliveries", "testWebhook"}, links
+    paths = {op["operationId"]: path for path, item in spec["paths"].items() for op in item.values()}
+    for operation_id, link in by_operation.items():
+        assert link["parameters"] == {"webhook_id": "$response.body#/id"}, link
+        assert paths[operation_id].startswith("/api/v1/webhooks/{webhook_id}"), paths[operation_id]
