@@ -14,6 +14,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,11 +99,16 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-@pytest.fixture
-async def live(database: EmbeddedDatabase, client: Any, sm: SessionMaker) -> AsyncIterator[Live]:
+@asynccontextmanager
+async def _serve(
+    database: EmbeddedDatabase, client: Any, sm: SessionMaker, **overrides: Any
+) -> AsyncIterator[Live]:
+    """The API on a free port and the worker, with these settings, and a Chromium."""
     executable = _chromium()
     port = _free_port()
-    settings = make_settings(database, client, api_port=port, temporal_ui_url="http://127.0.0.1:8233")
+    settings = make_settings(
+        database, client, api_port=port, temporal_ui_url="http://127.0.0.1:8233", **overrides
+    )
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
@@ -126,6 +132,33 @@ async def live(database: EmbeddedDatabase, client: Any, sm: SessionMaker) -> Asy
         finally:
             server.should_exit = True
             await serving
+
+
+@pytest.fixture
+async def live(database: EmbeddedDatabase, client: Any, sm: SessionMaker) -> AsyncIterator[Live]:
+    async with _serve(database, client, sm) as served:
+        yield served
+
+
+# Webhook clocks for a delivery that fails within seconds: polls every 0.2 s, retries from 0.2 s
+# up to 1 s apart, for 3.6 s (webhook_retry_hours), then `failed`.
+FAST_FAILING_WEBHOOKS: dict[str, Any] = {
+    "webhook_poll_seconds": 0.2,
+    "webhook_idle_poll_seconds": 0.3,
+    "webhook_retry_initial_seconds": 0.2,
+    "webhook_retry_max_interval_seconds": 1.0,
+    "webhook_timeout_seconds": 1.0,
+    "webhook_retry_hours": 0.001,
+}
+
+
+@pytest.fixture
+async def live_fast_webhooks(
+    database: EmbeddedDatabase, client: Any, sm: SessionMaker
+) -> AsyncIterator[Live]:
+    """A second stack, only for the test that needs a delivery to fail in seconds."""
+    async with _serve(database, client, sm, **FAST_FAILING_WEBHOOKS) as served:
+        yield served
 
 
 async def _column_of(page: Page, deal_id: str) -> str | None:
@@ -610,6 +643,53 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
         await shot(phone, "21-webhooks-phone")
         await phone.context.close()
         assert rival.requests == []
+
+
+async def test_a_failed_webhook_delivery_shows_its_500_and_retry_delivers_it(live_fast_webhooks: Live) -> None:
+    live = live_fast_webhooks
+    tenant, h = await live.tenant("Retry Network")
+    async with receiver("error") as r:
+        created = await live.http.post(
+            "/api/v1/webhooks", json={"url": r.url, "event_types": ["deal.stalled"]}, headers=h
+        )
+        assert created.status_code == 201, created.text
+        hook = created.json()
+        page = await live.signed_in(tenant)
+        await page.goto("/webhooks")
+        row = page.locator("[data-testid=webhook-row]")
+        await expect(row).to_have_count(1)
+
+        # The receiver answers 500 to every attempt: retried until the window ends, then failed.
+        await row.locator("[data-testid=webhook-test]").click()
+        delivery = page.locator("[data-testid=deliveries] [data-testid=delivery-row]")
+        await expect(delivery).to_have_count(1, timeout=20_000)
+        await expect(delivery.locator("[data-testid=delivery-status]")).to_have_text("failed", timeout=20_000)
+        await expect(delivery.locator("[data-testid=delivery-code]")).to_have_text("500")
+        await expect(delivery).to_contain_text("HTTP 500")
+        failed_attempts = len(r.requests)
+        assert failed_attempts >= 2, r.requests
+        (d,) = (await live.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()["items"]
+        assert (d["status"], d["attempts"], d["last_status_code"]) == ("failed", failed_attempts, 500)
+        await shot(page, "22-webhooks-failed")
+
+        # The receiver is fixed; Retry sends the same delivery again and the page shows it delivered.
+        r.script[:] = ["ok"]
+        await delivery.locator("[data-testid=delivery-retry]").click()
+        await expect(page.get_by_text("Sending it again.")).to_be_visible()
+        await expect(delivery.locator("[data-testid=delivery-status]")).to_have_text(
+            "delivered", timeout=20_000
+        )
+        await expect(delivery.locator("[data-testid=delivery-code]")).to_have_text("200")
+        await expect(delivery.locator("[data-testid=delivery-retry]")).to_have_count(0)
+        await expect(delivery).to_have_attribute("data-delivery-id", d["id"])
+        assert len(r.requests) == failed_attempts + 1
+        assert r.requests[-1].headers["webhook-id"] == r.requests[0].headers["webhook-id"]
+        (again,) = (await live.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
+            "items"
+        ]
+        assert (again["id"], again["status"], again["last_status_code"]) == (d["id"], "delivered", 200)
+        await shot(page, "23-webhooks-retried")
+        await page.context.close()
 
 
 def test_every_event_type_has_a_one_liner() -> None:
