@@ -192,11 +192,14 @@ class Settings(BaseSettings):
     # One attempt's HTTP timeout; retries with exponential backoff and jitter from the initial
     # delay up to the maximum interval, for this many hours after the first attempt.
     webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    # How long a worker reuses a host's checked addresses (each attempt connects to one of them,
+    # never to a fresh lookup, so a cached answer cannot be rebound).
+    webhook_dns_cache_seconds: float = Field(30.0, ge=0)
     webhook_retry_hours: float = Field(72.0, gt=0)
     webhook_retry_initial_seconds: float = Field(5.0, gt=0)
     webhook_retry_max_interval_seconds: float = Field(3600.0, gt=0)
     # Per endpoint: deliveries in flight at once (one per entity), the outbox poll after work and
-    # when idle, how long an event transaction may take to commit (the cursor trails by it), when
+    # when idle, the settle time of old cursor observations (below), when
     # a delivery retrying this long marks the endpoint failing, and the history length at which
     # its workflow continues as new.
     webhook_max_in_flight: int = Field(8, ge=1, le=100)
@@ -204,6 +207,9 @@ class Settings(BaseSettings):
     webhook_batch_size: int = Field(20, ge=1, le=200)
     webhook_poll_seconds: float = Field(1.0, gt=0)
     webhook_idle_poll_seconds: float = Field(5.0, gt=0)
+    # Only for cursor observations recorded before the webhook-snapshot-horizon patch (running
+    # workflows, continue-as-new inputs of older runs): those are final this long after they were
+    # made. Newer ones are final on the claims' PostgreSQL snapshot horizon, with no time bet.
     webhook_outbox_settle_seconds: float = Field(300.0, ge=0)
     webhook_failing_after_seconds: float = Field(30.0, gt=0)
     webhook_history_limit: int = Field(10_000, ge=100)

@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookActivities
     from domain.webhooks import (
+        Certificate,
         ClaimDeliveriesInput,
         ClaimDeliveriesResult,
         DeliverWebhookInput,
@@ -43,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         WebhookState,
         disable_reason,
         health,
+        held_back,
+        settle,
     )
     from workflows import search_attributes as sa
 
@@ -56,6 +59,10 @@ _DELIVERY_RETRY = RetryPolicy(
 _ATTEMPT_TIMEOUT = timedelta(seconds=30)
 # New runs send one entity's deliveries in batches (one activity for several); older runs one each.
 BATCHES_PATCH = "webhook-batches"
+# New runs move the cursor on the claims' snapshot horizon (no time bet); older runs on time.
+HORIZON_PATCH = "webhook-snapshot-horizon"
+# The cursor held back this long by an open transaction shows in the current details.
+_HELD_LONG = timedelta(seconds=60)
 # Observations closer together than this are merged (the later time, the larger id).
 _MERGE = timedelta(seconds=10)
 # Before continue-as-new: longer than one attempt (10 s), so only a delivery waiting for its next
@@ -73,6 +80,7 @@ class WebhookEndpointWorkflow:
         self._config = inp.config
         self._event_cursor = inp.event_cursor
         self._observations: list[Observation] = list(inp.observations)
+        self._certificate: Certificate | None = inp.certificate
         self._delivered = inp.delivered
         self._failed = inp.failed
         # Pending deliveries handed out up to this queue position (0: none yet this run).
@@ -134,7 +142,14 @@ class WebhookEndpointWorkflow:
             await self.disable_if_failing_too_long(result.failing_since)
         if self._event_cursor is None:
             self._event_cursor = result.event_cursor
-        self.observe(result.observed_max_event_id)
+        horizon_xid: int | None = None
+        if workflow.patched(HORIZON_PATCH) and result.horizon_xid is not None:
+            horizon_xid = result.horizon_xid
+            if result.snapshot_xmin is not None:
+                self._certificate = Certificate(
+                    snapshot_xmin=result.snapshot_xmin, covered_through=result.observed_max_event_id
+                )
+        self.observe(result.observed_max_event_id, horizon_xid)
         for ref in result.deliveries:
             self._after_seq = max(self._after_seq, ref.queue_seq)
             self.enqueue(ref)
@@ -162,37 +177,59 @@ class WebhookEndpointWorkflow:
             self._paused = True
 
     def settled_cursor(self) -> int | None:
-        """Moves the cursor to the newest observation old enough that nothing below it is in flight.
+        """Moves the cursor to the newest observation below which nothing is still to come.
 
-        Event ids come from a sequence and commit out of order: an id seen as the newest at T may
-        have a smaller id committing after T. A transaction writing events commits within
-        `outbox_settle_seconds`, so by T + settle everything up to that id is visible; the scan
-        after the cursor overlaps until then, and the claim's NOT EXISTS skips what it queued.
+        Event ids come from a sequence and commit out of order: an id seen as the newest may have a
+        smaller id committing later. Since the webhook-snapshot-horizon patch each claim reports
+        its snapshot horizon, and an observation is final once the last claim's snapshot xmin has
+        passed it (domain.webhooks.settle, db.webhooks.claim_events): no time bet, a transaction
+        open for long only holds the cursor back. Observations recorded before the patch keep the
+        old rule: final `outbox_settle_seconds` after they were made. Until then the scan after
+        the cursor overlaps, and the claim's NOT EXISTS skips what it queued.
         """
         if self._event_cursor is None:
             return None
-        horizon = workflow.now() - timedelta(seconds=self._config.outbox_settle_seconds)
-        keep: list[Observation] = []
-        for o in self._observations:
-            if o.at <= horizon:
-                self._event_cursor = max(self._event_cursor, o.max_event_id)
-            else:
-                keep.append(o)
-        self._observations = keep
+        self._event_cursor, self._observations = settle(
+            cursor=self._event_cursor,
+            observations=self._observations,
+            now=workflow.now(),
+            settle_seconds=self._config.outbox_settle_seconds,
+            certificate=self._certificate,
+        )
         return self._event_cursor
 
-    def observe(self, max_event_id: int) -> None:
-        """Records what this claim saw (after it completed: a conservative time)."""
+    def observe(self, max_event_id: int, horizon_xid: int | None = None) -> None:
+        """Records what this claim saw (after it completed: a conservative time), with its horizon.
+
+        Without a horizon, observations closer than 10 s merge (the later time, the larger id).
+        With one, merging keeps the larger horizon (the smaller would not cover the larger id), so
+        the oldest waiting observation is never merged into: in the steady state it is final at
+        the next claim but one; while a transaction stays open, the newer ones merge into one.
+        """
         now = workflow.now()
         last = self._observations[-1] if self._observations else None
         if last is not None and max_event_id <= last.max_event_id:
             return
         if self._event_cursor is not None and max_event_id <= self._event_cursor:
             return
-        if last is not None and now - last.at < _MERGE:
-            last.at, last.max_event_id = now, max_event_id
+        if horizon_xid is None:
+            if last is not None and last.horizon_xid is None and now - last.at < _MERGE:
+                last.at, last.max_event_id = now, max_event_id
+                return
         else:
-            self._observations.append(Observation(at=now, max_event_id=max_event_id))
+            waiting = [o for o in self._observations if o.horizon_xid is not None]
+            if len(waiting) >= 2 and last is waiting[-1] and last.horizon_xid is not None:
+                last.at, last.max_event_id = now, max_event_id
+                last.horizon_xid = max(last.horizon_xid, horizon_xid)
+                return
+        self._observations.append(Observation(at=now, max_event_id=max_event_id, horizon_xid=horizon_xid))
+
+    def held_since(self) -> datetime | None:
+        """Since when an open transaction holds the cursor back (None: not for long, or paused)."""
+        if self._paused:
+            return None
+        held = held_back(self._observations, workflow.now(), _HELD_LONG.total_seconds())
+        return held.at if held is not None else None
 
     def enqueue(self, ref: DeliveryRef) -> None:
         """Appends a delivery to its entity's chain, starting the chain if it is not running."""
@@ -312,10 +349,17 @@ class WebhookEndpointWorkflow:
             self._health = state
             workflow.upsert_search_attributes([sa.WEBHOOK_STATUS.value_set(state)])
         queued = sum(len(q) for q in self._queues.values())
-        workflow.set_current_details(
+        details = (
             f"{state}: {self._delivered} delivered, {self._failed} failed, "
             f"{len(self._in_flight)} in flight, {queued} queued"
         )
+        held = None if self._paused else held_back(self._observations, now, _HELD_LONG.total_seconds())
+        if held is not None:
+            details += (
+                f"; event cursor held at {self._event_cursor} since {held.at:%Y-%m-%d %H:%M:%S}Z by a "
+                f"database transaction older than xid {held.horizon_xid} still open (see pg_stat_activity)"
+            )
+        workflow.set_current_details(details)
 
     async def wait_for_next_poll(self, *, busy: bool) -> None:
         """A durable timer: short after work, longer when idle, cut short by `wake`."""
@@ -359,6 +403,7 @@ class WebhookEndpointWorkflow:
                 update={
                     "event_cursor": self._event_cursor,
                     "observations": self._observations,
+                    "certificate": self._certificate,
                     "delivered": self._delivered,
                     "failed": self._failed,
                 }
@@ -442,4 +487,5 @@ class WebhookEndpointWorkflow:
             queued=sum(len(q) for q in self._queues.values()),
             delivered=self._delivered,
             failed=self._failed,
+            cursor_held_since=self.held_since(),
         )
