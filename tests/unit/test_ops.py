@@ -351,3 +351,32 @@ def test_every_job_label_names_a_scrape_job(rules: list[dict[str, Any]], dashboa
             )
             matched += 1
     assert matched, "no expression selects a job"
+
+
+def test_webhook_alerts_and_panels_watch_the_workers_webhook_counters(
+    rules: list[dict[str, Any]], dashboard: dict[str, Any]
+) -> None:
+    attempts, failed = f"{product.WEBHOOK_ATTEMPTS}_total", f"{product.WEBHOOK_FAILED}_total"
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert metric_names(by_name["SponsorflowWebhookDeliveriesGivenUp"]["expr"]) == {failed}
+    failing = by_name["SponsorflowWebhookAttemptsFailing"]
+    assert metric_names(failing["expr"]) == {attempts}
+    assert failing["for"] == "30m" and failing["labels"]["severity"] == "warning"
+    assert "> 0.5" in failing["expr"]
+    # "Failed" is every result but the one the worker counts a 2xx as.
+    excluded = {
+        m.value
+        for selector in selectors(parse(failing["expr"]))
+        for m in selector.matchers.matchers
+        if m.name == "result" and m.op == promql.MatchOp.NotEqual
+    }
+    assert excluded == {product.webhook_result(200, None)} == {"delivered"}
+    row = next(p for p in dashboard["panels"] if p["type"] == "row" and p["title"] == "Webhooks")
+    below = [
+        p for p in panels(dashboard) if p["type"] != "row" and p["gridPos"]["y"] == row["gridPos"]["y"] + 1
+    ]
+    exprs = {t["expr"] for p in below for t in p["targets"]}
+    by_result = [parse(e) for e in exprs if metric_names(e) == {attempts} and "rate(" in e]
+    grouped = [n.modifier.labels for n in by_result if isinstance(n, promql.AggregateExpr) and n.modifier]
+    assert ["result"] in grouped, exprs
+    assert any(metric_names(e) == {failed} and "increase(" in e for e in exprs), exprs
