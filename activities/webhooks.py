@@ -15,8 +15,9 @@ import random
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from temporalio import activity
@@ -77,15 +78,45 @@ from workflows.starters import WEBHOOK_WORKFLOW, wake_webhook_workflow, webhook_
 log = logging.getLogger("sponsorflow.webhooks")
 
 ATTEMPT_FAILED = "WebhookAttemptFailed"
+# HTTP clients (one per host) and cached lookups kept per worker.
+_MAX_CLIENTS = 256
 
 
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to now (empty: it does not resolve)."""
+    """Every address `host` resolves to now, in the resolver's order (empty: it does not resolve)."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return []
-    return sorted({str(info[4][0]) for info in infos})
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one attempt connects: the checked address in place of the URL's host.
+
+    The request still names the host (`Host` header) and, over https, asks for and verifies the
+    host's certificate (SNI): connecting to the address that was checked, rather than resolving the
+    name again inside the HTTP client, leaves no window for DNS rebinding between check and connect.
+    """
+
+    url: str
+    host: str  # the URL's host name, as the certificate must carry it
+    host_header: str
+    sni: str | None
+
+
+def pinned(url: str, address: str) -> Target:
+    """The URL with its host replaced by `address` (one of the addresses its host resolved to)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    header = (f"[{host}]" if ":" in host else host) + ("" if parts.port is None else f":{parts.port}")
+    pinned_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return Target(
+        url=pinned_url, host=host, host_header=header, sni=host if parts.scheme == "https" else None
+    )
 
 
 async def url_refusal(url: str, *, allow_private: bool) -> str | None:
@@ -162,23 +193,56 @@ class WebhookActivities:
         self._sm = sessionmaker
         self._settings = settings
         self._box = SecretBox(settings.webhook_secret_key_value)
-        self._http: httpx.AsyncClient | None = None
+        # One HTTP client (connection pool) per host name: pooled connections are keyed by the
+        # address, and a connection whose TLS session was verified for one name must never carry
+        # a request for another name at the same address.
+        self._http: dict[str, httpx.AsyncClient] = {}
+        # host -> (monotonic time of the lookup, its addresses): a short cache, safe because the
+        # attempt connects to the address it checked.
+        self._resolved: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
+    async def _client(self, host: str) -> httpx.AsyncClient:
+        client = self._http.get(host)
+        if client is None:
+            if len(self._http) >= _MAX_CLIENTS:
+                oldest = next(iter(self._http))
+                await self._http.pop(oldest).aclose()
+            client = self._http[host] = httpx.AsyncClient(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self._settings.webhook_timeout_seconds),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
                 trust_env=False,
             )
-        return self._http
+        return client
 
     async def aclose(self) -> None:
-        """Closes the HTTP client's connections (worker shutdown, tests)."""
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        """Closes the HTTP clients' connections (worker shutdown, tests)."""
+        clients, self._http = list(self._http.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def _target(self, url: str, attempt: int) -> tuple[Target | None, str | None]:
+        """The checked address to connect to (or why none may be): every address the host resolves
+        to must pass; successive attempts go round them."""
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        key = (parts.hostname or "", port)
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and now - cached[0] < self._settings.webhook_dns_cache_seconds:
+            addresses = cached[1]
+        else:
+            addresses = await resolve(key[0], port)
+            if addresses:
+                if len(self._resolved) >= _MAX_CLIENTS:
+                    self._resolved.pop(next(iter(self._resolved)))
+                self._resolved[key] = (now, addresses)
+            else:
+                self._resolved.pop(key, None)
+        refusal = address_refusal(addresses, allow_private=self._settings.webhook_private_allowed)
+        if refusal is not None:
+            return None, refusal
+        return pinned(url, addresses[(attempt - 1) % len(addresses)]), None
 
     @activity.defn(name="claim_webhook_deliveries")
     async def claim_deliveries(self, inp: ClaimDeliveriesInput) -> ClaimDeliveriesResult:
@@ -269,8 +333,8 @@ class WebhookActivities:
         status_code: int | None = None
         retry_after: float | None = None
         error: str | None = None
-        refusal = await url_refusal(endpoint.url, allow_private=s.webhook_private_allowed)
-        if refusal is not None:
+        target, refusal = await self._target(endpoint.url, attempts)
+        if target is None:
             error = f"address refused: {refusal}"
         else:
             ts = int(time.time())
@@ -287,10 +351,15 @@ class WebhookActivities:
                 # One deadline for the whole attempt (httpx's timeout is per phase), and the
                 # answer's body is never read: only its status and headers count.
                 async with asyncio.timeout(s.webhook_timeout_seconds):
-                    request = self._client().build_request(
-                        "POST", endpoint.url, content=body.encode(), headers=headers
+                    client = await self._client(target.host)
+                    request = client.build_request(
+                        "POST",
+                        target.url,
+                        content=body.encode(),
+                        headers={**headers, "host": target.host_header},
+                        extensions={"sni_hostname": target.sni} if target.sni else {},
                     )
-                    response = await self._client().send(request, stream=True)
+                    response = await client.send(request, stream=True)
                     await response.aclose()
             except httpx.HTTPError as exc:
                 error = _transport_error(exc, s.webhook_timeout_seconds)
