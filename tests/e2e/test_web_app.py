@@ -645,7 +645,9 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
         assert rival.requests == []
 
 
-async def test_a_failed_webhook_delivery_shows_its_500_and_retry_delivers_it(live_fast_webhooks: Live) -> None:
+async def test_a_failed_webhook_delivery_shows_its_500_and_retry_delivers_it(
+    live_fast_webhooks: Live,
+) -> None:
     live = live_fast_webhooks
     tenant, h = await live.tenant("Retry Network")
     async with receiver("error") as r:
