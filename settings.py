@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     webhook_disable_after_hours: float = Field(120.0, gt=0)
     # After a rotation the previous secret keeps signing beside the new one for this long.
     webhook_previous_secret_hours: float = Field(24.0, ge=0)
+    # Delivered and failed deliveries are deleted by the maintenance round after this many days
+    # (0: kept forever); pending ones always stay.
+    webhook_delivery_retention_days: float = Field(30.0, ge=0)
 
     @field_validator("database_url", "migration_database_url")
     @classmethod

@@ -36,7 +36,7 @@ from activities.maintenance import (
     reconcile_match_schedules,
 )
 from activities.matching import MatchActivities
-from activities.webhooks import WebhookActivities, ensure_endpoint_workflows
+from activities.webhooks import WebhookActivities, ensure_endpoint_workflows, prune_old_deliveries
 from db.engine import SessionMaker, make_engine, make_sessionmaker
 from settings import Settings, connect_temporal, exit_skipping_teardown, get_settings
 from workflows.deals import DealWorkflow
@@ -133,6 +133,7 @@ def registrations(settings: Settings, sm: SessionMaker) -> tuple[list[type], lis
                 hooks.emit_test_event,
             ]
             plug_check("webhook_workflows", ensure_endpoint_workflows)
+            plug_check("webhook_retention", prune_old_deliveries)
     # Whatever the flags: its phases skip the features that are off.
     maintenance = MaintenanceActivities(sm, settings)
     workflows.append(MaintenanceWorkflow)

@@ -39,6 +39,7 @@ from db.webhooks import (
     mark_failed,
     open_secrets,
     pending_deliveries,
+    prune_deliveries,
     record_failure,
     replay_window,
     requeue_delivery,
@@ -80,6 +81,8 @@ log = logging.getLogger("sponsorflow.webhooks")
 ATTEMPT_FAILED = "WebhookAttemptFailed"
 # HTTP clients (one per host) and cached lookups kept per worker.
 _MAX_CLIENTS = 256
+# Deliveries deleted per transaction by the retention check.
+_PRUNE_BATCH = 5000
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -184,6 +187,27 @@ async def ensure_endpoint_workflows(
     if started:
         log.info("started %d missing webhook workflow(s) of tenant %s", started, tenant_id)
     return started
+
+
+async def prune_old_deliveries(
+    client: Client, settings: Settings, sm: SessionMaker, tenant_id: uuid.UUID
+) -> int:
+    """Maintenance check: deletes the tenant's delivered and failed deliveries older than
+    SPONSORFLOW_WEBHOOK_DELIVERY_RETENTION_DAYS (0 keeps them forever), in bounded batches."""
+    days = settings.webhook_delivery_retention_days
+    if days <= 0:
+        return 0
+    before = datetime.now(UTC) - timedelta(days=days)
+    pruned = 0
+    while True:
+        async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
+            n = await prune_deliveries(session=session, before=before, limit=_PRUNE_BATCH)
+        pruned += n
+        if n < _PRUNE_BATCH:
+            break
+    if pruned:
+        log.info("pruned %d webhook deliveries of tenant %s older than %g days", pruned, tenant_id, days)
+    return pruned
 
 
 class WebhookActivities:

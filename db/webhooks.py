@@ -178,9 +178,17 @@ _CLAIM = text(
 # transaction's own xid, assigned while the statement runs (after its snapshot was taken). The
 # columns are evaluated in order: `had_xid` tells whether an earlier statement already gave the
 # transaction its xid (then it may be older than the snapshot, and no horizon is reported).
+# `xid_first`: events.id defaults to sponsorflow_next_event_id() (migration 0012 applied; a
+# worker deployed before it reports no horizon, and its workflow keeps the time rule).
 _HORIZON = text(
     """
     SELECT (SELECT coalesce(max(id), 0) FROM events) AS newest,
+           EXISTS (
+               SELECT 1 FROM pg_attrdef d
+               JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+               WHERE d.adrelid = 'public.events'::regclass AND a.attname = 'id'
+                 AND pg_get_expr(d.adbin, d.adrelid) = 'sponsorflow_next_event_id()'
+           ) AS xid_first,
            pg_current_xact_id_if_assigned() IS NOT NULL AS had_xid,
            pg_current_xact_id()::text::bigint AS horizon_xid,
            pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin
@@ -219,7 +227,7 @@ async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, curs
     # Read before the claim: every event up to it that is visible now gets picked below.
     h = (await session.execute(_HORIZON)).one()
     newest = int(h.newest or 0)
-    trusted = not h.had_xid
+    trusted = bool(h.xid_first) and not h.had_xid
     every = ALL_EVENTS in endpoint.event_types
     row = (
         await session.execute(
@@ -537,3 +545,26 @@ async def slack_context(*, session: AsyncSession, entity_type: str, entity_id: s
         return None
     title = f"{row.advertiser_name} x {row.show_name}" if row.show_name else row.advertiser_name
     return SlackContext(title=title, value_usd=float(row.deal.value_usd))
+
+
+async def prune_deliveries(*, session: AsyncSession, before: datetime, limit: int) -> int:
+    """Deletes up to `limit` of the tenant's decided deliveries (delivered, failed) created before
+    `before`; pending ones always stay. Returns how many went.
+
+    Safe for the claim's idempotency: an endpoint's cursor trails the newest event by the snapshot
+    horizon (seconds, or as long as a transaction stays open), so the events of deliveries this old
+    are far behind it and are never claimed again (a replay of their window still may: on purpose).
+    """
+    result = await session.execute(
+        text(
+            """
+            DELETE FROM webhook_deliveries WHERE id IN (
+                SELECT id FROM webhook_deliveries
+                WHERE status IN ('delivered', 'failed') AND created_at < :before
+                LIMIT :limit
+            )
+            """
+        ),
+        {"before": before, "limit": limit},
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,9 +1,10 @@
-"""An attempt connects to the address it checked, never to a second lookup (no DNS rebinding).
+"""Webhook attempts connect to the address they checked (no DNS rebinding); old deliveries are pruned.
 
-The endpoint's host is a name the system resolver does not know; the product's resolver
+Pinning: the endpoint's host is a name the system resolver does not know; the product's resolver
 (`activities.webhooks.resolve`, the one lookup the API and each attempt make) is replaced by one
 this test controls. A request that arrives at all proves the HTTP client did not resolve the name
-itself; the receiver sees the name in `Host`.
+itself; the receiver sees the name in `Host`. Retention: the maintenance round's plugged check
+deletes delivered and failed deliveries past SPONSORFLOW_WEBHOOK_DELIVERY_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 
@@ -94,3 +96,53 @@ async def test_an_attempt_connects_to_the_checked_address_and_a_rebound_name_is_
         assert newest["status"] == "pending" and newest["last_status_code"] is None
         assert "address refused" in newest["last_error"] and "metadata" in newest["last_error"]
         assert len(r.requests) == 1  # nothing reached the receiver
+
+
+async def test_the_maintenance_round_prunes_old_decided_deliveries_and_keeps_pending_ones(
+    hooks: Stack,
+) -> None:
+    from activities.maintenance import PLUGGED_CHECKS
+    from activities.webhooks import prune_old_deliveries
+    from db.engine import tenant_tx
+
+    assert PLUGGED_CHECKS.get("webhook_retention") is prune_old_deliveries
+    t = await hooks.new_tenant()
+    h = hooks.auth(t)
+    async with receiver("ok") as r:
+        created = await hooks.http.post(
+            "/api/v1/webhooks", json={"url": r.url, "event_types": ["*"]}, headers=h
+        )
+        hook = created.json()
+        for _ in range(3):
+            assert (
+                await hooks.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)
+            ).status_code == 202
+        await r.wait_for(3)
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
+                "items"
+            ]
+            if len(rows) == 3 and all(d["status"] == "delivered" for d in rows):
+                break
+            assert asyncio.get_running_loop().time() < deadline, rows
+            await asyncio.sleep(0.2)
+    oldest, middle, newest = rows[2]["id"], rows[1]["id"], rows[0]["id"]
+    async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+        # Two of them 40 days old, one of those still pending (a paused endpoint's backlog).
+        await session.execute(
+            text(
+                "UPDATE webhook_deliveries SET created_at = now() - interval '40 days' WHERE id IN (:a, :b)"
+            ),
+            {"a": oldest, "b": middle},
+        )
+        await session.execute(
+            text("UPDATE webhook_deliveries SET status = 'pending' WHERE id = :b"), {"b": middle}
+        )
+    assert await prune_old_deliveries(hooks.client, hooks.settings, hooks.sm, t.id) == 1
+    left = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()["items"]
+    assert sorted(d["id"] for d in left) == sorted([middle, newest])
+    off = hooks.settings.model_copy(update={"webhook_delivery_retention_days": 0})
+    async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+        await session.execute(text("UPDATE webhook_deliveries SET created_at = now() - interval '400 days'"))
+    assert await prune_old_deliveries(hooks.client, off, hooks.sm, t.id) == 0
