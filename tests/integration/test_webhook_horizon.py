@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client, WorkflowHandle
 
-from db.embedded import EmbeddedDatabase
-from db.engine import SessionMaker, set_tenant, tenant_tx
+from db.embedded import EmbeddedDatabase, ensure_database
+from db.engine import SessionMaker, make_engine, make_sessionmaker, set_tenant, tenant_tx
 from db.events import emit_event
+from db.migrate import upgrade
 from db.tenants import create_tenant
 from db.webhooks import claim_events, create_endpoint
 from domain.webhooks import Certificate, Observation, WebhookState, settle
@@ -220,3 +221,42 @@ async def test_the_claims_horizon_holds_back_while_a_writer_that_got_its_xid_lat
     assert third.claimed == 1
     assert third.snapshot_xmin is not None and first.horizon_xid is not None
     assert third.snapshot_xmin >= first.horizon_xid
+
+
+async def test_a_database_without_migration_0012_gets_no_horizon_so_the_time_rule_stays(
+    pg_server: Any,
+) -> None:
+    """Writers take their id before their xid there: a worker deployed before the migration must
+    not claim a proof it does not have."""
+    db = ensure_database(server=pg_server, name=f"hz_{uuid.uuid4().hex[:8]}", app_role="sponsorflow_app")
+    await asyncio.to_thread(upgrade, url=db.owner_url, revision="0011")
+    engine = make_engine(url=db.app_url, pool_size=2)
+    try:
+        app_sm = make_sessionmaker(engine=engine)
+        tenant = await create_tenant(sm=app_sm, name="Before 0012")
+
+        async def claim() -> int | None:
+            async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
+                endpoint = await create_endpoint(
+                    session=session,
+                    tenant_id=tenant.id,
+                    url="http://127.0.0.1:9/hook",
+                    event_types=["io.ad_aired"],
+                    format="standard",
+                    description=None,
+                    sealed_secret="unused",
+                )
+                await _emit_in(session, tenant.id, "e", "e")
+            async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
+                c = await claim_events(
+                    session=session, endpoint=endpoint, cursor=endpoint.after_event_id, limit=10
+                )
+            assert c.claimed == 1
+            return c.horizon_xid
+
+        assert await claim() is None
+        await engine.dispose()
+        await asyncio.to_thread(upgrade, url=db.owner_url)
+        assert await claim() is not None
+    finally:
+        await engine.dispose()
