@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities import metrics
 from db.engine import SessionMaker, tenant_tx
 from db.webhooks import (
+    EndpointSecrets,
     SecretBox,
     claim_events,
     disable_endpoint,
@@ -34,7 +35,7 @@ from db.webhooks import (
     endpoint_summaries,
     get_delivery,
     get_endpoint,
-    load_attempt,
+    load_attempts,
     mark_delivered,
     mark_failed,
     open_secrets,
@@ -44,7 +45,7 @@ from db.webhooks import (
     replay_window,
     requeue_delivery,
     slack_context,
-    start_window,
+    start_windows,
 )
 from domain.webhooks import (
     ClaimDeliveriesInput,
@@ -210,6 +211,28 @@ async def prune_old_deliveries(
     return pruned
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """One delivery ready to send: its endpoint (secrets decrypted), the exact body, its window."""
+
+    delivery_id: uuid.UUID
+    endpoint: EndpointSecrets
+    body: str
+    give_up_at: datetime
+    attempts: int  # this attempt's number
+    now: datetime
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one HTTP attempt got: a status (None: no answer) or an error, and a 429's Retry-After."""
+
+    status_code: int | None
+    error: str | None
+    retry_after: float | None
+    done_at: datetime
+
+
 class WebhookActivities:
     """Activities of webhook delivery, bound to the worker's session factory and settings."""
 
@@ -309,138 +332,197 @@ class WebhookActivities:
 
         The first runs' activity (before the webhook-batches patch); new runs send batches.
         """
-        return await self._attempt(inp.tenant_id, inp.endpoint_id, inp.delivery_id)
+        batch = DeliverWebhooksInput(
+            tenant_id=inp.tenant_id, endpoint_id=inp.endpoint_id, delivery_ids=[inp.delivery_id]
+        )
+        return (await self.deliver_webhooks(batch)).outcomes[0]
 
     @activity.defn(name="deliver_webhooks")
     async def deliver_webhooks(self, inp: DeliverWebhooksInput) -> DeliverWebhooksResult:
         """One entity's next deliveries in order, one attempt each, until one fails (raised: Temporal
-        retries the batch, and what was delivered answers `delivered` again without a request)."""
+        retries the batch, and what was delivered answers `delivered` again without a request).
+
+        Two transactions per batch, not two per delivery: one reads every delivery (and opens their
+        retry windows), one records the 2xx ones, written before a failure is recorded and raised
+        and before the activity answers. A worker dying in between sends those again on the retry
+        (at least once, the same webhook-id). A pause takes effect from the next batch.
+        """
+        ids = [uuid.UUID(d) for d in inp.delivery_ids]
+        prepared = await self._prepare(inp.tenant_id, ids)
         outcomes: list[DeliverWebhookResult] = []
-        for i, delivery_id in enumerate(inp.delivery_ids):
-            activity.heartbeat(i)
-            result = await self._attempt(inp.tenant_id, inp.endpoint_id, delivery_id)
-            outcomes.append(result)
-            if result.outcome in ("paused", "gone"):
-                break
+        delivered: list[tuple[uuid.UUID, int, datetime]] = []
+        try:
+            for i, delivery_id in enumerate(ids):
+                activity.heartbeat(i)
+                p = prepared[delivery_id]
+                if isinstance(p, DeliverWebhookResult):
+                    outcomes.append(p)
+                    if p.outcome in ("paused", "gone"):
+                        break
+                    continue
+                sent = await self._send(p)
+                if sent.error is None and sent.status_code is not None:
+                    delivered.append((delivery_id, sent.status_code, sent.done_at))
+                    metrics.webhook_attempt("delivered", format=p.endpoint.format)
+                    outcomes.append(
+                        DeliverWebhookResult(
+                            outcome="delivered", status_code=sent.status_code, attempts=p.attempts
+                        )
+                    )
+                    continue
+                await self._record_delivered(inp, delivered)
+                delivered = []
+                outcomes.append(await self._record_failure(inp, p, sent))
+        finally:
+            if delivered:
+                await self._record_delivered(inp, delivered)
         return DeliverWebhooksResult(outcomes=outcomes)
 
-    async def _attempt(self, tenant_id: str, endpoint_id: str, delivery_id_text: str) -> DeliverWebhookResult:
-        s = self._settings
-        delivery_id = uuid.UUID(delivery_id_text)
+    async def _prepare(
+        self, tenant_id: str, ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, _Prepared | DeliverWebhookResult]:
+        """Reads the deliveries in one transaction: what to send, or how each is decided already."""
         now = datetime.now(UTC)
-        inp = DeliverWebhookInput(tenant_id=tenant_id, endpoint_id=endpoint_id, delivery_id=delivery_id_text)
-        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
-            attempt = await load_attempt(session=session, delivery_id=delivery_id)
-            if attempt is None:
-                return DeliverWebhookResult(outcome="gone")
-            row = attempt.delivery
-            if row.status != "pending":
-                # Decided already (an earlier attempt of this batch, or another run): say how.
-                outcome = "delivered" if row.status == "delivered" else "failed"
-                return DeliverWebhookResult(
-                    outcome=outcome, status_code=row.last_status_code, attempts=row.attempts
-                )
-            if attempt.endpoint.status == "paused":
-                return DeliverWebhookResult(outcome="paused", attempts=row.attempts)
-            give_up_at = row.give_up_at
-            if give_up_at is None:
-                give_up_at = now + timedelta(hours=s.webhook_retry_hours)
-                await start_window(session=session, delivery_id=delivery_id, now=now, give_up_at=give_up_at)
-            endpoint = open_secrets(row=attempt.endpoint, box=self._box)
-            attempts = row.attempts + 1
-            context = None
-            if endpoint.format == "slack":
-                context = await slack_context(
-                    session=session, entity_type=attempt.event.entity_type, entity_id=attempt.event.entity_id
-                )
-        body = request_body(attempt.event, endpoint.format, context)
-        status_code: int | None = None
-        retry_after: float | None = None
-        error: str | None = None
-        target, refusal = await self._target(endpoint.url, attempts)
-        if target is None:
-            error = f"address refused: {refusal}"
-        else:
-            ts = int(time.time())
-            msg_id = message_id(inp.delivery_id)
-            signing = signing_secrets(endpoint.secret, endpoint.previous_secret, endpoint.previous_until, now)
-            headers = {
-                "content-type": "application/json",
-                "user-agent": "sponsorflow-webhooks/1",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": signature_header(signing, msg_id, ts, body),
-            }
-            try:
-                # One deadline for the whole attempt (httpx's timeout is per phase), and the
-                # answer's body is never read: only its status and headers count.
-                async with asyncio.timeout(s.webhook_timeout_seconds):
-                    client = await self._client(target.host)
-                    request = client.build_request(
-                        "POST",
-                        target.url,
-                        content=body.encode(),
-                        headers={**headers, "host": target.host_header},
-                        extensions={"sni_hostname": target.sni} if target.sni else {},
+        give_up_at = now + timedelta(hours=self._settings.webhook_retry_hours)
+        out: dict[uuid.UUID, _Prepared | DeliverWebhookResult] = {}
+        opening: list[uuid.UUID] = []
+        secrets: dict[uuid.UUID, EndpointSecrets] = {}
+        async with tenant_tx(sm=self._sm, tenant_id=tenant_id) as session:
+            found = await load_attempts(session=session, delivery_ids=ids)
+            for delivery_id in ids:
+                attempt = found.get(delivery_id)
+                if attempt is None:
+                    out[delivery_id] = DeliverWebhookResult(outcome="gone")
+                    continue
+                row = attempt.delivery
+                if row.status != "pending":
+                    # Decided already (an earlier attempt of this batch, or another run): say how.
+                    out[delivery_id] = DeliverWebhookResult(
+                        outcome="delivered" if row.status == "delivered" else "failed",
+                        status_code=row.last_status_code,
+                        attempts=row.attempts,
                     )
-                    response = await client.send(request, stream=True)
-                    await response.aclose()
-            except httpx.HTTPError as exc:
-                error = _transport_error(exc, s.webhook_timeout_seconds)
-            except TimeoutError:
-                error = f"no answer within {s.webhook_timeout_seconds:g} s"
-            else:
-                status_code = response.status_code
-                if 200 <= status_code < 300:
-                    error = None
-                elif 300 <= status_code < 400:
-                    error = f"HTTP {status_code}: a redirect, which is not followed"
-                else:
-                    error = f"HTTP {status_code}"
-                    if status_code == 429:
-                        retry_after = parse_retry_after(
-                            response.headers.get("retry-after"), datetime.now(UTC)
-                        )
-        done_at = datetime.now(UTC)
-        if error is None and status_code is not None:
-            async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
-                await mark_delivered(
-                    session=session,
-                    endpoint_id=uuid.UUID(inp.endpoint_id),
+                    continue
+                if attempt.endpoint.status == "paused":
+                    out[delivery_id] = DeliverWebhookResult(outcome="paused", attempts=row.attempts)
+                    continue
+                if row.give_up_at is None:
+                    opening.append(delivery_id)
+                endpoint = secrets.get(attempt.endpoint.id)
+                if endpoint is None:
+                    endpoint = secrets[attempt.endpoint.id] = open_secrets(
+                        row=attempt.endpoint, box=self._box
+                    )
+                context = None
+                if endpoint.format == "slack":
+                    context = await slack_context(
+                        session=session,
+                        entity_type=attempt.event.entity_type,
+                        entity_id=attempt.event.entity_id,
+                    )
+                out[delivery_id] = _Prepared(
                     delivery_id=delivery_id,
-                    status_code=status_code,
-                    at=done_at,
+                    endpoint=endpoint,
+                    body=request_body(attempt.event, endpoint.format, context),
+                    give_up_at=row.give_up_at or give_up_at,
+                    attempts=row.attempts + 1,
+                    now=now,
                 )
-            metrics.webhook_attempt("delivered", format=endpoint.format)
-            return DeliverWebhookResult(outcome="delivered", status_code=status_code, attempts=attempts)
-        delay = retry_after
+            if opening:
+                await start_windows(session=session, delivery_ids=opening, now=now, give_up_at=give_up_at)
+        return out
+
+    async def _send(self, p: _Prepared) -> _Sent:
+        """The HTTP part of one attempt: to the checked address, signed, within one deadline."""
+        s = self._settings
+        target, refusal = await self._target(p.endpoint.url, p.attempts)
+        if target is None:
+            return _Sent(None, f"address refused: {refusal}", None, datetime.now(UTC))
+        ts = int(time.time())
+        msg_id = message_id(str(p.delivery_id))
+        signing = signing_secrets(
+            p.endpoint.secret, p.endpoint.previous_secret, p.endpoint.previous_until, p.now
+        )
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "sponsorflow-webhooks/1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": signature_header(signing, msg_id, ts, p.body),
+        }
+        try:
+            # One deadline for the whole attempt (httpx's timeout is per phase), and the answer's
+            # body is never read: only its status and headers count.
+            async with asyncio.timeout(s.webhook_timeout_seconds):
+                client = await self._client(target.host)
+                request = client.build_request(
+                    "POST",
+                    target.url,
+                    content=p.body.encode(),
+                    headers={**headers, "host": target.host_header},
+                    extensions={"sni_hostname": target.sni} if target.sni else {},
+                )
+                response = await client.send(request, stream=True)
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            return _Sent(None, _transport_error(exc, s.webhook_timeout_seconds), None, datetime.now(UTC))
+        except TimeoutError:
+            return _Sent(None, f"no answer within {s.webhook_timeout_seconds:g} s", None, datetime.now(UTC))
+        code = response.status_code
+        done_at = datetime.now(UTC)
+        if 200 <= code < 300:
+            return _Sent(code, None, None, done_at)
+        if 300 <= code < 400:
+            return _Sent(code, f"HTTP {code}: a redirect, which is not followed", None, done_at)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), done_at) if code == 429 else None
+        return _Sent(code, f"HTTP {code}", retry_after, done_at)
+
+    async def _record_delivered(
+        self, inp: DeliverWebhooksInput, delivered: list[tuple[uuid.UUID, int, datetime]]
+    ) -> None:
+        if not delivered:
+            return
+        async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
+            await mark_delivered(session=session, endpoint_id=uuid.UUID(inp.endpoint_id), delivered=delivered)
+
+    async def _record_failure(
+        self, inp: DeliverWebhooksInput, p: _Prepared, sent: _Sent
+    ) -> DeliverWebhookResult:
+        """Records a failed attempt; raises for Temporal's retry (or answers `failed`: window over)."""
+        s = self._settings
+        delay = sent.retry_after
         if delay is None:
             delay = retry_delay(
-                attempts,
+                p.attempts,
                 initial_seconds=s.webhook_retry_initial_seconds,
                 max_seconds=s.webhook_retry_max_interval_seconds,
                 rand=random.random(),
             )
-        step, at = next_step(now=done_at, give_up_at=give_up_at, delay_seconds=delay)
+        step, at = next_step(now=sent.done_at, give_up_at=p.give_up_at, delay_seconds=delay)
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             await record_failure(
                 session=session,
                 endpoint_id=uuid.UUID(inp.endpoint_id),
-                at=done_at,
-                delivery_id=delivery_id,
-                status_code=status_code,
-                error=error or "failed",
+                at=sent.done_at,
+                delivery_id=p.delivery_id,
+                status_code=sent.status_code,
+                error=sent.error or "failed",
                 next_attempt_at=at,
             )
-        metrics.webhook_attempt(metrics.webhook_result(status_code, error), format=endpoint.format)
+        metrics.webhook_attempt(
+            metrics.webhook_result(sent.status_code, sent.error), format=p.endpoint.format
+        )
         if step == "give_up":
-            metrics.webhook_given_up(format=endpoint.format)
+            metrics.webhook_given_up(format=p.endpoint.format)
             log.info(
-                "webhook delivery %s failed for good after %d attempts: %s", inp.delivery_id, attempts, error
+                "webhook delivery %s failed for good after %d attempts: %s",
+                p.delivery_id,
+                p.attempts,
+                sent.error,
             )
-            return DeliverWebhookResult(outcome="failed", status_code=status_code, attempts=attempts)
+            return DeliverWebhookResult(outcome="failed", status_code=sent.status_code, attempts=p.attempts)
         raise ApplicationError(
-            f"attempt {attempts} failed: {error}; next in {delay:.1f} s",
+            f"attempt {p.attempts} failed: {sent.error}; next in {delay:.1f} s",
             type=ATTEMPT_FAILED,
             next_retry_delay=timedelta(seconds=delay),
         )

@@ -289,45 +289,56 @@ class Attempt:
     endpoint: WebhookEndpoint
 
 
-async def load_attempt(*, session: AsyncSession, delivery_id: uuid.UUID) -> Attempt | None:
-    """The delivery with its event and endpoint (None: the endpoint or the delivery is gone)."""
-    found = (
-        await session.execute(
-            select(WebhookDelivery, Event, WebhookEndpoint)
-            .join(Event, Event.id == WebhookDelivery.event_id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(WebhookDelivery.id == delivery_id)
-        )
-    ).first()
-    if found is None:
-        return None
-    d, e, ep = found
-    event = WebhookEvent(
-        id=str(e.id),
-        type=e.type,
-        entity_type=e.entity_type,
-        entity_id=e.entity_id,
-        payload=e.payload,
-        occurred_at=e.occurred_at,
+async def load_attempts(*, session: AsyncSession, delivery_ids: list[uuid.UUID]) -> dict[uuid.UUID, Attempt]:
+    """The deliveries with their events and endpoints, by id (a missing id: it or its endpoint is gone)."""
+    found = await session.execute(
+        select(WebhookDelivery, Event, WebhookEndpoint)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(WebhookDelivery.id.in_(delivery_ids))
     )
-    return Attempt(delivery=d, event=event, endpoint=ep)
+    out: dict[uuid.UUID, Attempt] = {}
+    for d, e, ep in found.all():
+        event = WebhookEvent(
+            id=str(e.id),
+            type=e.type,
+            entity_type=e.entity_type,
+            entity_id=e.entity_id,
+            payload=e.payload,
+            occurred_at=e.occurred_at,
+        )
+        out[d.id] = Attempt(delivery=d, event=event, endpoint=ep)
+    return out
 
 
-async def start_window(
-    *, session: AsyncSession, delivery_id: uuid.UUID, now: datetime, give_up_at: datetime
+async def start_windows(
+    *, session: AsyncSession, delivery_ids: list[uuid.UUID], now: datetime, give_up_at: datetime
 ) -> None:
-    """Fixes a delivery's retry window at its first attempt (a retry or replay opens a new one)."""
+    """Fixes deliveries' retry windows at their first attempt (a retry or replay opens a new one)."""
     await session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.first_attempt_at.is_(None))
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.first_attempt_at.is_(None))
         .values(first_attempt_at=now, give_up_at=give_up_at)
     )
 
 
+_MARK_DELIVERED = text(
+    """
+    UPDATE webhook_deliveries d
+    SET status = 'delivered', attempts = d.attempts + 1, last_status_code = v.code,
+        last_error = NULL, next_attempt_at = NULL, delivered_at = v.at
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS integer[]), CAST(:ats AS timestamptz[]))
+         AS v(id, code, at)
+    WHERE d.id = v.id AND d.status = 'pending'
+    """
+)
+
+
 async def mark_delivered(
-    *, session: AsyncSession, endpoint_id: uuid.UUID, delivery_id: uuid.UUID, status_code: int, at: datetime
-) -> bool:
-    """A 2xx: delivered (only a pending row changes; a duplicate attempt changes nothing).
+    *, session: AsyncSession, endpoint_id: uuid.UUID, delivered: list[tuple[uuid.UUID, int, datetime]]
+) -> int:
+    """2xx answers (delivery id, status code, when): delivered, in one statement (only pending rows
+    change; a duplicate attempt changes nothing). Returns how many changed.
 
     The endpoint is healthy again: its failing streak ends (a no-op, and no row lock, when none
     runs: the endpoint's parallel chains do not queue on its row).
@@ -338,18 +349,14 @@ async def mark_delivered(
         .values(failing_since=None)
     )
     result = await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
-        .values(
-            status="delivered",
-            attempts=WebhookDelivery.attempts + 1,
-            last_status_code=status_code,
-            last_error=None,
-            next_attempt_at=None,
-            delivered_at=at,
-        )
+        _MARK_DELIVERED,
+        {
+            "ids": [d[0] for d in delivered],
+            "codes": [d[1] for d in delivered],
+            "ats": [d[2] for d in delivered],
+        },
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def record_failure(
