@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy import select
 from temporalio.client import Client
 
@@ -385,13 +385,21 @@ async def send_test(
     responses={**_NOT_FOUND, 422: invalid_cursor()},
 )
 async def list_deliveries(
-    webhook_id: str, db: TenantDbDep, limit: LimitParam = 50, cursor: CursorParam = None
+    webhook_id: str,
+    db: TenantDbDep,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+    status_filter: Annotated[
+        Literal["pending", "delivered", "failed"] | None,
+        Query(alias="status", description="only deliveries in this status, e.g. the failed ones to retry"),
+    ] = None,
 ) -> Page[WebhookDeliveryPublic]:
-    """The endpoint's deliveries, newest first."""
+    """The endpoint's deliveries, newest first (optionally only those in one status)."""
     row = await _endpoint(db, webhook_id)
-    stmt = newest_first(
-        select(WebhookDelivery).where(WebhookDelivery.endpoint_id == row.id), WebhookDelivery, cursor, limit
-    )
+    query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == row.id)
+    if status_filter is not None:
+        query = query.where(WebhookDelivery.status == status_filter)
+    stmt = newest_first(query, WebhookDelivery, cursor, limit)
     async with db.tx() as session:
         rows = list((await session.scalars(stmt)).all())
     return Page(items=[_delivery(d) for d in rows[:limit]], next_cursor=newest_next_cursor(rows, limit))

@@ -72,3 +72,34 @@ async def test_openapi_links_a_new_endpoint_to_its_read_deliveries_and_test(stac
     for operation_id, link in by_operation.items():
         assert link["parameters"] == {"webhook_id": "$response.body#/id"}, link
         assert paths[operation_id].startswith("/api/v1/webhooks/{webhook_id}"), paths[operation_id]
+
+
+async def test_deliveries_can_be_listed_by_status(stack: Stack, tenant: NewTenant) -> None:
+    import asyncio
+
+    h = stack.auth(tenant)
+    async with receiver("ok", "error") as rec:
+        hook = (
+            await stack.http.post("/api/v1/webhooks", json={"url": rec.url, "event_types": ["*"]}, headers=h)
+        ).json()
+        base = f"/api/v1/webhooks/{hook['id']}/deliveries"
+        for _ in range(2):
+            assert (
+                await stack.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)
+            ).status_code == 202
+            await rec.wait_for(len(rec.requests) + 1)
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            items = (await stack.http.get(base, headers=h)).json()["items"]
+            if sorted(d["status"] for d in items) == ["delivered", "pending"] and all(
+                d["attempts"] for d in items
+            ):
+                break
+            assert asyncio.get_running_loop().time() < deadline, items
+            await asyncio.sleep(0.2)
+        for wanted in ("pending", "delivered"):
+            only = (await stack.http.get(base, params={"status": wanted}, headers=h)).json()["items"]
+            assert [d["status"] for d in only] == [wanted]
+        assert (await stack.http.get(base, params={"status": "failed"}, headers=h)).json()["items"] == []
+        bad = await stack.http.get(base, params={"status": "lost"}, headers=h)
+        assert bad.status_code == 422 and "status" in bad.text, bad.text
