@@ -22,8 +22,6 @@ from tests.faults import checks
 from tests.faults.checks import FaultWindow, Findings
 from tests.faults.config import Config
 from tests.faults.hooks import HookSite
-from tests.faults.hooks import deliveries as webhook_deliveries
-from tests.faults.hooks import events as all_events
 from tests.faults.load import (
     ImportRun,
     Load,
@@ -31,6 +29,7 @@ from tests.faults.load import (
     deal_client,
     delivery_client,
     follow_import,
+    pages,
     upload_import,
 )
 from tests.faults.procs import Postgres, TemporalDev, Up, alive, processes_mentioning, signal_pid
@@ -460,18 +459,15 @@ class FaultSuite:
 
     # ------------------------------------------------------------------ reading back
 
-    async def _pages(self, http: httpx.AsyncClient, path: str, **params: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            q = {**params, "limit": 200, **({"cursor": cursor} if cursor else {})}
-            r = await http.get(path, params=q)
-            r.raise_for_status()
-            body = r.json()
-            items += body["items"]
-            cursor = body.get("next_cursor")
-            if not cursor:
-                return items
+    def api(self) -> httpx.AsyncClient:
+        """A client of the stack's API with the tenant's key."""
+        assert self.up is not None
+        return httpx.AsyncClient(
+            base_url=self.up.api_url,
+            timeout=30,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
 
     async def _visibility(self) -> dict[str, dict[str, Any]]:
         assert self.client is not None
@@ -505,12 +501,7 @@ class FaultSuite:
         """Row, workflow and search attributes of every deal and IO; returns the drift of each."""
         assert self.up is not None
         vis = await self._visibility()
-        async with httpx.AsyncClient(
-            base_url=self.up.api_url,
-            timeout=30,
-            trust_env=False,
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as http:
+        async with self.api() as http:
             rows, states, dvis = {}, {}, {}
             for deal in self.deals + self.won_deals:
                 r = await http.get(f"/api/v1/deals/{deal}")
@@ -575,20 +566,13 @@ class FaultSuite:
         (self.logs / "final_state.json").write_text(json.dumps(raw, indent=1, default=str))
 
         assert self.up is not None and self.load is not None
-        async with httpx.AsyncClient(
-            base_url=self.up.api_url,
-            timeout=30,
-            trust_env=False,
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as http:
+        async with self.api() as http:
             histories, events = {}, {}
             for deal in self.deals:
                 r = await http.get(f"/api/v1/deals/{deal}")
                 r.raise_for_status()
                 histories[deal] = r.json()["history"]
-                events[deal] = await self._pages(
-                    http, "/api/v1/events", type="deal.stage_changed", entity_id=deal
-                )
+                events[deal] = await pages(http, "/api/v1/events", type="deal.stage_changed", entity_id=deal)
             self.findings.merge(
                 checks.check_moves(self.load.requests, histories, events, self.timeline.wall0)
             )
@@ -597,14 +581,14 @@ class FaultSuite:
                 r = await http.get(f"/api/v1/io/{io_id}")
                 r.raise_for_status()
                 io_rows[io_id] = r.json()
-                io_events[io_id] = await self._pages(
+                io_events[io_id] = await pages(
                     http, "/api/v1/events", type="io.delivery_reported", entity_id=io_id
                 )
             self.findings.merge(checks.check_deliveries(self.load.requests, io_rows, io_events))
             if self.cfg.import_fault in self.cfg.faults:
                 if self.import_task is not None:
                     await asyncio.wait_for(self.import_task, self.cfg.import_timeout_s + 10)
-                shows = await self._pages(http, "/api/v1/shows")
+                shows = await pages(http, "/api/v1/shows")
                 ids = [s.get("external_id") or "" for s in shows]
                 f = checks.check_import(
                     self.imp.final, self.cfg.import_rows, self.cfg.import_bad_rows, ids, f"{self.run_id}-imp-"
@@ -629,15 +613,13 @@ class FaultSuite:
         assert self.up is not None
         self.timeline.phase = "webhooks"
         t0 = self.timeline.now()
-        async with httpx.AsyncClient(
-            base_url=self.up.api_url,
-            timeout=30,
-            trust_env=False,
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as http:
+        async with self.api() as http:
             while True:
-                events = await all_events(http)
-                rows = {e.id: await webhook_deliveries(http, e.id) for e in self.hooks.endpoints}
+                events = await pages(http, "/api/v1/events")
+                rows = {
+                    e.id: await pages(http, f"/api/v1/webhooks/{e.id}/deliveries")
+                    for e in self.hooks.endpoints
+                }
                 found = checks.check_webhooks(
                     self.hooks.endpoints,
                     events,

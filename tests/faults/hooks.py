@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.faults.load import pages
 from tests.helpers.receivers import Behaviour, Received, receiver
 
 # One event in this many gets a 500 on its first attempt, and another one a dropped connection.
@@ -94,36 +95,6 @@ def _hit(endpoint: Endpoint, req: Received) -> Hit:
     return hit
 
 
-async def events(http: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
-    """Every event of the tenant, oldest first (all pages)."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        q = {**params, "limit": 200, **({"cursor": cursor} if cursor else {})}
-        r = await http.get("/api/v1/events", params=q)
-        r.raise_for_status()
-        body = r.json()
-        items += body["items"]
-        cursor = body.get("next_cursor")
-        if not cursor:
-            return items
-
-
-async def deliveries(http: httpx.AsyncClient, endpoint_id: str) -> list[dict[str, Any]]:
-    """Every delivery of an endpoint as the API lists them (all pages)."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        q = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-        r = await http.get(f"/api/v1/webhooks/{endpoint_id}/deliveries", params=q)
-        r.raise_for_status()
-        body = r.json()
-        items += body["items"]
-        cursor = body.get("next_cursor")
-        if not cursor:
-            return items
-
-
 @dataclass
 class HookSite:
     """The run's receivers and endpoints."""
@@ -148,7 +119,7 @@ class HookSite:
 
     async def create(self, http: httpx.AsyncClient) -> None:
         """Creates the endpoints through the API (skipped, with a note, on a checkout without webhooks)."""
-        self.after_event_id = max((int(e["id"]) for e in await events(http)), default=0)
+        self.after_event_id = max((int(e["id"]) for e in await pages(http, "/api/v1/events")), default=0)
         for ep in self.endpoints:
             r = await http.post(
                 "/api/v1/webhooks",

@@ -351,3 +351,18 @@ async def follow_import(load: Load, imp: ImportRun, timeout_s: float) -> None:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.5)
+
+
+async def pages(http: httpx.AsyncClient, path: str, **params: Any) -> list[dict[str, Any]]:
+    """Every item of a paged list (`items` / `next_cursor`), 200 a page."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        q = {**params, "limit": 200, **({"cursor": cursor} if cursor else {})}
+        r = await http.get(path, params=q)
+        r.raise_for_status()
+        body = r.json()
+        items += body["items"]
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return items
