@@ -22,6 +22,7 @@ from db.embedded import EmbeddedDatabase, ensure_database
 from db.engine import SessionMaker, make_engine, make_sessionmaker, set_tenant, tenant_tx
 from db.events import emit_event
 from db.migrate import upgrade
+from db.models import WebhookEndpoint
 from db.tenants import create_tenant
 from db.webhooks import claim_events, create_endpoint
 from domain.webhooks import Certificate, Observation, WebhookState, settle
@@ -37,6 +38,19 @@ FAST: dict[str, Any] = {
     # The old rule would move the cursor past anything not visible at the previous claim.
     "webhook_outbox_settle_seconds": 0.0,
 }
+
+
+async def _unsent_endpoint(session: AsyncSession, tenant_id: uuid.UUID) -> WebhookEndpoint:
+    """An endpoint row (no workflow sends to it) whose claims a test runs by hand."""
+    return await create_endpoint(
+        session=session,
+        tenant_id=tenant_id,
+        url="http://127.0.0.1:9/hook",
+        event_types=["io.ad_aired"],
+        format="standard",
+        description=None,
+        sealed_secret="unused",
+    )
 
 
 async def _emit_in(session: AsyncSession, tenant_id: uuid.UUID, entity: str, label: str) -> int:
@@ -169,15 +183,7 @@ async def test_the_claims_horizon_holds_back_while_a_writer_that_got_its_xid_lat
     above it, so "a later xmin >= xmax" would hold with that writer still open."""
     tenant = await create_tenant(sm=sm, name=f"Horizon {uuid.uuid4().hex[:6]}")
     async with tenant_tx(sm=sm, tenant_id=tenant.id) as session:
-        endpoint = await create_endpoint(
-            session=session,
-            tenant_id=tenant.id,
-            url="http://127.0.0.1:9/hook",
-            event_types=["io.ad_aired"],
-            format="standard",
-            description=None,
-            sealed_secret="unused",
-        )
+        endpoint = await _unsent_endpoint(session, tenant.id)
     start = endpoint.after_event_id
     async with _open_tx(sm, tenant.id) as early, _open_tx(sm, tenant.id) as late:
         # `early` gets its xid first; `late` gets one after it and takes an event id; `early`
@@ -237,15 +243,7 @@ async def test_a_database_without_migration_0012_gets_no_horizon_so_the_time_rul
 
         async def claim() -> int | None:
             async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
-                endpoint = await create_endpoint(
-                    session=session,
-                    tenant_id=tenant.id,
-                    url="http://127.0.0.1:9/hook",
-                    event_types=["io.ad_aired"],
-                    format="standard",
-                    description=None,
-                    sealed_secret="unused",
-                )
+                endpoint = await _unsent_endpoint(session, tenant.id)
                 await _emit_in(session, tenant.id, "e", "e")
             async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
                 c = await claim_events(
