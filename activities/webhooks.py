@@ -15,6 +15,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +30,7 @@ from db.engine import SessionMaker, tenant_tx
 from db.webhooks import (
     EndpointSecrets,
     SecretBox,
+    advance_start,
     claim_events,
     disable_endpoint,
     emit_test_event,
@@ -45,7 +47,6 @@ from db.webhooks import (
     replay_window,
     requeue_delivery,
     slack_context,
-    start_windows,
 )
 from domain.webhooks import (
     ClaimDeliveriesInput,
@@ -89,7 +90,9 @@ _PRUNE_BATCH = 5000
 async def resolve(host: str, port: int) -> list[str]:
     """Every address `host` resolves to now, in the resolver's order (empty: it does not resolve)."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        )
     except socket.gaierror:
         return []
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -113,7 +116,8 @@ class Target:
 def pinned(url: str, address: str) -> Target:
     """The URL with its host replaced by `address` (one of the addresses its host resolved to)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    # The host as it goes on the wire: an internationalised name in its IDNA (punycode) form.
+    host = httpx.URL(url).raw_host.decode("ascii")
     literal = f"[{address}]" if ":" in address else address
     netloc = literal if parts.port is None else f"{literal}:{parts.port}"
     header = (f"[{host}]" if ":" in host else host) + ("" if parts.port is None else f":{parts.port}")
@@ -218,7 +222,7 @@ class _Prepared:
     delivery_id: uuid.UUID
     endpoint: EndpointSecrets
     body: str
-    give_up_at: datetime
+    give_up_at: datetime | None  # None: its window opens at this attempt
     attempts: int  # this attempt's number
     now: datetime
 
@@ -231,6 +235,7 @@ class _Sent:
     error: str | None
     retry_after: float | None
     done_at: datetime
+    started_at: datetime
 
 
 class WebhookActivities:
@@ -243,30 +248,42 @@ class WebhookActivities:
         # One HTTP client (connection pool) per host name: pooled connections are keyed by the
         # address, and a connection whose TLS session was verified for one name must never carry
         # a request for another name at the same address.
-        self._http: dict[str, httpx.AsyncClient] = {}
+        self._http: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
+        self._busy: Counter[str] = Counter()
+        self._closing: set[asyncio.Task[None]] = set()
         # host -> (monotonic time of the lookup, its addresses): a short cache, safe because the
         # attempt connects to the address it checked.
         self._resolved: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
-    async def _client(self, host: str) -> httpx.AsyncClient:
+    def _client(self, host: str) -> httpx.AsyncClient:
+        """The host's client (most recently used last); past _MAX_CLIENTS the least recently used
+        idle one is closed in the background (one with a request in flight is never closed)."""
         client = self._http.get(host)
-        if client is None:
-            if len(self._http) >= _MAX_CLIENTS:
-                oldest = next(iter(self._http))
-                await self._http.pop(oldest).aclose()
-            client = self._http[host] = httpx.AsyncClient(
-                follow_redirects=False,
-                timeout=httpx.Timeout(self._settings.webhook_timeout_seconds),
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-                trust_env=False,
-            )
+        if client is not None:
+            self._http.move_to_end(host)
+            return client
+        if len(self._http) >= _MAX_CLIENTS:
+            idle = next((h for h in self._http if not self._busy[h]), None)
+            if idle is not None:
+                task = asyncio.get_running_loop().create_task(self._http.pop(idle).aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                self._busy.pop(idle, None)
+        client = self._http[host] = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(self._settings.webhook_timeout_seconds),
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+            trust_env=False,
+        )
         return client
 
     async def aclose(self) -> None:
         """Closes the HTTP clients' connections (worker shutdown, tests)."""
-        clients, self._http = list(self._http.values()), {}
+        clients, self._http = list(self._http.values()), OrderedDict()
         for client in clients:
             await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _target(self, url: str, attempt: int) -> tuple[Target | None, str | None]:
         """The checked address to connect to (or why none may be): every address the host resolves
@@ -279,7 +296,11 @@ class WebhookActivities:
         if cached is not None and now - cached[0] < self._settings.webhook_dns_cache_seconds:
             addresses = cached[1]
         else:
-            addresses = await resolve(key[0], port)
+            try:
+                async with asyncio.timeout(self._settings.webhook_timeout_seconds):
+                    addresses = await resolve(key[0], port)
+            except TimeoutError:
+                addresses = []
             if addresses:
                 if len(self._resolved) >= _MAX_CLIENTS:
                     self._resolved.pop(next(iter(self._resolved)))
@@ -308,6 +329,8 @@ class WebhookActivities:
                     endpoint="paused", event_cursor=cursor, observed_max_event_id=cursor
                 )
             claim = await claim_events(session=session, endpoint=endpoint, cursor=cursor, limit=inp.limit)
+            if inp.event_cursor is not None and inp.event_cursor > endpoint.after_event_id:
+                await advance_start(session=session, endpoint_id=endpoint_id, cursor=inp.event_cursor)
             full = claim.picked >= inp.limit
             # A full batch: only up to its last event is everything visible handed out.
             observed = claim.max_picked if full and claim.max_picked is not None else claim.newest_event_id
@@ -342,12 +365,16 @@ class WebhookActivities:
         """One entity's next deliveries in order, one attempt each, until one fails (raised: Temporal
         retries the batch, and what was delivered answers `delivered` again without a request).
 
-        Two transactions per batch, not two per delivery: one reads every delivery (and opens their
-        retry windows), one records the 2xx ones, written before a failure is recorded and raised
-        and before the activity answers. A worker dying in between sends those again on the retry
-        (at least once, the same webhook-id). A pause takes effect from the next batch.
+        Two transactions per batch, not two per delivery: one reads every delivery, one records the
+        2xx ones, written before a failure is recorded and raised and before the activity answers. A
+        worker dying in between sends those again on the retry (at least once, the same webhook-id).
+        A pause takes effect from the next batch. Each delivery's retry window opens at its own
+        first attempt. A retried batch answers once the delivery it was retrying is decided, so what
+        follows starts a batch of its own (its own schedule-to-close guard) instead of inheriting
+        the time the retries used.
         """
         ids = [uuid.UUID(d) for d in inp.delivery_ids]
+        retried = activity.info().attempt > 1
         prepared = await self._prepare(inp.tenant_id, ids)
         outcomes: list[DeliverWebhookResult] = []
         delivered: list[tuple[uuid.UUID, int, datetime]] = []
@@ -369,10 +396,12 @@ class WebhookActivities:
                             outcome="delivered", status_code=sent.status_code, attempts=p.attempts
                         )
                     )
-                    continue
-                await self._record_delivered(inp, delivered)
-                delivered = []
-                outcomes.append(await self._record_failure(inp, p, sent))
+                else:
+                    await self._record_delivered(inp, delivered)
+                    delivered = []
+                    outcomes.append(await self._record_failure(inp, p, sent))
+                if retried:
+                    break
         finally:
             if delivered:
                 await self._record_delivered(inp, delivered)
@@ -383,9 +412,7 @@ class WebhookActivities:
     ) -> dict[uuid.UUID, _Prepared | DeliverWebhookResult]:
         """Reads the deliveries in one transaction: what to send, or how each is decided already."""
         now = datetime.now(UTC)
-        give_up_at = now + timedelta(hours=self._settings.webhook_retry_hours)
         out: dict[uuid.UUID, _Prepared | DeliverWebhookResult] = {}
-        opening: list[uuid.UUID] = []
         secrets: dict[uuid.UUID, EndpointSecrets] = {}
         async with tenant_tx(sm=self._sm, tenant_id=tenant_id) as session:
             found = await load_attempts(session=session, delivery_ids=ids)
@@ -406,8 +433,6 @@ class WebhookActivities:
                 if attempt.endpoint.status == "paused":
                     out[delivery_id] = DeliverWebhookResult(outcome="paused", attempts=row.attempts)
                     continue
-                if row.give_up_at is None:
-                    opening.append(delivery_id)
                 endpoint = secrets.get(attempt.endpoint.id)
                 if endpoint is None:
                     endpoint = secrets[attempt.endpoint.id] = open_secrets(
@@ -424,20 +449,23 @@ class WebhookActivities:
                     delivery_id=delivery_id,
                     endpoint=endpoint,
                     body=request_body(attempt.event, endpoint.format, context),
-                    give_up_at=row.give_up_at or give_up_at,
+                    give_up_at=row.give_up_at,
                     attempts=row.attempts + 1,
                     now=now,
                 )
-            if opening:
-                await start_windows(session=session, delivery_ids=opening, now=now, give_up_at=give_up_at)
         return out
 
     async def _send(self, p: _Prepared) -> _Sent:
         """The HTTP part of one attempt: to the checked address, signed, within one deadline."""
         s = self._settings
+        started = datetime.now(UTC)
+
+        def failed(error: str, code: int | None = None, retry_after: float | None = None) -> _Sent:
+            return _Sent(code, error, retry_after, datetime.now(UTC), started)
+
         target, refusal = await self._target(p.endpoint.url, p.attempts)
         if target is None:
-            return _Sent(None, f"address refused: {refusal}", None, datetime.now(UTC))
+            return failed(f"address refused: {refusal}")
         ts = int(time.time())
         msg_id = message_id(str(p.delivery_id))
         signing = signing_secrets(
@@ -450,11 +478,12 @@ class WebhookActivities:
             "webhook-timestamp": str(ts),
             "webhook-signature": signature_header(signing, msg_id, ts, p.body),
         }
+        client = self._client(target.host)
+        self._busy[target.host] += 1
         try:
             # One deadline for the whole attempt (httpx's timeout is per phase), and the answer's
             # body is never read: only its status and headers count.
             async with asyncio.timeout(s.webhook_timeout_seconds):
-                client = await self._client(target.host)
                 request = client.build_request(
                     "POST",
                     target.url,
@@ -465,17 +494,24 @@ class WebhookActivities:
                 response = await client.send(request, stream=True)
                 await response.aclose()
         except httpx.HTTPError as exc:
-            return _Sent(None, _transport_error(exc, s.webhook_timeout_seconds), None, datetime.now(UTC))
+            return failed(_transport_error(exc, s.webhook_timeout_seconds))
         except TimeoutError:
-            return _Sent(None, f"no answer within {s.webhook_timeout_seconds:g} s", None, datetime.now(UTC))
+            return failed(f"no answer within {s.webhook_timeout_seconds:g} s")
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            # Whatever else the request raised (a URL or header httpx cannot send): an attempt
+            # that failed, recorded and retried like any other, never an unrecorded crash.
+            return failed(f"request failed ({type(exc).__name__})")
+        finally:
+            self._busy[target.host] -= 1
         code = response.status_code
-        done_at = datetime.now(UTC)
         if 200 <= code < 300:
-            return _Sent(code, None, None, done_at)
+            return _Sent(code, None, None, datetime.now(UTC), started)
         if 300 <= code < 400:
-            return _Sent(code, f"HTTP {code}: a redirect, which is not followed", None, done_at)
-        retry_after = parse_retry_after(response.headers.get("retry-after"), done_at) if code == 429 else None
-        return _Sent(code, f"HTTP {code}", retry_after, done_at)
+            return failed(f"HTTP {code}: a redirect, which is not followed", code)
+        retry_after = (
+            parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC)) if code == 429 else None
+        )
+        return failed(f"HTTP {code}", code, retry_after)
 
     async def _record_delivered(
         self, inp: DeliverWebhooksInput, delivered: list[tuple[uuid.UUID, int, datetime]]
@@ -498,7 +534,10 @@ class WebhookActivities:
                 max_seconds=s.webhook_retry_max_interval_seconds,
                 rand=random.random(),
             )
-        step, at = next_step(now=sent.done_at, give_up_at=p.give_up_at, delay_seconds=delay)
+        # Its window opens at its own first attempt (not at the batch's: it may have waited behind
+        # another delivery of its entity for days).
+        give_up_at = p.give_up_at or sent.started_at + timedelta(hours=s.webhook_retry_hours)
+        step, at = next_step(now=sent.done_at, give_up_at=give_up_at, delay_seconds=delay)
         async with tenant_tx(sm=self._sm, tenant_id=inp.tenant_id) as session:
             await record_failure(
                 session=session,
@@ -508,6 +547,8 @@ class WebhookActivities:
                 status_code=sent.status_code,
                 error=sent.error or "failed",
                 next_attempt_at=at,
+                started_at=sent.started_at,
+                give_up_at=give_up_at,
             )
         metrics.webhook_attempt(
             metrics.webhook_result(sent.status_code, sent.error), format=p.endpoint.format

@@ -190,7 +190,8 @@ _HORIZON = text(
                  AND pg_get_expr(d.adbin, d.adrelid) = 'sponsorflow_next_event_id()'
            ) AS xid_first,
            pg_current_xact_id_if_assigned() IS NOT NULL AS had_xid,
-           pg_current_xact_id()::text::bigint AS horizon_xid,
+           CASE WHEN (SELECT coalesce(max(id), 0) FROM events) > :cursor
+                THEN pg_current_xact_id()::text::bigint END AS horizon_xid,
            pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin
     """
 )
@@ -225,7 +226,9 @@ async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, curs
     running at or above it (xmin = xmax = its xid), so "later xmin >= xmax" would pass with it open.
     """
     # Read before the claim: every event up to it that is visible now gets picked below.
-    h = (await session.execute(_HORIZON)).one()
+    # Nothing newer than the cursor (an idle endpoint): no observation to make, so no xid is taken
+    # (each would count towards the anti-wraparound vacuum); the snapshot's xmin still settles older ones.
+    h = (await session.execute(_HORIZON, {"cursor": cursor})).one()
     newest = int(h.newest or 0)
     trusted = bool(h.xid_first) and not h.had_xid
     every = ALL_EVENTS in endpoint.event_types
@@ -248,7 +251,7 @@ async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, curs
         max_picked=int(row.max_picked) if row.max_picked is not None else None,
         claimed=int(row.claimed),
         newest_event_id=newest,
-        horizon_xid=int(h.horizon_xid) if trusted else None,
+        horizon_xid=int(h.horizon_xid) if trusted and h.horizon_xid is not None else None,
         snapshot_xmin=int(h.snapshot_xmin) if trusted else None,
     )
 
@@ -311,22 +314,12 @@ async def load_attempts(*, session: AsyncSession, delivery_ids: list[uuid.UUID])
     return out
 
 
-async def start_windows(
-    *, session: AsyncSession, delivery_ids: list[uuid.UUID], now: datetime, give_up_at: datetime
-) -> None:
-    """Fixes deliveries' retry windows at their first attempt (a retry or replay opens a new one)."""
-    await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.first_attempt_at.is_(None))
-        .values(first_attempt_at=now, give_up_at=give_up_at)
-    )
-
-
 _MARK_DELIVERED = text(
     """
     UPDATE webhook_deliveries d
     SET status = 'delivered', attempts = d.attempts + 1, last_status_code = v.code,
-        last_error = NULL, next_attempt_at = NULL, delivered_at = v.at
+        last_error = NULL, next_attempt_at = NULL, delivered_at = v.at,
+        first_attempt_at = coalesce(d.first_attempt_at, v.at)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS integer[]), CAST(:ats AS timestamptz[]))
          AS v(id, code, at)
     WHERE d.id = v.id AND d.status = 'pending'
@@ -368,10 +361,13 @@ async def record_failure(
     error: str,
     next_attempt_at: datetime | None,
     at: datetime,
+    started_at: datetime,
+    give_up_at: datetime,
 ) -> bool:
     """A failed attempt: pending with its next attempt's time, or failed when there is none.
 
-    The endpoint's failing streak starts here unless one is running.
+    The delivery's retry window opens at its own first attempt (`started_at`, `give_up_at`; a
+    retry or replay opens a new one). The endpoint's failing streak starts here unless one is running.
     """
     await session.execute(
         update(WebhookEndpoint)
@@ -387,9 +383,21 @@ async def record_failure(
             last_status_code=status_code,
             last_error=error[:500],
             next_attempt_at=next_attempt_at,
+            first_attempt_at=func.coalesce(WebhookDelivery.first_attempt_at, started_at),
+            give_up_at=func.coalesce(WebhookDelivery.give_up_at, give_up_at),
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def advance_start(*, session: AsyncSession, endpoint_id: uuid.UUID, cursor: int) -> None:
+    """Moves where a new run of the endpoint's workflow starts (after_event_id) up to its settled
+    cursor: a restarted workflow neither rescans months of outbox nor re-queues what retention pruned."""
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.after_event_id < cursor)
+        .values(after_event_id=cursor)
+    )
 
 
 async def mark_failed(*, session: AsyncSession, delivery_id: uuid.UUID, error: str) -> bool:
@@ -555,19 +563,27 @@ async def slack_context(*, session: AsyncSession, entity_type: str, entity_id: s
 
 
 async def prune_deliveries(*, session: AsyncSession, before: datetime, limit: int) -> int:
-    """Deletes up to `limit` of the tenant's decided deliveries (delivered, failed) created before
-    `before`; pending ones always stay. Returns how many went.
+    """Deletes up to `limit` of the tenant's decided deliveries (delivered, failed) older than
+    `before` (by when delivered, else when created); pending ones always stay. Returns how many went.
 
-    Safe for the claim's idempotency: an endpoint's cursor trails the newest event by the snapshot
-    horizon (seconds, or as long as a transaction stays open), so the events of deliveries this old
-    are far behind it and are never claimed again (a replay of their window still may: on purpose).
+    Only below each endpoint's start (after_event_id, the settled cursor its claims persist): the
+    claim never scans there again, so a pruned event is never queued again under a new webhook-id
+    (a replay of its window still may: on purpose). Each endpoint's rows are found through
+    ix_webhook_deliveries_newest (endpoint_id, created_at): delivered_at >= created_at.
     """
     result = await session.execute(
         text(
             """
             DELETE FROM webhook_deliveries WHERE id IN (
-                SELECT id FROM webhook_deliveries
-                WHERE status IN ('delivered', 'failed') AND created_at < :before
+                SELECT d.id FROM webhook_endpoints ep
+                CROSS JOIN LATERAL (
+                    SELECT id FROM webhook_deliveries
+                    WHERE endpoint_id = ep.id AND created_at < :before
+                      AND status IN ('delivered', 'failed')
+                      AND coalesce(delivered_at, created_at) < :before
+                      AND event_id <= ep.after_event_id
+                    LIMIT :limit
+                ) d
                 LIMIT :limit
             )
             """

@@ -148,7 +148,8 @@ async def test_started_twice_it_runs_once_and_its_first_round_does_everything(
     assert report.drift is not None and report.errors == []
     assert report.summary() == (
         "round 1: 1 schedule changed, 0 deal workflows started, 0 drifted deals resynced, "
-        "0 repaired by io_drift, 0 repaired by stuck_imports, 0 repaired by webhook_workflows"
+        "0 repaired by io_drift, 0 repaired by stuck_imports, 0 repaired by webhook_retention, "
+        "0 repaired by webhook_workflows"
     )
     await mstack.client.get_schedule_handle(match_schedule_id(str(tenant.id))).describe()
     # The UI's current details say the same.

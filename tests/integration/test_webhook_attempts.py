@@ -1,4 +1,4 @@
-"""Webhook attempts connect to the address they checked (no DNS rebinding); old deliveries are pruned.
+"""Webhook attempts: to the address they checked (no DNS rebinding), each in its own retry window; retention.
 
 Pinning: the endpoint's host is a name the system resolver does not know; the product's resolver
 (`activities.webhooks.resolve`, the one lookup the API and each attempt make) is replaced by one
@@ -45,6 +45,8 @@ async def hooks(database: EmbeddedDatabase, client: Client, sm: SessionMaker) ->
 
 
 def test_a_pinned_target_keeps_the_name_for_host_and_tls() -> None:
+    idn = pinned("https://bücher.example/in", "203.0.113.7")
+    assert (idn.host_header, idn.sni) == ("xn--bcher-kva.example", "xn--bcher-kva.example")
     t = pinned("https://hooks.example.com:8443/in?x=1", "203.0.113.7")
     assert (t.url, t.host_header, t.sni) == (
         "https://203.0.113.7:8443/in?x=1",
@@ -127,22 +129,110 @@ async def test_the_maintenance_round_prunes_old_decided_deliveries_and_keeps_pen
                 break
             assert asyncio.get_running_loop().time() < deadline, rows
             await asyncio.sleep(0.2)
-    oldest, middle, newest = rows[2]["id"], rows[1]["id"], rows[0]["id"]
+    oldest, middle, newest = rows[2], rows[1], rows[0]
+
+    async def start() -> int:
+        async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+            return int(
+                (
+                    await session.execute(
+                        text("SELECT after_event_id FROM webhook_endpoints WHERE id = :id"),
+                        {"id": hook["id"]},
+                    )
+                ).scalar_one()
+            )
+
+    # The claims persist the settled cursor as where a new run starts.
+    while await start() < int(newest["event_id"]):
+        assert asyncio.get_running_loop().time() < deadline + 20
+        await asyncio.sleep(0.2)
+    patched = await hooks.http.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}, headers=h)
+    assert patched.status_code == 200, patched.text
     async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
-        # Two of them 40 days old, one of those still pending (a paused endpoint's backlog).
+        # All three 40 days old: one of them still pending (a paused endpoint's backlog), one above
+        # where a new run would start (its event could be claimed again: it must stay).
         await session.execute(
             text(
-                "UPDATE webhook_deliveries SET created_at = now() - interval '40 days' WHERE id IN (:a, :b)"
+                "UPDATE webhook_deliveries SET created_at = now() - interval '40 days', "
+                "delivered_at = now() - interval '40 days' WHERE endpoint_id = :e"
             ),
-            {"a": oldest, "b": middle},
+            {"e": hook["id"]},
         )
         await session.execute(
-            text("UPDATE webhook_deliveries SET status = 'pending' WHERE id = :b"), {"b": middle}
+            text("UPDATE webhook_deliveries SET status = 'pending' WHERE id = :b"), {"b": middle["id"]}
+        )
+        await session.execute(
+            text("UPDATE webhook_endpoints SET after_event_id = :a WHERE id = :e"),
+            {"a": int(newest["event_id"]) - 1, "e": hook["id"]},
         )
     assert await prune_old_deliveries(hooks.client, hooks.settings, hooks.sm, t.id) == 1
     left = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()["items"]
-    assert sorted(d["id"] for d in left) == sorted([middle, newest])
+    assert sorted(d["id"] for d in left) == sorted([middle["id"], newest["id"]])
+    assert oldest["id"] not in {d["id"] for d in left}
     off = hooks.settings.model_copy(update={"webhook_delivery_retention_days": 0})
     async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
         await session.execute(text("UPDATE webhook_deliveries SET created_at = now() - interval '400 days'"))
     assert await prune_old_deliveries(hooks.client, off, hooks.sm, t.id) == 0
+
+
+async def test_each_delivery_opens_its_own_retry_window_and_a_retried_batch_hands_back_the_rest(
+    hooks: Stack,
+) -> None:
+    """Two events of one entity: the first fails three times, the second waits behind it. The
+    second's window opens at its own first attempt (not when the batch began), and the batch retried
+    for the first answers once that one is delivered: the second goes in a batch of its own."""
+    from db.engine import tenant_tx
+
+    t = await hooks.new_tenant()
+    h = hooks.auth(t)
+    async with receiver("error", "error", "error", "ok") as r:
+        hook = (
+            await hooks.http.post("/api/v1/webhooks", json={"url": r.url, "event_types": ["*"]}, headers=h)
+        ).json()
+        async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+            for n in (1, 2):
+                await session.execute(
+                    text(
+                        "INSERT INTO events (tenant_id, type, entity_type, entity_id, payload, "
+                        "occurred_at, idempotency_key) "
+                        "VALUES (:t, 'io.ad_aired', 'io', 'io-1', CAST(:p AS jsonb), now(), :k)"
+                    ),
+                    {"t": t.id, "p": f'{{"n": {n}}}', "k": f"test/{hook['id']}/{n}"},
+                )
+        await r.wait_for(5)
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
+                "items"
+            ]
+            if len(rows) == 2 and all(d["status"] == "delivered" for d in rows):
+                break
+            assert asyncio.get_running_loop().time() < deadline, rows
+            await asyncio.sleep(0.2)
+    assert [int(Webhook(hook["secret"]).verify(q.body, q.headers)["payload"]["n"]) for q in r.requests] == [
+        1,
+        1,
+        1,
+        1,
+        2,
+    ]
+    async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+        first, second = (
+            await session.execute(
+                text(
+                    "SELECT first_attempt_at, delivered_at FROM webhook_deliveries WHERE endpoint_id = :e "
+                    "ORDER BY event_id"
+                ),
+                {"e": hook["id"]},
+            )
+        ).all()
+    # The second's first attempt came after the first was delivered (three retries later).
+    assert second.first_attempt_at >= first.delivered_at > first.first_attempt_at
+    history = await hooks.client.get_workflow_handle(hook["workflow_id"]).fetch_history()
+    batches = [
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_webhooks"
+    ]
+    assert len(batches) >= 2
