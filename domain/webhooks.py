@@ -383,6 +383,7 @@ def settle(
     now: datetime,
     settle_seconds: float,
     certificate: Certificate | None,
+    in_order: bool = False,
 ) -> tuple[int, list[Observation]]:
     """The outbox cursor after the observations that are final now, and those still waiting.
 
@@ -391,7 +392,13 @@ def settle(
     that has ended (committed, so that scan queued it, or rolled back: a gap forever). No time
     condition: a transaction open for hours holds the cursor back (the scan only gets wider, the
     claim's NOT EXISTS keeps it idempotent), it is never skipped. An observation without a horizon
-    (recorded before the patch) keeps the old time rule: final `settle_seconds` after it was made.
+    (recorded before the patch, or claimed by an older worker or without a horizon) keeps the old
+    time rule: final `settle_seconds` after it was made.
+
+    `in_order` (runs since the webhook-cancel-keeps-pending patch): the observations are walked
+    oldest first and the walk stops at the first one that is not final, so an observation final on
+    time alone never moves the cursor past an earlier one whose writer is still open. Without it
+    (older runs) the cursor moves to the newest final observation, wherever it is.
     """
     horizon = now - timedelta(seconds=settle_seconds)
     moved = cursor
@@ -406,6 +413,8 @@ def settle(
             )
         if final:
             moved = max(moved, o.max_event_id)
+        elif in_order:
+            break
     return moved, [o for o in observations if o.max_event_id > moved]
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookActivities
@@ -61,6 +61,9 @@ _ATTEMPT_TIMEOUT = timedelta(seconds=30)
 BATCHES_PATCH = "webhook-batches"
 # New runs move the cursor on the claims' snapshot horizon (no time bet); older runs on time.
 HORIZON_PATCH = "webhook-snapshot-horizon"
+# New runs leave a delivery pending when its activity is cancelled (continue-as-new, endpoint gone)
+# instead of marking it failed, and move the cursor only over final observations oldest first.
+KEEP_PENDING_PATCH = "webhook-cancel-keeps-pending"
 # The cursor held back this long by an open transaction shows in the current details.
 _HELD_LONG = timedelta(seconds=60)
 # Observations closer together than this are merged (the later time, the larger id).
@@ -184,9 +187,13 @@ class WebhookEndpointWorkflow:
         its snapshot horizon, and an observation is final once the last claim's snapshot xmin has
         passed it (domain.webhooks.settle, db.webhooks.claim_events): no time bet, a transaction
         open for long only holds the cursor back. Observations recorded before the patch keep the
-        old rule: final `outbox_settle_seconds` after they were made. Until then the scan after
-        the cursor overlaps, and the claim's NOT EXISTS skips what it queued.
+        old rule: final `outbox_settle_seconds` after they were made. Since the
+        webhook-cancel-keeps-pending patch nothing after an observation still waiting moves the
+        cursor (a claim without a horizon, from an older worker, is final on time alone). Until
+        then the scan after the cursor overlaps, and the claim's NOT EXISTS skips what it queued.
         """
+        # Decided at every claim (memoized for the run): deliver()'s cancellation rule follows it.
+        in_order = workflow.patched(KEEP_PENDING_PATCH)
         if self._event_cursor is None:
             return None
         self._event_cursor, self._observations = settle(
@@ -195,6 +202,7 @@ class WebhookEndpointWorkflow:
             now=workflow.now(),
             settle_seconds=self._config.outbox_settle_seconds,
             certificate=self._certificate,
+            in_order=in_order,
         )
         return self._event_cursor
 
@@ -254,6 +262,10 @@ class WebhookEndpointWorkflow:
                         outcomes = (
                             await self.deliver_batch(refs) if batched else [await self.deliver(refs[0])]
                         )
+                    except ActivityError:
+                        # Cancelled (stop_chains), or the run is ending: the deliveries stay
+                        # pending and the next claim, of this run or the next, hands them out again.
+                        return
                     finally:
                         self._in_flight.pop(refs[0].id, None)
                 for outcome in outcomes:
@@ -282,6 +294,8 @@ class WebhookEndpointWorkflow:
                 summary=f"deliver event {ref.event_id}",
             )
         except ActivityError as exc:
+            if self.leaves_pending(exc):
+                raise
             await self.give_up([ref], exc)
             return "failed"
         return result.outcome
@@ -305,9 +319,24 @@ class WebhookEndpointWorkflow:
                 summary=f"deliver events {refs[0].event_id}..{refs[-1].event_id}",
             )
         except ActivityError as exc:
+            if self.leaves_pending(exc):
+                raise
             await self.give_up(refs, exc)
             return ["failed"] * len(refs)
         return [o.outcome for o in result.outcomes]
+
+    def leaves_pending(self, exc: ActivityError) -> bool:
+        """Whether a delivery activity that ended in an error leaves its deliveries pending.
+
+        Cancelled (stop_chains: continue-as-new after the drain, or the endpoint is gone), or ended
+        while this run stops: Temporal did not give up on them, the next run sends them again (the
+        same webhook-id) within the window that opened at their first attempt. Only a delivery
+        Temporal stopped retrying (schedule-to-close, retries exhausted) is given up. Runs recorded
+        before the webhook-cancel-keeps-pending patch gave up on every error.
+        """
+        if not workflow.patched(KEEP_PENDING_PATCH):
+            return False
+        return isinstance(exc.cause, CancelledError) or self._draining or self._gone
 
     async def give_up(self, refs: list[DeliveryRef], exc: ActivityError) -> None:
         """Marks deliveries failed once Temporal stopped retrying them (only pending ones change)."""

@@ -22,8 +22,9 @@ from temporalio.client import Client
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
+from domain.webhooks import message_id
 from tests.conftest import Stack, stack_worker, start_stack
-from tests.helpers.receivers import Received, receiver
+from tests.helpers.receivers import Behaviour, Received, receiver
 
 FAST: dict[str, Any] = {
     "webhook_poll_seconds": 0.2,
@@ -179,3 +180,49 @@ async def test_a_slow_entity_or_endpoint_delays_no_other(api_first: Stack) -> No
         got = Counter(b["entity_id"] for b in _bodies(hook["secret"], mixed.requests))
         assert {k: v for k, v in got.items() if k != "slow"} == {"io-2": 1, "io-3": 1, "io-4": 1, "io-5": 1}
         assert took < 3.0
+
+
+async def test_a_delivery_retrying_across_continue_as_new_stays_pending_and_is_sent_again(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    """The drain before continue-as-new cancels a delivery waiting for its next retry: it stays
+    pending (not failed) and the next run sends it again with the same webhook-id."""
+    # Retries 30..60 s apart (equal jitter of 60 s): the next one is past the 15 s drain.
+    slow_retries = {"webhook_retry_initial_seconds": 60.0, "webhook_retry_max_interval_seconds": 60.0}
+    async for stack in start_stack(database, client, sm, **FAST | slow_retries, webhook_history_limit=100):
+        await _retrying_across_continue_as_new(stack)
+
+
+async def _only_delivery(stack: Stack, h: dict[str, str], hook: dict[str, Any]) -> dict[str, Any]:
+    got = await stack.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)
+    assert got.status_code == 200, got.text
+    (delivery,) = got.json()["items"]
+    return dict(delivery)
+
+
+async def _retrying_across_continue_as_new(stack: Stack) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    answer: dict[str, Behaviour] = {"now": "error"}
+    async with receiver(decide=lambda _req: answer["now"]) as r:
+        hook = await _create(stack, h, r.url)
+        handle = stack.client.get_workflow_handle(hook["workflow_id"])
+        first_run = (await handle.describe()).run_id
+        await _emit(stack.sm, t.id, "io-1", 1)
+        await r.wait_for(1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while (await handle.describe()).run_id == first_run:
+            assert loop.time() - t0 < 60, "the workflow never continued as new"
+            await asyncio.sleep(0.5)
+        delivery = await _only_delivery(stack, h, hook)
+        assert delivery["status"] == "pending", delivery
+        answer["now"] = "ok"
+        t0 = loop.time()
+        while (await _only_delivery(stack, h, hook))["status"] != "delivered":
+            assert loop.time() - t0 < 90, "the pending delivery was never sent again"
+            await asyncio.sleep(0.5)
+        assert (await _only_delivery(stack, h, hook))["id"] == delivery["id"]
+        assert len(r.requests) >= 2
+        assert [b["payload"] for b in _bodies(hook["secret"], r.requests)] == [{"n": 1}] * len(r.requests)
+        assert {q.headers["webhook-id"] for q in r.requests} == {message_id(delivery["id"])}

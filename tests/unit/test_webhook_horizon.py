@@ -62,3 +62,43 @@ def test_held_back_names_the_oldest_waiting_observation_with_a_horizon_once_it_w
     assert held_back(obs, T0 + timedelta(seconds=30), after_seconds=60) is None
     assert held_back(obs, T0 + timedelta(seconds=70), after_seconds=60) == obs[1]
     assert held_back(obs[:1], T0 + timedelta(days=1), after_seconds=60) is None
+
+
+def test_without_in_order_a_later_observation_final_on_time_passes_an_earlier_one_still_held() -> None:
+    # Runs recorded before webhook-cancel-keeps-pending: a claim without a horizon (an older worker
+    # during a rolling deploy, a database without 0012) is final on time alone and moves the cursor
+    # past the horizon observation before it, whose writer (older than xid 1000) is still open.
+    obs = [_obs(0, 50, horizon_xid=1000), _obs(5, 70, horizon_xid=None)]
+    cert = Certificate(snapshot_xmin=999, covered_through=80)
+    now = T0 + timedelta(seconds=400)
+    assert settle(cursor=10, observations=obs, now=now, settle_seconds=300, certificate=cert) == (70, [])
+
+
+def test_in_order_nothing_after_an_observation_still_waiting_moves_the_cursor() -> None:
+    obs = [
+        _obs(0, 30, horizon_xid=None),
+        _obs(1, 50, horizon_xid=1000),
+        _obs(5, 70, horizon_xid=None),
+        _obs(6, 90, horizon_xid=1020),
+    ]
+    now = T0 + timedelta(seconds=400)  # every observation without a horizon is final on time
+    held = Certificate(snapshot_xmin=999, covered_through=95)
+    # The one before the held observation moves the cursor; the held one and all after it wait.
+    cursor, waiting = settle(
+        cursor=10, observations=obs, now=now, settle_seconds=300, certificate=held, in_order=True
+    )
+    assert (cursor, waiting) == (30, obs[1:])
+    # The writer ended: the walk goes on to the next one that is not final (xid 1020 not reached).
+    ended = Certificate(snapshot_xmin=1010, covered_through=95)
+    cursor, waiting = settle(
+        cursor=10, observations=obs, now=now, settle_seconds=300, certificate=ended, in_order=True
+    )
+    assert (cursor, waiting) == (70, obs[3:])
+    # A later horizon observation already final does not jump a waiting one either.
+    obs = [_obs(0, 50, horizon_xid=None), _obs(1, 70, horizon_xid=1000)]
+    cert = Certificate(snapshot_xmin=1000, covered_through=80)
+    early = T0 + timedelta(seconds=100)  # the first is not final on time yet
+    assert settle(cursor=10, observations=obs, now=early, settle_seconds=300, certificate=cert) == (70, [])
+    assert settle(
+        cursor=10, observations=obs, now=early, settle_seconds=300, certificate=cert, in_order=True
+    ) == (10, obs)
