@@ -423,6 +423,7 @@ def check_webhooks(
             int(e["id"]): e for e in events if int(e["id"]) > after_event_id and ep.wants(str(e["type"]))
         }
         ids: defaultdict[int, set[str]] = defaultdict(set)
+        events_of_id: defaultdict[str, set[int]] = defaultdict(set)
         accepted: dict[int, tuple[int, Hit]] = {}  # event id -> (arrival index, the first 200)
         duplicates = injected = 0
         for i, h in enumerate(ep.hits):
@@ -441,6 +442,14 @@ def check_webhooks(
                 )
                 continue
             ids[h.event_id].add(h.webhook_id)
+            events_of_id[h.webhook_id].add(h.event_id)
+            if h.payload is not None and h.payload != expected[h.event_id].get("payload"):
+                f.violation(
+                    "webhook_body_mismatch",
+                    endpoint=ep.name,
+                    event_id=h.event_id,
+                    detail="the body's payload is not the event's as the events API shows it",
+                )
             if h.answered != 200:
                 injected += 1
             elif h.event_id in accepted:
@@ -450,6 +459,10 @@ def check_webhooks(
         for eid, hids in ids.items():
             if len(hids) > 1:
                 f.violation("webhook_id_changed", endpoint=ep.name, event_id=eid, webhook_ids=sorted(hids))
+        for hid, eids in events_of_id.items():
+            if len(eids) > 1:
+                # A receiver that drops a webhook-id it has seen would lose all but one of them.
+                f.violation("webhook_id_shared", endpoint=ep.name, webhook_id=hid, event_ids=sorted(eids))
         for eid in sorted(set(expected) - set(accepted)):
             e = expected[eid]
             t = _ts(e.get("occurred_at"))

@@ -39,6 +39,7 @@ class Hit:
     answered: int | None  # the status the receiver answered (None: it dropped the connection)
     signature_ok: bool
     problem: str | None = None
+    payload: Any = None  # the body's `payload`, compared with the event's
 
 
 @dataclass
@@ -90,6 +91,7 @@ def _hit(endpoint: Endpoint, req: Received) -> Hit:
         hit.event_id = int(body["id"])
         hit.event_type = str(body["type"])
         hit.entity_id = str(body["entity_id"])
+        hit.payload = body.get("payload")
     except (ValueError, KeyError, TypeError) as exc:
         hit.problem = (hit.problem or "") + f" body: {exc!r}"
     return hit

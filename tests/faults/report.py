@@ -106,12 +106,13 @@ def invariants(findings: Findings, settle: dict[str, Any]) -> dict[str, Any]:
         "lost_2xx_deliveries": n["lost_2xx_delivery"],
         "delivery_figures_wrong": n["delivery_figure"],
         "webhooks_missing": n["webhook_missing"],
-        "webhook_ids_changed": n["webhook_id_changed"],
+        "webhook_ids_changed_or_shared": n["webhook_id_changed"] + n["webhook_id_shared"],
         "webhooks_out_of_order": n["webhook_out_of_order"],
         "webhooks_stuck_or_failed": n["webhook_stuck"] + n["webhook_failed"],
         "webhooks_unexpected_or_bad": n["webhook_unexpected"]
         + n["webhook_bad_request"]
-        + n["webhook_delivered_unseen"],
+        + n["webhook_delivered_unseen"]
+        + n["webhook_body_mismatch"],
         "webhook_workflows_wrong": n["webhook_workflow"],
         "webhooks": findings.figures.get("webhooks"),
         "import": findings.figures.get("import"),

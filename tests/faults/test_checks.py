@@ -291,3 +291,15 @@ def test_webhook_lag_is_grouped_by_the_fault_going_on_when_the_event_happened() 
     assert lag["baseline"]["max"] == 1.0 and lag["temporal_kill"]["max"] == 25.0
     rows = report.fault_rows([], windows, f)
     assert [r["webhook_lag_p99_s"] for r in rows] == [1.0, 25.0]
+
+
+def test_webhooks_one_webhook_id_for_two_events_and_a_wrong_body_are_caught() -> None:
+    events = [hook_event(1), hook_event(2)]
+    ep = hook_endpoint(hit(1, hid="msg_x"), hit(2, hid="msg_x"))
+    f = checks.check_webhooks([ep], events, 0, delivered(1, 2))
+    assert violations(f) == ["webhook_id_shared"]
+    wrong = hit(1)
+    wrong.payload = {"from": "lead", "to": "won"}
+    events[0]["payload"] = {"from": "lead", "to": "qualified"}
+    f = checks.check_webhooks([hook_endpoint(wrong)], events[:1], 0, delivered(1))
+    assert violations(f) == ["webhook_body_mismatch"]
