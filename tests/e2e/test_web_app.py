@@ -691,6 +691,14 @@ async def test_a_failed_webhook_delivery_shows_its_500_and_retry_delivers_it(
         ]
         assert (again["id"], again["status"], again["last_status_code"]) == (d["id"], "delivered", 200)
         await shot(page, "23-webhooks-retried")
+
+        # Ops filter the list: nothing failed any more; the delivered one under "Delivered".
+        await page.locator("[data-testid=delivery-filter]").select_option("failed")
+        await expect(page.get_by_text("No failed deliveries.")).to_be_visible()
+        await expect(delivery).to_have_count(0)
+        await page.locator("[data-testid=delivery-filter]").select_option("delivered")
+        await expect(delivery).to_have_count(1)
+        await expect(delivery).to_have_attribute("data-delivery-id", d["id"])
         await page.context.close()
 
 

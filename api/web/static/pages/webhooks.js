@@ -37,6 +37,7 @@ export default async function webhooks() {
     deliveriesPanel);
 
   let selected = null; // the endpoint whose deliveries are shown
+  let only = ""; // "" (all), or the one status shown: failed, pending, delivered
   let watching = 0; // bumps to stop an older deliveries poll
   let pollUntil = 0; // keep polling until then even when nothing is pending (a test was just sent)
 
@@ -162,11 +163,15 @@ export default async function webhooks() {
     deliveriesPanel.hidden = false;
     deliveriesPanel.dataset.webhookId = w.id;
     const body = h("div", {}, loading("Loading deliveries…"));
-    mount(deliveriesPanel, h("h2", {}, "Deliveries to ", hostOf(w.url)), body);
+    const filter = h("select", { "data-testid": "delivery-filter", "aria-label": "Show" },
+      [["", "All"], ["failed", "Failed"], ["pending", "Pending"], ["delivered", "Delivered"]].map(([v, label]) =>
+        h("option", { value: v, selected: v === only }, label)));
+    filter.addEventListener("change", () => { only = filter.value; select(w); });
+    mount(deliveriesPanel, h("h2", {}, "Deliveries to ", hostOf(w.url)), h("label", {}, "Show ", filter), body);
     for (;;) {
       let page;
       try {
-        page = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/deliveries?${qs({ limit: 50 })}`);
+        page = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/deliveries?${qs({ limit: 50, status: only || undefined })}`);
       } catch (e) {
         if (me !== watching) return;
         mount(body, empty("The deliveries could not be loaded."));
@@ -178,7 +183,7 @@ export default async function webhooks() {
         ? h("div", { class: "table-wrap" }, h("table", { "data-testid": "deliveries" },
           thead("Event", "Status", "#Attempts", "#Last code", "Last error", "Delivered", ""),
           h("tbody", {}, page.items.map((d) => deliveryRow(w, d)))))
-        : empty("Nothing sent yet. Send a test to see one here."));
+        : empty(only ? `No ${only} deliveries.` : "Nothing sent yet. Send a test to see one here."));
       const pending = page.items.some((d) => d.status === "pending");
       if (!pending && Date.now() > pollUntil) return;
       await sleep(POLL_MS);
