@@ -656,6 +656,10 @@ def log_handler(settings: Settings, *, service: str, stream: Any = None) -> logg
     return handler
 
 
+# Libraries whose INFO lines carry what must not be logged (request URLs): warnings and up only.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(settings: Settings, *, service: str, level: str | int | None = None) -> logging.Handler:
     """Routes every logger of the process (ours, the SDK's, uvicorn's) to one redacting handler."""
     handler = log_handler(settings, service=service)
@@ -669,6 +673,11 @@ def configure_logging(settings: Settings, *, service: str, level: str | int | No
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    for name in QUIET_LOGGERS:
+        # httpx logs every request with its full URL at INFO: a webhook URL's path can be its
+        # secret (a chat incoming-webhook URL is), and a fan-out would log a line per attempt.
+        # The attempt's outcome is in webhook_deliveries and the metrics instead.
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return handler
 
 

@@ -249,3 +249,35 @@ def test_ups_own_lines_in_a_childs_log_follow_its_format(
     )
     assert (tmp_path / "api-False.log").read_text().endswith(" sponsorflow up: api restarted (pid 42)\n")
     assert "api restarted (pid 42)" in capsys.readouterr().out
+
+
+async def test_a_process_never_logs_the_urls_httpx_calls() -> None:
+    """A chat incoming-webhook URL's path is its secret: httpx's per-request INFO line (method and
+    full URL) must not reach the process's log, while warnings still would."""
+    secret_path = "/services/T000/B000/" + "s3cr3t" * 4
+    root = logging.getLogger()
+    saved = (
+        list(root.handlers),
+        root.level,
+        {n: logging.getLogger(n).level for n in telemetry.QUIET_LOGGERS},
+    )
+    out = io.StringIO()
+    try:
+        telemetry.configure_logging(_settings(), service="unit", level="INFO")
+        root.handlers[0].setStream(out)  # type: ignore[attr-defined]
+
+        async def hook(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200)
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(hook)) as http:
+            assert (await http.post("https://hooks.example.com" + secret_path)).status_code == 200
+        logging.getLogger("httpx").warning("a warning still shows")
+        logging.getLogger("sponsorflow.webhooks").info("our own INFO lines still show")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+    text = out.getvalue()
+    assert secret_path not in text and "HTTP Request" not in text, text
+    assert "a warning still shows" in text and "our own INFO lines still show" in text
