@@ -630,6 +630,20 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
         await expect(row.locator("[data-testid=webhook-test]")).to_be_disabled()
         got = (await live.http.get(f"/api/v1/webhooks/{hook['id']}", headers=h)).json()
         assert got["status"] == "paused"
+
+        # Resume and rotate the secret (after a confirm): the new one is shown once, with how long
+        # the old one keeps signing; a test is signed with both.
+        await row.locator("[data-testid=webhook-toggle]").click()
+        await expect(row.locator("[data-testid=webhook-status]")).to_have_text("active")
+        page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await row.locator("[data-testid=webhook-rotate]").click()
+        await expect(page.locator("[data-testid=webhook-previous-until]")).to_contain_text("keeps signing")
+        rotated = (await secret_el.inner_text()).strip()
+        assert rotated.startswith("whsec_") and rotated != secret
+        await row.locator("[data-testid=webhook-test]").click()
+        (_, again) = await r.wait_for(2)
+        assert Webhook(rotated).verify(again.body, again.headers)["type"] == "webhook.test"
+        assert Webhook(secret).verify(again.body, again.headers)["type"] == "webhook.test"
         await page.context.close()
 
         # On a phone: no sideways scrolling (the tables scroll inside their card).
@@ -637,10 +651,18 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
         await phone.goto("/webhooks")
         await expect(phone.locator("[data-testid=webhook-row]")).to_have_count(1)
         await phone.locator("[data-testid=webhook-show-deliveries]").click()
-        await expect(phone.locator("[data-testid=delivery-row]")).to_have_count(1)
+        await expect(phone.locator("[data-testid=delivery-row]")).to_have_count(2)
         overflow = await phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"the webhooks page overflows a phone by {overflow}px"
         await shot(phone, "21-webhooks-phone")
+
+        # Delete (after a confirm): the row goes, and so does the endpoint.
+        phone.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await phone.locator("[data-testid=webhook-delete]").click()
+        await expect(phone.locator("[data-testid=webhook-row]")).to_have_count(0)
+        await expect(phone.locator("[data-testid=deliveries-panel]")).to_be_hidden()
+        gone = await live.http.get(f"/api/v1/webhooks/{hook['id']}", headers=h)
+        assert gone.status_code == 404
         await phone.context.close()
         assert rival.requests == []
 

@@ -1,5 +1,6 @@
 // Webhooks: the tenant's endpoints, add one (its secret shown once), pause/resume, send a test,
-// and one endpoint's deliveries with Retry on the failed ones. Everything goes through /api/v1/webhooks.
+// rotate the secret (the new one shown once), delete, and one endpoint's deliveries with Retry on
+// the failed ones. Everything goes through /api/v1/webhooks.
 
 import { api, app, dateTime, empty, flashBox, h, label, loading, mount, qs, statusBadge, thead } from "../lib.js";
 
@@ -84,8 +85,8 @@ export default async function webhooks() {
     }
   }
 
-  /** The secret, this once: it is never readable again (rotate it through the API to get a new one). */
-  function showSecret(created) {
+  /** The secret, this once: it is never readable again (Rotate secret makes a new one). */
+  function showSecret(created, previousUntil = null) {
     const code = h("code", { class: "secret mono", "data-testid": "webhook-secret" }, created.secret);
     const copied = h("span", { class: "muted small", role: "status" });
     const copy = h("button", { type: "button", class: "secondary", "data-testid": "webhook-secret-copy", onclick: async () => {
@@ -100,7 +101,9 @@ export default async function webhooks() {
     mount(secretPanel,
       h("h2", {}, "Signing secret for ", hostOf(created.url)),
       h("p", {}, h("strong", {}, "Copy it now: it is shown this once. "),
-        "Your receiver verifies the ", h("span", { class: "mono" }, "webhook-signature"), " header with it."),
+        "Your receiver verifies the ", h("span", { class: "mono" }, "webhook-signature"), " header with it.",
+        previousUntil && h("span", { "data-testid": "webhook-previous-until" },
+          ` The previous secret keeps signing beside it until ${dateTime(previousUntil)}: switch your receiver before then.`)),
       h("div", { class: "row secret-row" }, code, copy, copied),
       h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: () => { secretPanel.hidden = true; secretPanel.replaceChildren(); } }, "I saved it")));
     secretPanel.hidden = false;
@@ -139,6 +142,20 @@ export default async function webhooks() {
       select(w);
     }));
     const show = h("button", { type: "button", class: "secondary", "data-testid": "webhook-show-deliveries", onclick: () => select(w) }, "Deliveries");
+    const rotate = h("button", { type: "button", class: "secondary", "data-testid": "webhook-rotate" }, "Rotate secret");
+    rotate.addEventListener("click", () => act(rotate, async () => {
+      if (!confirm(`Make a new signing secret for ${hostOf(w.url)}? The current one keeps signing beside it for a day.`)) return;
+      const rotated = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/rotate-secret`, { method: "POST" });
+      showSecret({ url: w.url, secret: rotated.secret }, rotated.previous_secret_expires_at);
+    }));
+    const remove = h("button", { type: "button", class: "danger", "data-testid": "webhook-delete" }, "Delete");
+    remove.addEventListener("click", () => act(remove, async () => {
+      if (!confirm(`Delete the endpoint ${hostOf(w.url)}? Nothing more is sent to it, and its deliveries are deleted with it.`)) return;
+      await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}`, { method: "DELETE" });
+      flash.show(`${hostOf(w.url)} deleted.`, "ok", 4000);
+      if (selected && selected.id === w.id) { selected = null; watching++; deliveriesPanel.hidden = true; }
+      await loadList();
+    }));
     return h("tr", { "data-testid": "webhook-row", dataset: { webhookId: w.id, status: w.status } },
       h("td", {}, h("strong", { class: "host" }, hostOf(w.url)),
         w.description && h("div", { class: "muted small" }, w.description),
@@ -146,7 +163,7 @@ export default async function webhooks() {
       h("td", {}, w.event_types.includes(ALL) ? "All events" : h("span", { class: "mono small" }, w.event_types.join(", "))),
       h("td", {}, label(w.format)),
       h("td", {}, statusBadge(w.status, { "data-testid": "webhook-status" })),
-      h("td", {}, h("div", { class: "row" }, toggle, test, show)));
+      h("td", {}, h("div", { class: "row" }, toggle, test, show, rotate, remove)));
   }
 
   /** Runs a button's action once at a time; the server's refusal goes to the flash. */
