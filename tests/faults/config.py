@@ -15,6 +15,7 @@ FAULTS = (
     "worker_freeze_all",
     "worker_kill",
     "api_kill",
+    "webhook_receiver_hang",
 )
 
 

@@ -428,6 +428,18 @@ class FaultSuite:
         await self._wait_children("api", api, 1, w)
         self.log("API back", pid=self.up.children().pids.get("api"))
 
+    async def fault_webhook_receiver_hang(self, w: FaultWindow) -> None:
+        """The `all` endpoint's receiver answers nothing for as long as a freeze (every attempt times
+        out): the other endpoint and the product must not notice; afterwards everything arrives."""
+        if not self.hooks.enabled:
+            w.notes.append("no webhook endpoints in this run: nothing to hang")
+            return
+        hung = self.hooks.endpoints[0]
+        hung.hang_until = time.time() + self.cfg.freeze_s
+        self.log("webhook receiver hangs", endpoint=hung.name, seconds=self.cfg.freeze_s)
+        await asyncio.sleep(self.cfg.freeze_s)
+        self.log("webhook receiver answers again", endpoint=hung.name)
+
     async def run_fault(self, name: str, label: str) -> None:
         """One fault: (the import if this is its fault), inject, wait for the process, then a quiet period."""
         self.timeline.phase = label

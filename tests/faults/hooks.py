@@ -55,6 +55,8 @@ class Endpoint:
     hits: list[Hit] = field(default_factory=list)
     # The first attempt of a webhook-id this receiver saw (for the injected first-attempt failures).
     seen: set[str] = field(default_factory=set)
+    # Until then (time.time()) every request hangs without an answer (the webhook_receiver_hang fault).
+    hang_until: float = 0.0
 
     def wants(self, event_type: str) -> bool:
         """Whether the endpoint subscribes to an event type."""
@@ -66,14 +68,16 @@ class Endpoint:
         first = hit.webhook_id not in self.seen
         self.seen.add(hit.webhook_id)
         what: Behaviour = "ok"
-        if self.flaky and first and hit.event_id is not None:
+        if hit.at < self.hang_until:
+            what = "hang"
+        elif self.flaky and first and hit.event_id is not None:
             if hit.event_id % FLAKY_EVERY == 0:
                 what = "error"
             elif hit.event_id % FLAKY_EVERY == FLAKY_EVERY // 2:
                 what = "close"
         if not hit.signature_ok:
             what = "error"  # a receiver refuses what it cannot verify
-        hit.answered = {"ok": 200, "error": 500}.get(what)
+        hit.answered = {"ok": 200, "error": 500}.get(what)  # None: hung or dropped
         self.hits.append(hit)
         return what
 

@@ -31,6 +31,7 @@ COLUMNS = (
     ("deliv 2xx/503/na", "deliveries"),
     ("deliv ghost", "delivery_ghost"),
     ("hook p99 s", "webhook_lag_p99_s"),
+    ("hook2 p99 s", "webhook2_lag_p99_s"),
 )
 
 
@@ -42,7 +43,9 @@ def fault_rows(
     for v in findings.violations:
         if v["check"] in ("ghost_move", "lost_2xx_move", "ghost_delivery", "lost_2xx_delivery"):
             by_phase[(v["check"], v.get("phase", ""))] += 1
-    hook_lag = findings.figures.get("webhooks", {}).get("all", {}).get("lag_s", {})
+    hooks = findings.figures.get("webhooks", {})
+    hook_lag = hooks.get("all", {}).get("lag_s", {})
+    hook2_lag = hooks.get("deliveries", {}).get("lag_s", {})
     rows = []
     for w in windows:
         moves = checks.fault_figures(requests, w, "move")
@@ -60,6 +63,8 @@ def fault_rows(
                 "delivery_figures": deliv,
                 # Webhooks to the `all` endpoint: event written -> first 200 at the receiver.
                 "webhook_lag_p99_s": hook_lag.get(w.name, {}).get("p99"),
+                # ... and to `deliveries` (its receiver never fails: the endpoint nothing should slow).
+                "webhook2_lag_p99_s": hook2_lag.get(w.name, {}).get("p99"),
                 "window": {
                     "t_inject": round(w.t_inject, 2),
                     "t_end": round(w.t_end, 2),
