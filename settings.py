@@ -276,6 +276,18 @@ class Settings(BaseSettings):
             raise ValueError("SPONSORFLOW_ADMIN_TOKEN must be set to a real secret outside development")
         return self
 
+    @model_validator(mode="after")
+    def _retention_outlives_retries(self) -> Settings:
+        """A delivery is kept at least as long as it may still be retried (a batch-mate pruned while
+        its entity's head retries would read as gone)."""
+        days = self.webhook_delivery_retention_days
+        if days and days * 24 <= self.webhook_retry_hours:
+            raise ValueError(
+                f"SPONSORFLOW_WEBHOOK_DELIVERY_RETENTION_DAYS ({days:g}) must be 0 (keep) or longer than "
+                f"the retry window, SPONSORFLOW_WEBHOOK_RETRY_HOURS ({self.webhook_retry_hours:g} h)"
+            )
+        return self
+
     @property
     def webhook_secret_key_value(self) -> str:
         """The key endpoint secrets are encrypted with (ValueError: the default outside development)."""

@@ -10,12 +10,14 @@ Temporal retries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -87,13 +89,21 @@ _MAX_CLIENTS = 256
 _PRUNE_BATCH = 5000
 
 
+# Lookups run on threads of their own: one stuck on a black-holed resolver (its wait is cancelled,
+# its thread is not) must not take the event loop's default executor from everything else.
+_DNS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sponsorflow-dns")
+
+
 async def resolve(host: str, port: int) -> list[str]:
     """Every address `host` resolves to now, in the resolver's order (empty: it does not resolve)."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        infos = await asyncio.get_running_loop().run_in_executor(
+            _DNS,
+            functools.partial(
+                socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+            ),
         )
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):
         return []
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -128,7 +138,15 @@ def pinned(url: str, address: str) -> Target:
 
 
 async def url_refusal(url: str, *, allow_private: bool) -> str | None:
-    """Why the URL's host may not be called now (None: it may); checked at creation and per attempt."""
+    """Why the URL may not be called now (None: it may): checked at creation and on every change.
+
+    A URL the HTTP client cannot send as it is (a control character, a name IDNA 2008 refuses) is
+    refused here, so no endpoint is created whose every attempt could only fail.
+    """
+    try:
+        pinned(url, "192.0.2.1")
+    except Exception as exc:  # noqa: BLE001 - whatever httpx refuses, named for the 422
+        return f"it cannot be sent as it is ({type(exc).__name__}: {exc})"[:300]
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return address_refusal(await resolve(parts.hostname or "", port), allow_private=allow_private)
@@ -300,7 +318,7 @@ class WebhookActivities:
                 async with asyncio.timeout(self._settings.webhook_timeout_seconds):
                     addresses = await resolve(key[0], port)
             except TimeoutError:
-                addresses = []
+                return None, f"the host's DNS lookup took over {self._settings.webhook_timeout_seconds:g} s"
             if addresses:
                 if len(self._resolved) >= _MAX_CLIENTS:
                     self._resolved.pop(next(iter(self._resolved)))
@@ -323,7 +341,9 @@ class WebhookActivities:
                 return ClaimDeliveriesResult(
                     endpoint="gone", event_cursor=cursor, observed_max_event_id=cursor
                 )
-            cursor = inp.event_cursor if inp.event_cursor is not None else endpoint.after_event_id
+            # The higher of the two: the persisted start is settled too (a workflow reset to an older
+            # point must not re-queue what retention pruned below it under new webhook-ids).
+            cursor = max(inp.event_cursor or 0, endpoint.after_event_id)
             if endpoint.status == "paused":
                 return ClaimDeliveriesResult(
                     endpoint="paused", event_cursor=cursor, observed_max_event_id=cursor
@@ -377,7 +397,7 @@ class WebhookActivities:
         retried = activity.info().attempt > 1
         prepared = await self._prepare(inp.tenant_id, ids)
         outcomes: list[DeliverWebhookResult] = []
-        delivered: list[tuple[uuid.UUID, int, datetime]] = []
+        delivered: list[tuple[uuid.UUID, int, datetime, datetime]] = []
         try:
             for i, delivery_id in enumerate(ids):
                 activity.heartbeat(i)
@@ -389,7 +409,7 @@ class WebhookActivities:
                     continue
                 sent = await self._send(p)
                 if sent.error is None and sent.status_code is not None:
-                    delivered.append((delivery_id, sent.status_code, sent.done_at))
+                    delivered.append((delivery_id, sent.status_code, sent.started_at, sent.done_at))
                     metrics.webhook_attempt("delivered", format=p.endpoint.format)
                     outcomes.append(
                         DeliverWebhookResult(
@@ -463,7 +483,10 @@ class WebhookActivities:
         def failed(error: str, code: int | None = None, retry_after: float | None = None) -> _Sent:
             return _Sent(code, error, retry_after, datetime.now(UTC), started)
 
-        target, refusal = await self._target(p.endpoint.url, p.attempts)
+        try:
+            target, refusal = await self._target(p.endpoint.url, p.attempts)
+        except Exception as exc:  # noqa: BLE001 - a URL httpx cannot parse: a recorded failed attempt
+            return failed(f"request failed ({type(exc).__name__})")
         if target is None:
             return failed(f"address refused: {refusal}")
         ts = int(time.time())
@@ -497,9 +520,9 @@ class WebhookActivities:
             return failed(_transport_error(exc, s.webhook_timeout_seconds))
         except TimeoutError:
             return failed(f"no answer within {s.webhook_timeout_seconds:g} s")
-        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded, never an unrecorded crash of the batch
             # Whatever else the request raised (a URL or header httpx cannot send): an attempt
-            # that failed, recorded and retried like any other, never an unrecorded crash.
+            # that failed, recorded and retried like any other. Cancellation is not an Exception.
             return failed(f"request failed ({type(exc).__name__})")
         finally:
             self._busy[target.host] -= 1
@@ -514,7 +537,7 @@ class WebhookActivities:
         return failed(f"HTTP {code}", code, retry_after)
 
     async def _record_delivered(
-        self, inp: DeliverWebhooksInput, delivered: list[tuple[uuid.UUID, int, datetime]]
+        self, inp: DeliverWebhooksInput, delivered: list[tuple[uuid.UUID, int, datetime, datetime]]
     ) -> None:
         if not delivered:
             return

@@ -182,7 +182,8 @@ _CLAIM = text(
 # worker deployed before it reports no horizon, and its workflow keeps the time rule).
 _HORIZON = text(
     """
-    SELECT (SELECT coalesce(max(id), 0) FROM events) AS newest,
+    WITH n AS (SELECT coalesce(max(id), 0) AS newest FROM events)
+    SELECT n.newest,
            EXISTS (
                SELECT 1 FROM pg_attrdef d
                JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
@@ -190,9 +191,9 @@ _HORIZON = text(
                  AND pg_get_expr(d.adbin, d.adrelid) = 'sponsorflow_next_event_id()'
            ) AS xid_first,
            pg_current_xact_id_if_assigned() IS NOT NULL AS had_xid,
-           CASE WHEN (SELECT coalesce(max(id), 0) FROM events) > :cursor
-                THEN pg_current_xact_id()::text::bigint END AS horizon_xid,
+           CASE WHEN n.newest > :cursor THEN pg_current_xact_id()::text::bigint END AS horizon_xid,
            pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS snapshot_xmin
+    FROM n
     """
 )
 
@@ -227,7 +228,8 @@ async def claim_events(*, session: AsyncSession, endpoint: WebhookEndpoint, curs
     """
     # Read before the claim: every event up to it that is visible now gets picked below.
     # Nothing newer than the cursor (an idle endpoint): no observation to make, so no xid is taken
-    # (each would count towards the anti-wraparound vacuum); the snapshot's xmin still settles older ones.
+    # (each would count towards the anti-wraparound vacuum). No observation waits then either: a
+    # waiting one is above the cursor, and its ids were visible, so the newest is above it too.
     h = (await session.execute(_HORIZON, {"cursor": cursor})).one()
     newest = int(h.newest or 0)
     trusted = bool(h.xid_first) and not h.had_xid
@@ -319,19 +321,22 @@ _MARK_DELIVERED = text(
     UPDATE webhook_deliveries d
     SET status = 'delivered', attempts = d.attempts + 1, last_status_code = v.code,
         last_error = NULL, next_attempt_at = NULL, delivered_at = v.at,
-        first_attempt_at = coalesce(d.first_attempt_at, v.at)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS integer[]), CAST(:ats AS timestamptz[]))
-         AS v(id, code, at)
+        first_attempt_at = coalesce(d.first_attempt_at, v.started)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS integer[]), CAST(:starts AS timestamptz[]),
+                CAST(:ats AS timestamptz[])) AS v(id, code, started, at)
     WHERE d.id = v.id AND d.status = 'pending'
     """
 )
 
 
 async def mark_delivered(
-    *, session: AsyncSession, endpoint_id: uuid.UUID, delivered: list[tuple[uuid.UUID, int, datetime]]
+    *,
+    session: AsyncSession,
+    endpoint_id: uuid.UUID,
+    delivered: list[tuple[uuid.UUID, int, datetime, datetime]],
 ) -> int:
-    """2xx answers (delivery id, status code, when): delivered, in one statement (only pending rows
-    change; a duplicate attempt changes nothing). Returns how many changed.
+    """2xx answers (delivery id, status code, attempt started, answered): delivered, in one
+    statement (only pending rows change; a duplicate attempt changes nothing). Returns how many.
 
     The endpoint is healthy again: its failing streak ends (a no-op, and no row lock, when none
     runs: the endpoint's parallel chains do not queue on its row).
@@ -346,7 +351,8 @@ async def mark_delivered(
         {
             "ids": [d[0] for d in delivered],
             "codes": [d[1] for d in delivered],
-            "ats": [d[2] for d in delivered],
+            "starts": [d[2] for d in delivered],
+            "ats": [d[3] for d in delivered],
         },
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -564,12 +570,13 @@ async def slack_context(*, session: AsyncSession, entity_type: str, entity_id: s
 
 async def prune_deliveries(*, session: AsyncSession, before: datetime, limit: int) -> int:
     """Deletes up to `limit` of the tenant's decided deliveries (delivered, failed) older than
-    `before` (by when delivered, else when created); pending ones always stay. Returns how many went.
+    `before` (by when delivered, or when its window ended, else when created); pending ones stay.
+    Returns how many went.
 
     Only below each endpoint's start (after_event_id, the settled cursor its claims persist): the
     claim never scans there again, so a pruned event is never queued again under a new webhook-id
     (a replay of its window still may: on purpose). Each endpoint's rows are found through
-    ix_webhook_deliveries_newest (endpoint_id, created_at): delivered_at >= created_at.
+    ix_webhook_deliveries_newest (endpoint_id, created_at): delivered_at and give_up_at >= created_at.
     """
     result = await session.execute(
         text(
@@ -580,7 +587,7 @@ async def prune_deliveries(*, session: AsyncSession, before: datetime, limit: in
                     SELECT id FROM webhook_deliveries
                     WHERE endpoint_id = ep.id AND created_at < :before
                       AND status IN ('delivered', 'failed')
-                      AND coalesce(delivered_at, created_at) < :before
+                      AND coalesce(delivered_at, give_up_at, created_at) < :before
                       AND event_id <= ep.after_event_id
                     LIMIT :limit
                 ) d

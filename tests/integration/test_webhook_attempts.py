@@ -236,3 +236,51 @@ async def test_each_delivery_opens_its_own_retry_window_and_a_retried_batch_hand
         and e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_webhooks"
     ]
     assert len(batches) >= 2
+
+
+async def test_a_url_the_client_cannot_send_is_refused_at_creation_and_a_recorded_failure_later(
+    hooks: Stack,
+) -> None:
+    """A control character or a name IDNA 2008 refuses: 422 naming `url` at creation; an endpoint
+    that has one anyway (written before the check) fails each attempt on the record, never silently."""
+    from db.engine import tenant_tx
+
+    h = hooks.auth(await hooks.new_tenant())
+    for bad in ("http://127.0.0.1:9/a\x7fb", "http://\u2603.net/hook"):
+        r = await hooks.http.post("/api/v1/webhooks", json={"url": bad, "event_types": ["*"]}, headers=h)
+        assert r.status_code == 422 and "url" in r.text and "cannot be sent" in r.text, r.text
+    t = await hooks.new_tenant()
+    h = hooks.auth(t)
+    async with receiver("ok") as r:
+        hook = (
+            await hooks.http.post("/api/v1/webhooks", json={"url": r.url, "event_types": ["*"]}, headers=h)
+        ).json()
+        async with tenant_tx(sm=hooks.sm, tenant_id=t.id) as session:
+            await session.execute(
+                text("UPDATE webhook_endpoints SET url = :u WHERE id = :id"),
+                {"u": r.url + "/a\x7fb", "id": hook["id"]},
+            )
+        assert (await hooks.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)).status_code == 202
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
+                "items"
+            ]
+            if rows and rows[0]["attempts"] >= 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, rows
+            await asyncio.sleep(0.2)
+        assert rows[0]["status"] == "pending" and rows[0]["last_error"] == "request failed (InvalidURL)"
+        assert r.requests == []
+
+
+def test_retention_must_outlive_the_retry_window() -> None:
+    from settings import Settings
+
+    with pytest.raises(ValueError, match="RETENTION_DAYS"):
+        Settings(webhook_delivery_retention_days=2, webhook_retry_hours=72)
+    assert Settings(webhook_delivery_retention_days=0).webhook_delivery_retention_days == 0
+    assert (
+        Settings(webhook_delivery_retention_days=4, webhook_retry_hours=72).webhook_delivery_retention_days
+        == 4
+    )

@@ -106,6 +106,7 @@ export default async function webhooks() {
           ` The previous secret keeps signing beside it until ${dateTime(previousUntil)}: switch your receiver before then.`)),
       h("div", { class: "row secret-row" }, code, copy, copied),
       h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: () => { secretPanel.hidden = true; secretPanel.replaceChildren(); } }, "I saved it")));
+    secretPanel.dataset.webhookId = created.id || "";
     secretPanel.hidden = false;
   }
 
@@ -139,14 +140,15 @@ export default async function webhooks() {
       await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/test`, { method: "POST" });
       flash.show(`A test event is on its way to ${hostOf(w.url)}.`, "ok", 4000);
       pollUntil = Date.now() + 15000;
+      only = ""; // the test's delivery is pending first: show it whatever the filter said
       select(w);
     }));
     const show = h("button", { type: "button", class: "secondary", "data-testid": "webhook-show-deliveries", onclick: () => select(w) }, "Deliveries");
     const rotate = h("button", { type: "button", class: "secondary", "data-testid": "webhook-rotate" }, "Rotate secret");
     rotate.addEventListener("click", () => act(rotate, async () => {
-      if (!confirm(`Make a new signing secret for ${hostOf(w.url)}? The current one keeps signing beside it for a day.`)) return;
+      if (!confirm(`Make a new signing secret for ${hostOf(w.url)}? The current one keeps signing beside it for a grace period; one left over from an earlier rotation stops at once.`)) return;
       const rotated = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/rotate-secret`, { method: "POST" });
-      showSecret({ url: w.url, secret: rotated.secret }, rotated.previous_secret_expires_at);
+      showSecret({ id: w.id, url: w.url, secret: rotated.secret }, rotated.previous_secret_expires_at);
     }));
     const remove = h("button", { type: "button", class: "danger", "data-testid": "webhook-delete" }, "Delete");
     remove.addEventListener("click", () => act(remove, async () => {
@@ -154,6 +156,7 @@ export default async function webhooks() {
       await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}`, { method: "DELETE" });
       flash.show(`${hostOf(w.url)} deleted.`, "ok", 4000);
       if (selected && selected.id === w.id) { selected = null; watching++; deliveriesPanel.hidden = true; }
+      if (secretPanel.dataset.webhookId === w.id) { secretPanel.hidden = true; secretPanel.replaceChildren(); }
       await loadList();
     }));
     return h("tr", { "data-testid": "webhook-row", dataset: { webhookId: w.id, status: w.status } },
@@ -175,6 +178,7 @@ export default async function webhooks() {
 
   /** Shows one endpoint's deliveries and keeps them fresh while one is pending. */
   async function select(w) {
+    if (!selected || selected.id !== w.id) only = ""; // another endpoint: its whole list first
     selected = w;
     const me = ++watching;
     deliveriesPanel.hidden = false;
