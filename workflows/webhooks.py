@@ -89,6 +89,11 @@ class WebhookEndpointWorkflow:
         # Pending deliveries handed out up to this queue position (0: none yet this run).
         self._after_seq = 0
         self._queues: dict[str, deque[DeliveryRef]] = {}
+        # The ids in the queues (queued or in flight): a claim never hands one out twice.
+        self._held: set[str] = set()
+        # A chain dropped refs it was handed (a pause, the endpoint gone): the next claim looks at
+        # every pending delivery again, not only those after `_after_seq`.
+        self._dropped = False
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._in_flight: dict[str, datetime] = {}
         self._slots = asyncio.Semaphore(max(inp.config.max_in_flight, 1))
@@ -122,10 +127,12 @@ class WebhookEndpointWorkflow:
         # This claim answers every wake so far; one arriving during it asks for the next.
         self._wake = False
         async with self._db_lock:
-            if not self._queues and not self._in_flight:
-                # Nothing handed out is outstanding: look at every pending delivery again (those a
-                # pause, a continue-as-new or an ended chain left behind).
+            if self._dropped or (not self._queues and not self._in_flight):
+                # Nothing handed out is outstanding, or a chain dropped what it was handed: look at
+                # every pending delivery again (those a pause, a continue-as-new or an ended chain
+                # left behind; enqueue() skips those still held, so each entity's order holds).
                 self._after_seq = 0
+                self._dropped = False
             scan_from = self.settled_cursor()
             result = await workflow.execute_activity_method(
                 WebhookActivities.claim_deliveries,
@@ -153,6 +160,11 @@ class WebhookEndpointWorkflow:
                     snapshot_xmin=result.snapshot_xmin, covered_through=result.observed_max_event_id
                 )
         self.observe(result.observed_max_event_id, horizon_xid)
+        if self._dropped:
+            # A chain dropped refs while this claim ran: what it handed out could overtake them in
+            # their entity's order. The next claim (at once: the chain woke it) hands out every
+            # pending delivery again, in queue order.
+            return result
         for ref in result.deliveries:
             self._after_seq = max(self._after_seq, ref.queue_seq)
             self.enqueue(ref)
@@ -240,14 +252,31 @@ class WebhookEndpointWorkflow:
         return held.at if held is not None else None
 
     def enqueue(self, ref: DeliveryRef) -> None:
-        """Appends a delivery to its entity's chain, starting the chain if it is not running."""
+        """Appends a delivery to its entity's chain, starting the chain if it is not running.
+
+        Since the webhook-cancel-keeps-pending patch a delivery already held (queued or in flight)
+        is skipped: after a chain dropped its refs the claim hands out every pending one again.
+        """
+        if workflow.patched(KEEP_PENDING_PATCH):
+            if ref.id in self._held:
+                return
+            self._held.add(ref.id)
         self._queues.setdefault(ref.entity_id, deque()).append(ref)
         if ref.entity_id not in self._chains:
             self._chains[ref.entity_id] = asyncio.create_task(self.run_chain(ref.entity_id))
 
     async def run_chain(self, entity_id: str) -> None:
-        """Sends one entity's deliveries in order, each once a slot is free."""
+        """Sends one entity's deliveries in order, each once a slot is free.
+
+        What it drops (a `paused` or `gone` outcome, the run ending) stays pending in the database.
+        Since the webhook-cancel-keeps-pending patch the next claim hands it out again at once, in
+        queue order (before the patch: once no chain was busy, hours later behind a retrying one,
+        so an entity's later events went first).
+        """
         queue = self._queues[entity_id]
+        # Read once here: the `finally` below also runs when the worker evicts the run, outside the
+        # workflow's event loop, where no workflow API may be called.
+        keep_pending = workflow.patched(KEEP_PENDING_PATCH)
         try:
             while queue and not self._draining and not self._gone:
                 # One activity per batch of the entity's queue: a fraction of the Temporal round
@@ -268,16 +297,37 @@ class WebhookEndpointWorkflow:
                         return
                     finally:
                         self._in_flight.pop(refs[0].id, None)
+                if not outcomes and keep_pending:
+                    # Never answered by the activity: stop rather than send the same batch forever.
+                    # The deliveries stay pending (found again once no chain is busy).
+                    workflow.logger.error(
+                        "webhook delivery activity answered no outcome for %d deliveries of entity %s",
+                        len(refs),
+                        entity_id,
+                    )
+                    self.release(queue)
+                    break
                 for outcome in outcomes:
-                    queue.popleft()
+                    self._held.discard(queue.popleft().id)
                     self.record(outcome)
                 if any(o in ("paused", "gone") for o in outcomes):
                     # The rest stays pending in the database; the claim after the resume finds it.
-                    queue.clear()
+                    self.release(queue)
+                    self._dropped = keep_pending
                     self._wake = True
         finally:
+            if queue and keep_pending:
+                # Ended with refs still queued (cancelled, or the run is ending).
+                self.release(queue)
+                self._dropped = True
             self._queues.pop(entity_id, None)
             self._chains.pop(entity_id, None)
+
+    def release(self, queue: deque[DeliveryRef]) -> None:
+        """Drops a chain's queued refs: no longer held, so a claim may hand them out again."""
+        for ref in queue:
+            self._held.discard(ref.id)
+        queue.clear()
 
     async def deliver(self, ref: DeliveryRef) -> Outcome:
         """One delivery, retried by Temporal until a 2xx or the end of its window."""
@@ -321,6 +371,15 @@ class WebhookEndpointWorkflow:
         except ActivityError as exc:
             if self.leaves_pending(exc):
                 raise
+            if workflow.patched(KEEP_PENDING_PATCH):
+                # Temporal stopped retrying (the schedule-to-close guard, say): the batch was
+                # retrying its first undecided delivery, whose window ran out; those after it were
+                # never attempted. Give up only the first: the chain pops one outcome and sends the
+                # rest in a batch of their own (with its own guard). Were the first decided already
+                # (delivered before the batch's retries), fail_delivery changes nothing and the
+                # next batch's first attempt decides the one that was retrying (its give_up_at).
+                await self.give_up(refs[:1], exc)
+                return ["failed"]
             await self.give_up(refs, exc)
             return ["failed"] * len(refs)
         return [o.outcome for o in result.outcomes]

@@ -226,3 +226,67 @@ async def _retrying_across_continue_as_new(stack: Stack) -> None:
         assert len(r.requests) >= 2
         assert [b["payload"] for b in _bodies(hook["secret"], r.requests)] == [{"n": 1}] * len(r.requests)
         assert {q.headers["webhook-id"] for q in r.requests} == {message_id(delivery["id"])}
+
+
+async def test_after_a_pause_an_entitys_dropped_deliveries_go_before_its_later_ones(
+    database: EmbeddedDatabase, client: Client, sm: SessionMaker
+) -> None:
+    """A pause drops the deliveries an entity's chain was handed (they stay pending). While another
+    entity's chain waits on a long retry, the claim after the resume hands them out again: the
+    entity's event written after the resume arrives after them, not before."""
+    async for stack in start_stack(database, client, sm, **FAST):
+        await _dropped_then_resumed(stack)
+
+
+async def _dropped_then_resumed(stack: Stack) -> None:
+    t = await stack.new_tenant()
+    h = stack.auth(t)
+    answer: dict[str, Behaviour] = {"E": "error"}
+    ok_for_e: list[Received] = []
+
+    def by_entity(req: Received) -> Behaviour:
+        entity = json.loads(req.body)["entity_id"]
+        if entity == "F":
+            return "429"  # Retry-After: 30 s, so F's chain stays busy the whole test
+        if answer["E"] == "ok":
+            ok_for_e.append(req)
+        return answer["E"]
+
+    async with receiver(decide=by_entity, retry_after="30") as r:
+        hook = await _create(stack, h, r.url)
+        handle = stack.client.get_workflow_handle(hook["workflow_id"])
+        loop = asyncio.get_running_loop()
+
+        async def until_queued(n: int, what: str) -> None:
+            t0 = loop.time()
+            while (await handle.query("state")).get("queued") != n:
+                assert loop.time() - t0 < 15, what
+                await asyncio.sleep(0.1)
+
+        await _emit(stack.sm, t.id, "F", 0)
+        await r.wait_for(1)
+        # E's three deliveries are handed to its chain, which keeps retrying the first.
+        for n in (1, 2, 3):
+            await _emit(stack.sm, t.id, "E", n)
+        await until_queued(4, "E's deliveries were never all handed to its chain")
+        paused = await stack.http.patch(
+            f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}, headers=h
+        )
+        assert paused.status_code == 200, paused.text
+        # E's next attempt answers `paused`: its chain drops the three; F's still waits on its retry.
+        await until_queued(1, "E's chain never saw the pause")
+        answer["E"] = "ok"
+        resumed = await stack.http.patch(
+            f"/api/v1/webhooks/{hook['id']}", json={"status": "active"}, headers=h
+        )
+        assert resumed.status_code == 200, resumed.text
+        await _emit(stack.sm, t.id, "E", 4)
+        t0 = loop.time()
+        while len(ok_for_e) < 4:
+            assert loop.time() - t0 < 15, f"E got {[json.loads(q.body)['payload'] for q in ok_for_e]}"
+            await asyncio.sleep(0.1)
+        assert [b["payload"]["n"] for b in _bodies(hook["secret"], ok_for_e)] == [1, 2, 3, 4]
+        # F kept retrying the whole time (its chain was busy when E's were dropped and resent).
+        assert {json.loads(q.body)["entity_id"] for q in r.requests} == {"E", "F"}
+        state = await handle.query("state")
+        assert state["queued"] == 1 and state["in_flight"] == 1, state
