@@ -298,14 +298,16 @@ class WebhookEndpointWorkflow:
                     finally:
                         self._in_flight.pop(refs[0].id, None)
                 if not outcomes and keep_pending:
-                    # Never answered by the activity: stop rather than send the same batch forever.
-                    # The deliveries stay pending (found again once no chain is busy).
+                    # No outcome at all (the activity answers at least one): a bug, never a reason to
+                    # send the same batch forever. The chain ends; its deliveries stay pending and
+                    # stay held (the claims of this run skip them): the next run sends them again.
                     workflow.logger.error(
-                        "webhook delivery activity answered no outcome for %d deliveries of entity %s",
+                        "webhook delivery activity answered no outcome for %d deliveries of entity %s;"
+                        " left pending until the next run",
                         len(refs),
                         entity_id,
                     )
-                    self.release(queue)
+                    queue.clear()
                     break
                 for outcome in outcomes:
                     self._held.discard(queue.popleft().id)

@@ -17,14 +17,29 @@ from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker, tenant_tx
 from db.events import emit_event
-from domain.webhooks import message_id
-from tests.conftest import Stack, stack_worker, start_stack
+from domain.webhooks import (
+    ClaimDeliveriesInput,
+    ClaimDeliveriesResult,
+    DeliverWebhookResult,
+    DeliverWebhooksInput,
+    DeliverWebhooksResult,
+    DeliveryRef,
+    FailDeliveryInput,
+    FailDeliveryResult,
+    WebhookConfig,
+    WebhookEndpointInput,
+    message_id,
+)
+from tests.conftest import Stack, new_worker, stack_worker, start_stack
 from tests.helpers.receivers import Behaviour, Received, receiver
+from workflows.webhooks import WebhookEndpointWorkflow
 
 FAST: dict[str, Any] = {
     "webhook_poll_seconds": 0.2,
@@ -290,3 +305,81 @@ async def _dropped_then_resumed(stack: Stack) -> None:
         assert {json.loads(q.body)["entity_id"] for q in r.requests} == {"E", "F"}
         state = await handle.query("state")
         assert state["queued"] == 1 and state["in_flight"] == 1, state
+
+
+class StandInOutbox:
+    """Stands in for the claim, delivery and give-up activities (one entity's three pending
+    deliveries), to test the workflow's decisions when a delivery activity ends badly."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer  # "guard": the first batch ends in an error; "empty": no outcomes
+        self.refs = [DeliveryRef(id=f"d{n}", event_id=n, entity_id="E", queue_seq=n) for n in (1, 2, 3)]
+        self.pending = {r.id for r in self.refs}
+        self.batches: list[list[str]] = []
+        self.failed: list[str] = []
+        self.gone = False
+
+    @activity.defn(name="claim_webhook_deliveries")
+    async def claim(self, inp: ClaimDeliveriesInput) -> ClaimDeliveriesResult:
+        cursor = inp.event_cursor or 0
+        if self.gone:
+            return ClaimDeliveriesResult(endpoint="gone", event_cursor=cursor, observed_max_event_id=cursor)
+        refs = [r for r in self.refs if r.id in self.pending and r.queue_seq > inp.after_seq]
+        return ClaimDeliveriesResult(
+            endpoint="active", event_cursor=cursor, observed_max_event_id=cursor, deliveries=refs
+        )
+
+    @activity.defn(name="deliver_webhooks")
+    async def deliver(self, inp: DeliverWebhooksInput) -> DeliverWebhooksResult:
+        self.batches.append(list(inp.delivery_ids))
+        if self.answer == "empty":
+            return DeliverWebhooksResult(outcomes=[])
+        if len(self.batches) == 1:
+            # As Temporal ends it once the schedule-to-close guard passed: no more retries.
+            raise ApplicationError("the window of d1 ran out", non_retryable=True)
+        self.pending -= set(inp.delivery_ids)
+        return DeliverWebhooksResult(
+            outcomes=[DeliverWebhookResult(outcome="delivered")] * len(inp.delivery_ids)
+        )
+
+    @activity.defn(name="fail_webhook_delivery")
+    async def fail(self, inp: FailDeliveryInput) -> FailDeliveryResult:
+        self.failed.append(inp.delivery_id)
+        self.pending.discard(inp.delivery_id)
+        return FailDeliveryResult(changed=True)
+
+
+async def _run_stand_in(client: Client, outbox: StandInOutbox, watch_seconds: float) -> tuple[int, int]:
+    config = WebhookConfig(poll_seconds=0.1, idle_poll_seconds=0.2)
+    async with new_worker(
+        client, WebhookEndpointWorkflow, activities=[outbox.claim, outbox.deliver, outbox.fail]
+    ) as w:
+        handle = await client.start_workflow(
+            WebhookEndpointWorkflow.run,
+            WebhookEndpointInput(tenant_id=str(uuid.uuid4()), endpoint_id=str(uuid.uuid4()), config=config),
+            id=f"webhook-stand-in/{uuid.uuid4()}",
+            task_queue=w.task_queue,
+        )
+        await asyncio.sleep(watch_seconds)
+        outbox.gone = True
+        await handle.signal(WebhookEndpointWorkflow.wake)
+        result = await asyncio.wait_for(handle.result(), 20)
+    return result.delivered, result.failed
+
+
+async def test_a_batch_the_guard_ended_gives_up_only_its_first_delivery(client: Client) -> None:
+    outbox = StandInOutbox("guard")
+    delivered, failed = await _run_stand_in(client, outbox, watch_seconds=2.0)
+    # d2 and d3 were never attempted: they go in a batch of their own, not failed with d1.
+    assert outbox.failed == ["d1"]
+    assert outbox.batches == [["d1", "d2", "d3"], ["d2", "d3"]]
+    assert (delivered, failed) == (2, 1)
+
+
+async def test_a_batch_answered_with_no_outcome_is_not_sent_again_and_again(client: Client) -> None:
+    outbox = StandInOutbox("empty")
+    delivered, failed = await _run_stand_in(client, outbox, watch_seconds=2.0)
+    # Twenty claims in those 2 s: the batch went once, and stays pending for the next run.
+    assert outbox.batches == [["d1", "d2", "d3"]]
+    assert outbox.pending == {"d1", "d2", "d3"} and outbox.failed == []
+    assert (delivered, failed) == (0, 0)
