@@ -89,7 +89,8 @@ class WebhookEndpointWorkflow:
         # Pending deliveries handed out up to this queue position (0: none yet this run).
         self._after_seq = 0
         self._queues: dict[str, deque[DeliveryRef]] = {}
-        # The ids in the queues (queued or in flight): a claim never hands one out twice.
+        # The ids in the queues (queued or in flight; and, for the rest of the run, those of a batch
+        # answered with no outcome): enqueue() skips them, so a claim never hands one out twice.
         self._held: set[str] = set()
         # A chain dropped refs it was handed (a pause, the endpoint gone): the next claim looks at
         # every pending delivery again, not only those after `_after_seq`.
