@@ -10,7 +10,7 @@ deletes delivered and failed deliveries past SPONSORFLOW_WEBHOOK_DELIVERY_RETENT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -42,6 +42,21 @@ FAST: dict[str, Any] = {
 async def hooks(database: EmbeddedDatabase, client: Client, sm: SessionMaker) -> AsyncIterator[Stack]:
     async for s in start_stack(database, client, sm, **FAST):
         yield s
+
+
+async def _deliveries_until(
+    stack: Stack, h: dict[str, str], hook_id: str, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """The endpoint's deliveries (newest first) once `done` holds for them (20 s at most)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        rows: list[dict[str, Any]] = (
+            await stack.http.get(f"/api/v1/webhooks/{hook_id}/deliveries", headers=h)
+        ).json()["items"]
+        if rows and done(rows):
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.2)
 
 
 def test_a_pinned_target_keeps_the_name_for_host_and_tls() -> None:
@@ -85,16 +100,10 @@ async def test_an_attempt_connects_to_the_checked_address_and_a_rebound_name_is_
         # The name now points at the cloud metadata address: the next attempt refuses to send.
         answers[HOST] = ["169.254.169.254"]
         assert (await hooks.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)).status_code == 202
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
-            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
-                "items"
-            ]
-            newest = rows[0]
-            if newest["attempts"] >= 1 and newest["last_error"]:
-                break
-            assert asyncio.get_running_loop().time() < deadline, rows
-            await asyncio.sleep(0.2)
+        rows = await _deliveries_until(
+            hooks, h, hook["id"], lambda rows: rows[0]["attempts"] >= 1 and bool(rows[0]["last_error"])
+        )
+        newest = rows[0]
         assert newest["status"] == "pending" and newest["last_status_code"] is None
         assert "address refused" in newest["last_error"] and "metadata" in newest["last_error"]
         assert len(r.requests) == 1  # nothing reached the receiver
@@ -120,15 +129,12 @@ async def test_the_maintenance_round_prunes_old_decided_deliveries_and_keeps_pen
                 await hooks.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)
             ).status_code == 202
         await r.wait_for(3)
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
-            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
-                "items"
-            ]
-            if len(rows) == 3 and all(d["status"] == "delivered" for d in rows):
-                break
-            assert asyncio.get_running_loop().time() < deadline, rows
-            await asyncio.sleep(0.2)
+        rows = await _deliveries_until(
+            hooks,
+            h,
+            hook["id"],
+            lambda rows: len(rows) == 3 and all(d["status"] == "delivered" for d in rows),
+        )
     oldest, middle, newest = rows[2], rows[1], rows[0]
 
     async def start() -> int:
@@ -143,8 +149,9 @@ async def test_the_maintenance_round_prunes_old_decided_deliveries_and_keeps_pen
             )
 
     # The claims persist the settled cursor as where a new run starts.
+    deadline = asyncio.get_running_loop().time() + 20
     while await start() < int(newest["event_id"]):
-        assert asyncio.get_running_loop().time() < deadline + 20
+        assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.2)
     patched = await hooks.http.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}, headers=h)
     assert patched.status_code == 200, patched.text
@@ -200,15 +207,12 @@ async def test_each_delivery_opens_its_own_retry_window_and_a_retried_batch_hand
                     {"t": t.id, "p": f'{{"n": {n}}}', "k": f"test/{hook['id']}/{n}"},
                 )
         await r.wait_for(5)
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
-            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
-                "items"
-            ]
-            if len(rows) == 2 and all(d["status"] == "delivered" for d in rows):
-                break
-            assert asyncio.get_running_loop().time() < deadline, rows
-            await asyncio.sleep(0.2)
+        await _deliveries_until(
+            hooks,
+            h,
+            hook["id"],
+            lambda rows: len(rows) == 2 and all(d["status"] == "delivered" for d in rows),
+        )
     assert [int(Webhook(hook["secret"]).verify(q.body, q.headers)["payload"]["n"]) for q in r.requests] == [
         1,
         1,
@@ -247,8 +251,11 @@ async def test_a_url_the_client_cannot_send_is_refused_at_creation_and_a_recorde
 
     h = hooks.auth(await hooks.new_tenant())
     for bad in ("http://127.0.0.1:9/a\x7fb", "http://\u2603.net/hook"):
-        r = await hooks.http.post("/api/v1/webhooks", json={"url": bad, "event_types": ["*"]}, headers=h)
-        assert r.status_code == 422 and "url" in r.text and "cannot be sent" in r.text, r.text
+        refused = await hooks.http.post(
+            "/api/v1/webhooks", json={"url": bad, "event_types": ["*"]}, headers=h
+        )
+        assert refused.status_code == 422 and "url" in refused.text, refused.text
+        assert "cannot be sent" in refused.text, refused.text
     t = await hooks.new_tenant()
     h = hooks.auth(t)
     async with receiver("ok") as r:
@@ -261,15 +268,7 @@ async def test_a_url_the_client_cannot_send_is_refused_at_creation_and_a_recorde
                 {"u": r.url + "/a\x7fb", "id": hook["id"]},
             )
         assert (await hooks.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=h)).status_code == 202
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
-            rows = (await hooks.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=h)).json()[
-                "items"
-            ]
-            if rows and rows[0]["attempts"] >= 1:
-                break
-            assert asyncio.get_running_loop().time() < deadline, rows
-            await asyncio.sleep(0.2)
+        rows = await _deliveries_until(hooks, h, hook["id"], lambda rows: rows[0]["attempts"] >= 1)
         assert rows[0]["status"] == "pending" and rows[0]["last_error"] == "request failed (InvalidURL)"
         assert r.requests == []
 
