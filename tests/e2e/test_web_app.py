@@ -644,6 +644,18 @@ async def test_the_webhooks_page_adds_tests_and_pauses_an_endpoint(live: Live) -
         (_, again) = await r.wait_for(2)
         assert Webhook(rotated).verify(again.body, again.headers)["type"] == "webhook.test"
         assert Webhook(secret).verify(again.body, again.headers)["type"] == "webhook.test"
+        await expect(delivery).to_have_count(2, timeout=20_000)
+
+        # Send again everything of the last hour (the form's default): both tests, same webhook-ids.
+        await page.locator("[data-testid=replay]").click()
+        await expect(page.get_by_text("Sending again: 2 delivered or failed before")).to_be_visible()
+        replayed = await r.wait_for(4)
+        assert sorted(q.headers["webhook-id"] for q in replayed[2:]) == sorted(
+            q.headers["webhook-id"] for q in replayed[:2]
+        )
+        await expect(delivery.locator("[data-testid=delivery-status]")).to_have_text(
+            ["delivered", "delivered"], timeout=20_000
+        )
         await page.context.close()
 
         # On a phone: no sideways scrolling (the tables scroll inside their card).

@@ -1,6 +1,6 @@
 // Webhooks: the tenant's endpoints, add one (its secret shown once), pause/resume, send a test,
 // rotate the secret (the new one shown once), delete, and one endpoint's deliveries with Retry on
-// the failed ones. Everything goes through /api/v1/webhooks.
+// the failed ones and Send again (replay) since a moment. Everything goes through /api/v1/webhooks.
 
 import { api, app, dateTime, empty, flashBox, h, label, loading, mount, qs, statusBadge, thead } from "../lib.js";
 
@@ -188,7 +188,8 @@ export default async function webhooks() {
       [["", "All"], ["failed", "Failed"], ["pending", "Pending"], ["delivered", "Delivered"]].map(([v, label]) =>
         h("option", { value: v, selected: v === only }, label)));
     filter.addEventListener("change", () => { only = filter.value; select(w); });
-    mount(deliveriesPanel, h("h2", {}, "Deliveries to ", hostOf(w.url)), h("label", {}, "Show ", filter), body);
+    mount(deliveriesPanel, h("h2", {}, "Deliveries to ", hostOf(w.url)),
+      h("div", { class: "row" }, h("label", {}, "Show ", filter), replayForm(w)), body);
     for (;;) {
       let page;
       try {
@@ -210,6 +211,27 @@ export default async function webhooks() {
       await sleep(POLL_MS);
       if (me !== watching) return;
     }
+  }
+
+  /** Sends again every matching event since a moment (after an outage at the receiver), same webhook-ids. */
+  function replayForm(w) {
+    const since = h("input", { type: "datetime-local", name: "since", required: true, "data-testid": "replay-since",
+      value: localInput(new Date(Date.now() - 3600_000)) });
+    const go = h("button", { type: "submit", class: "secondary", "data-testid": "replay" }, "Send again");
+    const form = h("form", { class: "row replay", "data-testid": "replay-form" },
+      h("label", {}, "Everything since ", since), go);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      act(go, async () => {
+        const from = new Date(since.value);
+        if (Number.isNaN(from.getTime())) return flash.show("Choose when to send again from.");
+        const r = await api(`/api/v1/webhooks/${encodeURIComponent(w.id)}/replay`, { method: "POST", body: { since: from.toISOString() } });
+        flash.show(`Sending again: ${r.requeued} delivered or failed before, ${r.added} never queued.`, "ok", 6000);
+        pollUntil = Date.now() + 15000;
+        select(w);
+      });
+    });
+    return form;
   }
 
   function deliveryRow(w, d) {
@@ -235,6 +257,12 @@ export default async function webhooks() {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A Date as a datetime-local input's value (local time, to the minute). */
+function localInput(d) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
 
 function hostOf(url) {
   try { return new URL(url).host; } catch { return url; }
