@@ -24,15 +24,12 @@ from db.embedded import EmbeddedDatabase
 from db.engine import SessionMaker
 from tests.conftest import Stack, start_stack
 from tests.helpers.receivers import receiver
+from tests.helpers.webhooks import FAST_WEBHOOKS
 
 HOST = "hooks.sponsorflow.test"
 FAST: dict[str, Any] = {
-    "webhook_poll_seconds": 0.2,
-    "webhook_idle_poll_seconds": 0.3,
-    "webhook_retry_initial_seconds": 0.2,
+    **FAST_WEBHOOKS,
     "webhook_retry_max_interval_seconds": 0.5,
-    "webhook_timeout_seconds": 1.0,
-    "webhook_outbox_settle_seconds": 1.0,
     # No cache: every attempt looks the name up again (and connects to what it checked).
     "webhook_dns_cache_seconds": 0.0,
 }

@@ -20,7 +20,6 @@ from temporalio.client import Client, WorkflowHandle
 
 from db.embedded import EmbeddedDatabase, ensure_database
 from db.engine import SessionMaker, make_engine, make_sessionmaker, set_tenant, tenant_tx
-from db.events import emit_event
 from db.migrate import upgrade
 from db.models import WebhookEndpoint
 from db.tenants import create_tenant
@@ -28,16 +27,10 @@ from db.webhooks import claim_events, create_endpoint
 from domain.webhooks import Certificate, Observation, WebhookState, settle
 from tests.conftest import Stack, start_stack
 from tests.helpers.receivers import Received, receiver
+from tests.helpers.webhooks import FAST_WEBHOOKS, emit, emit_in
 
-FAST: dict[str, Any] = {
-    "webhook_poll_seconds": 0.2,
-    "webhook_idle_poll_seconds": 0.3,
-    "webhook_retry_initial_seconds": 0.2,
-    "webhook_retry_max_interval_seconds": 1.0,
-    "webhook_timeout_seconds": 1.0,
-    # The old rule would move the cursor past anything not visible at the previous claim.
-    "webhook_outbox_settle_seconds": 0.0,
-}
+# The old rule would move the cursor past anything not visible at the previous claim.
+FAST: dict[str, Any] = {**FAST_WEBHOOKS, "webhook_outbox_settle_seconds": 0.0}
 
 
 async def _unsent_endpoint(session: AsyncSession, tenant_id: uuid.UUID) -> WebhookEndpoint:
@@ -51,31 +44,6 @@ async def _unsent_endpoint(session: AsyncSession, tenant_id: uuid.UUID) -> Webho
         description=None,
         sealed_secret="unused",
     )
-
-
-async def _emit_in(session: AsyncSession, tenant_id: uuid.UUID, entity: str, label: str) -> int:
-    """Writes one matching event in `session`'s transaction; returns its id."""
-    key = f"test/{uuid.uuid4()}"
-    await emit_event(
-        session=session,
-        tenant_id=tenant_id,
-        type="io.ad_aired",
-        entity_type="io",
-        entity_id=entity,
-        payload={"label": label},
-        occurred_at=datetime.now(UTC),
-        idempotency_key=key,
-    )
-    return int(
-        (
-            await session.execute(text("SELECT id FROM events WHERE idempotency_key = :k"), {"k": key})
-        ).scalar_one()
-    )
-
-
-async def _emit(sm: SessionMaker, tenant_id: uuid.UUID, entity: str, label: str) -> int:
-    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
-        return await _emit_in(session, tenant_id, entity, label)
 
 
 @asynccontextmanager
@@ -127,14 +95,14 @@ async def test_an_event_committed_long_after_later_ones_were_delivered_is_delive
     async for stack in start_stack(database, client, sm, **FAST):
         async with receiver("ok") as r:
             tenant_id, hook, handle = await _setup(stack, r.url)
-            await _emit(sm, tenant_id, "first", "first")
+            await emit(sm, tenant_id, "first", label="first")
             await r.wait_for(1)
             # A writer takes its event id and stays open (an idle-in-transaction session, a worker
             # stopped mid-transaction) while later events are written and delivered.
             async with tenant_tx(sm=sm, tenant_id=tenant_id) as held:
-                held_id = await _emit_in(held, tenant_id, "held", "held")
+                held_id = await emit_in(held, tenant_id, "held", label="held")
                 for n in range(1, 4):
-                    await _emit(sm, tenant_id, f"later-{n}", f"later-{n}")
+                    await emit(sm, tenant_id, f"later-{n}", label=f"later-{n}")
                     await r.wait_for(1 + n)
                 await asyncio.sleep(1.5)  # several more claims past the open transaction
                 state = await _state(handle)
@@ -146,7 +114,7 @@ async def test_an_event_committed_long_after_later_ones_were_delivered_is_delive
             assert sorted(labels) == ["first", "held", "later-1", "later-2", "later-3"]
             held_req = reqs[labels.index("held")]
             assert held_req.headers["webhook-id"].startswith("msg_")
-            newest = await _emit(sm, tenant_id, "last", "last")
+            newest = await emit(sm, tenant_id, "last", label="last")
             await r.wait_for(6)
 
             # The cursor does not stay behind once nothing is open: it reaches the newest event.
@@ -162,8 +130,8 @@ async def test_a_rolled_back_transaction_leaves_a_gap_the_cursor_passes(
         async with receiver("ok") as r:
             tenant_id, hook, handle = await _setup(stack, r.url)
             async with _open_tx(sm, tenant_id) as session:
-                gap_id = await _emit_in(session, tenant_id, "gap", "rolled back")
-                later = await _emit(sm, tenant_id, "later", "later")
+                gap_id = await emit_in(session, tenant_id, "gap", label="rolled back")
+                later = await emit(sm, tenant_id, "later", label="later")
                 await r.wait_for(1)
                 await asyncio.sleep(1.0)
                 state = await _state(handle)
@@ -189,9 +157,9 @@ async def test_the_claims_horizon_holds_back_while_a_writer_that_got_its_xid_lat
         # `early` gets its xid first; `late` gets one after it and takes an event id; `early`
         # takes a later id and commits: the newest visible id is above the open writer's.
         await early.execute(text("SELECT pg_current_xact_id()"))
-        late_id = await _emit_in(late, tenant.id, "late", "late")
+        late_id = await emit_in(late, tenant.id, "late", label="late")
         late_xid = int((await late.execute(text("SELECT pg_current_xact_id()::text::bigint"))).scalar_one())
-        await _emit_in(early, tenant.id, "early", "early")
+        await emit_in(early, tenant.id, "early", label="early")
         await early.commit()
         async with sm() as s:
             xmax = int(
@@ -244,7 +212,7 @@ async def test_a_database_without_migration_0012_gets_no_horizon_so_the_time_rul
         async def claim() -> int | None:
             async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
                 endpoint = await _unsent_endpoint(session, tenant.id)
-                await _emit_in(session, tenant.id, "e", "e")
+                await emit_in(session, tenant.id, "e", label="e")
             async with tenant_tx(sm=app_sm, tenant_id=tenant.id) as session:
                 c = await claim_events(
                     session=session, endpoint=endpoint, cursor=endpoint.after_event_id, limit=10

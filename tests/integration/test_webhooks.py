@@ -22,17 +22,9 @@ from db.engine import SessionMaker
 from tests.conftest import Stack, start_stack
 from tests.helpers.factories import make_deal, move
 from tests.helpers.receivers import Received, receiver
+from tests.helpers.webhooks import FAST_WEBHOOKS
 
-# Fast clocks: polls every 0.2 s, retries from 0.2 s, a 1 s attempt timeout, a short settle.
-FAST: dict[str, Any] = {
-    "webhook_poll_seconds": 0.2,
-    "webhook_idle_poll_seconds": 0.3,
-    "webhook_retry_initial_seconds": 0.2,
-    "webhook_retry_max_interval_seconds": 1.0,
-    "webhook_timeout_seconds": 1.0,
-    "webhook_outbox_settle_seconds": 1.0,
-    "webhook_failing_after_seconds": 2.0,
-}
+FAST: dict[str, Any] = {**FAST_WEBHOOKS, "webhook_failing_after_seconds": 2.0}
 
 
 @pytest.fixture

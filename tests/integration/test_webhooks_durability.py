@@ -39,16 +39,10 @@ from domain.webhooks import (
 )
 from tests.conftest import Stack, new_worker, stack_worker, start_stack
 from tests.helpers.receivers import Behaviour, Received, receiver
+from tests.helpers.webhooks import FAST_WEBHOOKS, emit
 from workflows.webhooks import WebhookEndpointWorkflow
 
-FAST: dict[str, Any] = {
-    "webhook_poll_seconds": 0.2,
-    "webhook_idle_poll_seconds": 0.3,
-    "webhook_retry_initial_seconds": 0.2,
-    "webhook_retry_max_interval_seconds": 1.0,
-    "webhook_timeout_seconds": 1.0,
-    "webhook_outbox_settle_seconds": 1.0,
-}
+FAST = FAST_WEBHOOKS
 
 
 @pytest.fixture
@@ -56,20 +50,6 @@ async def api_first(database: EmbeddedDatabase, client: Client, sm: SessionMaker
     """The API alone, fast webhook clocks: each test runs the worker when it wants."""
     async for s in start_stack(database, client, sm, worker=False, **FAST):
         yield s
-
-
-async def _emit(sm: SessionMaker, tenant_id: uuid.UUID, entity: str, n: int) -> None:
-    async with tenant_tx(sm=sm, tenant_id=tenant_id) as session:
-        await emit_event(
-            session=session,
-            tenant_id=tenant_id,
-            type="io.ad_aired",
-            entity_type="io",
-            entity_id=entity,
-            payload={"n": n},
-            occurred_at=datetime.now(UTC),
-            idempotency_key=f"test/{uuid.uuid4()}",
-        )
 
 
 async def _create(stack: Stack, h: dict[str, str], url: str) -> dict[str, Any]:
@@ -90,11 +70,11 @@ async def test_events_written_while_no_worker_runs_are_delivered_once_it_is_back
     async with receiver("ok") as r:
         hook = await _create(api_first, h, r.url)
         async with stack_worker(api_first):
-            await _emit(api_first.sm, t.id, "io-1", 1)
+            await emit(api_first.sm, t.id, "io-1", n=1)
             await r.wait_for(1)
         # The worker is gone: the product keeps writing.
         for n in range(2, 7):
-            await _emit(api_first.sm, t.id, f"io-{n % 2}", n)
+            await emit(api_first.sm, t.id, f"io-{n % 2}", n=n)
         await asyncio.sleep(1.0)
         assert len(r.requests) == 1
         async with stack_worker(api_first):
@@ -132,7 +112,7 @@ async def _late_commit(api_first: Stack) -> None:
                 occurred_at=datetime.now(UTC),
                 idempotency_key=f"test/{uuid.uuid4()}",
             )
-            await _emit(api_first.sm, t.id, "fast", 2)
+            await emit(api_first.sm, t.id, "fast", n=2)
             await r.wait_for(1)
             await asyncio.sleep(0.5)
         reqs = await r.wait_for(2)
@@ -152,7 +132,7 @@ async def test_continue_as_new_mid_stream_loses_and_repeats_nothing(
         async with receiver("ok") as r:
             hook = await _create(stack, h, r.url)
             for n in range(40):
-                await _emit(stack.sm, t.id, f"io-{n % 4}", n)
+                await emit(stack.sm, t.id, f"io-{n % 4}", n=n)
             await r.wait_for(40, timeout=60)
             await asyncio.sleep(1.5)
             bodies = _bodies(hook["secret"], r.requests)
@@ -180,12 +160,12 @@ async def test_a_slow_entity_or_endpoint_delays_no_other(api_first: Stack) -> No
     ):
         await _create(api_first, h, dead.url)
         hook = await _create(api_first, h, mixed.url)
-        await _emit(api_first.sm, t.id, "slow", 1)
+        await emit(api_first.sm, t.id, "slow", n=1)
         await dead.wait_for(1)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for n in range(2, 6):
-            await _emit(api_first.sm, t.id, f"io-{n}", n)
+            await emit(api_first.sm, t.id, f"io-{n}", n=n)
         others = {"io-2", "io-3", "io-4", "io-5"}
         while not others <= {json.loads(q.body)["entity_id"] for q in mixed.requests}:
             assert loop.time() - t0 < 10, "the other entities never arrived"
@@ -223,7 +203,7 @@ async def _retrying_across_continue_as_new(stack: Stack) -> None:
         hook = await _create(stack, h, r.url)
         handle = stack.client.get_workflow_handle(hook["workflow_id"])
         first_run = (await handle.describe()).run_id
-        await _emit(stack.sm, t.id, "io-1", 1)
+        await emit(stack.sm, t.id, "io-1", n=1)
         await r.wait_for(1)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -278,11 +258,11 @@ async def _dropped_then_resumed(stack: Stack) -> None:
                 assert loop.time() - t0 < 15, what
                 await asyncio.sleep(0.1)
 
-        await _emit(stack.sm, t.id, "F", 0)
+        await emit(stack.sm, t.id, "F", n=0)
         await r.wait_for(1)
         # E's three deliveries are handed to its chain, which keeps retrying the first.
         for n in (1, 2, 3):
-            await _emit(stack.sm, t.id, "E", n)
+            await emit(stack.sm, t.id, "E", n=n)
         await until_queued(4, "E's deliveries were never all handed to its chain")
         paused = await stack.http.patch(
             f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}, headers=h
@@ -295,7 +275,7 @@ async def _dropped_then_resumed(stack: Stack) -> None:
             f"/api/v1/webhooks/{hook['id']}", json={"status": "active"}, headers=h
         )
         assert resumed.status_code == 200, resumed.text
-        await _emit(stack.sm, t.id, "E", 4)
+        await emit(stack.sm, t.id, "E", n=4)
         t0 = loop.time()
         while len(ok_for_e) < 4:
             assert loop.time() - t0 < 15, f"E got {[json.loads(q.body)['payload'] for q in ok_for_e]}"
